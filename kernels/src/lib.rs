@@ -1,0 +1,193 @@
+//! Compute kernels for kiln's two-layer perceptron. This crate knows nothing of
+//! MNIST or of files: it sees row-major matrices, row indices and labels.
+//!
+//! # Conventions (once, for every op)
+//!
+//! * Every matrix is **row-major** and densely packed: an `(M, N)` matrix `A`
+//!   is a slice of `M * N` elements and `A[i, j]` is `a[i * N + j]`.
+//! * Dimensions are named once: `B` batch rows, `K` the inner (reduction)
+//!   dimension, `N` output columns, `R` rows of a whole dataset.
+//! * Products are written in BLAS order, `C := alpha * op(A) * op(B) + beta * C`.
+//!   Every op below has `alpha = 1` and `beta = 0`. **`beta = 0` means the
+//!   output is write-only**: its previous contents are never read (they may be
+//!   NaN) and are fully overwritten, like BLAS's `sgemm` with `beta = 0`.
+//! * Inputs given as `u8` pixels are seen as `x = pixel / 255`, rounded once
+//!   to the element type (exactly Keras's `images.astype("float32") / 255`).
+//!   A batch of such rows is a list of row indices `rows` into the whole
+//!   `(R, K)` dataset: the gather and the conversion happen inside the kernel,
+//!   so no `(B, K)` float copy of the batch ever exists.
+//! * A kernel reduces along `K` (or along the batch for weight gradients) in
+//!   an order that does not depend on how many threads run it, so results are
+//!   bit-identical for any thread count.
+//!
+//! # The ops of one training step
+//!
+//! | op | operation | shapes |
+//! |---|---|---|
+//! | [`Backend::dense_relu_forward_u8`] | `H := relu(X W + b)`, `X = x[rows] / 255` | `H (B,N)`, `x (R,K)`, `W (K,N)`, `b (N)` |
+//! | [`Backend::dense_softmax_xent`] | `P := softmax(H W + b)`; `loss = sum_i -ln clip(P[i, y_i])`; `dZ := (P - onehot(y)) / B` | `H (B,K)`, `W (K,N)`, `P, dZ (B,N)` |
+//! | [`Backend::dense_backward`] | `dW := H^T dZ`; `db := sum_i dZ[i, :]` | `H (B,K)`, `dZ (B,N)`, `dW (K,N)` |
+//! | [`Backend::dense_backward_u8`] | `dW := X^T dZ`; `db := sum_i dZ[i, :]`, `X = x[rows] / 255` | `x (R,K)`, `dZ (B,N)`, `dW (K,N)` |
+//! | [`Backend::relu_backward_input`] | `dH := (dZ W^T) * [H > 0]` | `dZ (B,N)`, `W (K,N)`, `H, dH (B,K)` |
+//! | [`Backend::rmsprop`] | `v := rho v + (1 - rho) g^2`; `w := w - lr g / sqrt(v + eps)` | flat, elementwise |
+//!
+//! `clip` bounds a probability to `[1e-7, 1 - 1e-7]` as Keras does; the
+//! gradient `dZ` is taken from the unclipped probabilities.
+//!
+//! Every backend implements [`Backend`]; the model code only ever talks to a
+//! `&dyn Backend<T>`, so a new backend slots in without touching it.
+//! [`scalar`] is the plain reference every other backend is tested against;
+//! it is generic over [`Real`] so that the gradient checks run the very same
+//! formulas in `f64`.
+
+pub mod scalar;
+
+use std::fmt::Debug;
+
+/// The element type of the kernels: `f32` for training, `f64` for the
+/// reference path of the gradient checks.
+pub trait Real: num_traits::Float + Default + Debug + Send + Sync + 'static {
+    /// `v` converted exactly (every `u8` is representable).
+    fn from_u8(v: u8) -> Self;
+    /// `v` rounded to the nearest representable value.
+    fn from_f64(v: f64) -> Self;
+    /// `self` widened (exactly for `f32` and `f64`).
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_u8(v: u8) -> Self {
+        f32::from(v)
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Real for f64 {
+    fn from_u8(v: u8) -> Self {
+        f64::from(v)
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Probabilities are clipped to `[CLIP, 1 - CLIP]` before the logarithm of the
+/// cross-entropy, as Keras does (`keras.backend.epsilon()`).
+pub const CLIP: f64 = 1e-7;
+
+/// What [`Backend::dense_softmax_xent`] reports about a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XentStats<T> {
+    /// `sum_i -ln clip(P[i, y_i])` over the batch (not yet divided by `B`).
+    pub loss_sum: T,
+    /// How many rows have `argmax_j P[i, j] == y_i` (first maximum wins).
+    pub correct: usize,
+}
+
+/// Shapes shared by the dense ops: the reduction length `k` and the output
+/// width `n`. The batch size `B` is implied by the slices (`rows.len()`, or
+/// the length of the output divided by `n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Inner (reduction) dimension `K`.
+    pub k: usize,
+    /// Output columns `N`.
+    pub n: usize,
+}
+
+/// Hyper-parameters of the RMSprop update, in Keras's names. They are kept
+/// in `f64`, as Keras keeps them in Python floats, and rounded to the element
+/// type once per update ([`RmsProp::coefficients`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsProp {
+    /// Learning rate (Keras default 1e-3).
+    pub lr: f64,
+    /// Decay of the squared-gradient average (Keras default 0.9).
+    pub rho: f64,
+    /// Added under the square root (Keras default 1e-7).
+    pub eps: f64,
+}
+
+impl Default for RmsProp {
+    fn default() -> Self {
+        Self { lr: 1e-3, rho: 0.9, eps: 1e-7 }
+    }
+}
+
+impl RmsProp {
+    /// `(lr, rho, 1 - rho, eps)` rounded to `T`; `1 - rho` is formed in `f64`
+    /// first, as Keras forms it in Python (in `f32`, `1 - 0.9f32` would be
+    /// one unit in the last place away from `0.1f32`).
+    pub fn coefficients<T: Real>(&self) -> (T, T, T, T) {
+        (T::from_f64(self.lr), T::from_f64(self.rho), T::from_f64(1.0 - self.rho), T::from_f64(self.eps))
+    }
+}
+
+/// One implementation of every op a training step needs (see the crate
+/// documentation for the exact contract of each).
+///
+/// Every method checks the lengths of its slices against the shapes and
+/// panics with a message on a mismatch: a mismatch is a bug in the caller,
+/// never a property of user input. Work may be split over the current rayon
+/// thread pool; results never depend on the number of threads.
+pub trait Backend<T: Real>: Sync {
+    /// The name shown to users (`scalar`, `avx2`, ...).
+    fn name(&self) -> &'static str;
+
+    /// `H (B,N) := relu(X W + b)` with `X = x[rows] / 255` (`x` is `(R,K)`).
+    fn dense_relu_forward_u8(&self, h: &mut [T], x: &[u8], rows: &[u32], w: &[T], b: &[T], d: Dims);
+
+    /// `P (B,N) := softmax(H W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
+    /// `y_i = labels[rows[i]]`; returns the summed clipped cross-entropy and
+    /// the number of correct predictions.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_softmax_xent(
+        &self,
+        p: &mut [T],
+        dz: &mut [T],
+        h: &[T],
+        w: &[T],
+        b: &[T],
+        labels: &[u8],
+        rows: &[u32],
+        d: Dims,
+    ) -> XentStats<T>;
+
+    /// `dW (K,N) := H^T dZ`, `db (N) := column sums of dZ` (`H` is `(B,K)`).
+    fn dense_backward(&self, dw: &mut [T], db: &mut [T], h: &[T], dz: &[T], d: Dims);
+
+    /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward_u8(&self, dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32], dz: &[T], d: Dims);
+
+    /// `dH (B,K) := (dZ W^T) * [H > 0]` (`dZ` is `(B,N)`, `W` is `(K,N)`).
+    fn relu_backward_input(&self, dh: &mut [T], dz: &[T], w: &[T], h: &[T], d: Dims);
+
+    /// One RMSprop step over flat, equally long `w`, `g` and `v`.
+    fn rmsprop(&self, w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp);
+}
+
+/// Every backend name `select` knows, in the order `auto` prefers them.
+pub const BACKEND_NAMES: &[&str] = &["scalar"];
+
+/// The backend called `name`: `auto` picks the fastest this machine runs;
+/// any other name must be one of [`BACKEND_NAMES`] and runnable here, or the
+/// error says why (never a silent fallback).
+pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, String> {
+    static SCALAR: scalar::Scalar = scalar::Scalar;
+    match name {
+        "auto" | "scalar" => Ok(&SCALAR),
+        "avx2" | "avx512" | "neon" | "blas" => {
+            Err(format!("backend `{name}` is not implemented yet; this build has: auto, scalar"))
+        }
+        _ => Err(format!("unknown backend `{name}`; expected one of: auto, scalar, avx2, avx512, neon, blas")),
+    }
+}

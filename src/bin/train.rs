@@ -1,0 +1,206 @@
+//! `train`: trains the tutorial network on an IDX dataset (the vendored MNIST
+//! by default), reports Keras-style progress, evaluates on the test split and
+//! saves the model.
+
+use anyhow::{ensure, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
+use kiln::data::{self, Dataset, PIXELS};
+use kiln::model::{Model, Params};
+use kiln::train::{self, Config, EpochReport};
+use kiln_kernels::{Backend, RmsProp};
+use serde_json::json;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Train Dense(784->H, ReLU) -> Dense(H->10, softmax) with RMSprop, as Keras does.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Directory with the four IDX files (raw or .gz) [default: the vendored MNIST]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Where decompressed .gz files are cached [default: $KILN_CACHE_DIR, else ~/.cache/kiln]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Passes over the training set
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Images per training step
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Width of the hidden layer
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    /// RMSprop learning rate
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    lr: f64,
+    /// RMSprop decay of the squared-gradient average
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    rho: f64,
+    /// RMSprop epsilon, added under the square root
+    #[arg(long, default_value_t = 1e-7, allow_negative_numbers = true)]
+    eps: f64,
+    /// Seed of the initial weights and of the shuffles
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Worker threads [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Kernel backend: auto, scalar, avx2, avx512, neon, blas [default: $KILN_BACKEND, else auto]
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    /// Where the trained model is written
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
+    out: PathBuf,
+    /// Print only JSON lines on stdout (one per epoch, then a summary)
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let cfg = Config {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        hidden: args.hidden,
+        opt: RmsProp { lr: args.lr, rho: args.rho, eps: args.eps },
+        seed: args.seed,
+    };
+    cfg.validate()?;
+    let threads = match args.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1 (got 0)"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    ensure!(!args.out.is_dir(), "--out {}: is a directory; expected a file path", args.out.display());
+    let backend_name = match args.backend {
+        Some(b) => b,
+        None => std::env::var("KILN_BACKEND").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
+    };
+    let be = kiln_kernels::select(&backend_name).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+    let data_dir = args.data.unwrap_or_else(data::default_data_dir);
+    let cache = args.cache_dir.unwrap_or_else(data::default_cache_dir);
+    let data = Dataset::load(&data_dir, &cache)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
+    pool.install(|| train_and_save(&cfg, be, threads, &data, &args.out, args.json))
+}
+
+fn train_and_save(
+    cfg: &Config,
+    be: &dyn Backend<f32>,
+    threads: usize,
+    data: &Dataset,
+    out: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build and trains very slowly; use `cargo run --release --bin train`");
+    }
+    let params = Params::<f32>::glorot(cfg.hidden, cfg.seed);
+    let n_params = params.data.len();
+    say(format!("kiln {} | backend {} | {threads} thread(s)", env!("CARGO_PKG_VERSION"), be.name()));
+    say(format!("data: {}", data.describe()));
+    say(format!(
+        "model: Dense({PIXELS}->{h}, relu) -> Dense({h}->10, softmax), {n_params} parameters; \
+         RMSprop(lr={}, rho={}, eps={}); batch {}, {} epochs, seed {}",
+        cfg.opt.lr,
+        cfg.opt.rho,
+        cfg.opt.eps,
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.seed,
+        h = cfg.hidden
+    ));
+    let mut model = Model::new(params, cfg.opt, cfg.batch_size.max(1000).min(data.train.len().max(data.test.len())));
+    let interactive = !json && std::io::stdout().is_terminal();
+    let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
+    let style = ProgressStyle::with_template("{pos:>4}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} - {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let start = Instant::now();
+    let reports = train::fit(
+        &mut model,
+        be,
+        &data.train,
+        cfg,
+        |p| {
+            if !interactive {
+                return;
+            }
+            let mut slot = bar.borrow_mut();
+            let b = slot.get_or_insert_with(|| {
+                println!("Epoch {}/{}", p.epoch, cfg.epochs);
+                ProgressBar::new(p.steps as u64).with_style(style.clone())
+            });
+            b.set_position(p.step as u64);
+            b.set_message(format!("loss: {:.4} - accuracy: {:.4}", p.loss, p.acc));
+        },
+        |r: &EpochReport| {
+            if let Some(b) = bar.borrow_mut().take() {
+                b.finish_and_clear();
+            }
+            if json {
+                let line = json!({"epoch": r.epoch, "loss": r.loss, "acc": r.acc,
+                                  "seconds": r.seconds, "images_per_sec": r.images_per_sec});
+                println!("{line}");
+            } else {
+                if !interactive {
+                    println!("Epoch {}/{}", r.epoch, cfg.epochs);
+                }
+                println!(
+                    "{} steps - {:.2}s - {:.0} images/s - loss: {:.4} - accuracy: {:.4}",
+                    data.train.len().div_ceil(cfg.batch_size),
+                    r.seconds,
+                    r.images_per_sec,
+                    r.loss,
+                    r.acc
+                );
+            }
+        },
+    )?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let (test_loss, test_acc) = train::evaluate(&mut model, be, &data.test);
+    let mut meta = BTreeMap::new();
+    for (k, v) in [
+        ("seed", cfg.seed.to_string()),
+        ("epochs", cfg.epochs.to_string()),
+        ("batch_size", cfg.batch_size.to_string()),
+        ("lr", cfg.opt.lr.to_string()),
+        ("rho", cfg.opt.rho.to_string()),
+        ("eps", cfg.opt.eps.to_string()),
+        ("backend", be.name().to_string()),
+        ("data", data.dir.display().to_string()),
+        ("test_loss", test_loss.to_string()),
+        ("test_acc", test_acc.to_string()),
+    ] {
+        meta.insert(k.to_string(), v);
+    }
+    checkpoint::save(out, &model.params, &meta)?;
+    let mean_epoch = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
+    if json {
+        let line = json!({"test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_seconds,
+                          "mean_epoch_seconds": mean_epoch, "backend": be.name(), "threads": threads,
+                          "model": out.display().to_string()});
+        println!("{line}");
+    } else {
+        println!("test: loss {test_loss:.4} - accuracy {test_acc:.4} ({} images)", data.test.len());
+        println!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Datasets of 28x28 u8 images with labels 0-9, memory-mapped from IDX files.
+//!
+//! A directory holds the four standard names (`train-images-idx3-ubyte`,
+//! `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
+//! `t10k-labels-idx1-ubyte`), each raw or with a `.gz` suffix. Raw files are
+//! mapped directly. A `.gz` file is decompressed once into a cache directory
+//! (to a temporary file that is renamed into place only when complete, so a
+//! partial file is never mistaken for a good one), checked against the
+//! directory's `SHA256SUMS` when that lists it, and the result is mapped.
+//!
+//! Nothing is converted to floats here: the pixels stay `u8` in the mapping
+//! and the kernels read them through row indices (see `kiln_kernels`).
+
+use crate::idx::{self, Kind, SIDE};
+use anyhow::{bail, Context, Result};
+use flate2::read::GzDecoder;
+use memmap2::Mmap;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Pixels per image.
+pub const PIXELS: usize = SIDE * SIDE;
+/// Number of classes (digits 0-9).
+pub const CLASSES: usize = 10;
+/// Largest decompressed file kiln accepts from a `.gz` (a guard against
+/// decompression bombs; 8 GiB is ten million 28x28 images).
+const MAX_DECOMPRESSED: u64 = 8 << 30;
+
+/// The directory of the vendored MNIST files, the default dataset.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))
+}
+
+/// Where decompressed `.gz` files are kept: `$KILN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`, else a folder in the
+/// system's temporary directory.
+pub fn default_cache_dir() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("KILN_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kiln")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln")))
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-cache"))
+}
+
+/// A validated IDX file, mapped read-only.
+#[derive(Debug)]
+struct IdxFile {
+    /// The file the user named (the `.gz` for compressed files).
+    path: PathBuf,
+    map: Mmap,
+    header: idx::Header,
+    /// Whether the content matched a SHA-256 listed in `SHA256SUMS`.
+    verified: bool,
+}
+
+impl IdxFile {
+    fn payload(&self) -> &[u8] {
+        &self.map[self.header.offset..self.header.offset + self.header.len]
+    }
+}
+
+/// One split of a dataset: images `(n, 784)` u8 and labels `(n)` in 0..10.
+#[derive(Debug)]
+pub struct Split {
+    images: IdxFile,
+    labels: IdxFile,
+}
+
+impl Split {
+    /// Number of images (and labels).
+    pub fn len(&self) -> usize {
+        self.labels.header.count
+    }
+    /// Whether the split holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// All pixels, `(len, 784)` row-major, straight from the mapping.
+    pub fn pixels(&self) -> &[u8] {
+        self.images.payload()
+    }
+    /// All labels, `(len)`, each in 0..10.
+    pub fn labels(&self) -> &[u8] {
+        self.labels.payload()
+    }
+    /// The 784 pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels()[i * PIXELS..(i + 1) * PIXELS]
+    }
+    fn verified(&self) -> bool {
+        self.images.verified && self.labels.verified
+    }
+}
+
+/// A training split and a test split, loaded from one directory.
+#[derive(Debug)]
+pub struct Dataset {
+    /// The directory the files came from.
+    pub dir: PathBuf,
+    /// The 60,000 training images for MNIST.
+    pub train: Split,
+    /// The 10,000 test images for MNIST.
+    pub test: Split,
+}
+
+impl Dataset {
+    /// Loads and validates the four files of `dir`, decompressing `.gz`
+    /// files into `cache` on first use.
+    pub fn load(dir: &Path, cache: &Path) -> Result<Dataset> {
+        if !dir.is_dir() {
+            bail!("{}: data directory not found (it should hold the four MNIST IDX files, raw or .gz)", dir.display());
+        }
+        let sums = read_sums(dir)?;
+        let open = |name: &str, kind| open_idx(dir, name, kind, cache, &sums);
+        let train =
+            split(open("train-images-idx3-ubyte", Kind::Images)?, open("train-labels-idx1-ubyte", Kind::Labels)?)?;
+        let test = split(open("t10k-images-idx3-ubyte", Kind::Images)?, open("t10k-labels-idx1-ubyte", Kind::Labels)?)?;
+        Ok(Dataset { dir: dir.to_path_buf(), train, test })
+    }
+
+    /// One line for the train banner: where the data came from and how big.
+    pub fn describe(&self) -> String {
+        let check = if self.train.verified() && self.test.verified() { ", SHA-256 verified" } else { "" };
+        format!(
+            "{} ({} train / {} test images, {SIDE}x{SIDE}{check})",
+            self.dir.display(),
+            self.train.len(),
+            self.test.len()
+        )
+    }
+}
+
+/// Checks that images and labels agree, and that every label is a digit.
+fn split(images: IdxFile, labels: IdxFile) -> Result<Split> {
+    let (ni, nl) = (images.header.count, labels.header.count);
+    if ni != nl {
+        bail!(
+            "{}: holds {nl} labels, but {} holds {ni} images; expected one label per image",
+            labels.path.display(),
+            images.path.display()
+        );
+    }
+    if ni == 0 {
+        bail!("{}: holds no images; expected at least one", images.path.display());
+    }
+    let s = Split { images, labels };
+    if let Some(i) = s.labels().iter().position(|&l| usize::from(l) >= CLASSES) {
+        bail!("{}: label {} at index {i} is not a digit 0-9", s.labels.path.display(), s.labels()[i]);
+    }
+    Ok(s)
+}
+
+/// `SHA256SUMS` of `dir`, as (file name, lowercase hex digest) pairs; empty
+/// when the directory has none.
+fn read_sums(dir: &Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join("SHA256SUMS");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (hash, name) = l.split_once(char::is_whitespace)?;
+            Some((name.trim().trim_start_matches('*').to_string(), hash.to_ascii_lowercase()))
+        })
+        .collect())
+}
+
+/// Finds `name` or `name.gz` in `dir`, maps it and validates its header.
+fn open_idx(dir: &Path, name: &str, kind: Kind, cache: &Path, sums: &[(String, String)]) -> Result<IdxFile> {
+    let raw = dir.join(name);
+    let gz = dir.join(format!("{name}.gz"));
+    let expected = sums.iter().find(|(n, _)| n == name).map(|(_, h)| h.as_str());
+    let (path, map, verified) = if raw.is_file() {
+        (raw.clone(), map_file(&raw)?, false)
+    } else if gz.is_file() {
+        let cached = decompress_cached(&gz, name, cache, expected)?;
+        (gz.clone(), map_file(&cached)?, expected.is_some())
+    } else {
+        bail!(
+            "{}: not found, nor {}.gz (a data directory holds train-images-idx3-ubyte, \
+             train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, raw or .gz)",
+            raw.display(),
+            name
+        );
+    };
+    let header = idx::parse(&map, kind).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(IdxFile { path, map, header, verified })
+}
+
+/// Maps `path` read-only. An empty file cannot be mapped, so it is returned
+/// as an empty anonymous map and rejected by the header check.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+    if len == 0 {
+        return Ok(memmap2::MmapOptions::new().len(0).map_anon()?.make_read_only()?);
+    }
+    // SAFETY: the mapping is read-only and private to this process. Files
+    // kiln decompressed are never rewritten in place (they are replaced by
+    // rename), so they cannot change under the map; a user's raw IDX file
+    // could be truncated by another program while mapped, which would fault
+    // on access (SIGBUS) rather than read wrong data. That is the accepted
+    // cost of zero-copy input and is documented in README.
+    let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
+    Ok(map)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Returns the path of the decompressed content of `gz` in `cache`,
+/// decompressing it first if no complete copy is there. The cache key is the
+/// SHA-256 of the compressed bytes, so a changed `.gz` never reuses a stale
+/// copy. `expected` is the SHA-256 the content must have, when known.
+fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>) -> Result<PathBuf> {
+    let compressed = fs::read(gz).with_context(|| format!("{}: cannot read", gz.display()))?;
+    if !compressed.starts_with(&[0x1F, 0x8B]) {
+        bail!("{}: is not gzip data although its name ends in .gz (hint: drop the .gz suffix)", gz.display());
+    }
+    let key = hex(&Sha256::digest(&compressed)[..12]);
+    let target = cache.join(format!("{name}.{key}"));
+    if target.is_file() {
+        return Ok(target);
+    }
+    fs::create_dir_all(cache).with_context(|| format!("{}: cannot create the cache directory", cache.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(cache)
+        .with_context(|| format!("{}: cannot create a temporary file", cache.display()))?;
+    let mut decoder = GzDecoder::new(&compressed[..]).take(MAX_DECOMPRESSED + 1);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => bail!("{}: corrupt gzip data ({e})", gz.display()),
+        };
+        total += n as u64;
+        if total > MAX_DECOMPRESSED {
+            bail!("{}: decompresses to more than {} GiB; refusing it", gz.display(), MAX_DECOMPRESSED >> 30);
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).with_context(|| format!("{}: cannot write", tmp.path().display()))?;
+    }
+    if let Some(want) = expected {
+        let got = hex(&hasher.finalize());
+        if got != want {
+            bail!(
+                "{}: the decompressed content has SHA-256 {got}, but SHA256SUMS expects {want} \
+                 (the file is corrupt or not the one listed)",
+                gz.display()
+            );
+        }
+    }
+    tmp.as_file().sync_all().with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
+    tmp.persist(&target).with_context(|| format!("{}: cannot rename into place", target.display()))?;
+    Ok(target)
+}

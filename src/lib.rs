@@ -1,0 +1,14 @@
+//! kiln: trains and runs the classic Keras MNIST network on a CPU.
+//!
+//! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated).
+//! * [`model`]: the network, generic over `f32`/`f64`, on a kernel backend.
+//! * [`train`]: the epoch loop, Keras's running metrics, evaluation.
+//! * [`checkpoint`]: safetensors model files, written atomically.
+
+pub mod checkpoint;
+pub mod data;
+pub mod fsutil;
+pub mod idx;
+pub mod model;
+pub mod rng;
+pub mod train;

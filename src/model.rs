@@ -1,0 +1,220 @@
+//! The tutorial network, Dense(784 -> H, ReLU) -> Dense(H -> 10, softmax),
+//! trained with categorical cross-entropy and RMSprop exactly as Keras 3 does.
+//!
+//! Dimensions, named once: `B` batch rows, `D = 784` inputs, `H` hidden
+//! units, `C = 10` classes. Parameters, gradients and RMSprop velocities each
+//! live in one arena laid out `[W1 (D,H) | b1 (H) | W2 (H,C) | b2 (C)]`, so the
+//! update is one flat pass over all of them. The model is generic over the
+//! element type: `f32` trains, `f64` runs the gradient checks through the
+//! same code and the scalar kernels' formulas.
+
+use crate::data::{CLASSES, PIXELS};
+use crate::rng::{Rng, Stream};
+use kiln_kernels::{Backend, Dims, Real, RmsProp, XentStats};
+
+/// The parameter tensors in arena order: name (as saved), shape for hidden
+/// width `h`.
+pub fn tensor_shapes(h: usize) -> [(&'static str, Vec<usize>); 4] {
+    [
+        ("dense_1.kernel", vec![PIXELS, h]),
+        ("dense_1.bias", vec![h]),
+        ("dense_2.kernel", vec![h, CLASSES]),
+        ("dense_2.bias", vec![CLASSES]),
+    ]
+}
+
+/// The four parameter tensors of the network, borrowed from an arena.
+#[derive(Debug)]
+pub struct Tensors<S> {
+    /// Layer 1 kernel `(D, H)`.
+    pub w1: S,
+    /// Layer 1 bias `(H)`.
+    pub b1: S,
+    /// Layer 2 kernel `(H, C)`.
+    pub w2: S,
+    /// Layer 2 bias `(C)`.
+    pub b2: S,
+}
+
+/// One arena of `[W1 | b1 | W2 | b2]` for hidden width `hidden`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params<T> {
+    /// Hidden width `H`.
+    pub hidden: usize,
+    /// All values, in arena order.
+    pub data: Vec<T>,
+}
+
+impl<T: Real> Params<T> {
+    /// All zeros.
+    pub fn zeros(hidden: usize) -> Self {
+        let len = tensor_shapes(hidden).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        Params { hidden, data: vec![T::zero(); len] }
+    }
+
+    /// Keras's defaults: Glorot-uniform kernels, uniform in
+    /// `+-sqrt(6 / (fan_in + fan_out))`, and zero biases, drawn from `seed`.
+    pub fn glorot(hidden: usize, seed: u64) -> Self {
+        let mut p = Self::zeros(hidden);
+        let t = p.tensors_mut();
+        glorot_fill(t.w1, PIXELS, hidden, &mut Rng::new(seed, Stream::InitW1));
+        glorot_fill(t.w2, hidden, CLASSES, &mut Rng::new(seed, Stream::InitW2));
+        p
+    }
+
+    fn split_points(&self) -> [usize; 3] {
+        let h = self.hidden;
+        let a = PIXELS * h;
+        [a, a + h, a + h + h * CLASSES]
+    }
+
+    /// The four tensors, borrowed.
+    pub fn tensors(&self) -> Tensors<&[T]> {
+        let [a, b, c] = self.split_points();
+        let (w1, rest) = self.data.split_at(a);
+        let (b1, rest) = rest.split_at(b - a);
+        let (w2, b2) = rest.split_at(c - b);
+        Tensors { w1, b1, w2, b2 }
+    }
+
+    /// The four tensors, borrowed mutably.
+    pub fn tensors_mut(&mut self) -> Tensors<&mut [T]> {
+        let [a, b, c] = self.split_points();
+        let (w1, rest) = self.data.split_at_mut(a);
+        let (b1, rest) = rest.split_at_mut(b - a);
+        let (w2, b2) = rest.split_at_mut(c - b);
+        Tensors { w1, b1, w2, b2 }
+    }
+
+    /// The same values in another element type (rounded to nearest).
+    pub fn cast<U: Real>(&self) -> Params<U> {
+        Params { hidden: self.hidden, data: self.data.iter().map(|&v| U::from_f64(v.to_f64())).collect() }
+    }
+}
+
+fn glorot_fill<T: Real>(w: &mut [T], fan_in: usize, fan_out: usize, rng: &mut Rng) {
+    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    for v in w {
+        *v = T::from_f64((2.0 * rng.next_f64() - 1.0) * limit);
+    }
+}
+
+/// Activations and their gradients for one batch of at most `capacity` rows.
+#[derive(Debug)]
+struct Workspace<T> {
+    h: Vec<T>,  // (B, H) hidden activations after ReLU
+    p: Vec<T>,  // (B, C) softmax probabilities
+    dz: Vec<T>, // (B, C) gradient of the mean loss w.r.t. the logits
+    dh: Vec<T>, // (B, H) gradient w.r.t. the hidden pre-activations
+}
+
+impl<T: Real> Workspace<T> {
+    fn new(capacity: usize, hidden: usize) -> Self {
+        Workspace {
+            h: vec![T::zero(); capacity * hidden],
+            p: vec![T::zero(); capacity * CLASSES],
+            dz: vec![T::zero(); capacity * CLASSES],
+            dh: vec![T::zero(); capacity * hidden],
+        }
+    }
+}
+
+/// The network with its gradients, optimizer state and activations.
+#[derive(Debug)]
+pub struct Model<T> {
+    /// The weights.
+    pub params: Params<T>,
+    /// Gradients of the mean batch loss, written by [`Model::forward_backward`].
+    pub grads: Params<T>,
+    /// RMSprop's running mean of squared gradients (starts at zero).
+    pub velocity: Params<T>,
+    /// Optimizer hyper-parameters.
+    pub opt: RmsProp,
+    ws: Workspace<T>,
+}
+
+/// A batch: row indices into a whole dataset of `u8` images and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// All pixels of the dataset, `(R, D)`.
+    pub pixels: &'a [u8],
+    /// All labels of the dataset, `(R)`.
+    pub labels: &'a [u8],
+    /// The rows of this batch, `(B)`.
+    pub rows: &'a [u32],
+}
+
+impl<T: Real> Model<T> {
+    /// A model around `params`, for batches of at most `batch_capacity` rows.
+    pub fn new(params: Params<T>, opt: RmsProp, batch_capacity: usize) -> Self {
+        let hidden = params.hidden;
+        Model {
+            grads: Params::zeros(hidden),
+            velocity: Params::zeros(hidden),
+            ws: Workspace::new(batch_capacity, hidden),
+            params,
+            opt,
+        }
+    }
+
+    /// The largest batch this model's workspace holds.
+    pub fn batch_capacity(&self) -> usize {
+        self.ws.p.len() / CLASSES
+    }
+
+    fn dims(&self) -> (Dims, Dims) {
+        let h = self.params.hidden;
+        (Dims { k: PIXELS, n: h }, Dims { k: h, n: CLASSES })
+    }
+
+    /// Forward pass only: probabilities of `batch` into the workspace, and
+    /// the summed loss and correct count.
+    pub fn forward(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> XentStats<T> {
+        let (d1, d2) = self.dims();
+        let b = batch.rows.len();
+        assert!(b <= self.batch_capacity(), "batch of {b} rows exceeds the capacity {}", self.batch_capacity());
+        let w = self.params.tensors();
+        let ws = &mut self.ws;
+        let h = &mut ws.h[..b * d1.n]; // (B, H)
+        be.dense_relu_forward_u8(h, batch.pixels, batch.rows, w.w1, w.b1, d1);
+        let (p, dz) = (&mut ws.p[..b * CLASSES], &mut ws.dz[..b * CLASSES]); // (B, C) each
+        be.dense_softmax_xent(p, dz, h, w.w2, w.b2, batch.labels, batch.rows, d2)
+    }
+
+    /// Probabilities of the last [`Model::forward`], `(B, C)`.
+    pub fn probs(&self, b: usize) -> &[T] {
+        &self.ws.p[..b * CLASSES]
+    }
+
+    /// Forward and backward: fills [`Model::grads`] with the gradient of the
+    /// mean clipped cross-entropy of `batch`; returns the forward's stats.
+    pub fn forward_backward(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> XentStats<T> {
+        let stats = self.forward(be, batch);
+        let (d1, d2) = self.dims();
+        let b = batch.rows.len();
+        let w = self.params.tensors();
+        let g = self.grads.tensors_mut();
+        let ws = &mut self.ws;
+        let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
+        be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
+        be.relu_backward_input(dh, dz, w.w2, h, d2); // dH = (dZ W2^T) * [H > 0]
+        be.dense_backward_u8(g.w1, g.b1, batch.pixels, batch.rows, dh, d1); // dW1 = X^T dH
+        stats
+    }
+
+    /// One RMSprop update of every parameter from [`Model::grads`].
+    pub fn update(&mut self, be: &dyn Backend<T>) {
+        be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
+    }
+
+    /// A whole training step on `batch`: forward, backward, update. When the
+    /// loss is not finite nothing is updated and `Err` carries the stats.
+    pub fn train_step(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
+        let stats = self.forward_backward(be, batch);
+        if !stats.loss_sum.is_finite() {
+            return Err(stats);
+        }
+        self.update(be);
+        Ok(stats)
+    }
+}

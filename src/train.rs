@@ -1,0 +1,166 @@
+//! The training loop: epochs of shuffled batches, Keras's running metrics,
+//! and evaluation on a held-out split.
+
+use crate::data::Split;
+use crate::model::{Batch, Model};
+use crate::rng::{Rng, Stream};
+use anyhow::{bail, ensure, Result};
+use kiln_kernels::{Backend, RmsProp};
+use std::time::Instant;
+
+/// Everything that decides what training computes.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Rows per batch (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Hidden width `H`.
+    pub hidden: usize,
+    /// RMSprop hyper-parameters.
+    pub opt: RmsProp,
+    /// Seed of the initial weights and of every epoch's shuffle.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { epochs: 5, batch_size: 128, hidden: 512, opt: RmsProp::default(), seed: 0 }
+    }
+}
+
+impl Config {
+    /// Rejects settings that cannot train, with a message naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.epochs > 0, "--epochs must be at least 1 (got 0)");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1 (got 0)");
+        ensure!(self.batch_size <= u32::MAX as usize, "--batch-size {} is too large", self.batch_size);
+        ensure!(self.hidden > 0, "--hidden must be at least 1 (got 0)");
+        let RmsProp { lr, rho, eps } = self.opt;
+        ensure!(lr.is_finite() && lr > 0.0, "--lr must be a positive number (got {lr})");
+        ensure!(rho.is_finite() && (0.0..1.0).contains(&rho), "--rho must be in [0, 1) (got {rho})");
+        ensure!(eps.is_finite() && eps > 0.0, "--eps must be a positive number (got {eps})");
+        Ok(())
+    }
+}
+
+/// Keras's per-epoch log line.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochReport {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean loss over the epoch's images, each batch measured before its update.
+    pub loss: f64,
+    /// Fraction of the epoch's images classified correctly, likewise.
+    pub acc: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+}
+
+/// Progress inside an epoch, reported after every step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepProgress {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Steps done in this epoch.
+    pub step: usize,
+    /// Steps in an epoch.
+    pub steps: usize,
+    /// Running mean loss of this epoch so far.
+    pub loss: f64,
+    /// Running accuracy of this epoch so far.
+    pub acc: f64,
+}
+
+/// Running sums of loss and correct predictions over images.
+#[derive(Clone, Copy, Debug, Default)]
+struct Running {
+    loss: f64,
+    correct: usize,
+    images: usize,
+}
+
+impl Running {
+    fn mean_loss(&self) -> f64 {
+        self.loss / self.images as f64
+    }
+    fn acc(&self) -> f64 {
+        self.correct as f64 / self.images as f64
+    }
+}
+
+/// Row indices `0..n` in the seeded order of epoch `epoch` (Fisher-Yates).
+pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<u32> {
+    let mut rows: Vec<u32> = (0..n as u32).collect();
+    Rng::new(seed, Stream::Shuffle(epoch)).shuffle(&mut rows);
+    rows
+}
+
+/// Trains `model` on `data` for `cfg.epochs` epochs, calling `on_step` after
+/// every step and `on_epoch` after every epoch. Stops with an error naming
+/// the epoch, step and rows when a batch's loss is not finite; the model's
+/// weights are then those before that step.
+pub fn fit(
+    model: &mut Model<f32>,
+    be: &dyn Backend<f32>,
+    data: &Split,
+    cfg: &Config,
+    mut on_step: impl FnMut(StepProgress),
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<Vec<EpochReport>> {
+    ensure!(data.len() <= u32::MAX as usize, "the training split has more than 2^32 images");
+    let steps = data.len().div_ceil(cfg.batch_size);
+    let mut reports = Vec::with_capacity(cfg.epochs);
+    for e in 0..cfg.epochs {
+        let start = Instant::now();
+        let order = epoch_order(data.len(), cfg.seed, e as u32);
+        let mut run = Running::default();
+        for (s, rows) in order.chunks(cfg.batch_size).enumerate() {
+            let batch = Batch { pixels: data.pixels(), labels: data.labels(), rows };
+            match model.train_step(be, batch) {
+                Ok(st) => {
+                    run.loss += f64::from(st.loss_sum);
+                    run.correct += st.correct;
+                    run.images += rows.len();
+                }
+                Err(st) => bail!(
+                    "the loss became {} at epoch {}, step {}/{steps} (batch of {} images, first rows {:?}); \
+                     training stopped and no model was written (hint: lower --lr)",
+                    st.loss_sum / rows.len() as f32,
+                    e + 1,
+                    s + 1,
+                    rows.len(),
+                    &rows[..rows.len().min(4)]
+                ),
+            }
+            on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() });
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let report = EpochReport {
+            epoch: e + 1,
+            loss: run.mean_loss(),
+            acc: run.acc(),
+            seconds,
+            images_per_sec: run.images as f64 / seconds,
+        };
+        on_epoch(&report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Mean loss and accuracy of `model` on all of `data`, in order, in batches
+/// of the model's capacity.
+pub fn evaluate(model: &mut Model<f32>, be: &dyn Backend<f32>, data: &Split) -> (f64, f64) {
+    let rows: Vec<u32> = (0..data.len() as u32).collect();
+    let mut run = Running::default();
+    for chunk in rows.chunks(model.batch_capacity()) {
+        let st = model.forward(be, Batch { pixels: data.pixels(), labels: data.labels(), rows: chunk });
+        run.loss += f64::from(st.loss_sum);
+        run.correct += st.correct;
+        run.images += chunk.len();
+    }
+    (run.mean_loss(), run.acc())
+}
