@@ -125,7 +125,17 @@ pub fn dense_softmax_xent<T: Real>(
             *v = *v / sum;
         }
         correct += usize::from(argmax(prow) == y);
-        loss_sum = loss_sum - prow[y].max(lo).min(hi).ln();
+        // Clip with comparisons, not `max`/`min`, so that a NaN probability
+        // stays NaN (as in TensorFlow) instead of becoming a finite loss.
+        let py = prow[y];
+        let clipped = if py < lo {
+            lo
+        } else if py > hi {
+            hi
+        } else {
+            py
+        };
+        loss_sum = loss_sum - clipped.ln();
         for (j, (g, &pv)) in dz[i * n..(i + 1) * n].iter_mut().zip(prow.iter()).enumerate() {
             let onehot = if j == y { T::one() } else { T::zero() };
             *g = (pv - onehot) / batch_t;

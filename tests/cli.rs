@@ -1,0 +1,137 @@
+//! The `train` binary as a user runs it: flags, JSON output, errors, and that
+//! a failed run writes nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn train(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .env("KILN_CACHE_DIR", cache)
+        .env_remove("KILN_BACKEND")
+        .output()
+        .expect("run train")
+}
+
+/// A small dataset (300 train, 100 test images) cut from the golden file's
+/// real MNIST digits.
+fn small_dataset(dir: &Path) {
+    let g = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-rmsprop-h64.safetensors"))
+        .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&g).unwrap();
+    let (img, lab) = (st.tensor("images").unwrap(), st.tensor("labels").unwrap());
+    let write = |name: &str, dims: &[u32], data: &[u8]| {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        dims.iter().for_each(|d| v.extend_from_slice(&d.to_be_bytes()));
+        v.extend_from_slice(data);
+        std::fs::write(dir.join(name), v).unwrap();
+    };
+    write("train-images-idx3-ubyte", &[300, 28, 28], &img.data()[..300 * 784]);
+    write("train-labels-idx1-ubyte", &[300], &lab.data()[..300]);
+    write("t10k-images-idx3-ubyte", &[84, 28, 28], &img.data()[300 * 784..]);
+    write("t10k-labels-idx1-ubyte", &[84], &lab.data()[300..]);
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn trains_a_small_dataset_with_json_output_and_writes_the_model() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let o = train(
+        &["--data", d.path().to_str().unwrap(), "--epochs", "2", "--hidden", "32", "--batch-size", "64", "--json"]
+            .iter()
+            .copied()
+            .chain(["--out", out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (e, l) in lines[..2].iter().enumerate() {
+        assert_eq!(l["epoch"], e + 1);
+        for key in ["loss", "acc", "seconds", "images_per_sec"] {
+            assert!(l[key].as_f64().unwrap().is_finite(), "{key} in {l}");
+        }
+    }
+    assert!(lines[1]["loss"].as_f64() < lines[0]["loss"].as_f64(), "loss did not fall: {stdout}");
+    let last = &lines[2];
+    for key in ["test_loss", "test_acc", "train_seconds"] {
+        assert!(last[key].as_f64().unwrap().is_finite(), "{key} in {last}");
+    }
+    assert_eq!(last["backend"], "scalar");
+    assert!(last["threads"].as_u64().unwrap() >= 1);
+    let (params, meta) = kiln::checkpoint::load(&out).unwrap();
+    assert_eq!(params.hidden, 32);
+    assert_eq!(meta["hidden"], "32");
+    assert!(stderr(&o).contains("backend scalar"), "banner goes to stderr with --json");
+}
+
+#[test]
+fn invalid_flags_are_clear_errors_and_write_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.safetensors");
+    let out_s = out.to_str().unwrap();
+    for (flag, value, want) in [
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--epochs", "0", "--epochs must be at least 1"),
+        ("--threads", "0", "--threads must be at least 1"),
+        ("--hidden", "0", "--hidden must be at least 1"),
+        ("--lr", "-0.1", "--lr must be a positive number"),
+        ("--lr", "nan", "--lr must be a positive number"),
+        ("--rho", "1.5", "--rho must be in [0, 1)"),
+        ("--eps", "0", "--eps must be a positive number"),
+        ("--backend", "gpu", "unknown backend `gpu`"),
+        ("--epochs", "many", "invalid value 'many'"),
+    ] {
+        let o = train(&[flag, value, "--out", out_s], d.path());
+        assert!(!o.status.success(), "{flag} {value} was accepted");
+        assert!(stderr(&o).contains(want), "{flag} {value}: expected {want:?} in {}", stderr(&o));
+        assert!(!out.exists(), "{flag} {value} wrote a model");
+    }
+}
+
+#[test]
+fn bad_data_exits_nonzero_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    std::fs::write(d.path().join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 2, 3]).unwrap();
+    let out = d.path().join("m.safetensors");
+    let o = train(&["--data", d.path().to_str().unwrap(), "--out", out.to_str().unwrap()], d.path());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("t10k-labels-idx1-ubyte") && e.contains("1 byte short"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_writes_no_model() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let o = train(
+        &["--data", d.path().to_str().unwrap(), "--hidden", "16", "--lr", "1e30", "--out", out.to_str().unwrap()],
+        d.path(),
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("the loss became NaN at epoch 1, step 2/3"), "{e}");
+    assert!(e.contains("no model was written"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_existing_model_survives_a_failed_run() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    std::fs::write(&out, b"previous model").unwrap();
+    let o = train(&["--data", d.path().to_str().unwrap(), "--lr", "1e30", "--out", out.to_str().unwrap()], d.path());
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous model");
+}
