@@ -57,7 +57,7 @@ struct IdxFile {
 
 impl IdxFile {
     fn payload(&self) -> &[u8] {
-        &self.map[self.header.offset..self.header.offset + self.header.len]
+        &self.map[self.header.offset..self.header.offset + self.header.bytes]
     }
 }
 
@@ -71,7 +71,7 @@ pub struct Split {
 impl Split {
     /// Number of images (and labels).
     pub fn len(&self) -> usize {
-        self.labels.header.count
+        self.images.header.count
     }
     /// Whether the split holds no image.
     pub fn is_empty(&self) -> bool {

@@ -60,7 +60,7 @@ pub struct Header {
     /// Byte offset of the payload (the header's length).
     pub offset: usize,
     /// Payload length in bytes (`count * 784` or `count`).
-    pub len: usize,
+    pub bytes: usize,
 }
 
 fn type_name(t: u8) -> &'static str {
@@ -148,7 +148,7 @@ pub fn parse(bytes: &[u8], kind: Kind) -> Result<Header, String> {
             SIDE * SIDE
         ));
     }
-    Ok(Header { count: dims[0], offset, len })
+    Ok(Header { count: dims[0], offset, bytes: len })
 }
 
 #[cfg(test)]
@@ -173,9 +173,9 @@ mod tests {
     #[test]
     fn accepts_well_formed_files() {
         let h = parse(&file(Kind::Images, &[3, 28, 28], 3 * 784), Kind::Images).unwrap();
-        assert_eq!(h, Header { count: 3, offset: 16, len: 3 * 784 });
+        assert_eq!(h, Header { count: 3, offset: 16, bytes: 3 * 784 });
         let h = parse(&file(Kind::Labels, &[5], 5), Kind::Labels).unwrap();
-        assert_eq!(h, Header { count: 5, offset: 8, len: 5 });
+        assert_eq!(h, Header { count: 5, offset: 8, bytes: 5 });
         // Zero items is a valid file (the loader rejects an empty dataset).
         assert_eq!(parse(&file(Kind::Labels, &[0], 0), Kind::Labels).unwrap().count, 0);
     }

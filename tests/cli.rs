@@ -16,8 +16,8 @@ fn train(args: &[&str], cache: &Path) -> Output {
 /// A small dataset (300 train, 100 test images) cut from the golden file's
 /// real MNIST digits.
 fn small_dataset(dir: &Path) {
-    let g = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-rmsprop-h64.safetensors"))
-        .unwrap();
+    let g =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-rmsprop-h64.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&g).unwrap();
     let (img, lab) = (st.tensor("images").unwrap(), st.tensor("labels").unwrap());
     let write = |name: &str, dims: &[u32], data: &[u8]| {

@@ -59,7 +59,15 @@ impl Setup {
 /// Checks `SAMPLES` coordinates of the tensor at arena `offset..offset+len`,
 /// skipping those for which `near_kink(index)` holds. Returns how many were
 /// compared.
-fn check_tensor(s: &Setup, analytic: &Params<f64>, name: &str, offset: usize, len: usize, pick: &mut dyn FnMut() -> usize, near_kink: &dyn Fn(usize) -> bool) -> usize {
+fn check_tensor(
+    s: &Setup,
+    analytic: &Params<f64>,
+    name: &str,
+    offset: usize,
+    len: usize,
+    pick: &mut dyn FnMut() -> usize,
+    near_kink: &dyn Fn(usize) -> bool,
+) -> usize {
     let mut compared = 0;
     let mut worst = 0f64;
     for _ in 0..SAMPLES {

@@ -34,7 +34,7 @@ fn check_rows(x: &[u8], rows: &[u32], k: usize) {
     if k == 0 {
         return;
     }
-    assert!(x.len() % k == 0, "x has {} elements, not a multiple of K = {k}", x.len());
+    assert!(x.len().is_multiple_of(k), "x has {} elements, not a multiple of K = {k}", x.len());
     let r = x.len() / k;
     if let Some(bad) = rows.iter().find(|&&i| i as usize >= r) {
         panic!("row index {bad} out of range for a dataset of {r} rows");
@@ -195,7 +195,7 @@ pub fn dense_backward<T: Real>(dw: &mut [T], db: &mut [T], h: &[T], dz: &[T], d:
     if n == 0 {
         return;
     }
-    assert!(dz.len() % n == 0, "dZ has {} elements, not a multiple of N = {n}", dz.len());
+    assert!(dz.len().is_multiple_of(n), "dZ has {} elements, not a multiple of N = {n}", dz.len());
     let batch = dz.len() / n;
     check_len("H", h.len(), batch * k);
     column_sums(db, dz, n);

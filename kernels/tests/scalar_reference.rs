@@ -1,0 +1,269 @@
+//! The scalar reference kernels against naive f64 triple loops written
+//! independently here: exact on small integer inputs, within the f32 error
+//! bound of a length-K dot product on random inputs, over many shapes
+//! (0, 1, odd, the training shapes), with NaN-filled outputs to prove that
+//! `beta = 0` never reads them, and identical under any thread count.
+
+use kiln_kernels::scalar::{self, Scalar};
+use kiln_kernels::{Backend, Dims, RmsProp};
+
+/// SplitMix64, for reproducible inputs.
+struct Gen(u64);
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+    fn pixels(&mut self, n: usize) -> Vec<u8> {
+        // About 80% zeros, like MNIST.
+        (0..n).map(|_| if self.next().is_multiple_of(5) { (self.next() % 256) as u8 } else { 0 }).collect()
+    }
+}
+
+const EPS: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// Asserts `|got - want| <= (k + 2) * 2^-24 * mag + tiny` elementwise, where
+/// `mag` is the sum of magnitudes of the terms behind each element.
+fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], k: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let bound = (k as f64 + 2.0) * EPS * m + 1e-30;
+        assert!((f64::from(g) - w).abs() <= bound, "{what}[{i}]: got {g}, want {w}, bound {bound:e}");
+    }
+}
+
+/// Naive `relu(X W + b)` in f64, and the magnitudes of its terms.
+fn naive_forward(x: &[u8], rows: &[u32], w: &[f32], b: &[f32], k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut out = Vec::new();
+    let mut mag = Vec::new();
+    for &r in rows {
+        for j in 0..n {
+            let (mut s, mut m) = (f64::from(b[j]), f64::from(b[j]).abs());
+            for kk in 0..k {
+                let xv = f64::from(f32::from(x[r as usize * k + kk]) / 255.0);
+                s += xv * f64::from(w[kk * n + j]);
+                m += (xv * f64::from(w[kk * n + j])).abs();
+            }
+            out.push(s.max(0.0));
+            mag.push(m);
+        }
+    }
+    (out, mag)
+}
+
+/// The shapes every kernel test sweeps: degenerate, tiny, odd, and the
+/// training shapes (784 -> 512 -> 10 at batch 128 and the last batch of 96).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (0, 3, 4),
+    (1, 1, 1),
+    (1, 784, 1),
+    (2, 3, 0),
+    (3, 0, 5),
+    (5, 7, 9),
+    (7, 17, 33),
+    (13, 63, 31),
+    (17, 65, 15),
+    (96, 784, 512),
+    (128, 784, 512),
+    (128, 512, 10),
+];
+
+fn rows_for(g: &mut Gen, b: usize, dataset_rows: usize) -> Vec<u32> {
+    (0..b).map(|_| (g.next() % dataset_rows as u64) as u32).collect()
+}
+
+#[test]
+fn forward_u8_matches_naive_over_shapes_and_never_reads_its_output() {
+    let mut g = Gen(1);
+    for &(b, k, n) in SHAPES {
+        let r = b + 3;
+        let x = g.pixels(r * k);
+        let rows = rows_for(&mut g, b, r);
+        let (w, bias) = (g.vec(k * n), g.vec(n));
+        let mut h = vec![f32::NAN; b * n];
+        scalar::dense_relu_forward_u8(&mut h, &x, &rows, &w, &bias, Dims { k, n });
+        let (want, mag) = naive_forward(&x, &rows, &w, &bias, k, n);
+        assert_close(&format!("forward {b}x{k}x{n}"), &h, &want, &mag, k);
+    }
+}
+
+#[test]
+fn small_integer_inputs_are_exact() {
+    // Pixels 0 and 255 are exactly 0 and 1; integer weights make every
+    // product and sum exact in f32.
+    let (b, k, n) = (3, 5, 4);
+    let x: Vec<u8> = (0..b * k).map(|i| if i % 3 == 0 { 255 } else { 0 }).collect();
+    let rows: Vec<u32> = vec![2, 0, 1];
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let bias: Vec<f32> = (0..n).map(|j| j as f32 - 1.0).collect();
+    let mut h = vec![f32::NAN; b * n];
+    scalar::dense_relu_forward_u8(&mut h, &x, &rows, &w, &bias, Dims { k, n });
+    let (want, _) = naive_forward(&x, &rows, &w, &bias, k, n);
+    assert_eq!(h.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), want);
+
+    let dz: Vec<f32> = (0..b * n).map(|i| (i % 5) as f32 - 2.0).collect();
+    let (mut dw, mut db) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+    scalar::dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
+    for kk in 0..k {
+        for j in 0..n {
+            let want: f32 = (0..b).map(|i| f32::from(x[rows[i] as usize * k + kk]) / 255.0 * dz[i * n + j]).sum();
+            assert_eq!(dw[kk * n + j], want);
+        }
+    }
+    for j in 0..n {
+        assert_eq!(db[j], (0..b).map(|i| dz[i * n + j]).sum::<f32>());
+    }
+}
+
+#[test]
+fn softmax_xent_matches_naive() {
+    let mut g = Gen(2);
+    for &(b, k, _) in SHAPES {
+        let n = 10;
+        let r = b + 2;
+        let labels: Vec<u8> = (0..r).map(|_| (g.next() % 10) as u8).collect();
+        let rows = rows_for(&mut g, b, r);
+        let (h, w, bias) = (g.vec(b * k).iter().map(|v| v.max(0.0) * 3.0).collect::<Vec<_>>(), g.vec(k * n), g.vec(n));
+        let (mut p, mut dz) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
+        let st = scalar::dense_softmax_xent(&mut p, &mut dz, &h, &w, &bias, &labels, &rows, Dims { k, n });
+        let (mut loss, mut correct, mut loss_bound) = (0f64, 0usize, 0f64);
+        for i in 0..b {
+            let logits: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..k).map(|kk| f64::from(h[i * k + kk]) * f64::from(w[kk * n + j])).sum::<f64>()
+                        + f64::from(bias[j])
+                })
+                .collect();
+            // Rounding bound of each f32 logit (a length-k dot product plus
+            // the bias); a probability moves by at most twice the largest
+            // logit error, plus a few ulps from exp and the division.
+            let logit_err = (0..n)
+                .map(|j| {
+                    let mag: f64 = (0..k).map(|kk| (f64::from(h[i * k + kk]) * f64::from(w[kk * n + j])).abs()).sum();
+                    (k as f64 + 2.0) * EPS * (mag + f64::from(bias[j]).abs())
+                })
+                .fold(0f64, f64::max);
+            let tol = 2.0 * logit_err + 16.0 * EPS;
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+            let y = labels[rows[i] as usize] as usize;
+            for j in 0..n {
+                let pj = (logits[j] - m).exp() / s;
+                assert!((f64::from(p[i * n + j]) - pj).abs() <= tol, "p[{i},{j}]: {} vs {pj}", p[i * n + j]);
+                let d = (pj - if j == y { 1.0 } else { 0.0 }) / b as f64;
+                assert!((f64::from(dz[i * n + j]) - d).abs() <= (tol + 2.0 * EPS) / b as f64, "dz[{i},{j}]");
+            }
+            let py = ((logits[y] - m).exp() / s).clamp(1e-7, 1.0 - 1e-7);
+            loss -= py.ln();
+            loss_bound += tol / py + (i as f64 + 2.0) * EPS * loss.abs();
+            let best = (0..n).fold(0, |bi, j| if logits[j] > logits[bi] { j } else { bi });
+            correct += usize::from(best == y);
+        }
+        assert!((f64::from(st.loss_sum) - loss).abs() <= loss_bound, "loss {b}x{k}: {} vs {loss}", st.loss_sum);
+        // Ties between logits closer than rounding could flip an argmax; the
+        // random data here has none.
+        assert_eq!(st.correct, correct, "correct {b}x{k}");
+    }
+}
+
+#[test]
+fn backward_products_match_naive() {
+    let mut g = Gen(3);
+    for &(b, k, n) in SHAPES {
+        let r = b + 1;
+        let x = g.pixels(r * k);
+        let rows = rows_for(&mut g, b, r);
+        let (h, dz, w) = (g.vec(b * k), g.vec(b * n), g.vec(k * n));
+        let d = Dims { k, n };
+
+        let (mut dw, mut db) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+        scalar::dense_backward(&mut dw, &mut db, &h, &dz, d);
+        let (mut dw8, mut db8) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+        scalar::dense_backward_u8(&mut dw8, &mut db8, &x, &rows, &dz, d);
+        let (mut want, mut mag, mut want8, mut mag8) = (vec![], vec![], vec![], vec![]);
+        for kk in 0..k {
+            for j in 0..n {
+                let terms = (0..b).map(|i| f64::from(h[i * k + kk]) * f64::from(dz[i * n + j]));
+                want.push(terms.clone().sum());
+                mag.push(terms.map(f64::abs).sum());
+                let terms8 = (0..b)
+                    .map(|i| f64::from(f32::from(x[rows[i] as usize * k + kk]) / 255.0) * f64::from(dz[i * n + j]));
+                want8.push(terms8.clone().sum());
+                mag8.push(terms8.map(f64::abs).sum());
+            }
+        }
+        assert_close(&format!("dW {b}x{k}x{n}"), &dw, &want, &mag, b);
+        assert_close(&format!("dW u8 {b}x{k}x{n}"), &dw8, &want8, &mag8, b);
+        let dbw: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j])).sum()).collect();
+        let dbm: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
+        assert_close("db", &db, &dbw, &dbm, b);
+        assert_close("db u8", &db8, &dbw, &dbm, b);
+
+        let mut dh = vec![f32::NAN; b * k];
+        scalar::relu_backward_input(&mut dh, &dz, &w, &h, d);
+        let (mut want, mut mag) = (vec![], vec![]);
+        for i in 0..b {
+            for kk in 0..k {
+                let terms = (0..n).map(|j| f64::from(dz[i * n + j]) * f64::from(w[kk * n + j]));
+                let on = h[i * k + kk] > 0.0;
+                want.push(if on { terms.clone().sum() } else { 0.0 });
+                mag.push(if on { terms.map(f64::abs).sum() } else { 0.0 });
+            }
+        }
+        assert_close(&format!("dH {b}x{k}x{n}"), &dh, &want, &mag, n);
+    }
+}
+
+#[test]
+fn rmsprop_is_keras_formula_elementwise() {
+    let mut g = Gen(4);
+    for len in [0usize, 1, 7, 100_003] {
+        let (mut w, gr, mut v) = (g.vec(len), g.vec(len), g.vec(len).iter().map(|x| x.abs()).collect::<Vec<_>>());
+        let (w0, v0) = (w.clone(), v.clone());
+        let opt = RmsProp::default();
+        scalar::rmsprop(&mut w, &gr, &mut v, opt);
+        for i in 0..len {
+            let vi = 0.9f32 * v0[i] + 0.1f32 * (gr[i] * gr[i]);
+            assert_eq!(v[i], vi);
+            assert_eq!(w[i], w0[i] - (1e-3f32 * gr[i]) / (vi + 1e-7f32).sqrt());
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut g = Gen(5);
+    let (b, k, n) = (128, 784, 512);
+    let x = g.pixels((b + 5) * k);
+    let rows = rows_for(&mut g, b, b + 5);
+    let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut h = vec![0f32; b * n];
+            Scalar.dense_relu_forward_u8(&mut h, &x, &rows, &w, &bias, Dims { k, n });
+            let (mut dw, mut db) = (vec![0f32; k * n], vec![0f32; n]);
+            Scalar.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
+            (h, dw, db)
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
+
+#[test]
+#[should_panic(expected = "row index 9 out of range for a dataset of 2 rows")]
+fn out_of_range_rows_are_caught() {
+    let mut h = vec![0f32; 2];
+    scalar::dense_relu_forward_u8(&mut h, &[0; 4], &[0, 9], &[1.0, 1.0], &[0.0], Dims { k: 2, n: 1 });
+}
