@@ -96,7 +96,6 @@ pub fn dense_softmax_xent<T: Real>(
     check_len("b", b.len(), n);
     check_len("P", p.len(), batch * n);
     check_len("dZ", dz.len(), batch * n);
-    let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
     let batch_t = T::from_f64(batch as f64);
     let mut loss_sum = T::zero();
     let mut correct = 0;
@@ -111,37 +110,46 @@ pub fn dense_softmax_xent<T: Real>(
                 *acc = *acc + hv * wv;
             }
         }
-        let mut max = T::neg_infinity();
         for (v, &bv) in prow.iter_mut().zip(b) {
             *v = *v + bv;
-            max = max.max(*v);
         }
-        let mut sum = T::zero();
-        for v in prow.iter_mut() {
-            *v = (*v - max).exp();
-            sum = sum + *v;
-        }
-        for v in prow.iter_mut() {
-            *v = *v / sum;
-        }
-        correct += usize::from(argmax(prow) == y);
-        // Clip with comparisons, not `max`/`min`, so that a NaN probability
-        // stays NaN (as in TensorFlow) instead of becoming a finite loss.
-        let py = prow[y];
-        let clipped = if py < lo {
-            lo
-        } else if py > hi {
-            hi
-        } else {
-            py
-        };
-        loss_sum = loss_sum - clipped.ln();
-        for (j, (g, &pv)) in dz[i * n..(i + 1) * n].iter_mut().zip(prow.iter()).enumerate() {
-            let onehot = if j == y { T::one() } else { T::zero() };
-            *g = (pv - onehot) / batch_t;
-        }
+        let (loss, hit) = softmax_xent_row(prow, &mut dz[i * n..(i + 1) * n], y, batch_t);
+        loss_sum = loss_sum + loss;
+        correct += usize::from(hit);
     }
     XentStats { loss_sum, correct }
+}
+
+/// Turns one row of logits (bias already added) into probabilities in place,
+/// writes its logit gradient `(p - onehot(y)) / batch` into `dz`, and returns
+/// the clipped cross-entropy `-ln clip(p[y])` and whether `argmax p == y`.
+/// Shared by every backend, so the softmax itself is computed identically.
+pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) -> (T, bool) {
+    let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
+    let max = p.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+    let mut sum = T::zero();
+    for v in p.iter_mut() {
+        *v = (*v - max).exp();
+        sum = sum + *v;
+    }
+    for v in p.iter_mut() {
+        *v = *v / sum;
+    }
+    // Clip with comparisons, not `max`/`min`, so that a NaN probability
+    // stays NaN (as in TensorFlow) instead of becoming a finite loss.
+    let py = p[y];
+    let clipped = if py < lo {
+        lo
+    } else if py > hi {
+        hi
+    } else {
+        py
+    };
+    for (j, (g, &pv)) in dz.iter_mut().zip(p.iter()).enumerate() {
+        let onehot = if j == y { T::one() } else { T::zero() };
+        *g = (pv - onehot) / batch;
+    }
+    (-clipped.ln(), argmax(p) == y)
 }
 
 /// Index of the first maximum of `v` (0 for an empty slice; NaN never wins).
