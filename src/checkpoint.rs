@@ -25,13 +25,15 @@ pub const FORMAT: &str = "kiln-mlp-v1";
 /// Where `train` writes its model unless told otherwise (`--out`).
 pub const DEFAULT_MODEL_PATH: &str = "kiln-mnist.safetensors";
 
-/// Saves `params` to `path` atomically, with `extra` added to the metadata.
+/// Saves `params` (in any layout; the file is row-major) to `path`
+/// atomically, with `extra` added to the metadata.
 pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>) -> Result<()> {
     let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("hidden".into(), params.hidden.to_string());
     meta.insert("inputs".into(), PIXELS.to_string());
     meta.insert("classes".into(), CLASSES.to_string());
+    let params = params.to_row_major();
     let t = params.tensors();
     let bytes: Vec<Vec<u8>> =
         [t.w1, t.b1, t.w2, t.b2].iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
@@ -45,7 +47,7 @@ pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>)
     write_atomic(path, &file)
 }
 
-/// Loads and validates a model file written by [`save`].
+/// Loads and validates a model file written by [`save`] (row-major).
 pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| {
         format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())

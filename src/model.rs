@@ -4,13 +4,15 @@
 //! Dimensions, named once: `B` batch rows, `D = 784` inputs, `H` hidden
 //! units, `C = 10` classes. Parameters, gradients and RMSprop velocities each
 //! live in one arena laid out `[W1 (D,H) | b1 (H) | W2 (H,C) | b2 (C)]`, so the
-//! update is one flat pass over all of them. The model is generic over the
+//! update is one flat pass over all of them. `W1` is stored in the backend's
+//! panel layout (`kiln_kernels::PanelLayout`); every other tensor, and every
+//! tensor outside a [`Model`], is row-major. The model is generic over the
 //! element type: `f32` trains, `f64` runs the gradient checks through the
 //! same code and the scalar kernels' formulas.
 
 use crate::data::{CLASSES, PIXELS};
 use crate::rng::{Rng, Stream};
-use kiln_kernels::{Backend, Dims, Real, RmsProp, XentStats};
+use kiln_kernels::{Backend, Dims, PanelLayout, Real, RmsProp, XentStats};
 
 /// The parameter tensors in arena order: name (as saved), shape for hidden
 /// width `h`.
@@ -41,15 +43,45 @@ pub struct Tensors<S> {
 pub struct Params<T> {
     /// Hidden width `H`.
     pub hidden: usize,
+    /// How `W1` is stored (row-major unless inside a [`Model`]).
+    pub layout: PanelLayout,
     /// All values, in arena order.
     pub data: Vec<T>,
 }
 
 impl<T: Real> Params<T> {
-    /// All zeros.
+    /// All zeros, row-major.
     pub fn zeros(hidden: usize) -> Self {
-        let len = tensor_shapes(hidden).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        Params { hidden, data: vec![T::zero(); len] }
+        Self::zeros_in(PanelLayout::row_major(PIXELS, hidden))
+    }
+
+    /// All zeros, `W1` stored in `layout`.
+    pub fn zeros_in(layout: PanelLayout) -> Self {
+        let h = layout.n;
+        assert_eq!(layout.k, PIXELS, "W1 has {PIXELS} rows");
+        Params { hidden: h, layout, data: vec![T::zero(); layout.len() + h + h * CLASSES + CLASSES] }
+    }
+
+    /// The same parameters with `W1` stored in `layout` instead.
+    pub fn to_layout(&self, layout: PanelLayout) -> Self {
+        if layout == self.layout {
+            return self.clone();
+        }
+        assert_eq!((layout.k, layout.n), (self.layout.k, self.layout.n), "layouts of different shapes");
+        let mut row_major = vec![T::zero(); PIXELS * self.hidden];
+        self.layout.unpack(self.tensors().w1, &mut row_major);
+        let mut out = Self::zeros_in(layout);
+        let (src, dst) = (self.tensors(), out.tensors_mut());
+        layout.pack(&row_major, dst.w1);
+        dst.b1.copy_from_slice(src.b1);
+        dst.w2.copy_from_slice(src.w2);
+        dst.b2.copy_from_slice(src.b2);
+        out
+    }
+
+    /// The same parameters, row-major.
+    pub fn to_row_major(&self) -> Self {
+        self.to_layout(PanelLayout::row_major(PIXELS, self.hidden))
     }
 
     /// Keras's defaults: Glorot-uniform kernels, uniform in
@@ -64,7 +96,7 @@ impl<T: Real> Params<T> {
 
     fn split_points(&self) -> [usize; 3] {
         let h = self.hidden;
-        let a = PIXELS * h;
+        let a = self.layout.len();
         [a, a + h, a + h + h * CLASSES]
     }
 
@@ -88,7 +120,11 @@ impl<T: Real> Params<T> {
 
     /// The same values in another element type (rounded to nearest).
     pub fn cast<U: Real>(&self) -> Params<U> {
-        Params { hidden: self.hidden, data: self.data.iter().map(|&v| U::from_f64(v.to_f64())).collect() }
+        Params {
+            hidden: self.hidden,
+            layout: self.layout,
+            data: self.data.iter().map(|&v| U::from_f64(v.to_f64())).collect(),
+        }
     }
 }
 
@@ -119,10 +155,11 @@ impl<T: Real> Workspace<T> {
     }
 }
 
-/// The network with its gradients, optimizer state and activations.
-#[derive(Debug)]
-pub struct Model<T> {
-    /// The weights.
+/// The network with its gradients, optimizer state and activations, bound
+/// to the kernel backend that runs it.
+pub struct Model<'b, T: Real> {
+    be: &'b dyn Backend<T>,
+    /// The weights (`W1` in the backend's layout).
     pub params: Params<T>,
     /// Gradients of the mean batch loss, written by [`Model::forward_backward`].
     pub grads: Params<T>,
@@ -144,17 +181,25 @@ pub struct Batch<'a> {
     pub rows: &'a [u32],
 }
 
-impl<T: Real> Model<T> {
-    /// A model around `params`, for batches of at most `batch_capacity` rows.
-    pub fn new(params: Params<T>, opt: RmsProp, batch_capacity: usize) -> Self {
+impl<'b, T: Real> Model<'b, T> {
+    /// A model running on `be`, starting from `params` (any layout), for
+    /// batches of at most `batch_capacity` rows.
+    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: RmsProp, batch_capacity: usize) -> Self {
         let hidden = params.hidden;
+        let layout = be.w1_layout(PIXELS, hidden);
         Model {
-            grads: Params::zeros(hidden),
-            velocity: Params::zeros(hidden),
+            be,
+            grads: Params::zeros_in(layout),
+            velocity: Params::zeros_in(layout),
             ws: Workspace::new(batch_capacity, hidden),
-            params,
+            params: params.to_layout(layout),
             opt,
         }
+    }
+
+    /// The backend this model runs on.
+    pub fn backend(&self) -> &'b dyn Backend<T> {
+        self.be
     }
 
     /// The largest batch this model's workspace holds.
@@ -169,12 +214,11 @@ impl<T: Real> Model<T> {
 
     /// Forward pass only: probabilities of `batch` into the workspace, and
     /// the summed loss and correct count.
-    pub fn forward(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> XentStats<T> {
+    pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
         let (d1, d2) = self.dims();
         let b = batch.rows.len();
         assert!(b <= self.batch_capacity(), "batch of {b} rows exceeds the capacity {}", self.batch_capacity());
-        let w = self.params.tensors();
-        let ws = &mut self.ws;
+        let (be, w, ws) = (self.be, self.params.tensors(), &mut self.ws);
         let h = &mut ws.h[..b * d1.n]; // (B, H)
         be.dense_relu_forward_u8(h, batch.pixels, batch.rows, w.w1, w.b1, d1);
         let (p, dz) = (&mut ws.p[..b * CLASSES], &mut ws.dz[..b * CLASSES]); // (B, C) each
@@ -188,12 +232,11 @@ impl<T: Real> Model<T> {
 
     /// Forward and backward: fills [`Model::grads`] with the gradient of the
     /// mean clipped cross-entropy of `batch`; returns the forward's stats.
-    pub fn forward_backward(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> XentStats<T> {
-        let stats = self.forward(be, batch);
+    pub fn forward_backward(&mut self, batch: Batch<'_>) -> XentStats<T> {
+        let stats = self.forward(batch);
         let (d1, d2) = self.dims();
         let b = batch.rows.len();
-        let w = self.params.tensors();
-        let g = self.grads.tensors_mut();
+        let (be, w, g) = (self.be, self.params.tensors(), self.grads.tensors_mut());
         let ws = &mut self.ws;
         let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
         be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
@@ -203,18 +246,18 @@ impl<T: Real> Model<T> {
     }
 
     /// One RMSprop update of every parameter from [`Model::grads`].
-    pub fn update(&mut self, be: &dyn Backend<T>) {
-        be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
+    pub fn update(&mut self) {
+        self.be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
     }
 
     /// A whole training step on `batch`: forward, backward, update. When the
     /// loss is not finite nothing is updated and `Err` carries the stats.
-    pub fn train_step(&mut self, be: &dyn Backend<T>, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
-        let stats = self.forward_backward(be, batch);
+    pub fn train_step(&mut self, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
+        let stats = self.forward_backward(batch);
         if !stats.loss_sum.is_finite() {
             return Err(stats);
         }
-        self.update(be);
+        self.update();
         Ok(stats)
     }
 }

@@ -5,7 +5,7 @@ use crate::data::Split;
 use crate::model::{Batch, Model};
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
-use kiln_kernels::{Backend, RmsProp};
+use kiln_kernels::RmsProp;
 use std::time::Instant;
 
 /// Everything that decides what training computes.
@@ -103,8 +103,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<u32> {
 /// the epoch, step and rows when a batch's loss is not finite; the model's
 /// weights are then those before that step.
 pub fn fit(
-    model: &mut Model<f32>,
-    be: &dyn Backend<f32>,
+    model: &mut Model<'_, f32>,
     data: &Split,
     cfg: &Config,
     mut on_step: impl FnMut(StepProgress),
@@ -119,7 +118,7 @@ pub fn fit(
         let mut run = Running::default();
         for (s, rows) in order.chunks(cfg.batch_size).enumerate() {
             let batch = Batch { pixels: data.pixels(), labels: data.labels(), rows };
-            match model.train_step(be, batch) {
+            match model.train_step(batch) {
                 Ok(st) => {
                     run.loss += f64::from(st.loss_sum);
                     run.correct += st.correct;
@@ -153,11 +152,11 @@ pub fn fit(
 
 /// Mean loss and accuracy of `model` on all of `data`, in order, in batches
 /// of the model's capacity.
-pub fn evaluate(model: &mut Model<f32>, be: &dyn Backend<f32>, data: &Split) -> (f64, f64) {
+pub fn evaluate(model: &mut Model<'_, f32>, data: &Split) -> (f64, f64) {
     let rows: Vec<u32> = (0..data.len() as u32).collect();
     let mut run = Running::default();
     for chunk in rows.chunks(model.batch_capacity()) {
-        let st = model.forward(be, Batch { pixels: data.pixels(), labels: data.labels(), rows: chunk });
+        let st = model.forward(Batch { pixels: data.pixels(), labels: data.labels(), rows: chunk });
         run.loss += f64::from(st.loss_sum);
         run.correct += st.correct;
         run.images += chunk.len();

@@ -36,8 +36,8 @@ impl Setup {
 
     /// Mean loss with the given parameters.
     fn loss(&self, params: &Params<f64>) -> f64 {
-        let mut m = Model::new(params.clone(), RmsProp::default(), BATCH);
-        m.forward(&Scalar, self.batch()).loss_sum / BATCH as f64
+        let mut m = Model::new(&Scalar, params, RmsProp::default(), BATCH);
+        m.forward(self.batch()).loss_sum / BATCH as f64
     }
 
     /// Hidden pre-activations `Z = X W1 + b1`, `(B, H)`, for the kink test.
@@ -96,8 +96,8 @@ fn check_tensor(
 fn analytic_gradients_match_central_differences_in_f64() {
     let s = Setup::new();
     let h = s.params.hidden;
-    let mut m = Model::new(s.params.clone(), RmsProp::default(), BATCH);
-    m.forward_backward(&Scalar, s.batch());
+    let mut m = Model::new(&Scalar, &s.params, RmsProp::default(), BATCH);
+    m.forward_backward(s.batch());
     let analytic = m.grads.clone();
     let z = s.preactivations();
     let mut rng = Rng::new(99, Stream::Shuffle(0));
@@ -134,8 +134,8 @@ fn analytic_gradients_match_central_differences_in_f64() {
 #[test]
 fn gradient_check_detects_a_wrong_gradient() {
     let s = Setup::new();
-    let mut m = Model::new(s.params.clone(), RmsProp::default(), BATCH);
-    m.forward_backward(&Scalar, s.batch());
+    let mut m = Model::new(&Scalar, &s.params, RmsProp::default(), BATCH);
+    m.forward_backward(s.batch());
     let mut wrong = m.grads.clone();
     let off = 784 * s.params.hidden + s.params.hidden;
     wrong.data[off] *= 1.0 + 1e-4;

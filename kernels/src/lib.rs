@@ -34,6 +34,18 @@
 //! `clip` bounds a probability to `[1e-7, 1 - 1e-7]` as Keras does; the
 //! gradient `dZ` is taken from the unclipped probabilities.
 //!
+//! # Layer 1's weights live in the backend's layout
+//!
+//! Layer 1's kernel `W (K,N)` is read by every step and written by every
+//! update; repacking it for each product would cost a pass over memory each
+//! time. So the two u8 ops read `W` and write `dW` in the backend's
+//! [`PanelLayout`] ([`Backend::w1_layout`]): panels of `nr` columns, each a
+//! row-major `(K, nr)` block, zero-padded past column `N`. The model keeps
+//! `W1`, `dW1` and its RMSprop velocity in that layout (the update is
+//! elementwise and does not care) and converts only when saving, loading or
+//! comparing. With `nr >= N` the layout is plain row-major; the scalar
+//! backend uses that.
+//!
 //! Every backend implements [`Backend`]; the model code only ever talks to a
 //! `&dyn Backend<T>`, so a new backend slots in without touching it.
 //! [`scalar`] is the plain reference every other backend is tested against;
@@ -103,6 +115,68 @@ pub struct Dims {
     pub n: usize,
 }
 
+/// How a `(K, N)` matrix is stored in panels of `nr` columns: panel `p`
+/// holds columns `p*nr .. (p+1)*nr` as a row-major `(K, nr)` block, and the
+/// columns past `N` in the last panel are zero. `nr == N` is row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PanelLayout {
+    /// Rows `K`.
+    pub k: usize,
+    /// Columns `N` (without padding).
+    pub n: usize,
+    /// Panel width (at least 1).
+    pub nr: usize,
+}
+
+impl PanelLayout {
+    /// Plain row-major `(K, N)`.
+    pub fn row_major(k: usize, n: usize) -> Self {
+        PanelLayout { k, n, nr: n.max(1) }
+    }
+    /// Panels of `nr` columns.
+    pub fn panels_of(k: usize, n: usize, nr: usize) -> Self {
+        assert!(nr > 0, "panel width 0");
+        PanelLayout { k, n, nr }
+    }
+    /// Number of panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+    /// Stored elements, padding included.
+    pub fn len(&self) -> usize {
+        self.panels() * self.k * self.nr
+    }
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Position of element `(row, col)`.
+    pub fn index(&self, row: usize, col: usize) -> usize {
+        (col / self.nr) * self.k * self.nr + row * self.nr + col % self.nr
+    }
+    /// Copies row-major `src (K, N)` into this layout (padding set to zero).
+    pub fn pack<T: Real>(&self, src: &[T], dst: &mut [T]) {
+        assert_eq!(src.len(), self.k * self.n, "source is not (K, N)");
+        assert_eq!(dst.len(), self.len(), "destination does not fit the layout");
+        dst.fill(T::zero());
+        for (row, r) in src.chunks_exact(self.n.max(1)).enumerate().take(self.k) {
+            for (col, &v) in r.iter().enumerate() {
+                dst[self.index(row, col)] = v;
+            }
+        }
+    }
+    /// Copies this layout back into row-major `dst (K, N)`.
+    pub fn unpack<T: Real>(&self, src: &[T], dst: &mut [T]) {
+        assert_eq!(src.len(), self.len(), "source does not fit the layout");
+        assert_eq!(dst.len(), self.k * self.n, "destination is not (K, N)");
+        for (row, r) in dst.chunks_exact_mut(self.n.max(1)).enumerate().take(self.k) {
+            for (col, v) in r.iter_mut().enumerate() {
+                *v = src[self.index(row, col)];
+            }
+        }
+    }
+}
+
 /// Hyper-parameters of the RMSprop update, in Keras's names. They are kept
 /// in `f64`, as Keras keeps them in Python floats, and rounded to the element
 /// type once per update ([`RmsProp::coefficients`]).
@@ -142,7 +216,14 @@ pub trait Backend<T: Real>: Sync {
     /// The name shown to users (`scalar`, `avx2`, ...).
     fn name(&self) -> &'static str;
 
-    /// `H (B,N) := relu(X W + b)` with `X = x[rows] / 255` (`x` is `(R,K)`).
+    /// The layout of `W` and `dW` in the two u8 ops for a `(K, N)` kernel
+    /// (see the crate docs); every other matrix is row-major.
+    fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {
+        PanelLayout::row_major(k, n)
+    }
+
+    /// `H (B,N) := relu(X W + b)` with `X = x[rows] / 255` (`x` is `(R,K)`,
+    /// `W` in [`Backend::w1_layout`]).
     fn dense_relu_forward_u8(&self, h: &mut [T], x: &[u8], rows: &[u32], w: &[T], b: &[T], d: Dims);
 
     /// `P (B,N) := softmax(H W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
@@ -164,7 +245,8 @@ pub trait Backend<T: Real>: Sync {
     /// `dW (K,N) := H^T dZ`, `db (N) := column sums of dZ` (`H` is `(B,K)`).
     fn dense_backward(&self, dw: &mut [T], db: &mut [T], h: &[T], dz: &[T], d: Dims);
 
-    /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`.
+    /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`
+    /// (`dW` in [`Backend::w1_layout`], padding written as zero).
     #[allow(clippy::too_many_arguments)]
     fn dense_backward_u8(&self, dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32], dz: &[T], d: Dims);
 

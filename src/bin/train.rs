@@ -127,7 +127,7 @@ fn train_and_save(
         cfg.seed,
         h = cfg.hidden
     ));
-    let mut model = Model::new(params, cfg.opt, cfg.batch_size.max(1000).min(data.train.len().max(data.test.len())));
+    let mut model = Model::new(be, &params, cfg.opt, cfg.batch_size.max(1000).min(data.train.len().max(data.test.len())));
     let interactive = !json && std::io::stdout().is_terminal();
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
     let style = ProgressStyle::with_template("{pos:>4}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} - {msg}")
@@ -136,7 +136,6 @@ fn train_and_save(
     let start = Instant::now();
     let reports = train::fit(
         &mut model,
-        be,
         &data.train,
         cfg,
         |p| {
@@ -175,7 +174,7 @@ fn train_and_save(
         },
     )?;
     let train_seconds = start.elapsed().as_secs_f64();
-    let (test_loss, test_acc) = train::evaluate(&mut model, be, &data.test);
+    let (test_loss, test_acc) = train::evaluate(&mut model, &data.test);
     let mut meta = BTreeMap::new();
     for (k, v) in [
         ("seed", cfg.seed.to_string()),
