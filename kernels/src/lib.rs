@@ -52,7 +52,14 @@
 //! it is generic over [`Real`] so that the gradient checks run the very same
 //! formulas in `f64`.
 
+#[cfg(feature = "blas")]
+mod blas;
+mod gemm;
+mod isa;
+mod params;
 pub mod scalar;
+mod simd;
+mod small;
 
 use std::fmt::Debug;
 
@@ -257,19 +264,64 @@ pub trait Backend<T: Real>: Sync {
     fn rmsprop(&self, w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp);
 }
 
-/// Every backend name `select` knows, in the order `auto` prefers them.
-pub const BACKEND_NAMES: &[&str] = &["scalar"];
+/// Every backend name [`select`] knows, fastest first (the order `auto`
+/// tries them in, BLAS excepted: it is never chosen automatically).
+pub const BACKEND_NAMES: &[&str] = &["avx512", "avx2", "neon", "blas", "scalar"];
 
-/// The backend called `name`: `auto` picks the fastest this machine runs;
-/// any other name must be one of [`BACKEND_NAMES`] and runnable here, or the
-/// error says why (never a silent fallback).
+/// The backends this build and this CPU can run, fastest first.
+pub fn available_backends() -> Vec<&'static str> {
+    BACKEND_NAMES.iter().copied().filter(|name| select(name).is_ok()).collect()
+}
+
+/// The backend called `name`: `auto` picks the fastest SIMD backend this CPU
+/// runs (else `scalar`); any other name must be one of [`BACKEND_NAMES`] and
+/// runnable here, or the error says why. Never a silent fallback.
+/// Detection runs once; the backends are built once and cached.
 pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, String> {
+    use std::sync::OnceLock;
     static SCALAR: scalar::Scalar = scalar::Scalar;
+    #[cfg(target_arch = "x86_64")]
+    static AVX2: OnceLock<Option<isa::SimdBackend<simd::Avx2>>> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    static AVX512: OnceLock<Option<isa::SimdBackend<simd::Avx512>>> = OnceLock::new();
+    #[cfg(target_arch = "aarch64")]
+    static NEON: OnceLock<Option<isa::SimdBackend<simd::Neon>>> = OnceLock::new();
+    fn missing(name: &str, why: &str) -> String {
+        format!("backend `{name}` cannot run here: {why}")
+    }
     match name {
-        "auto" | "scalar" => Ok(&SCALAR),
-        "avx2" | "avx512" | "neon" | "blas" => {
-            Err(format!("backend `{name}` is not implemented yet; this build has: auto, scalar"))
+        "scalar" => Ok(&SCALAR),
+        "auto" => {
+            for candidate in ["avx512", "avx2", "neon"] {
+                if let Ok(b) = select(candidate) {
+                    return Ok(b);
+                }
+            }
+            Ok(&SCALAR)
         }
-        _ => Err(format!("unknown backend `{name}`; expected one of: auto, scalar, avx2, avx512, neon, blas")),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" => match AVX2.get_or_init(isa::SimdBackend::new) {
+            Some(b) => Ok(b),
+            None => Err(missing(name, "this CPU lacks AVX2 or FMA")),
+        },
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => match AVX512.get_or_init(isa::SimdBackend::new) {
+            Some(b) => Ok(b),
+            None => Err(missing(name, "this CPU lacks AVX-512F")),
+        },
+        #[cfg(target_arch = "aarch64")]
+        "neon" => match NEON.get_or_init(isa::SimdBackend::new) {
+            Some(b) => Ok(b),
+            None => Err(missing(name, "this CPU lacks NEON")),
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        "avx2" | "avx512" => Err(missing(name, "it is an x86_64 instruction set")),
+        #[cfg(not(target_arch = "aarch64"))]
+        "neon" => Err(missing(name, "it is an aarch64 instruction set")),
+        #[cfg(feature = "blas")]
+        "blas" => Ok(blas::backend()),
+        #[cfg(not(feature = "blas"))]
+        "blas" => Err(missing(name, "this build lacks the `blas` cargo feature (build with --features blas)")),
+        _ => Err(format!("unknown backend `{name}`; expected one of: auto, {}", BACKEND_NAMES.join(", "))),
     }
 }

@@ -16,7 +16,7 @@ const FORWARD_ROWS: usize = 4;
 /// Rows of `dW` owned by one task in the weight-gradient products.
 const DW_ROWS: usize = 16;
 /// Elements per task in the RMSprop update.
-const UPDATE_CHUNK: usize = 1 << 14;
+pub(crate) const UPDATE_CHUNK: usize = 1 << 14;
 
 /// The reference backend (see the module documentation).
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,7 +30,7 @@ pub fn pixel_table<T: Real>() -> [T; 256] {
 
 /// Panics unless `x` is a whole `(R, k)` matrix and every row index is < R.
 /// (With `K = 0` there are no pixels to read and any row index is accepted.)
-fn check_rows(x: &[u8], rows: &[u32], k: usize) {
+pub(crate) fn check_rows(x: &[u8], rows: &[u32], k: usize) {
     if k == 0 {
         return;
     }
@@ -41,7 +41,7 @@ fn check_rows(x: &[u8], rows: &[u32], k: usize) {
     }
 }
 
-fn check_len(what: &str, len: usize, want: usize) {
+pub(crate) fn check_len(what: &str, len: usize, want: usize) {
     assert_eq!(len, want, "{what} has {len} elements, expected {want}");
 }
 
@@ -164,7 +164,7 @@ pub fn argmax<T: Real>(v: &[T]) -> usize {
 }
 
 /// `db (N) := sum_i dZ[i, :]`, summed in row order.
-fn column_sums<T: Real>(db: &mut [T], dz: &[T], n: usize) {
+pub(crate) fn column_sums<T: Real>(db: &mut [T], dz: &[T], n: usize) {
     db.fill(T::zero());
     for dzrow in dz.chunks_exact(n) {
         for (acc, &g) in db.iter_mut().zip(dzrow) {
@@ -257,15 +257,19 @@ pub fn relu_backward_input<T: Real>(dh: &mut [T], dz: &[T], w: &[T], h: &[T], d:
 pub fn rmsprop<T: Real>(w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp) {
     check_len("g", g.len(), w.len());
     check_len("v", v.len(), w.len());
+    w.par_chunks_mut(UPDATE_CHUNK)
+        .zip(g.par_chunks(UPDATE_CHUNK))
+        .zip(v.par_chunks_mut(UPDATE_CHUNK))
+        .for_each(|((w, g), v)| rmsprop_serial(w, g, v, opt));
+}
+
+/// [`rmsprop`] on one chunk, on the calling thread.
+pub fn rmsprop_serial<T: Real>(w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp) {
     let (lr, rho, decay, eps) = opt.coefficients::<T>();
-    w.par_chunks_mut(UPDATE_CHUNK).zip(g.par_chunks(UPDATE_CHUNK)).zip(v.par_chunks_mut(UPDATE_CHUNK)).for_each(
-        |((w, g), v)| {
-            for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-                *v = rho * *v + decay * (g * g);
-                *w = *w - (lr * g) / (*v + eps).sqrt();
-            }
-        },
-    );
+    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+        *v = rho * *v + decay * (g * g);
+        *w = *w - (lr * g) / (*v + eps).sqrt();
+    }
 }
 
 impl<T: Real> Backend<T> for Scalar {

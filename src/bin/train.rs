@@ -127,7 +127,8 @@ fn train_and_save(
         cfg.seed,
         h = cfg.hidden
     ));
-    let mut model = Model::new(be, &params, cfg.opt, cfg.batch_size.max(1000).min(data.train.len().max(data.test.len())));
+    let mut model =
+        Model::new(be, &params, cfg.opt, cfg.batch_size.max(1000).min(data.train.len().max(data.test.len())));
     let interactive = !json && std::io::stdout().is_terminal();
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
     let style = ProgressStyle::with_template("{pos:>4}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} - {msg}")

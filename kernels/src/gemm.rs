@@ -1,0 +1,341 @@
+//! The packed GEMM behind layer 1's two big products, generic over the
+//! vector instruction set `S` and the register tile `MR x NR` (`NR = NV x
+//! S::LANES`, see `params.rs`).
+//!
+//! # Contract
+//! `C := A B` (BLAS order with `alpha = 1`, `beta = 0`: **C is never read
+//! before it is written**, so it may hold NaN), optionally followed by the
+//! epilogue `C := relu(C + bias)`, applied once, on the last k-block. All
+//! matrices are row-major except where a panel layout is named.
+//!
+//! * `forward_rows`: `H (m, N) = relu(X W + b)`, `X[i, k] = x[rows[i], k] / 255`
+//!   gathered from the mapped u8 data while packing A; `W (K, N)` already in
+//!   the panel layout, so B is never packed.
+//! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above; `dW` is
+//!   written straight into the panel layout, `dZ (B, N)` is packed.
+//!
+//! # Packed layouts
+//! ```text
+//! A micro-panel (MR rows x kc):  a[k * MR + r]      B micro-panel (kc x NR):  b[k * NR + c]
+//!   k=0: a00 a10 .. a(MR-1)0                          k=0: b00 b01 .. b0(NR-1)
+//!   k=1: a01 a11 .. a(MR-1)1                          k=1: b10 b11 .. b1(NR-1)
+//! ```
+//! A panel layout of a `(K, N)` matrix is exactly a sequence of B
+//! micro-panels of height `K`, one per `NR` columns (`PanelLayout`).
+//!
+//! # Edge tiles
+//! Rows past `m` are packed as zeros and columns past `N` are zero in every
+//! panel, so the microkernel always computes a full `MR x NR` tile; a tile
+//! that sticks out of C goes through a small buffer and only its valid part
+//! is copied out (and, on later k-blocks, in).
+//!
+//! # Determinism
+//! Each element of C is one FMA chain over `k = 0, 1, ..., K-1` (later
+//! k-blocks start from the stored partial sum), whatever tile, block or
+//! thread computes it: results do not depend on the thread count.
+
+use crate::params::{KC_MAX, MAX_TILE, MC};
+use crate::simd::Simd;
+
+/// The k-blocks of a reduction of length `k`: equal lengths no longer
+/// than `KC_MAX` (loop 4).
+fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    let kc = k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1);
+    (0..k).step_by(kc).map(move |pc| (pc, kc.min(k - pc)))
+}
+
+/// The microkernel: `acc += A_panel (kc x MR) * B_panel (kc x NR)`.
+///
+/// ```text
+///             b: NV vectors of LANES
+///           +-------------------+
+///  a[k*MR+r]| acc[r][0..NV]     |  r = 0 .. MR-1, one broadcast per row
+///           +-------------------+
+/// ```
+///
+/// # Safety
+/// The CPU runs `S`; `a` holds `kc * MR` and `b` at least `kc * NR` floats.
+#[inline(always)]
+unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    acc: &mut [[S::V; NV]; MR],
+) {
+    let nr = NV * S::LANES;
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * nr);
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for k in 0..kc {
+        // SAFETY: k < kc, so a[k*MR + r] (r < MR) and b[k*NR + v*LANES ..
+        // + LANES] (v < NV) are in the slices checked above; S is present.
+        unsafe {
+            let mut bv = [S::zero(); NV];
+            for (v, slot) in bv.iter_mut().enumerate() {
+                *slot = S::load(b.add(k * nr + v * S::LANES));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = S::splat(*a.add(k * MR + r));
+                for (acc_v, &bv_v) in row.iter_mut().zip(&bv) {
+                    *acc_v = S::fmadd(av, bv_v, *acc_v);
+                }
+            }
+        }
+    }
+}
+
+/// Where a tile of C sits: `c[r * rsc + col]` for `r < rows`, `col < cols`.
+struct Tile<'c> {
+    c: &'c mut [f32],
+    rsc: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// Loads the tile into accumulators (zeros where it sticks out of C).
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile<'_>, acc: &mut [[S::V; NV]; MR]) {
+    let nr = NV * S::LANES;
+    let mut buf = [0f32; MAX_TILE];
+    let full = t.rows == MR && t.cols == nr;
+    for r in 0..t.rows {
+        let row = &t.c[r * t.rsc..r * t.rsc + t.cols];
+        if full {
+            for (v, a) in acc[r].iter_mut().enumerate() {
+                // SAFETY: a full tile row holds NR = NV * LANES floats.
+                *a = unsafe { S::load(row.as_ptr().add(v * S::LANES)) };
+            }
+        } else {
+            buf[r * nr..r * nr + t.cols].copy_from_slice(row);
+        }
+    }
+    if !full {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
+                *a = unsafe { S::load(buf.as_ptr().add(r * nr + v * S::LANES)) };
+            }
+        }
+    }
+}
+
+/// Stores accumulators into the tile, applying `relu(acc + bias)` first
+/// when `bias` is given (`bias` holds NR floats, one per tile column).
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
+    t: &mut Tile<'_>,
+    acc: &mut [[S::V; NV]; MR],
+    bias: Option<&[f32]>,
+) {
+    let nr = NV * S::LANES;
+    if let Some(bias) = bias {
+        assert!(bias.len() >= nr);
+        for v in 0..NV {
+            // SAFETY: bias holds NR floats (checked above).
+            let bv = unsafe { S::load(bias.as_ptr().add(v * S::LANES)) };
+            for row in acc.iter_mut() {
+                // SAFETY: S is present.
+                row[v] = unsafe { S::relu(S::add(row[v], bv)) };
+            }
+        }
+    }
+    let full = t.rows == MR && t.cols == nr;
+    let mut buf = [0f32; MAX_TILE];
+    for (r, row) in acc.iter().enumerate() {
+        for (v, &a) in row.iter().enumerate() {
+            if full {
+                let dst = &mut t.c[r * t.rsc + v * S::LANES..r * t.rsc + (v + 1) * S::LANES];
+                // SAFETY: dst is a LANES-long slice of C.
+                unsafe { S::store(dst.as_mut_ptr(), a) };
+            } else {
+                // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
+                unsafe { S::store(buf.as_mut_ptr().add(r * nr + v * S::LANES), a) };
+            }
+        }
+    }
+    if !full {
+        for r in 0..t.rows {
+            t.c[r * t.rsc..r * t.rsc + t.cols].copy_from_slice(&buf[r * nr..r * nr + t.cols]);
+        }
+    }
+}
+
+/// Packs `A[i0 .. i0+MR, pc .. pc+kc]` into `dst` (`kc x MR`, k-major),
+/// where `a(i, k)` gives an element and rows at or past `m` are zero.
+#[inline(always)]
+fn pack_a<const MR: usize>(
+    dst: &mut [f32],
+    i0: usize,
+    m: usize,
+    pc: usize,
+    kc: usize,
+    a: impl Fn(usize, usize) -> f32,
+) {
+    for r in 0..MR {
+        let i = i0 + r;
+        for k in 0..kc {
+            dst[k * MR + r] = if i < m { a(i, pc + k) } else { 0.0 };
+        }
+    }
+}
+
+/// `pixel / 255` rounded once to f32, for every pixel value (the same
+/// table the scalar reference uses).
+fn pixel_table() -> [f32; 256] {
+    crate::scalar::pixel_table::<f32>()
+}
+
+/// `H (m, N) := relu(X W + b)` for one block of rows (see the module docs).
+/// `w` is `(K, N)` in panels of `NR`; `bias` is padded to a whole number of
+/// panels.
+///
+/// # Safety
+/// The CPU runs `S`. Shapes are checked by the caller: `h` is `(rows.len(),
+/// n)`, every `rows[i] * k + k <= x.len()`, `w` holds `panels * k * NR` and
+/// `bias` `panels * NR` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
+    h: &mut [f32],
+    x: &[u8],
+    rows: &[u32],
+    w: &[f32],
+    bias: &[f32],
+    k: usize,
+    n: usize,
+    apack: &mut Vec<f32>,
+) {
+    let nr = NV * S::LANES;
+    let m = rows.len();
+    let panels = n.div_ceil(nr);
+    let lut = pixel_table();
+    let blocks: Vec<(usize, usize)> = k_blocks(k).collect();
+    if blocks.is_empty() {
+        // K = 0: the product is zero and only the epilogue remains.
+        for row in h.chunks_exact_mut(n.max(1)) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v = if b < 0.0 { 0.0 } else { b };
+            }
+        }
+        return;
+    }
+    // LOOP 4: k-blocks, in order, so each element is one FMA chain.
+    for (bi, &(pc, kc)) in blocks.iter().enumerate() {
+        let (first, last) = (bi == 0, bi + 1 == blocks.len());
+        // LOOP 3: blocks of MC rows of A, packed (gathered and converted).
+        for ic in (0..m).step_by(MC) {
+            let mc = MC.min(m - ic);
+            let apanels = mc.div_ceil(MR);
+            apack.resize(apanels * kc * MR, 0.0);
+            for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
+                pack_a::<MR>(dst, ic + p * MR, m, pc, kc, |i, kk| {
+                    lut[usize::from(x[rows[i] as usize * k + kk])]
+                });
+            }
+            // LOOP 2: panels of NR columns of W (already packed).
+            for jp in 0..panels {
+                let b = &w[jp * k * nr + pc * nr..jp * k * nr + (pc + kc) * nr];
+                let cols = nr.min(n - jp * nr);
+                // LOOP 1: MR-row micro-panels of A against this B panel.
+                for (ip, a) in apack.chunks_exact(kc * MR).enumerate() {
+                    let r0 = ic + ip * MR;
+                    let rows_here = MR.min(m - r0);
+                    let off = r0 * n + jp * nr;
+                    let end = (r0 + rows_here - 1) * n + jp * nr + cols;
+                    let mut tile = Tile { c: &mut h[off..end], rsc: n, rows: rows_here, cols };
+                    // SAFETY: the CPU runs S (caller); panel lengths are
+                    // kc * MR and kc * NR by construction.
+                    unsafe {
+                        let mut acc = [[S::zero(); NV]; MR];
+                        if !first {
+                            load_tile::<S, MR, NV>(&tile, &mut acc);
+                        }
+                        microkernel::<S, MR, NV>(kc, a, b, &mut acc);
+                        let epilogue = last.then(|| &bias[jp * nr..(jp + 1) * nr]);
+                        store_tile::<S, MR, NV>(&mut tile, &mut acc, epilogue);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dW := X^T dZ` for the panels `jp0 .. jp0 + dw.len() / (k * NR)` of a
+/// `(K, N)` gradient in panels of `NR` (see the module docs); here `K` is
+/// the number of pixels per row and the reduction runs over the batch.
+///
+/// # Safety
+/// The CPU runs `S`. Shapes are checked by the caller: `dw` holds whole
+/// panels of `k * NR` floats, `dz` is `(rows.len(), n)`, and every
+/// `rows[i] * k + k <= x.len()`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usize>(
+    dw: &mut [f32],
+    jp0: usize,
+    x: &[u8],
+    rows: &[u32],
+    dz: &[f32],
+    k: usize,
+    n: usize,
+    scratch: &mut (Vec<f32>, Vec<f32>),
+) {
+    let nr = NV * S::LANES;
+    let batch = rows.len();
+    let panels = dw.len() / (k * nr).max(1);
+    let lut = pixel_table();
+    let (apack, bpack) = scratch;
+    if batch == 0 {
+        dw.fill(0.0);
+        return;
+    }
+    let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
+    for (bi, &(pc, kc)) in blocks.iter().enumerate() {
+        let first = bi == 0;
+        // Pack this k-block of dZ's columns for our panels (zero past N).
+        bpack.resize(panels * kc * nr, 0.0);
+        for (p, dst) in bpack.chunks_exact_mut(kc * nr).enumerate() {
+            let c0 = (jp0 + p) * nr;
+            for kk in 0..kc {
+                let row = &dz[(pc + kk) * n..(pc + kk + 1) * n];
+                for c in 0..nr {
+                    dst[kk * nr + c] = row.get(c0 + c).copied().unwrap_or(0.0);
+                }
+            }
+        }
+        // LOOP 3: blocks of MC pixels (rows of dW, columns of X).
+        for ic in (0..k).step_by(MC) {
+            let mc = MC.min(k - ic);
+            let apanels = mc.div_ceil(MR);
+            apack.resize(apanels * kc * MR, 0.0);
+            for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
+                pack_a::<MR>(dst, ic + p * MR, k, pc, kc, |i, b| lut[usize::from(x[rows[b] as usize * k + i])]);
+            }
+            // LOOP 2: our panels of dZ / dW.
+            for (p, b) in bpack.chunks_exact(kc * nr).enumerate() {
+                // LOOP 1: MR-pixel micro-panels.
+                for (ip, a) in apack.chunks_exact(kc * MR).enumerate() {
+                    let r0 = ic + ip * MR;
+                    let rows_here = MR.min(k - r0);
+                    let off = p * k * nr + r0 * nr;
+                    let mut tile = Tile { c: &mut dw[off..off + rows_here * nr], rsc: nr, rows: rows_here, cols: nr };
+                    // SAFETY: the CPU runs S (caller); panel lengths are
+                    // kc * MR and kc * NR by construction.
+                    unsafe {
+                        let mut acc = [[S::zero(); NV]; MR];
+                        if !first {
+                            load_tile::<S, MR, NV>(&tile, &mut acc);
+                        }
+                        microkernel::<S, MR, NV>(kc, a, b, &mut acc);
+                        store_tile::<S, MR, NV>(&mut tile, &mut acc, None);
+                    }
+                }
+            }
+        }
+    }
+}

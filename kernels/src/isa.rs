@@ -1,0 +1,291 @@
+//! The SIMD backends: one [`Backend`] implementation generic over the
+//! instruction set, and per instruction set the thin `#[target_feature]`
+//! entry points that instantiate the generic bodies of `gemm.rs` and
+//! `small.rs` with that set enabled.
+//!
+//! Shapes are checked here, in safe code, before any entry point runs; the
+//! entry points are reachable only through [`SimdBackend`], which
+//! `crate::select` builds only after detecting the instruction set.
+
+use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE_CHUNK};
+use crate::simd::Simd;
+use crate::{gemm, small, Backend, Dims, PanelLayout, RmsProp, XentStats};
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// Per-instruction-set entry points (see the module docs).
+///
+/// # Safety
+/// Every method requires that the CPU runs `Self` and that its slices have
+/// the shapes the generic body documents.
+pub(crate) trait Isa: Simd {
+    /// Rows of the GEMM register tile.
+    const MR: usize;
+    /// Vectors per tile row; `NR = NV * LANES`.
+    const NV: usize;
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_rows(
+        h: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        w: &[f32],
+        bias: &[f32],
+        k: usize,
+        n: usize,
+        apack: &mut Vec<f32>,
+    );
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weight_grad_panels(
+        dw: &mut [f32],
+        jp0: usize,
+        x: &[u8],
+        rows: &[u32],
+        dz: &[f32],
+        k: usize,
+        n: usize,
+        scratch: &mut (Vec<f32>, Vec<f32>),
+    );
+    unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
+    unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize);
+    unsafe fn weight_grad_t(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
+    unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
+}
+
+/// Implements [`Isa`] for `$isa`: each entry point is the generic body
+/// compiled with `$features` enabled. (A macro only because the six
+/// wrappers differ in nothing but the type and the feature string.)
+macro_rules! isa_entry_points {
+    ($isa:ty, $features:literal, $mr:expr, $nv:expr) => {
+        impl Isa for $isa {
+            const MR: usize = $mr;
+            const NV: usize = $nv;
+            #[target_feature(enable = $features)]
+            unsafe fn forward_rows(
+                h: &mut [f32],
+                x: &[u8],
+                rows: &[u32],
+                w: &[f32],
+                bias: &[f32],
+                k: usize,
+                n: usize,
+                apack: &mut Vec<f32>,
+            ) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::forward_rows::<Self, { $mr }, { $nv }>(h, x, rows, w, bias, k, n, apack) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn weight_grad_panels(
+                dw: &mut [f32],
+                jp0: usize,
+                x: &[u8],
+                rows: &[u32],
+                dz: &[f32],
+                k: usize,
+                n: usize,
+                scratch: &mut (Vec<f32>, Vec<f32>),
+            ) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, x, rows, dz, k, n, scratch) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { small::logits::<Self>(p, h, wt, b, k, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { small::relu_backward_rows::<Self>(dh, dz, wt, h, k, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn weight_grad_t(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { small::weight_grad_t::<Self>(dwt, k0, h, dz, k, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { small::rmsprop::<Self>(w, g, v, opt) }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+isa_entry_points!(crate::simd::Avx2, "avx2,fma", crate::params::AVX2_MR, crate::params::AVX2_NV);
+#[cfg(target_arch = "x86_64")]
+isa_entry_points!(crate::simd::Avx512, "avx512f", crate::params::AVX512_MR, crate::params::AVX512_NV);
+#[cfg(target_arch = "aarch64")]
+isa_entry_points!(crate::simd::Neon, "neon", crate::params::NEON_MR, crate::params::NEON_NV);
+
+/// The backend running instruction set `I`. Only `SimdBackend::new` makes
+/// one, and only when `I` is detected.
+pub(crate) struct SimdBackend<I> {
+    _isa: PhantomData<I>,
+}
+
+impl<I: Isa> SimdBackend<I> {
+    /// The backend, if this CPU runs `I`.
+    pub(crate) fn new() -> Option<Self> {
+        I::detected().then_some(SimdBackend { _isa: PhantomData })
+    }
+    const NR: usize = I::NV * I::LANES;
+}
+
+/// `W (K, N)` transposed to `(N, K)`.
+fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut t = vec![0f32; k * n];
+    for (kk, row) in w.chunks_exact(n.max(1)).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * k + kk] = v;
+        }
+    }
+    t
+}
+
+/// How many items of `total` each rayon task takes: an even share per
+/// thread, rounded up to a multiple of `unit` (at least `unit`).
+fn share(total: usize, unit: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    total.div_ceil(threads).div_ceil(unit).max(1) * unit
+}
+
+impl<I: Isa> Backend<f32> for SimdBackend<I> {
+    fn name(&self) -> &'static str {
+        I::NAME
+    }
+
+    fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {
+        PanelLayout::panels_of(k, n, Self::NR)
+    }
+
+    fn dense_relu_forward_u8(&self, h: &mut [f32], x: &[u8], rows: &[u32], w: &[f32], b: &[f32], d: Dims) {
+        let Dims { k, n } = d;
+        let layout = self.w1_layout(k, n);
+        check_rows(x, rows, k);
+        check_len("H", h.len(), rows.len() * n);
+        check_len("W (panel layout)", w.len(), layout.len());
+        check_len("b", b.len(), n);
+        if n == 0 || rows.is_empty() {
+            return;
+        }
+        let mut bias = b.to_vec();
+        bias.resize(layout.panels() * Self::NR, 0.0);
+        let chunk = share(rows.len(), I::MR);
+        h.par_chunks_mut(chunk * n).zip(rows.par_chunks(chunk)).for_each(|(hc, rc)| {
+            let mut apack = Vec::new();
+            // SAFETY: I was detected (SimdBackend::new); shapes checked above.
+            unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, &mut apack) }
+        });
+    }
+
+    fn dense_softmax_xent(
+        &self,
+        p: &mut [f32],
+        dz: &mut [f32],
+        h: &[f32],
+        w: &[f32],
+        b: &[f32],
+        labels: &[u8],
+        rows: &[u32],
+        d: Dims,
+    ) -> XentStats<f32> {
+        let Dims { k, n } = d;
+        let batch = rows.len();
+        check_len("H", h.len(), batch * k);
+        check_len("W", w.len(), k * n);
+        check_len("b", b.len(), n);
+        check_len("P", p.len(), batch * n);
+        check_len("dZ", dz.len(), batch * n);
+        let wt = transpose(w, k, n);
+        // SAFETY: I was detected; shapes checked above.
+        unsafe { I::logits(p, h, &wt, b, k, n) };
+        let (mut loss_sum, mut correct) = (0f32, 0);
+        for (i, &r) in rows.iter().enumerate() {
+            let y = usize::from(labels[r as usize]);
+            assert!(y < n, "label {y} of row {r} is not below N = {n}");
+            let (loss, hit) =
+                softmax_xent_row(&mut p[i * n..(i + 1) * n], &mut dz[i * n..(i + 1) * n], y, batch as f32);
+            loss_sum += loss;
+            correct += usize::from(hit);
+        }
+        XentStats { loss_sum, correct }
+    }
+
+    fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+        let Dims { k, n } = d;
+        check_len("dW", dw.len(), k * n);
+        check_len("db", db.len(), n);
+        if n == 0 {
+            return;
+        }
+        assert!(dz.len().is_multiple_of(n), "dZ has {} elements, not a multiple of N = {n}", dz.len());
+        check_len("H", h.len(), dz.len() / n * k);
+        column_sums(db, dz, n);
+        let mut dwt = vec![0f32; n * k];
+        // SAFETY: I was detected; shapes checked above.
+        unsafe { I::weight_grad_t(&mut dwt, 0, h, dz, k, n) };
+        for (kk, row) in dw.chunks_exact_mut(n).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = dwt[j * k + kk];
+            }
+        }
+    }
+
+    fn dense_backward_u8(&self, dw: &mut [f32], db: &mut [f32], x: &[u8], rows: &[u32], dz: &[f32], d: Dims) {
+        let Dims { k, n } = d;
+        let layout = self.w1_layout(k, n);
+        check_rows(x, rows, k);
+        check_len("dW (panel layout)", dw.len(), layout.len());
+        check_len("db", db.len(), n);
+        check_len("dZ", dz.len(), rows.len() * n);
+        if n == 0 {
+            return;
+        }
+        column_sums(db, dz, n);
+        if k == 0 {
+            return;
+        }
+        let per_task = share(layout.panels(), 1);
+        dw.par_chunks_mut(per_task * k * Self::NR).enumerate().for_each(|(t, dwc)| {
+            let mut scratch = (Vec::new(), Vec::new());
+            // SAFETY: I was detected; shapes checked above; dwc holds whole panels.
+            unsafe { I::weight_grad_panels(dwc, t * per_task, x, rows, dz, k, n, &mut scratch) }
+        });
+    }
+
+    fn relu_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims) {
+        let Dims { k, n } = d;
+        check_len("W", w.len(), k * n);
+        check_len("dH", dh.len(), h.len());
+        if k == 0 {
+            return;
+        }
+        let batch = h.len() / k;
+        check_len("H", h.len(), batch * k);
+        check_len("dZ", dz.len(), batch * n);
+        if n == 0 {
+            dh.fill(0.0);
+            return;
+        }
+        let wt = transpose(w, k, n);
+        let chunk = share(batch, 1);
+        dh.par_chunks_mut(chunk * k).zip(h.par_chunks(chunk * k)).enumerate().for_each(|(t, (dhc, hc))| {
+            let rows = dhc.len() / k;
+            let dzc = &dz[t * chunk * n..(t * chunk + rows) * n];
+            // SAFETY: I was detected; shapes checked above.
+            unsafe { I::relu_backward_rows(dhc, dzc, &wt, hc, k, n) }
+        });
+    }
+
+    fn rmsprop(&self, w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
+        check_len("g", g.len(), w.len());
+        check_len("v", v.len(), w.len());
+        w.par_chunks_mut(UPDATE_CHUNK).zip(g.par_chunks(UPDATE_CHUNK)).zip(v.par_chunks_mut(UPDATE_CHUNK)).for_each(
+            |((w, g), v)| {
+                // SAFETY: I was detected; the three chunks have equal lengths.
+                unsafe { I::rmsprop(w, g, v, opt) }
+            },
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! Blocking parameters of the packed GEMM (`gemm.rs`), each documented with
+//! the loop it cuts. `MR x NR` is the register tile of the microkernel:
+//! `MR` rows of A broadcast against `NV` vectors (`NR = NV * LANES` columns)
+//! of B, `MR * NV` accumulators live in registers.
+
+/// Largest `KC` (loop 4, the k-block): one packed `MR x KC` panel of A and
+/// one `KC x NR` panel of B stay in L1 while the microkernel runs. The k
+/// range is cut into equal blocks no longer than this (784 = 4 x 196).
+pub(crate) const KC_MAX: usize = 256;
+
+/// `MC` (loop 3): rows of A packed at a time, `MC x KC` floats (up to
+/// 144 KiB) kept in L2 while every panel of B passes over them. A multiple of
+/// every `MR` below.
+pub(crate) const MC: usize = 144;
+
+/// AVX2 + FMA (16 `ymm`): a 6 x 16 tile, 12 accumulators + 2 B vectors + 1
+/// broadcast = 15 registers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX2_MR: usize = 6;
+/// AVX2 vectors per tile row (`NR = 2 x 8 = 16`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX2_NV: usize = 2;
+
+/// AVX-512 (32 `zmm`): a 12 x 32 tile, 24 accumulators + 2 B vectors + 1
+/// broadcast = 27 registers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX512_MR: usize = 12;
+/// AVX-512 vectors per tile row (`NR = 2 x 16 = 32`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const AVX512_NV: usize = 2;
+
+/// NEON (32 `v` registers of 4 lanes): an 8 x 12 tile, 24 accumulators + 3 B
+/// vectors + 1 broadcast = 28 registers.
+#[cfg(target_arch = "aarch64")]
+pub(crate) const NEON_MR: usize = 8;
+/// NEON vectors per tile row (`NR = 3 x 4 = 12`).
+#[cfg(target_arch = "aarch64")]
+pub(crate) const NEON_NV: usize = 3;
+
+/// Largest `MR * NR` of any tile above: the size of the edge-tile buffer.
+pub(crate) const MAX_TILE: usize = 12 * 32;

@@ -1,0 +1,318 @@
+//! The vector operations the generic kernel bodies are written in, one
+//! implementation per instruction set. Each is a zero-sized type whose
+//! methods are `#[inline(always)]` wrappers of one intrinsic; they compile to
+//! the intended instruction only once inlined into a function compiled with
+//! the instruction set enabled (the `#[target_feature]` entry points in
+//! `isa.rs`), which is the only way they are reached.
+//!
+//! # Safety contract (all methods)
+//! The CPU supports the instruction set of the implementing type (the
+//! kernel table is only built after run-time detection), and every pointer
+//! is valid for `LANES` consecutive `f32` reads or writes (no alignment
+//! needed).
+
+/// A vector of `LANES` f32 lanes and the operations the kernels use.
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// The register type.
+    type V: Copy;
+    /// Lanes per register.
+    const LANES: usize;
+    /// The name users see (`avx2`, `avx512`, `neon`).
+    const NAME: &'static str;
+    /// Whether this CPU runs it (run-time detection).
+    fn detected() -> bool;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sqrt(a: Self::V) -> Self::V;
+    /// `a * b + c` with one rounding.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `max(0, v)` lanewise, propagating NaN and keeping `-0.0`, exactly as
+    /// the scalar `if v < 0 { 0 } else { v }`.
+    unsafe fn relu(v: Self::V) -> Self::V;
+    /// `v` where `mask > 0`, else `+0.0` (NaN in `mask` gives `+0.0`).
+    unsafe fn keep_where_positive(mask: Self::V, v: Self::V) -> Self::V;
+    /// The sum of the lanes (a fixed order per instruction set).
+    unsafe fn hsum(v: Self::V) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    /// AVX2 with FMA: 8 lanes of f32 in 16 `ymm` registers.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Avx2;
+
+    /// AVX-512F: 16 lanes of f32 in 32 `zmm` registers.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Avx512;
+
+    impl Simd for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        const NAME: &'static str = "avx2";
+        fn detected() -> bool {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: p is valid for 8 reads; unaligned load (module contract).
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: p is valid for 8 writes; unaligned store (module contract).
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sqrt(a: __m256) -> __m256 {
+            // SAFETY: AVX is present (module contract).
+            unsafe { _mm256_sqrt_ps(a) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            // SAFETY: FMA is present (module contract).
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn relu(v: __m256) -> __m256 {
+            // SAFETY: AVX is present. maxps returns its second operand when
+            // either is NaN or both are zeros, so NaN and -0.0 pass through.
+            unsafe { _mm256_max_ps(_mm256_setzero_ps(), v) }
+        }
+        #[inline(always)]
+        unsafe fn keep_where_positive(mask: __m256, v: __m256) -> __m256 {
+            // SAFETY: AVX is present; ordered "greater than" is false for NaN.
+            unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(mask, _mm256_setzero_ps()), v) }
+        }
+        #[inline(always)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            // SAFETY: AVX is present (module contract).
+            unsafe {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+    }
+
+    impl Simd for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        const NAME: &'static str = "avx512";
+        fn detected() -> bool {
+            is_x86_feature_detected!("avx512f")
+        }
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: p is valid for 16 reads; unaligned load (module contract).
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: p is valid for 16 writes; unaligned store (module contract).
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sqrt(a: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_sqrt_ps(a) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present (module contract).
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn relu(v: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present. Like maxps, vmaxps returns the
+            // second operand when either is NaN or both are zeros.
+            unsafe { _mm512_max_ps(_mm512_setzero_ps(), v) }
+        }
+        #[inline(always)]
+        unsafe fn keep_where_positive(mask: __m512, v: __m512) -> __m512 {
+            // SAFETY: AVX-512F is present; ordered "greater than" is false for NaN.
+            unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(mask, _mm512_setzero_ps()), v) }
+        }
+        #[inline(always)]
+        unsafe fn hsum(v: __m512) -> f32 {
+            // SAFETY: AVX-512F is present. Halves are added pairwise down to
+            // one lane (a fixed order, unlike `_mm512_reduce_add_ps`'s docs).
+            unsafe {
+                let lo = _mm512_castps512_ps256(v);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                let s = _mm256_add_ps(lo, hi);
+                let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) use arm::Neon;
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::Simd;
+    use std::arch::aarch64::*;
+
+    /// NEON (Advanced SIMD): 4 lanes of f32 in 32 `v` registers.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Neon;
+
+    impl Simd for Neon {
+        type V = float32x4_t;
+        const LANES: usize = 4;
+        const NAME: &'static str = "neon";
+        fn detected() -> bool {
+            std::arch::is_aarch64_feature_detected!("neon")
+        }
+        #[inline(always)]
+        unsafe fn zero() -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vdupq_n_f32(0.0) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vdupq_n_f32(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> float32x4_t {
+            // SAFETY: p is valid for 4 reads (module contract).
+            unsafe { vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: float32x4_t) {
+            // SAFETY: p is valid for 4 writes (module contract).
+            unsafe { vst1q_f32(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vaddq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vsubq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vmulq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vdivq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sqrt(a: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present (module contract).
+            unsafe { vsqrtq_f32(a) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present; vfmaq_f32(c, a, b) = c + a * b, fused.
+            unsafe { vfmaq_f32(c, a, b) }
+        }
+        #[inline(always)]
+        unsafe fn relu(v: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present. Select v where !(v < 0) (true for NaN
+            // and -0.0), else +0.0: exactly the scalar rule.
+            unsafe {
+                let neg = vcltq_f32(v, vdupq_n_f32(0.0));
+                vbslq_f32(neg, vdupq_n_f32(0.0), v)
+            }
+        }
+        #[inline(always)]
+        unsafe fn keep_where_positive(mask: float32x4_t, v: float32x4_t) -> float32x4_t {
+            // SAFETY: NEON is present; "greater than" is false for NaN.
+            unsafe { vbslq_f32(vcgtq_f32(mask, vdupq_n_f32(0.0)), v, vdupq_n_f32(0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn hsum(v: float32x4_t) -> f32 {
+            // SAFETY: NEON is present; pairwise adds, a fixed order.
+            unsafe {
+                let p = vpaddq_f32(v, v);
+                vgetq_lane_f32::<0>(vpaddq_f32(p, p))
+            }
+        }
+    }
+}
