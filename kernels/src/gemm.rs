@@ -233,9 +233,7 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
             let apanels = mc.div_ceil(MR);
             apack.resize(apanels * kc * MR, 0.0);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
-                pack_a::<MR>(dst, ic + p * MR, m, pc, kc, |i, kk| {
-                    lut[usize::from(x[rows[i] as usize * k + kk])]
-                });
+                pack_a::<MR>(dst, ic + p * MR, m, pc, kc, |i, kk| lut[usize::from(x[rows[i] as usize * k + kk])]);
             }
             // LOOP 2: panels of NR columns of W (already packed).
             for jp in 0..panels {

@@ -75,7 +75,14 @@ pub(crate) unsafe fn logits<S: Simd>(p: &mut [f32], h: &[f32], wt: &[f32], b: &[
 /// # Safety
 /// The CPU runs `S`; `dh` and `h` are `(B, K)`, `dz` is `(B, N)`, `wt` is `(N, K)`.
 #[inline(always)]
-pub(crate) unsafe fn relu_backward_rows<S: Simd>(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize) {
+pub(crate) unsafe fn relu_backward_rows<S: Simd>(
+    dh: &mut [f32],
+    dz: &[f32],
+    wt: &[f32],
+    h: &[f32],
+    k: usize,
+    n: usize,
+) {
     let l = S::LANES;
     let body = k / l * l;
     for (i, (dhrow, hrow)) in dh.chunks_exact_mut(k).zip(h.chunks_exact(k)).enumerate() {
@@ -91,10 +98,8 @@ pub(crate) unsafe fn relu_backward_rows<S: Simd>(dh: &mut [f32], dz: &[f32], wt:
                 S::store(p, S::keep_where_positive(S::load(hrow.as_ptr().add(i)), S::load(p)));
             }
         }
-        for i in body..k {
-            if !(hrow[i] > 0.0) {
-                dhrow[i] = 0.0;
-            }
+        for (g, &hv) in dhrow[body..].iter_mut().zip(&hrow[body..]) {
+            *g = if hv > 0.0 { *g } else { 0.0 };
         }
     }
 }

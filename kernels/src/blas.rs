@@ -1,0 +1,1 @@
+//! The BLAS backend (cargo feature `blas`): placeholder until the BLAS path lands.

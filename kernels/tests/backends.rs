@@ -1,0 +1,292 @@
+//! Every SIMD (and BLAS) backend this machine runs, against the scalar
+//! reference, op by op: random shapes covering 0, 1, odd sizes, MR +- 1,
+//! NR +- 1, KC +- 1 and the training shapes; outputs pre-filled with NaN
+//! (beta = 0 must never read them); a tolerance derived from the f32 error
+//! bound of a length-K dot product, `2 (K + 2) 2^-24 sum |a b|` (each side
+//! is within half of it of the exact value); identical bytes under 1, 2 and
+//! 3 threads.
+//!
+//! `KILN_TEST_BACKEND=NAME` restricts the run to one backend and fails if
+//! this machine cannot run it, so CI can force each instruction set and
+//! notice when one silently did not run.
+
+mod common;
+use common::Gen;
+use kiln_kernels::{scalar::Scalar, Backend, Dims, PanelLayout, RmsProp};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn backends_under_test() -> Vec<(&'static str, &'static dyn Backend<f32>)> {
+    let names: Vec<&'static str> = match std::env::var("KILN_TEST_BACKEND") {
+        Ok(forced) if !forced.is_empty() => {
+            let name = kiln_kernels::BACKEND_NAMES
+                .iter()
+                .copied()
+                .find(|n| *n == forced)
+                .unwrap_or_else(|| panic!("KILN_TEST_BACKEND={forced} is not a backend name"));
+            vec![name]
+        }
+        _ => kiln_kernels::available_backends().into_iter().filter(|n| *n != "scalar").collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| (n, kiln_kernels::select(n).unwrap_or_else(|e| panic!("forced backend did not run: {e}"))))
+        .collect()
+}
+
+/// Asserts `|got - want| <= 2 (k + 2) U mag + tiny` elementwise.
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f64], k: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let bound = 2.0 * (k as f64 + 2.0) * U * m + 1e-30;
+        let diff = (f64::from(g) - f64::from(w)).abs();
+        assert!(diff <= bound, "{what}[{i}]: got {g}, reference {w}, |diff| {diff:e} > bound {bound:e}");
+    }
+}
+
+/// (B, K, N) triples: degenerate, tiny, around every tile edge (MR 6/8/12,
+/// NR 12/16/32, KC 256) and the training shapes.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (0, 5, 7),
+    (1, 1, 1),
+    (3, 0, 5),
+    (2, 3, 0),
+    (5, 7, 11),
+    (6, 16, 16),
+    (7, 17, 15),
+    (11, 255, 17),
+    (12, 256, 31),
+    (13, 257, 32),
+    (9, 63, 33),
+    (25, 511, 12),
+    (96, 784, 512),
+    (128, 784, 512),
+    (128, 512, 10),
+];
+
+fn pixel(x: &[u8], rows: &[u32], k: usize, i: usize, kk: usize) -> f64 {
+    f64::from(f32::from(x[rows[i] as usize * k + kk]) / 255.0)
+}
+
+#[test]
+fn layer1_forward_and_weight_gradient_match_scalar() {
+    let mut g = Gen(11);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in SHAPES {
+            let r = b + 3;
+            let x = g.pixels(r * k);
+            let rows: Vec<u32> = (0..b).map(|_| (g.next() % r as u64) as u32).collect();
+            let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
+            let d = Dims { k, n };
+            let layout = be.w1_layout(k, n);
+            let mut wp = vec![f32::NAN; layout.len()];
+            layout.pack(&w, &mut wp);
+
+            let mut want = vec![f32::NAN; b * n];
+            Scalar.dense_relu_forward_u8(&mut want, &x, &rows, &w, &bias, d);
+            let mut got = vec![f32::NAN; b * n];
+            be.dense_relu_forward_u8(&mut got, &x, &rows, &wp, &bias, d);
+            let mag: Vec<f64> = (0..b * n)
+                .map(|e| {
+                    let (i, j) = (e / n.max(1), e % n.max(1));
+                    (0..k).map(|kk| (pixel(&x, &rows, k, i, kk) * f64::from(w[kk * n + j])).abs()).sum::<f64>()
+                        + f64::from(bias[j]).abs()
+                })
+                .collect();
+            assert_close(&format!("{name} forward {b}x{k}x{n}"), &got, &want, &mag, k);
+
+            let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+            Scalar.dense_backward_u8(&mut dw_want, &mut db_want, &x, &rows, &dz, d);
+            let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+            be.dense_backward_u8(&mut dwp, &mut db, &x, &rows, &dz, d);
+            let mut dw = vec![f32::NAN; k * n];
+            layout.unpack(&dwp, &mut dw);
+            let padding: Vec<f32> = (0..layout.len())
+                .filter(|&i| i % layout.nr + (i / (layout.k * layout.nr)) * layout.nr >= n)
+                .map(|i| dwp[i])
+                .collect();
+            assert!(padding.iter().all(|&v| v == 0.0), "{name}: dW padding not zero: {padding:?}");
+            let mag: Vec<f64> = (0..k * n)
+                .map(|e| {
+                    let (kk, j) = (e / n.max(1), e % n.max(1));
+                    (0..b).map(|i| (pixel(&x, &rows, k, i, kk) * f64::from(dz[i * n + j])).abs()).sum()
+                })
+                .collect();
+            assert_close(&format!("{name} dW1 {b}x{k}x{n}"), &dw, &dw_want, &mag, b);
+            let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
+            assert_close(&format!("{name} db1 {b}x{n}"), &db, &db_want, &dbmag, b);
+        }
+    }
+}
+
+#[test]
+fn layer2_ops_match_scalar() {
+    let mut g = Gen(12);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in SHAPES {
+            let n = if n == 0 { 0 } else { n.min(10) };
+            let d = Dims { k, n };
+            let labels: Vec<u8> = (0..b + 1).map(|_| (g.next() % n.max(1) as u64) as u8).collect();
+            let rows: Vec<u32> = (0..b).map(|i| i as u32).collect();
+            let h: Vec<f32> = g.vec(b * k).iter().map(|v| v.max(0.0)).collect();
+            let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
+
+            if n > 0 {
+                let (mut p0, mut dz0) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
+                let s0 = Scalar.dense_softmax_xent(&mut p0, &mut dz0, &h, &w, &bias, &labels, &rows, d);
+                let (mut p1, mut dz1) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
+                let s1 = be.dense_softmax_xent(&mut p1, &mut dz1, &h, &w, &bias, &labels, &rows, d);
+                for i in 0..b {
+                    // A probability moves by at most twice the largest logit
+                    // error; each logit is a length-k dot product plus bias.
+                    let lerr = (0..n)
+                        .map(|j| {
+                            let m: f64 =
+                                (0..k).map(|kk| (f64::from(h[i * k + kk]) * f64::from(w[kk * n + j])).abs()).sum();
+                            2.0 * (k as f64 + 2.0) * U * (m + f64::from(bias[j]).abs())
+                        })
+                        .fold(0f64, f64::max);
+                    for j in 0..n {
+                        let e = i * n + j;
+                        let tol = 2.0 * lerr + 32.0 * U;
+                        assert!((f64::from(p1[e]) - f64::from(p0[e])).abs() <= tol, "{name} p {b}x{k}x{n} [{i},{j}]");
+                        assert!(
+                            (f64::from(dz1[e]) - f64::from(dz0[e])).abs() <= tol / b as f64,
+                            "{name} dz {b}x{k}x{n} [{i},{j}]"
+                        );
+                    }
+                }
+                let lt = f64::from(s0.loss_sum).abs() * 1e-4 + 1e-4;
+                assert!((f64::from(s1.loss_sum) - f64::from(s0.loss_sum)).abs() <= lt, "{name} loss {b}x{k}x{n}");
+                assert_eq!(s1.correct, s0.correct, "{name} correct {b}x{k}x{n}");
+            }
+
+            let (mut dw0, mut db0) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+            Scalar.dense_backward(&mut dw0, &mut db0, &h, &dz, d);
+            let (mut dw1, mut db1) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+            be.dense_backward(&mut dw1, &mut db1, &h, &dz, d);
+            let mag: Vec<f64> = (0..k * n)
+                .map(|e| (0..b).map(|i| (f64::from(h[i * k + e / n]) * f64::from(dz[i * n + e % n])).abs()).sum())
+                .collect();
+            assert_close(&format!("{name} dW2 {b}x{k}x{n}"), &dw1, &dw0, &mag, b);
+            let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
+            assert_close(&format!("{name} db2 {b}x{n}"), &db1, &db0, &dbmag, b);
+
+            let mut dh0 = vec![f32::NAN; b * k];
+            Scalar.relu_backward_input(&mut dh0, &dz, &w, &h, d);
+            let mut dh1 = vec![f32::NAN; b * k];
+            be.relu_backward_input(&mut dh1, &dz, &w, &h, d);
+            let mag: Vec<f64> = (0..b * k)
+                .map(|e| {
+                    let (i, kk) = (e / k, e % k);
+                    (0..n).map(|j| (f64::from(dz[i * n + j]) * f64::from(w[kk * n + j])).abs()).sum()
+                })
+                .collect();
+            assert_close(&format!("{name} dH {b}x{k}x{n}"), &dh1, &dh0, &mag, n);
+        }
+    }
+}
+
+#[test]
+fn small_integer_inputs_are_exact() {
+    // Pixels 0/255 and small integer weights: every product and partial sum
+    // is an exact f32, so every backend must agree bit for bit.
+    let (b, k, n) = (13, 37, 35);
+    let x: Vec<u8> = (0..b * k).map(|i| if i % 3 == 0 { 255 } else { 0 }).collect();
+    let rows: Vec<u32> = (0..b as u32).rev().collect();
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let bias: Vec<f32> = (0..n).map(|j| (j % 5) as f32 - 2.0).collect();
+    let dz: Vec<f32> = (0..b * n).map(|i| (i % 5) as f32 - 2.0).collect();
+    let d = Dims { k, n };
+    let mut want = vec![0f32; b * n];
+    Scalar.dense_relu_forward_u8(&mut want, &x, &rows, &w, &bias, d);
+    let (mut dw_want, mut db_want) = (vec![0f32; k * n], vec![0f32; n]);
+    Scalar.dense_backward_u8(&mut dw_want, &mut db_want, &x, &rows, &dz, d);
+    for (name, be) in backends_under_test() {
+        let layout = be.w1_layout(k, n);
+        let mut wp = vec![0f32; layout.len()];
+        layout.pack(&w, &mut wp);
+        let mut got = vec![f32::NAN; b * n];
+        be.dense_relu_forward_u8(&mut got, &x, &rows, &wp, &bias, d);
+        assert_eq!(got, want, "{name}");
+        let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+        be.dense_backward_u8(&mut dwp, &mut db, &x, &rows, &dz, d);
+        let mut dw = vec![0f32; k * n];
+        layout.unpack(&dwp, &mut dw);
+        assert_eq!((dw, db), (dw_want.clone(), db_want.clone()), "{name}");
+    }
+}
+
+#[test]
+fn rmsprop_is_bit_identical_to_scalar() {
+    let mut g = Gen(13);
+    for (name, be) in backends_under_test() {
+        for len in [0usize, 1, 7, 17, 100_003] {
+            let gr = g.vec(len);
+            let v0: Vec<f32> = g.vec(len).iter().map(|v| v.abs() * 1e-3).collect();
+            let w0 = g.vec(len);
+            let opt = RmsProp { lr: 0.01, rho: 0.8, eps: 1e-6 };
+            let (mut w1, mut v1) = (w0.clone(), v0.clone());
+            Scalar.rmsprop(&mut w1, &gr, &mut v1, opt);
+            let (mut w2, mut v2) = (w0.clone(), v0.clone());
+            be.rmsprop(&mut w2, &gr, &mut v2, opt);
+            assert_eq!((w1, v1), (w2, v2), "{name} len {len}");
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut g = Gen(14);
+    let (b, k, n) = (128, 784, 512);
+    let x = g.pixels((b + 5) * k);
+    let rows: Vec<u32> = (0..b).map(|_| (g.next() % (b + 5) as u64) as u32).collect();
+    let (w, bias, dz, w2) = (g.vec(k * n), g.vec(n), g.vec(b * n), g.vec(n * 10));
+    let dz2 = g.vec(b * 10);
+    for (name, be) in backends_under_test() {
+        let layout = be.w1_layout(k, n);
+        let mut wp = vec![0f32; layout.len()];
+        layout.pack(&w, &mut wp);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut h = vec![0f32; b * n];
+                be.dense_relu_forward_u8(&mut h, &x, &rows, &wp, &bias, Dims { k, n });
+                let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
+                be.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
+                let mut dh = vec![0f32; b * n];
+                be.relu_backward_input(&mut dh, &dz2, &w2, &h, Dims { k: n, n: 10 });
+                (h, dw, db, dh)
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2), "{name}: 2 threads differ from 1");
+        assert!(one == run(3), "{name}: 3 threads differ from 1");
+    }
+}
+
+#[test]
+fn panel_layout_round_trips() {
+    let mut g = Gen(15);
+    for (k, n, nr) in [(0, 3, 4), (3, 0, 4), (5, 7, 4), (5, 8, 4), (784, 512, 16), (3, 5, 32)] {
+        let l = PanelLayout::panels_of(k, n, nr);
+        let src = g.vec(k * n);
+        let mut packed = vec![f32::NAN; l.len()];
+        l.pack(&src, &mut packed);
+        let mut back = vec![f32::NAN; k * n];
+        l.unpack(&packed, &mut back);
+        assert_eq!(back, src);
+        assert_eq!(l.len(), n.div_ceil(nr) * k * nr);
+    }
+}
+
+#[test]
+fn forcing_a_missing_backend_is_an_error() {
+    for name in kiln_kernels::BACKEND_NAMES {
+        if let Err(e) = kiln_kernels::select(name) {
+            assert!(e.contains(&format!("backend `{name}` cannot run here")), "{e}");
+        }
+    }
+    assert!(kiln_kernels::select("gpu").err().unwrap().contains("unknown backend `gpu`"));
+    assert_eq!(kiln_kernels::select("scalar").unwrap().name(), "scalar");
+}
