@@ -64,12 +64,12 @@ fn trains_a_small_dataset_with_json_output_and_writes_the_model() {
     for key in ["test_loss", "test_acc", "train_seconds"] {
         assert!(last[key].as_f64().unwrap().is_finite(), "{key} in {last}");
     }
-    assert_eq!(last["backend"], "scalar");
+    assert_eq!(last["backend"], kiln_kernels::select("auto").unwrap().name());
     assert!(last["threads"].as_u64().unwrap() >= 1);
     let (params, meta) = kiln::checkpoint::load(&out).unwrap();
     assert_eq!(params.hidden, 32);
     assert_eq!(meta["hidden"], "32");
-    assert!(stderr(&o).contains("backend scalar"), "banner goes to stderr with --json");
+    assert!(stderr(&o).contains("| backend "), "banner goes to stderr with --json");
 }
 
 #[test]
@@ -134,4 +134,24 @@ fn an_existing_model_survives_a_failed_run() {
     let o = train(&["--data", d.path().to_str().unwrap(), "--lr", "1e30", "--out", out.to_str().unwrap()], d.path());
     assert!(!o.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"previous model");
+}
+
+#[test]
+fn backend_flag_and_environment_choose_the_backend() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let args = ["--data", d.path().to_str().unwrap(), "--epochs", "1", "--hidden", "8", "--json"];
+    let o = train(&[&args[..], &["--backend", "scalar", "--out", out.to_str().unwrap()]].concat(), d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"backend\":\"scalar\""));
+    let o = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .args(["--out", out.to_str().unwrap()])
+        .env("KILN_CACHE_DIR", d.path())
+        .env("KILN_BACKEND", "no-such-isa")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown backend `no-such-isa`"), "{}", stderr(&o));
 }
