@@ -55,17 +55,27 @@ fn twenty_steps_match_the_scalar_backend() {
 /// 2.1e-7; the bound is the golden test's 1e-5.
 const TOL: f64 = 1e-5;
 
+/// Index of the first differing bit pattern, if any.
+fn first_difference(a: &Params<f32>, b: &Params<f32>) -> Option<usize> {
+    a.data.iter().zip(&b.data).position(|(x, y)| x.to_bits() != y.to_bits())
+}
+
+/// kiln's own backends split work so that no reduction depends on the
+/// thread count. OpenBLAS (the `blas` backend) splits its products its own
+/// way and is not covered: see README.
 #[test]
 fn weights_are_bit_identical_for_any_thread_count() {
-    for name in backends() {
+    for name in backends().into_iter().filter(|n| *n != "blas") {
         let be = kiln_kernels::select(name).unwrap_or_else(|e| panic!("forced backend did not run: {e}"));
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| train(be, 130))
         };
         let one = run(1);
-        let bits = |p: &Params<f32>| p.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&one), bits(&run(2)), "{name}: 2 threads differ from 1");
-        assert_eq!(bits(&one), bits(&run(3)), "{name}: 3 threads differ from 1");
+        for threads in [2, 3] {
+            if let Some(i) = first_difference(&one, &run(threads)) {
+                panic!("{name}: {threads} threads differ from 1 thread, first at parameter {i}");
+            }
+        }
     }
 }

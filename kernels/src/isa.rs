@@ -155,6 +155,10 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         I::NAME
     }
 
+    fn describe(&self) -> String {
+        format!("{} ({}x{} register tiles)", I::NAME, I::MR, Self::NR)
+    }
+
     fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {
         PanelLayout::panels_of(k, n, Self::NR)
     }

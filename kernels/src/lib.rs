@@ -223,6 +223,11 @@ pub trait Backend<T: Real>: Sync {
     /// The name shown to users (`scalar`, `avx2`, ...).
     fn name(&self) -> &'static str;
 
+    /// One line for the train banner: the name and what runs behind it.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
     /// The layout of `W` and `dW` in the two u8 ops for a `(K, N)` kernel
     /// (see the crate docs); every other matrix is row-major.
     fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {

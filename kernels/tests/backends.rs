@@ -235,6 +235,7 @@ fn rmsprop_is_bit_identical_to_scalar() {
     }
 }
 
+/// kiln's own backends only; OpenBLAS splits its products its own way.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let mut g = Gen(14);
@@ -243,7 +244,7 @@ fn results_do_not_depend_on_the_thread_count() {
     let rows: Vec<u32> = (0..b).map(|_| (g.next() % (b + 5) as u64) as u32).collect();
     let (w, bias, dz, w2) = (g.vec(k * n), g.vec(n), g.vec(b * n), g.vec(n * 10));
     let dz2 = g.vec(b * 10);
-    for (name, be) in backends_under_test() {
+    for (name, be) in backends_under_test().into_iter().filter(|(n, _)| *n != "blas") {
         let layout = be.w1_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
         layout.pack(&w, &mut wp);

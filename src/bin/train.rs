@@ -114,7 +114,7 @@ fn train_and_save(
     }
     let params = Params::<f32>::glorot(cfg.hidden, cfg.seed);
     let n_params = params.data.len();
-    say(format!("kiln {} | backend {} | {threads} thread(s)", env!("CARGO_PKG_VERSION"), be.name()));
+    say(format!("kiln {} | backend {} | {threads} thread(s)", env!("CARGO_PKG_VERSION"), be.describe()));
     say(format!("data: {}", data.describe()));
     say(format!(
         "model: Dense({PIXELS}->{h}, relu) -> Dense({h}->10, softmax), {n_params} parameters; \
