@@ -1,30 +1,90 @@
 #!/usr/bin/env bash
-# kiln's test command: installs what it needs (when run as root), then runs
-# formatting, lints and the whole test suite built with optimizations.
+# kiln's test command. Installs what it needs (when run as root: Debian's
+# OpenBLAS, the aarch64 cross linker and qemu, the aarch64 Rust target), then
+# runs formatting, lints and the whole test suite built with optimizations:
+#   1. every backend this machine runs (auto), with and without `--features blas`;
+#   2. once per instruction set the CPU has, forced (KILN_TEST_BACKEND), so a
+#      forced ISA that silently did not run fails the build;
+#   3. the NEON backend, cross-built for aarch64 and run under qemu;
+#   4. the epoch-time regression gate (ci/gate.sh), when present.
 # Usage: bash ci/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+step "system packages"
+need=()
+for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+  has_pkg "$p" || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing packages (run as root to install): ${need[*]}" >&2
+    exit 1
+  fi
+fi
+echo "ok: libopenblas-dev, gcc-aarch64-linux-gnu, qemu-user"
 
 step "toolchain"
-if ! command -v cargo >/dev/null; then
-  echo "cargo not found: install Rust with rustup first" >&2
-  exit 1
-fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add aarch64-unknown-linux-gnu >/dev/null
 cargo --version
 rustc --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, warnings are errors)"
+step "cargo clippy (all targets, default features and blas, warnings are errors)"
 cargo clippy --workspace --all-targets --release -- -D warnings
+cargo clippy --workspace --all-targets --release --features blas -- -D warnings
 
-step "tests (release build)"
-cargo test --workspace --release 2>&1 | tee target/test-output.txt
-# Fail loudly if, somehow, no test ran at all.
-total=$(grep -E '^test result:' target/test-output.txt | awk '{s += $4} END {print s + 0}')
-echo "tests passed in total: $total"
-[ "$total" -gt 0 ] || { echo "no test ran" >&2; exit 1; }
+mkdir -p target
+log=target/test-output.txt
+: > "$log"
+run_tests() {
+  echo "+ $*"
+  "$@" 2>&1 | tee -a "$log"
+}
+
+step "tests, every available backend (release build)"
+run_tests cargo test --workspace --release
+
+step "tests with the BLAS backend (--features blas)"
+run_tests cargo test --workspace --release --features blas
+
+for isa in avx2 avx512; do
+  flag=$isa
+  [ "$isa" = avx512 ] && flag=avx512f
+  if grep -qw "$flag" /proc/cpuinfo; then
+    step "kernel and training tests forced to $isa"
+    KILN_TEST_BACKEND=$isa run_tests cargo test --release -p kiln-kernels --test backends
+    KILN_TEST_BACKEND=$isa run_tests cargo test --release -p kiln --test backends_train --test keras_golden
+  else
+    step "this CPU has no $isa: its forced run is skipped"
+  fi
+done
+
+step "NEON backend on aarch64 under qemu"
+KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
+  -p kiln-kernels --test backends --test scalar_reference
+KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
+  -p kiln --test backends_train --test keras_golden
+
+if [ -f ci/gate.sh ]; then
+  step "epoch-time regression gate"
+  bash ci/gate.sh
+fi
+
+# Every runner printed its own summary; add them up and fail if none ran.
+passed=$(grep -E '^test result:' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -E '^test result:' "$log" | awk '{s += $6} END {print s + 0}')
+echo
+echo "all suites: $passed passed, $failed failed"
+[ "$passed" -gt 0 ] || { echo "no test ran" >&2; exit 1; }
+[ "$failed" -eq 0 ] || exit 1

@@ -3,7 +3,7 @@
 //! under 1, 2 and 3 threads.
 
 mod common;
-use common::{rel_err, Golden};
+use common::{backends_under_test, rel_err, Golden};
 use kiln::model::{Batch, Model, Params};
 use kiln_kernels::{Backend, RmsProp};
 
@@ -24,20 +24,11 @@ fn train(be: &dyn Backend<f32>, hidden: usize) -> Params<f32> {
     m.params.to_row_major()
 }
 
-fn backends() -> Vec<&'static str> {
-    match std::env::var("KILN_TEST_BACKEND") {
-        Ok(b) if !b.is_empty() => {
-            vec![kiln_kernels::BACKEND_NAMES.iter().copied().find(|n| *n == b).expect("a backend name")]
-        }
-        _ => kiln_kernels::available_backends(),
-    }
-}
-
 #[test]
 fn twenty_steps_match_the_scalar_backend() {
     let reference = train(kiln_kernels::select("scalar").unwrap(), 100);
-    for name in backends() {
-        let be = kiln_kernels::select(name).unwrap_or_else(|e| panic!("forced backend did not run: {e}"));
+    for name in backends_under_test() {
+        let be = kiln_kernels::select(name).unwrap();
         let got = train(be, 100);
         let (a, b) = (got.tensors(), reference.tensors());
         for (t, x, y) in [("W1", a.w1, b.w1), ("b1", a.b1, b.b1), ("W2", a.w2, b.w2), ("b2", a.b2, b.b2)] {
@@ -65,8 +56,8 @@ fn first_difference(a: &Params<f32>, b: &Params<f32>) -> Option<usize> {
 /// way and is not covered: see README.
 #[test]
 fn weights_are_bit_identical_for_any_thread_count() {
-    for name in backends().into_iter().filter(|n| *n != "blas") {
-        let be = kiln_kernels::select(name).unwrap_or_else(|e| panic!("forced backend did not run: {e}"));
+    for name in backends_under_test().into_iter().filter(|n| *n != "blas") {
+        let be = kiln_kernels::select(name).unwrap();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| train(be, 130))

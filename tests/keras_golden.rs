@@ -4,7 +4,7 @@
 //! to a relative error of at most 1e-5 of the tensor's largest magnitude.
 
 mod common;
-use common::{rel_err, Golden};
+use common::{backends_under_test, rel_err, Golden};
 use kiln::model::{Batch, Model};
 use kiln_kernels::RmsProp;
 
@@ -25,7 +25,7 @@ fn reproduces_keras_first_three_steps_on_every_backend() {
     let (losses, _) = g.f32("loss");
     let (probs0, _) = g.f32("probs.step0");
     let all_rows: Vec<u32> = (0..384).collect();
-    for name in kiln_kernels::available_backends() {
+    for name in backends_under_test() {
         let be = kiln_kernels::select(name).unwrap();
         let mut model = Model::new(be, &g.params(0), RmsProp::default(), 128);
         assert_eq!(model.params.hidden, 64);

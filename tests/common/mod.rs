@@ -67,3 +67,24 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
         diff / scale
     }
 }
+
+/// The backends a test runs: `KILN_TEST_BACKEND=NAME` forces one (and the
+/// test fails if this machine cannot run it, so CI notices a forced
+/// instruction set that silently did not run); otherwise every backend this
+/// build and CPU can run.
+pub fn backends_under_test() -> Vec<&'static str> {
+    match std::env::var("KILN_TEST_BACKEND") {
+        Ok(forced) if !forced.is_empty() => {
+            let name = kiln_kernels::BACKEND_NAMES
+                .iter()
+                .copied()
+                .find(|n| *n == forced)
+                .unwrap_or_else(|| panic!("KILN_TEST_BACKEND={forced} is not a backend name"));
+            if let Err(e) = kiln_kernels::select(name) {
+                panic!("forced backend did not run: {e}");
+            }
+            vec![name]
+        }
+        _ => kiln_kernels::available_backends(),
+    }
+}
