@@ -9,7 +9,7 @@
 
 use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE_CHUNK};
 use crate::simd::Simd;
-use crate::{gemm, small, Backend, Dims, PanelLayout, RmsProp, XentStats};
+use crate::{gemm, peak, small, Backend, Dims, PanelLayout, RmsProp, XentStats};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 
@@ -49,6 +49,7 @@ pub(crate) trait Isa: Simd {
     unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize);
     unsafe fn weight_grad_t(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
+    unsafe fn fma_chains(iters: u64) -> f32;
 }
 
 /// Implements [`Isa`] for `$isa`: each entry point is the generic body
@@ -107,6 +108,11 @@ macro_rules! isa_entry_points {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { small::rmsprop::<Self>(w, g, v, opt) }
             }
+            #[target_feature(enable = $features)]
+            unsafe fn fma_chains(iters: u64) -> f32 {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { peak::fma_chains::<Self>(iters) }
+            }
         }
     };
 }
@@ -157,6 +163,20 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 
     fn describe(&self) -> String {
         format!("{} ({}x{} register tiles)", I::NAME, I::MR, Self::NR)
+    }
+
+    fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
+        let mut iters = 1u64 << 16;
+        loop {
+            let start = std::time::Instant::now();
+            // SAFETY: I was detected (SimdBackend::new).
+            std::hint::black_box(unsafe { I::fma_chains(std::hint::black_box(iters)) });
+            let t = start.elapsed().as_secs_f64();
+            if t >= seconds {
+                return Some(peak::flops::<I>(iters) / t / 1e9);
+            }
+            iters *= 2;
+        }
     }
 
     fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {

@@ -57,6 +57,7 @@ mod blas;
 mod gemm;
 mod isa;
 mod params;
+mod peak;
 pub mod scalar;
 mod simd;
 mod small;
@@ -226,6 +227,14 @@ pub trait Backend<T: Real>: Sync {
     /// One line for the train banner: the name and what runs behind it.
     fn describe(&self) -> String {
         self.name().to_string()
+    }
+
+    /// The FMA peak of one core in this backend's instruction set, in
+    /// GFLOP/s, measured on the calling thread for at least `seconds`; `None`
+    /// for backends that are not one instruction set (scalar, BLAS).
+    fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
+        let _ = seconds;
+        None
     }
 
     /// The layout of `W` and `dW` in the two u8 ops for a `(K, N)` kernel

@@ -1,0 +1,186 @@
+//! Criterion benchmarks of every kernel on every backend this machine runs,
+//! at the training shapes (batch 128, 784 -> 512 -> 10), single-threaded so
+//! each can be read against one core's FMA peak (measured first, per ISA,
+//! and printed); then a whole training step at 1 and 2 threads.
+//!
+//! Ids are `op/backend/MxKxN`; throughput is FLOPs (`2 M N K`), so criterion
+//! prints GFLOP/s (as "Gelem/s").
+//!
+//! `cargo bench --bench kernels` (add `--features blas` for the BLAS column).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln::model::{Batch, Model, Params};
+use kiln_kernels::{Backend, Dims, RmsProp};
+use std::hint::black_box;
+
+const B: usize = 128;
+const D: usize = 784;
+const H: usize = 512;
+const C: usize = 10;
+
+struct Inputs {
+    x: Vec<u8>,
+    labels: Vec<u8>,
+    rows: Vec<u32>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    h: Vec<f32>,
+    dz1: Vec<f32>,
+    dz2: Vec<f32>,
+}
+
+/// MNIST-like inputs: the real first 384 training digits from the golden
+/// file, so the pixel density (and anything that depends on it) is real.
+fn inputs() -> Inputs {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keras-rmsprop-h64.safetensors"))
+        .expect("golden file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x = st.tensor("images").unwrap().data().to_vec();
+    let labels = st.tensor("labels").unwrap().data().to_vec();
+    let mut s = 1u32;
+    let mut rnd = move || {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+    };
+    let mut v = |n: usize| (0..n).map(|_| rnd()).collect::<Vec<f32>>();
+    Inputs {
+        rows: (0..B as u32).map(|i| (i * 37) % 384).collect(),
+        w1: v(D * H),
+        b1: v(H),
+        w2: v(H * C),
+        b2: v(C),
+        h: v(B * H).iter().map(|v| v.max(0.0)).collect(),
+        dz1: v(B * H),
+        dz2: v(B * C),
+        x,
+        labels,
+    }
+}
+
+fn single_thread<R>(f: impl FnOnce() -> R + Send) -> R
+where
+    R: Send,
+{
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(f)
+}
+
+fn kernels(c: &mut Criterion) {
+    let inp = inputs();
+    let backends = kiln_kernels::available_backends();
+    println!("FMA peak of one core, measured now:");
+    for name in &backends {
+        if let Some(g) = kiln_kernels::select(name).unwrap().fma_peak_gflops(0.5) {
+            println!("  {name}: {g:.1} GFLOP/s");
+        }
+    }
+    let flops = |m: usize, k: usize, n: usize| Throughput::Elements((2 * m * k * n) as u64);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+
+    let mut g = c.benchmark_group("gemm_bias_relu");
+    g.throughput(flops(B, D, H));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let layout = be.w1_layout(D, H);
+        let mut w = vec![0f32; layout.len()];
+        layout.pack(&inp.w1, &mut w);
+        let mut out = vec![0f32; B * H];
+        g.bench_function(BenchmarkId::new(*name, format!("{B}x{D}x{H}")), |bch| {
+            pool.install(|| {
+                bch.iter(|| be.dense_relu_forward_u8(&mut out, &inp.x, &inp.rows, &w, &inp.b1, Dims { k: D, n: H }))
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("dw1");
+    g.throughput(flops(D, B, H));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let mut dw = vec![0f32; be.w1_layout(D, H).len()];
+        let mut db = vec![0f32; H];
+        g.bench_function(BenchmarkId::new(*name, format!("{D}x{B}x{H}")), |bch| {
+            pool.install(|| {
+                bch.iter(|| be.dense_backward_u8(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, Dims { k: D, n: H }))
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("softmax_xent");
+    g.throughput(flops(B, H, C));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let (mut p, mut dz) = (vec![0f32; B * C], vec![0f32; B * C]);
+        let rows: Vec<u32> = (0..B as u32).collect();
+        g.bench_function(BenchmarkId::new(*name, format!("{B}x{H}x{C}")), |bch| {
+            pool.install(|| {
+                bch.iter(|| {
+                    be.dense_softmax_xent(&mut p, &mut dz, &inp.h, &inp.w2, &inp.b2, &inp.labels, &rows, Dims { k: H, n: C })
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("dw2");
+    g.throughput(flops(H, B, C));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let (mut dw, mut db) = (vec![0f32; H * C], vec![0f32; C]);
+        g.bench_function(BenchmarkId::new(*name, format!("{H}x{B}x{C}")), |bch| {
+            pool.install(|| bch.iter(|| be.dense_backward(&mut dw, &mut db, &inp.h, &inp.dz2, Dims { k: H, n: C })))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("dh");
+    g.throughput(flops(B, C, H));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let mut dh = vec![0f32; B * H];
+        g.bench_function(BenchmarkId::new(*name, format!("{B}x{C}x{H}")), |bch| {
+            pool.install(|| bch.iter(|| be.relu_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C })))
+        });
+    }
+    g.finish();
+
+    let n_params = D * H + H + H * C + C;
+    let mut g = c.benchmark_group("rmsprop");
+    g.throughput(Throughput::Elements(n_params as u64));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let (mut w, grad, mut v) = (vec![0.1f32; n_params], vec![0.01f32; n_params], vec![0f32; n_params]);
+        g.bench_function(BenchmarkId::new(*name, n_params), |bch| {
+            pool.install(|| bch.iter(|| be.rmsprop(&mut w, &grad, &mut v, RmsProp::default())))
+        });
+    }
+    g.finish();
+
+    // A whole training step (forward, backward, update), per thread count.
+    let mut g = c.benchmark_group("train_step");
+    g.throughput(flops(B, D, H));
+    let params = Params::glorot(H, 1);
+    for name in &backends {
+        let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
+        for threads in [1, 2] {
+            let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut m = Model::new(be, &params, RmsProp::default(), B);
+            let batch = Batch { pixels: &inp.x, labels: &inp.labels, rows: &inp.rows };
+            g.bench_function(BenchmarkId::new(*name, format!("t{threads}")), |bch| {
+                tp.install(|| bch.iter(|| black_box(m.train_step(batch).is_ok())))
+            });
+        }
+    }
+    g.finish();
+    let _ = single_thread(|| ());
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = kernels
+}
+criterion_main!(benches);
