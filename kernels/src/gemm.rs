@@ -16,9 +16,12 @@
 //!
 //! # Packed layouts
 //! ```text
-//! A micro-panel (MR rows x kc):  a[k * MR + r]      B micro-panel (kc x NR):  b[k * NR + c]
-//!   k=0: a00 a10 .. a(MR-1)0                          k=0: b00 b01 .. b0(NR-1)
-//!   k=1: a01 a11 .. a(MR-1)1                          k=1: b10 b11 .. b1(NR-1)
+//! A micro-panel (MR rows x kc):  a[r * kc + k]      B micro-panel (kc x NR):  b[k * NR + c]
+//!   r=0: a00 a01 .. a0(kc-1)                          k=0: b00 b01 .. b0(NR-1)
+//!   r=1: a10 a11 .. a1(kc-1)                          k=1: b10 b11 .. b1(NR-1)
+//! A stays row-major so that layer 1's packing converts whole runs of
+//! pixels with vector instructions; the microkernel broadcasts from MR
+//! sequential streams.
 //! ```
 //! A panel layout of a `(K, N)` matrix is exactly a sequence of B
 //! micro-panels of height `K`, one per `NR` columns (`PanelLayout`).
@@ -49,7 +52,7 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// ```text
 ///             b: NV vectors of LANES
 ///           +-------------------+
-///  a[k*MR+r]| acc[r][0..NV]     |  r = 0 .. MR-1, one broadcast per row
+///  a[r*kc+k]| acc[r][0..NV]     |  r = 0 .. MR-1, one broadcast per row
 ///           +-------------------+
 /// ```
 ///
@@ -63,22 +66,30 @@ unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     acc: &mut [[S::V; NV]; MR],
 ) {
     let nr = NV * S::LANES;
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * nr);
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    for k in 0..kc {
-        // SAFETY: k < kc, so a[k*MR + r] (r < MR) and b[k*NR + v*LANES ..
-        // + LANES] (v < NV) are in the slices checked above; S is present.
+    assert!(a.len() >= kc * MR && b.len() >= kc * nr);
+    // One pointer per row of the A micro-panel, each advancing along k.
+    let mut ap = [a.as_ptr(); MR];
+    for (r, p) in ap.iter_mut().enumerate() {
+        *p = a[r * kc..].as_ptr();
+    }
+    let mut bp = b.as_ptr();
+    for _ in 0..kc {
+        // SAFETY: each of the kc iterations reads one float from each of
+        // the MR rows (kc floats each) and NR floats of b (kc * NR in all),
+        // all within the slices checked above; S is present.
         unsafe {
             let mut bv = [S::zero(); NV];
             for (v, slot) in bv.iter_mut().enumerate() {
-                *slot = S::load(b.add(k * nr + v * S::LANES));
+                *slot = S::load(bp.add(v * S::LANES));
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = S::splat(*a.add(k * MR + r));
+            for (row, p) in acc.iter_mut().zip(ap.iter_mut()) {
+                let av = S::splat(**p);
+                *p = p.add(1);
                 for (acc_v, &bv_v) in row.iter_mut().zip(&bv) {
                     *acc_v = S::fmadd(av, bv_v, *acc_v);
                 }
             }
+            bp = bp.add(nr);
         }
     }
 }
@@ -98,25 +109,25 @@ struct Tile<'c> {
 #[inline(always)]
 unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile<'_>, acc: &mut [[S::V; NV]; MR]) {
     let nr = NV * S::LANES;
-    let mut buf = [0f32; MAX_TILE];
-    let full = t.rows == MR && t.cols == nr;
-    for r in 0..t.rows {
-        let row = &t.c[r * t.rsc..r * t.rsc + t.cols];
-        if full {
-            for (v, a) in acc[r].iter_mut().enumerate() {
-                // SAFETY: a full tile row holds NR = NV * LANES floats.
-                *a = unsafe { S::load(row.as_ptr().add(v * S::LANES)) };
-            }
-        } else {
-            buf[r * nr..r * nr + t.cols].copy_from_slice(row);
-        }
-    }
-    if !full {
+    if t.rows == MR && t.cols == nr {
         for (r, row) in acc.iter_mut().enumerate() {
+            let src = &t.c[r * t.rsc..r * t.rsc + nr];
             for (v, a) in row.iter_mut().enumerate() {
-                // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
-                *a = unsafe { S::load(buf.as_ptr().add(r * nr + v * S::LANES)) };
+                // SAFETY: a full tile row holds NR = NV * LANES floats.
+                *a = unsafe { S::load(src.as_ptr().add(v * S::LANES)) };
             }
+        }
+        return;
+    }
+    // Edge tile: through a zero-padded buffer.
+    let mut buf = [0f32; MAX_TILE];
+    for r in 0..t.rows {
+        buf[r * nr..r * nr + t.cols].copy_from_slice(&t.c[r * t.rsc..r * t.rsc + t.cols]);
+    }
+    for (r, row) in acc.iter_mut().enumerate() {
+        for (v, a) in row.iter_mut().enumerate() {
+            // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
+            *a = unsafe { S::load(buf.as_ptr().add(r * nr + v * S::LANES)) };
         }
     }
 }
@@ -144,43 +155,83 @@ unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     }
-    let full = t.rows == MR && t.cols == nr;
+    if t.rows == MR && t.cols == nr {
+        for (r, row) in acc.iter().enumerate() {
+            let dst = &mut t.c[r * t.rsc..r * t.rsc + nr];
+            for (v, &a) in row.iter().enumerate() {
+                // SAFETY: a full tile row holds NR = NV * LANES floats.
+                unsafe { S::store(dst.as_mut_ptr().add(v * S::LANES), a) };
+            }
+        }
+        return;
+    }
+    // Edge tile: through a buffer, then only the valid part is copied out.
     let mut buf = [0f32; MAX_TILE];
     for (r, row) in acc.iter().enumerate() {
         for (v, &a) in row.iter().enumerate() {
-            if full {
-                let dst = &mut t.c[r * t.rsc + v * S::LANES..r * t.rsc + (v + 1) * S::LANES];
-                // SAFETY: dst is a LANES-long slice of C.
-                unsafe { S::store(dst.as_mut_ptr(), a) };
-            } else {
-                // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
-                unsafe { S::store(buf.as_mut_ptr().add(r * nr + v * S::LANES), a) };
-            }
+            // SAFETY: r * nr + v * LANES + LANES <= MR * NR <= MAX_TILE.
+            unsafe { S::store(buf.as_mut_ptr().add(r * nr + v * S::LANES), a) };
         }
     }
-    if !full {
-        for r in 0..t.rows {
-            t.c[r * t.rsc..r * t.rsc + t.cols].copy_from_slice(&buf[r * nr..r * nr + t.cols]);
+    for r in 0..t.rows {
+        t.c[r * t.rsc..r * t.rsc + t.cols].copy_from_slice(&buf[r * nr..r * nr + t.cols]);
+    }
+}
+
+/// Packs `X[i0 .. i0+MR, pc .. pc+kc]` of layer 1's input, `X[i, k] =
+/// x[rows[i], k] / 255`, into `dst` (`MR x kc`, row-major); rows at or past
+/// `rows.len()` are zero. Each run of pixels is converted with vector
+/// instructions, and `/ 255` is an IEEE division, so every value is
+/// bit-identical to the scalar reference's table.
+///
+/// # Safety
+/// The CPU runs `S`; every `rows[i] * k + k <= x.len()`.
+#[inline(always)]
+unsafe fn pack_x_rows<S: Simd, const MR: usize>(
+    dst: &mut [f32],
+    x: &[u8],
+    rows: &[u32],
+    i0: usize,
+    (pc, kc, k): (usize, usize, usize),
+) {
+    let l = S::LANES;
+    let body = kc / l * l;
+    for (r, out) in dst.chunks_exact_mut(kc).enumerate().take(MR) {
+        let Some(&row) = rows.get(i0 + r) else {
+            out.fill(0.0);
+            continue;
+        };
+        let src = &x[row as usize * k + pc..row as usize * k + pc + kc];
+        // SAFETY: every access covers LANES elements below `body <= kc` of
+        // `src` and `out`; the CPU runs S (caller).
+        unsafe {
+            let scale = S::splat(255.0);
+            for j in (0..body).step_by(l) {
+                S::store(out.as_mut_ptr().add(j), S::div(S::load_u8(src.as_ptr().add(j)), scale));
+            }
+        }
+        for j in body..kc {
+            out[j] = f32::from(src[j]) / 255.0;
         }
     }
 }
 
-/// Packs `A[i0 .. i0+MR, pc .. pc+kc]` into `dst` (`kc x MR`, k-major),
-/// where `a(i, k)` gives an element and rows at or past `m` are zero.
+/// Packs `X^T[i0 .. i0+MR, pc .. pc+kc]` for the weight gradient: element
+/// `(i, b)` is pixel `i` of batch row `b`, `x[rows[b], i] / 255`; pixels at
+/// or past `k` are zero. `dst` is `MR x kc`, row-major; each batch row
+/// contributes `MR` contiguous bytes.
 #[inline(always)]
-fn pack_a<const MR: usize>(
-    dst: &mut [f32],
-    i0: usize,
-    m: usize,
-    pc: usize,
-    kc: usize,
-    a: impl Fn(usize, usize) -> f32,
-) {
-    for r in 0..MR {
-        let i = i0 + r;
-        for k in 0..kc {
-            dst[k * MR + r] = if i < m { a(i, pc + k) } else { 0.0 };
+fn pack_xt<const MR: usize>(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, (pc, kc, k): (usize, usize, usize)) {
+    let lut = pixel_table();
+    let valid = MR.min(k - i0);
+    for (b, &row) in rows[pc..pc + kc].iter().enumerate() {
+        let src = &x[row as usize * k + i0..row as usize * k + i0 + valid];
+        for (r, &p) in src.iter().enumerate() {
+            dst[r * kc + b] = lut[usize::from(p)];
         }
+    }
+    for r in valid..MR {
+        dst[r * kc..(r + 1) * kc].fill(0.0);
     }
 }
 
@@ -213,7 +264,6 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     let m = rows.len();
     let panels = n.div_ceil(nr);
-    let lut = pixel_table();
     let blocks: Vec<(usize, usize)> = k_blocks(k).collect();
     if blocks.is_empty() {
         // K = 0: the product is zero and only the epilogue remains.
@@ -233,7 +283,8 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
             let apanels = mc.div_ceil(MR);
             apack.resize(apanels * kc * MR, 0.0);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
-                pack_a::<MR>(dst, ic + p * MR, m, pc, kc, |i, kk| lut[usize::from(x[rows[i] as usize * k + kk])]);
+                // SAFETY: the CPU runs S; row indices checked by the caller.
+                unsafe { pack_x_rows::<S, MR>(dst, x, rows, ic + p * MR, (pc, kc, k)) };
             }
             // LOOP 2: panels of NR columns of W (already packed).
             for jp in 0..panels {
@@ -286,7 +337,6 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     let nr = NV * S::LANES;
     let batch = rows.len();
     let panels = dw.len() / (k * nr).max(1);
-    let lut = pixel_table();
     let (apack, bpack) = scratch;
     if batch == 0 {
         dw.fill(0.0);
@@ -312,7 +362,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
             let apanels = mc.div_ceil(MR);
             apack.resize(apanels * kc * MR, 0.0);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
-                pack_a::<MR>(dst, ic + p * MR, k, pc, kc, |i, b| lut[usize::from(x[rows[b] as usize * k + i])]);
+                pack_xt::<MR>(dst, x, rows, ic + p * MR, (pc, kc, k));
             }
             // LOOP 2: our panels of dZ / dW.
             for (p, b) in bpack.chunks_exact(kc * nr).enumerate() {

@@ -138,6 +138,17 @@ impl<I: Isa> SimdBackend<I> {
     const NR: usize = I::NV * I::LANES;
 }
 
+thread_local! {
+    /// Packing buffers of the calling thread (A panels, B panels), kept
+    /// between calls so that no step allocates or clears them again.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's packing buffers.
+fn with_scratch<R>(f: impl FnOnce(&mut (Vec<f32>, Vec<f32>)) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
 /// `W (K, N)` transposed to `(N, K)`.
 fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
     let mut t = vec![0f32; k * n];
@@ -197,9 +208,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         bias.resize(layout.panels() * Self::NR, 0.0);
         let chunk = share(rows.len(), I::MR);
         h.par_chunks_mut(chunk * n).zip(rows.par_chunks(chunk)).for_each(|(hc, rc)| {
-            let mut apack = Vec::new();
             // SAFETY: I was detected (SimdBackend::new); shapes checked above.
-            unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, &mut apack) }
+            with_scratch(|s| unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, &mut s.0) })
         });
     }
 
@@ -272,9 +282,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
         let per_task = share(layout.panels(), 1);
         dw.par_chunks_mut(per_task * k * Self::NR).enumerate().for_each(|(t, dwc)| {
-            let mut scratch = (Vec::new(), Vec::new());
             // SAFETY: I was detected; shapes checked above; dwc holds whole panels.
-            unsafe { I::weight_grad_panels(dwc, t * per_task, x, rows, dz, k, n, &mut scratch) }
+            with_scratch(|s| unsafe { I::weight_grad_panels(dwc, t * per_task, x, rows, dz, k, n, s) })
         });
     }
 

@@ -26,6 +26,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn splat(x: f32) -> Self::V;
     unsafe fn load(p: *const f32) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
+    /// `LANES` bytes at `p`, each converted exactly to f32 (`p` must be
+    /// valid for `LANES` byte reads).
+    unsafe fn load_u8(p: *const u8) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
@@ -79,6 +82,11 @@ mod x86 {
         unsafe fn load(p: *const f32) -> __m256 {
             // SAFETY: p is valid for 8 reads; unaligned load (module contract).
             unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_u8(p: *const u8) -> __m256 {
+            // SAFETY: p is valid for 8 byte reads (trait contract); AVX2 is present.
+            unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
@@ -159,6 +167,11 @@ mod x86 {
         unsafe fn load(p: *const f32) -> __m512 {
             // SAFETY: p is valid for 16 reads; unaligned load (module contract).
             unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_u8(p: *const u8) -> __m512 {
+            // SAFETY: p is valid for 16 byte reads (trait contract); AVX-512F is present.
+            unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))) }
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512) {
@@ -256,6 +269,15 @@ mod arm {
         unsafe fn load(p: *const f32) -> float32x4_t {
             // SAFETY: p is valid for 4 reads (module contract).
             unsafe { vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_u8(p: *const u8) -> float32x4_t {
+            // SAFETY: p is valid for 4 byte reads (trait contract); NEON is present.
+            unsafe {
+                let word = u32::from_ne_bytes(std::ptr::read_unaligned(p as *const [u8; 4]));
+                let bytes = vreinterpret_u8_u32(vdup_n_u32(word));
+                vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(bytes))))
+            }
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: float32x4_t) {
