@@ -1,7 +1,8 @@
 //! Criterion benchmarks of every kernel on every backend this machine runs,
 //! at the training shapes (batch 128, 784 -> 512 -> 10), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
-//! and printed); then a whole training step at 1 and 2 threads.
+//! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
+//! a whole training step at 1 and 2 threads.
 //!
 //! Ids are `op/backend/MxKxN`; throughput is FLOPs (`2 M N K`), so criterion
 //! prints GFLOP/s (as "Gelem/s").
@@ -59,13 +60,6 @@ fn inputs() -> Inputs {
     }
 }
 
-fn single_thread<R>(f: impl FnOnce() -> R + Send) -> R
-where
-    R: Send,
-{
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(f)
-}
-
 fn kernels(c: &mut Criterion) {
     let inp = inputs();
     let backends = kiln_kernels::available_backends();
@@ -76,7 +70,9 @@ fn kernels(c: &mut Criterion) {
         }
     }
     let flops = |m: usize, k: usize, n: usize| Throughput::Elements((2 * m * k * n) as u64);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    // Kernels run on one thread unless KILN_BENCH_THREADS says otherwise.
+    let threads = std::env::var("KILN_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
 
     let mut g = c.benchmark_group("gemm_bias_relu");
     g.throughput(flops(B, D, H));
@@ -117,7 +113,16 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{H}x{C}")), |bch| {
             pool.install(|| {
                 bch.iter(|| {
-                    be.dense_softmax_xent(&mut p, &mut dz, &inp.h, &inp.w2, &inp.b2, &inp.labels, &rows, Dims { k: H, n: C })
+                    be.dense_softmax_xent(
+                        &mut p,
+                        &mut dz,
+                        &inp.h,
+                        &inp.w2,
+                        &inp.b2,
+                        &inp.labels,
+                        &rows,
+                        Dims { k: H, n: C },
+                    )
                 })
             })
         });
@@ -141,7 +146,9 @@ fn kernels(c: &mut Criterion) {
         let be = kiln_kernels::select(name).unwrap();
         let mut dh = vec![0f32; B * H];
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{C}x{H}")), |bch| {
-            pool.install(|| bch.iter(|| be.relu_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C })))
+            pool.install(|| {
+                bch.iter(|| be.relu_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C }))
+            })
         });
     }
     g.finish();
@@ -174,7 +181,6 @@ fn kernels(c: &mut Criterion) {
         }
     }
     g.finish();
-    let _ = single_thread(|| ());
 }
 
 criterion_group! {

@@ -11,8 +11,9 @@
 //! * `forward_rows`: `H (m, N) = relu(X W + b)`, `X[i, k] = x[rows[i], k] / 255`
 //!   gathered from the mapped u8 data while packing A; `W (K, N)` already in
 //!   the panel layout, so B is never packed.
-//! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above; `dW` is
-//!   written straight into the panel layout, `dZ (B, N)` is packed.
+//! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above, packed
+//!   once per call as `X^T` micro-panels (`pack_xt`) shared by all tasks;
+//!   `dW` is written straight into the panel layout, `dZ (B, N)` is packed.
 //!
 //! # Packed layouts
 //! ```text
@@ -47,7 +48,7 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..k).step_by(kc).map(move |pc| (pc, kc.min(k - pc)))
 }
 
-/// The microkernel: `acc += A_panel (kc x MR) * B_panel (kc x NR)`.
+/// The microkernel: `acc += A_panel (MR x kc, row stride lda) * B_panel (kc x NR)`.
 ///
 /// ```text
 ///             b: NV vectors of LANES
@@ -61,21 +62,22 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
 #[inline(always)]
 unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     kc: usize,
+    lda: usize,
     a: &[f32],
     b: &[f32],
     acc: &mut [[S::V; NV]; MR],
 ) {
     let nr = NV * S::LANES;
-    assert!(a.len() >= kc * MR && b.len() >= kc * nr);
+    assert!(lda >= kc && a.len() >= (MR - 1) * lda + kc && b.len() >= kc * nr);
     // One pointer per row of the A micro-panel, each advancing along k.
     let mut ap = [a.as_ptr(); MR];
     for (r, p) in ap.iter_mut().enumerate() {
-        *p = a[r * kc..].as_ptr();
+        *p = a[r * lda..].as_ptr();
     }
     let mut bp = b.as_ptr();
     for _ in 0..kc {
         // SAFETY: each of the kc iterations reads one float from each of
-        // the MR rows (kc floats each) and NR floats of b (kc * NR in all),
+        // the MR rows (kc floats each, stride lda) and NR floats of b (kc * NR in all),
         // all within the slices checked above; S is present.
         unsafe {
             let mut bv = [S::zero(); NV];
@@ -216,22 +218,22 @@ unsafe fn pack_x_rows<S: Simd, const MR: usize>(
     }
 }
 
-/// Packs `X^T[i0 .. i0+MR, pc .. pc+kc]` for the weight gradient: element
-/// `(i, b)` is pixel `i` of batch row `b`, `x[rows[b], i] / 255`; pixels at
-/// or past `k` are zero. `dst` is `MR x kc`, row-major; each batch row
-/// contributes `MR` contiguous bytes.
-#[inline(always)]
-fn pack_xt<const MR: usize>(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, (pc, kc, k): (usize, usize, usize)) {
+/// Packs the micro-panel of `X^T` that starts at pixel `i0`, for the
+/// weight gradient: element `(i, b)` is pixel `i` of batch row `b`,
+/// `x[rows[b], i] / 255`; pixels at or past `k` are zero. `dst` is `MR x B`,
+/// row-major; each batch row contributes `MR` contiguous bytes.
+pub(crate) fn pack_xt(dst: &mut [f32], mr: usize, x: &[u8], rows: &[u32], i0: usize, k: usize) {
     let lut = pixel_table();
-    let valid = MR.min(k - i0);
-    for (b, &row) in rows[pc..pc + kc].iter().enumerate() {
+    let batch = rows.len();
+    let valid = mr.min(k - i0);
+    for (b, &row) in rows.iter().enumerate() {
         let src = &x[row as usize * k + i0..row as usize * k + i0 + valid];
         for (r, &p) in src.iter().enumerate() {
-            dst[r * kc + b] = lut[usize::from(p)];
+            dst[r * batch + b] = lut[usize::from(p)];
         }
     }
-    for r in valid..MR {
-        dst[r * kc..(r + 1) * kc].fill(0.0);
+    for r in valid..mr {
+        dst[r * batch..(r + 1) * batch].fill(0.0);
     }
 }
 
@@ -304,7 +306,7 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
-                        microkernel::<S, MR, NV>(kc, a, b, &mut acc);
+                        microkernel::<S, MR, NV>(kc, kc, a, b, &mut acc);
                         let epilogue = last.then(|| &bias[jp * nr..(jp + 1) * nr]);
                         store_tile::<S, MR, NV>(&mut tile, &mut acc, epilogue);
                     }
@@ -317,69 +319,67 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
 /// `dW := X^T dZ` for the panels `jp0 .. jp0 + dw.len() / (k * NR)` of a
 /// `(K, N)` gradient in panels of `NR` (see the module docs); here `K` is
 /// the number of pixels per row and the reduction runs over the batch.
+/// `xt` is the whole `X^T` packed once by [`pack_xt`] and shared by every
+/// task: `ceil(K / MR)` micro-panels of `MR x B`.
 ///
 /// # Safety
 /// The CPU runs `S`. Shapes are checked by the caller: `dw` holds whole
-/// panels of `k * NR` floats, `dz` is `(rows.len(), n)`, and every
-/// `rows[i] * k + k <= x.len()`.
+/// panels of `k * NR` floats, `dz` is `(B, n)`, `xt` holds
+/// `ceil(k / MR) * MR * B` floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usize>(
     dw: &mut [f32],
     jp0: usize,
-    x: &[u8],
-    rows: &[u32],
+    xt: &[f32],
     dz: &[f32],
+    batch: usize,
     k: usize,
     n: usize,
-    scratch: &mut (Vec<f32>, Vec<f32>),
+    bpack: &mut Vec<f32>,
 ) {
     let nr = NV * S::LANES;
-    let batch = rows.len();
     let panels = dw.len() / (k * nr).max(1);
-    let (apack, bpack) = scratch;
+    assert!(xt.len() >= k.div_ceil(MR) * MR * batch && dz.len() >= batch * n);
     if batch == 0 {
         dw.fill(0.0);
         return;
     }
     let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
+    // LOOP 4: k-blocks of the batch, in order.
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
         let first = bi == 0;
         // Pack this k-block of dZ's columns for our panels (zero past N).
         bpack.resize(panels * kc * nr, 0.0);
         for (p, dst) in bpack.chunks_exact_mut(kc * nr).enumerate() {
             let c0 = (jp0 + p) * nr;
+            let valid = nr.min(n.saturating_sub(c0));
             for kk in 0..kc {
-                let row = &dz[(pc + kk) * n..(pc + kk + 1) * n];
-                for c in 0..nr {
-                    dst[kk * nr + c] = row.get(c0 + c).copied().unwrap_or(0.0);
-                }
+                let out = &mut dst[kk * nr..(kk + 1) * nr];
+                out[..valid].copy_from_slice(&dz[(pc + kk) * n + c0..(pc + kk) * n + c0 + valid]);
+                out[valid..].fill(0.0);
             }
         }
-        // LOOP 3: blocks of MC pixels (rows of dW, columns of X).
+        // LOOP 3: blocks of MC pixels (rows of dW).
         for ic in (0..k).step_by(MC) {
-            let mc = MC.min(k - ic);
-            let apanels = mc.div_ceil(MR);
-            apack.resize(apanels * kc * MR, 0.0);
-            for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
-                pack_xt::<MR>(dst, x, rows, ic + p * MR, (pc, kc, k));
-            }
+            let apanels = MC.min(k - ic).div_ceil(MR);
             // LOOP 2: our panels of dZ / dW.
             for (p, b) in bpack.chunks_exact(kc * nr).enumerate() {
                 // LOOP 1: MR-pixel micro-panels.
-                for (ip, a) in apack.chunks_exact(kc * MR).enumerate() {
-                    let r0 = ic + ip * MR;
+                for ip in ic / MR..ic / MR + apanels {
+                    let r0 = ip * MR;
                     let rows_here = MR.min(k - r0);
+                    let a = &xt[ip * MR * batch + pc..(ip + 1) * MR * batch];
                     let off = p * k * nr + r0 * nr;
                     let mut tile = Tile { c: &mut dw[off..off + rows_here * nr], rsc: nr, rows: rows_here, cols: nr };
-                    // SAFETY: the CPU runs S (caller); panel lengths are
-                    // kc * MR and kc * NR by construction.
+                    // SAFETY: the CPU runs S (caller); `a` holds MR rows of
+                    // stride B from column pc on, `b` kc x NR floats.
                     unsafe {
                         let mut acc = [[S::zero(); NV]; MR];
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
-                        microkernel::<S, MR, NV>(kc, a, b, &mut acc);
+                        microkernel::<S, MR, NV>(kc, batch, a, b, &mut acc);
                         store_tile::<S, MR, NV>(&mut tile, &mut acc, None);
                     }
                 }

@@ -11,6 +11,7 @@ use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE
 use crate::simd::Simd;
 use crate::{gemm, peak, small, Backend, Dims, PanelLayout, RmsProp, XentStats};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::marker::PhantomData;
 
 /// Per-instruction-set entry points (see the module docs).
@@ -38,12 +39,12 @@ pub(crate) trait Isa: Simd {
     unsafe fn weight_grad_panels(
         dw: &mut [f32],
         jp0: usize,
-        x: &[u8],
-        rows: &[u32],
+        xt: &[f32],
         dz: &[f32],
+        batch: usize,
         k: usize,
         n: usize,
-        scratch: &mut (Vec<f32>, Vec<f32>),
+        bpack: &mut Vec<f32>,
     );
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize);
@@ -78,15 +79,15 @@ macro_rules! isa_entry_points {
             unsafe fn weight_grad_panels(
                 dw: &mut [f32],
                 jp0: usize,
-                x: &[u8],
-                rows: &[u32],
+                xt: &[f32],
                 dz: &[f32],
+                batch: usize,
                 k: usize,
                 n: usize,
-                scratch: &mut (Vec<f32>, Vec<f32>),
+                bpack: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, x, rows, dz, k, n, scratch) }
+                unsafe { gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, xt, dz, batch, k, n, bpack) }
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
@@ -139,14 +140,20 @@ impl<I: Isa> SimdBackend<I> {
 }
 
 thread_local! {
-    /// Packing buffers of the calling thread (A panels, B panels), kept
-    /// between calls so that no step allocates or clears them again.
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Packing buffers of the calling thread, kept between calls so that no
+    /// step allocates or clears them again: per-task panels (`TASK`), and
+    /// the `X^T` a whole weight-gradient call shares (`SHARED`).
+    static TASK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's packing buffers.
-fn with_scratch<R>(f: impl FnOnce(&mut (Vec<f32>, Vec<f32>)) -> R) -> R {
-    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+/// Runs `f` with one of this thread's buffers, or a fresh one when that is
+/// already in use further up this thread's stack (a nested call).
+fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// `W (K, N)` transposed to `(N, K)`.
@@ -209,7 +216,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let chunk = share(rows.len(), I::MR);
         h.par_chunks_mut(chunk * n).zip(rows.par_chunks(chunk)).for_each(|(hc, rc)| {
             // SAFETY: I was detected (SimdBackend::new); shapes checked above.
-            with_scratch(|s| unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, &mut s.0) })
+            with_buffer(&TASK, |apack| unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, apack) })
         });
     }
 
@@ -280,10 +287,21 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         if k == 0 {
             return;
         }
-        let per_task = share(layout.panels(), 1);
-        dw.par_chunks_mut(per_task * k * Self::NR).enumerate().for_each(|(t, dwc)| {
-            // SAFETY: I was detected; shapes checked above; dwc holds whole panels.
-            with_scratch(|s| unsafe { I::weight_grad_panels(dwc, t * per_task, x, rows, dz, k, n, s) })
+        let batch = rows.len();
+        with_buffer(&SHARED, |xt| {
+            // X^T, packed once for all tasks: micro-panels of MR pixels x B.
+            xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
+            xt.par_chunks_mut((I::MR * batch).max(1))
+                .enumerate()
+                .for_each(|(p, dst)| gemm::pack_xt(dst, I::MR, x, rows, p * I::MR, k));
+            let per_task = share(layout.panels(), 1);
+            dw.par_chunks_mut(per_task * k * Self::NR).enumerate().for_each(|(t, dwc)| {
+                // SAFETY: I was detected; shapes checked above; dwc holds
+                // whole panels; xt was sized for k and the batch above.
+                with_buffer(&TASK, |bpack| unsafe {
+                    I::weight_grad_panels(dwc, t * per_task, xt, dz, batch, k, n, bpack)
+                })
+            });
         });
     }
 
