@@ -234,30 +234,50 @@ impl<'b, T: Real> Model<'b, T> {
     /// mean clipped cross-entropy of `batch`; returns the forward's stats.
     pub fn forward_backward(&mut self, batch: Batch<'_>) -> XentStats<T> {
         let stats = self.forward(batch);
-        let (d1, d2) = self.dims();
-        let b = batch.rows.len();
-        let (be, w, g) = (self.be, self.params.tensors(), self.grads.tensors_mut());
-        let ws = &mut self.ws;
-        let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
-        be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
-        be.relu_backward_input(dh, dz, w.w2, h, d2); // dH = (dZ W2^T) * [H > 0]
-        be.dense_backward_u8(g.w1, g.b1, batch.pixels, batch.rows, dh, d1); // dW1 = X^T dH
+        self.backward(batch, false);
         stats
     }
 
-    /// One RMSprop update of every parameter from [`Model::grads`].
+    /// The backward pass of the last [`Model::forward`] on `batch`. With
+    /// `update`, it also applies RMSprop: layer 1's kernel is updated inside
+    /// its gradient product (the backend may fuse the two, so `W1`'s
+    /// gradient is not kept), then everything else in one flat pass.
+    fn backward(&mut self, batch: Batch<'_>, update: bool) {
+        let (d1, d2) = self.dims();
+        let b = batch.rows.len();
+        let (be, opt, ws) = (self.be, self.opt, &mut self.ws);
+        let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
+        let g = self.grads.tensors_mut();
+        let w = self.params.tensors_mut();
+        be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
+        be.relu_backward_input(dh, dz, w.w2, h, d2); // dH = (dZ W2^T) * [H > 0]
+        if !update {
+            be.dense_backward_u8(g.w1, g.b1, batch.pixels, batch.rows, dh, d1); // dW1 = X^T dH
+            return;
+        }
+        let v = self.velocity.tensors_mut();
+        // dW1 = X^T dH, and W1 updated from it at once.
+        be.dense_backward_u8_rmsprop(w.w1, v.w1, g.w1, g.b1, batch.pixels, batch.rows, dh, d1, opt);
+        // The rest of the arena, [b1 | W2 | b2], in one pass.
+        let w1_len = self.params.layout.len();
+        be.rmsprop(&mut self.params.data[w1_len..], &self.grads.data[w1_len..], &mut self.velocity.data[w1_len..], opt);
+    }
+
+    /// One RMSprop update of every parameter from [`Model::grads`] (after
+    /// [`Model::forward_backward`]).
     pub fn update(&mut self) {
         self.be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
     }
 
-    /// A whole training step on `batch`: forward, backward, update. When the
-    /// loss is not finite nothing is updated and `Err` carries the stats.
+    /// A whole training step on `batch`: forward, backward, update (the
+    /// same weights, bit for bit, as `forward_backward` then `update`). When
+    /// the loss is not finite nothing is updated and `Err` carries the stats.
     pub fn train_step(&mut self, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
-        let stats = self.forward_backward(batch);
+        let stats = self.forward(batch);
         if !stats.loss_sum.is_finite() {
             return Err(stats);
         }
-        self.update();
+        self.backward(batch, true);
         Ok(stats)
     }
 }

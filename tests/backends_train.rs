@@ -70,3 +70,34 @@ fn weights_are_bit_identical_for_any_thread_count() {
         }
     }
 }
+
+/// `train_step` (which fuses layer 1's update into its gradient product on
+/// the SIMD backends) gives the same weights, bit for bit, as computing all
+/// gradients first and updating afterwards; also for a batch larger than one
+/// k-block (300 > 256) and a hidden width that is not a whole panel.
+#[test]
+fn fused_update_is_bit_identical_to_gradient_then_update() {
+    let g = Golden::load();
+    let (images, labels) = (g.u8("images"), g.u8("labels"));
+    for name in backends_under_test() {
+        let be = kiln_kernels::select(name).unwrap();
+        for (hidden, batch) in [(100, 32), (37, 300)] {
+            let rows: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 384).collect();
+            let b = Batch { pixels: &images, labels: &labels, rows: &rows };
+            let params = Params::glorot(hidden, 3);
+            let mut fused = Model::new(be, &params, RmsProp::default(), batch);
+            let mut split = Model::new(be, &params, RmsProp::default(), batch);
+            for _ in 0..3 {
+                fused.train_step(b).unwrap();
+                split.forward_backward(b);
+                split.update();
+            }
+            assert_eq!(first_difference(&fused.params, &split.params), None, "{name}: hidden {hidden}, batch {batch}");
+            assert_eq!(
+                first_difference(&fused.velocity, &split.velocity),
+                None,
+                "{name}: velocities, hidden {hidden}, batch {batch}"
+            );
+        }
+    }
+}

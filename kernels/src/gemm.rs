@@ -40,6 +40,19 @@
 
 use crate::params::{KC_MAX, MAX_TILE, MC};
 use crate::simd::Simd;
+use crate::small::{rmsprop_lanes, RmsPropV};
+use crate::RmsProp;
+
+/// A fused RMSprop update of the weights whose gradient is being computed:
+/// `W` and its velocity `v`, in the same layout as the gradient.
+pub(crate) struct Update<'a> {
+    /// The weights, updated in place.
+    pub(crate) w: &'a mut [f32],
+    /// Their RMSprop velocities, updated in place.
+    pub(crate) v: &'a mut [f32],
+    /// The hyper-parameters.
+    pub(crate) opt: RmsProp,
+}
 
 /// The k-blocks of a reduction of length `k`: equal lengths no longer
 /// than `KC_MAX` (loop 4).
@@ -320,7 +333,10 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
 /// `(K, N)` gradient in panels of `NR` (see the module docs); here `K` is
 /// the number of pixels per row and the reduction runs over the batch.
 /// `xt` is the whole `X^T` packed once by [`pack_xt`] and shared by every
-/// task: `ceil(K / MR)` micro-panels of `MR x B`.
+/// task: `ceil(K / MR)` micro-panels of `MR x B`. With `update`, each
+/// finished gradient tile instead updates `W` and `v` in place by RMSprop
+/// (bit-identical to storing `dW` and updating afterwards); `dw` then only
+/// holds partial sums between k-blocks and its final content is unspecified.
 ///
 /// # Safety
 /// The CPU runs `S`. Shapes are checked by the caller: `dw` holds whole
@@ -337,18 +353,28 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     k: usize,
     n: usize,
     bpack: &mut Vec<f32>,
+    mut update: Option<Update<'_>>,
 ) {
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
+    if let Some(u) = &update {
+        assert!(u.w.len() == dw.len() && u.v.len() == dw.len(), "W and v must match dW");
+    }
     assert!(xt.len() >= k.div_ceil(MR) * MR * batch && dz.len() >= batch * n);
     if batch == 0 {
         dw.fill(0.0);
+        if let Some(u) = update {
+            // SAFETY: the CPU runs S (caller); the gradient is all zeros.
+            unsafe { crate::small::rmsprop::<S>(u.w, dw, u.v, u.opt) };
+        }
         return;
     }
+    // SAFETY: the CPU runs S (caller).
+    let coeffs = update.as_ref().map(|u| unsafe { RmsPropV::new::<S>(u.opt) });
     let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
     // LOOP 4: k-blocks of the batch, in order.
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
-        let first = bi == 0;
+        let (first, last) = (bi == 0, bi + 1 == blocks.len());
         // Pack this k-block of dZ's columns for our panels (zero past N).
         bpack.resize(panels * kc * nr, 0.0);
         for (p, dst) in bpack.chunks_exact_mut(kc * nr).enumerate() {
@@ -371,16 +397,31 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                     let rows_here = MR.min(k - r0);
                     let a = &xt[ip * MR * batch + pc..(ip + 1) * MR * batch];
                     let off = p * k * nr + r0 * nr;
-                    let mut tile = Tile { c: &mut dw[off..off + rows_here * nr], rsc: nr, rows: rows_here, cols: nr };
+                    let end = off + rows_here * nr;
+                    let mut tile = Tile { c: &mut dw[off..end], rsc: nr, rows: rows_here, cols: nr };
                     // SAFETY: the CPU runs S (caller); `a` holds MR rows of
-                    // stride B from column pc on, `b` kc x NR floats.
+                    // stride B from column pc on, `b` kc x NR floats; the
+                    // W and v tiles are the same rows_here x NR as dW's.
                     unsafe {
                         let mut acc = [[S::zero(); NV]; MR];
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
                         microkernel::<S, MR, NV>(kc, batch, a, b, &mut acc);
-                        store_tile::<S, MR, NV>(&mut tile, &mut acc, None);
+                        match (&mut update, coeffs) {
+                            (Some(u), Some(c)) if last => {
+                                // Fused RMSprop: the finished gradient tile
+                                // updates W and v and is never stored.
+                                let (w, v) = (&mut u.w[off..end], &mut u.v[off..end]);
+                                for (r, row) in acc.iter().enumerate().take(rows_here) {
+                                    for (j, &g) in row.iter().enumerate() {
+                                        let at = r * nr + j * S::LANES;
+                                        rmsprop_lanes::<S>(w.as_mut_ptr().add(at), v.as_mut_ptr().add(at), g, c);
+                                    }
+                                }
+                            }
+                            _ => store_tile::<S, MR, NV>(&mut tile, &mut acc, None),
+                        }
                     }
                 }
             }

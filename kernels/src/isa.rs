@@ -45,6 +45,7 @@ pub(crate) trait Isa: Simd {
         k: usize,
         n: usize,
         bpack: &mut Vec<f32>,
+        update: Option<gemm::Update<'_>>,
     );
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize);
@@ -85,9 +86,12 @@ macro_rules! isa_entry_points {
                 k: usize,
                 n: usize,
                 bpack: &mut Vec<f32>,
+                update: Option<gemm::Update<'_>>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, xt, dz, batch, k, n, bpack) }
+                unsafe {
+                    gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, xt, dz, batch, k, n, bpack, update)
+                }
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
@@ -172,6 +176,61 @@ fn transpose(w: &[f32], k: usize, n: usize) -> Vec<f32> {
 fn share(total: usize, unit: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     total.div_ceil(threads).div_ceil(unit).max(1) * unit
+}
+
+impl<I: Isa> SimdBackend<I> {
+    /// `dW := X^T dZ`, `db`, optionally fused with RMSprop on `(W, v)`.
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad_u8(
+        &self,
+        dw: &mut [f32],
+        update: Option<(&mut [f32], &mut [f32], RmsProp)>,
+        db: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[f32],
+        d: Dims,
+    ) {
+        let Dims { k, n } = d;
+        let layout = self.w1_layout(k, n);
+        check_rows(x, rows, k);
+        check_len("dW (panel layout)", dw.len(), layout.len());
+        check_len("db", db.len(), n);
+        check_len("dZ", dz.len(), rows.len() * n);
+        if n == 0 {
+            return;
+        }
+        column_sums(db, dz, n);
+        if k == 0 {
+            return;
+        }
+        let batch = rows.len();
+        let chunk = share(layout.panels(), 1) * k * Self::NR;
+        with_buffer(&SHARED, |xt| {
+            // X^T, packed once for all tasks: micro-panels of MR pixels x B.
+            xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
+            xt.par_chunks_mut((I::MR * batch).max(1))
+                .enumerate()
+                .for_each(|(p, dst)| gemm::pack_xt(dst, I::MR, x, rows, p * I::MR, k));
+            let xt = &*xt;
+            let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
+                // SAFETY: I was detected; shapes checked above; dwc (and W,
+                // v) hold whole panels; xt was sized for k and the batch.
+                with_buffer(&TASK, |bpack| unsafe {
+                    I::weight_grad_panels(dwc, t * chunk / (k * Self::NR), xt, dz, batch, k, n, bpack, update)
+                })
+            };
+            match update {
+                None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
+                Some((w, v, opt)) => dw
+                    .par_chunks_mut(chunk)
+                    .zip(w.par_chunks_mut(chunk))
+                    .zip(v.par_chunks_mut(chunk))
+                    .enumerate()
+                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt }))),
+            }
+        });
+    }
 }
 
 impl<I: Isa> Backend<f32> for SimdBackend<I> {
@@ -274,35 +333,24 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn dense_backward_u8(&self, dw: &mut [f32], db: &mut [f32], x: &[u8], rows: &[u32], dz: &[f32], d: Dims) {
-        let Dims { k, n } = d;
-        let layout = self.w1_layout(k, n);
-        check_rows(x, rows, k);
-        check_len("dW (panel layout)", dw.len(), layout.len());
-        check_len("db", db.len(), n);
-        check_len("dZ", dz.len(), rows.len() * n);
-        if n == 0 {
-            return;
-        }
-        column_sums(db, dz, n);
-        if k == 0 {
-            return;
-        }
-        let batch = rows.len();
-        with_buffer(&SHARED, |xt| {
-            // X^T, packed once for all tasks: micro-panels of MR pixels x B.
-            xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
-            xt.par_chunks_mut((I::MR * batch).max(1))
-                .enumerate()
-                .for_each(|(p, dst)| gemm::pack_xt(dst, I::MR, x, rows, p * I::MR, k));
-            let per_task = share(layout.panels(), 1);
-            dw.par_chunks_mut(per_task * k * Self::NR).enumerate().for_each(|(t, dwc)| {
-                // SAFETY: I was detected; shapes checked above; dwc holds
-                // whole panels; xt was sized for k and the batch above.
-                with_buffer(&TASK, |bpack| unsafe {
-                    I::weight_grad_panels(dwc, t * per_task, xt, dz, batch, k, n, bpack)
-                })
-            });
-        });
+        self.weight_grad_u8(dw, None, db, x, rows, dz, d);
+    }
+
+    fn dense_backward_u8_rmsprop(
+        &self,
+        w: &mut [f32],
+        v: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[f32],
+        d: Dims,
+        opt: RmsProp,
+    ) {
+        check_len("W", w.len(), dw.len());
+        check_len("v", v.len(), dw.len());
+        self.weight_grad_u8(dw, Some((w, v, opt)), db, x, rows, dz, d);
     }
 
     fn relu_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims) {

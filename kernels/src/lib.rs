@@ -271,6 +271,28 @@ pub trait Backend<T: Real>: Sync {
     #[allow(clippy::too_many_arguments)]
     fn dense_backward_u8(&self, dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32], dz: &[T], d: Dims);
 
+    /// [`Backend::dense_backward_u8`] into `dW`, then [`Backend::rmsprop`] on
+    /// `(W, dW, v)`: the same result bit for bit. Backends may fuse the two
+    /// (updating each gradient tile while it is in registers, never storing
+    /// it); `dW` then holds unspecified values afterwards. `W`, `dW` and `v`
+    /// are in [`Backend::w1_layout`].
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward_u8_rmsprop(
+        &self,
+        w: &mut [T],
+        v: &mut [T],
+        dw: &mut [T],
+        db: &mut [T],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[T],
+        d: Dims,
+        opt: RmsProp,
+    ) {
+        self.dense_backward_u8(dw, db, x, rows, dz, d);
+        self.rmsprop(w, dw, v, opt);
+    }
+
     /// `dH (B,K) := (dZ W^T) * [H > 0]` (`dZ` is `(B,N)`, `W` is `(K,N)`).
     fn relu_backward_input(&self, dh: &mut [T], dz: &[T], w: &[T], h: &[T], d: Dims);
 

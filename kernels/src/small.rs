@@ -123,27 +123,57 @@ pub(crate) unsafe fn weight_grad_t<S: Simd>(dwt: &mut [f32], k0: usize, h: &[f32
     }
 }
 
-/// One RMSprop step on a chunk, with the scalar reference's exact sequence
-/// of roundings (no FMA), so every backend updates bit-identically.
+/// RMSprop's coefficients `(lr, rho, 1 - rho, eps)` in registers.
+#[derive(Clone, Copy)]
+pub(crate) struct RmsPropV<V> {
+    lr: V,
+    rho: V,
+    decay: V,
+    eps: V,
+}
+
+impl<V: Copy> RmsPropV<V> {
+    /// # Safety
+    /// The CPU runs `S`.
+    #[inline(always)]
+    pub(crate) unsafe fn new<S: Simd<V = V>>(opt: RmsProp) -> Self {
+        let (lr, rho, decay, eps) = opt.coefficients::<f32>();
+        // SAFETY: the CPU runs S (caller).
+        unsafe { RmsPropV { lr: S::splat(lr), rho: S::splat(rho), decay: S::splat(decay), eps: S::splat(eps) } }
+    }
+}
+
+/// One RMSprop step of `LANES` parameters at `w` and velocities at `v` with
+/// gradient `g`, with the scalar reference's exact sequence of roundings
+/// (no FMA), so that every backend updates bit-identically.
+///
+/// # Safety
+/// The CPU runs `S`; `w` and `v` are valid for `LANES` reads and writes.
+#[inline(always)]
+pub(crate) unsafe fn rmsprop_lanes<S: Simd>(w: *mut f32, v: *mut f32, g: S::V, c: RmsPropV<S::V>) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let vn = S::add(S::mul(c.rho, S::load(v)), S::mul(c.decay, S::mul(g, g)));
+        S::store(v, vn);
+        let step = S::div(S::mul(c.lr, g), S::sqrt(S::add(vn, c.eps)));
+        S::store(w, S::sub(S::load(w), step));
+    }
+}
+
+/// One RMSprop step on a chunk (see [`rmsprop_lanes`]).
 ///
 /// # Safety
 /// The CPU runs `S`; `w`, `g` and `v` have equal lengths.
 #[inline(always)]
 pub(crate) unsafe fn rmsprop<S: Simd>(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
-    let (lr, rho, decay, eps) = opt.coefficients::<f32>();
     let l = S::LANES;
     let body = w.len() / l * l;
     // SAFETY: every access covers LANES floats below `body <= len` of each
-    // of the three equal-length slices.
+    // of the three equal-length slices; the CPU runs S (caller).
     unsafe {
-        let (lr_v, rho_v, decay_v, eps_v) = (S::splat(lr), S::splat(rho), S::splat(decay), S::splat(eps));
+        let c = RmsPropV::new::<S>(opt);
         for i in (0..body).step_by(l) {
-            let gv = S::load(g.as_ptr().add(i));
-            let vn = S::add(S::mul(rho_v, S::load(v.as_ptr().add(i))), S::mul(decay_v, S::mul(gv, gv)));
-            S::store(v.as_mut_ptr().add(i), vn);
-            let step = S::div(S::mul(lr_v, gv), S::sqrt(S::add(vn, eps_v)));
-            let wp = w.as_mut_ptr().add(i);
-            S::store(wp, S::sub(S::load(wp), step));
+            rmsprop_lanes::<S>(w.as_mut_ptr().add(i), v.as_mut_ptr().add(i), S::load(g.as_ptr().add(i)), c);
         }
     }
     crate::scalar::rmsprop_serial(&mut w[body..], &g[body..], &mut v[body..], opt);
