@@ -13,6 +13,7 @@
 use crate::data::{CLASSES, PIXELS};
 use crate::rng::{Rng, Stream};
 use kiln_kernels::{Backend, Dims, PanelLayout, Real, RmsProp, XentStats};
+use std::time::{Duration, Instant};
 
 /// The parameter tensors in arena order: name (as saved), shape for hidden
 /// width `h`.
@@ -155,6 +156,42 @@ impl<T: Real> Workspace<T> {
     }
 }
 
+/// Wall time spent in each phase of the steps so far (for the epoch
+/// breakdown; the timers cost a few tens of nanoseconds per step).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseTimes {
+    /// Layer 1: gather + convert + `relu(X W1 + b1)`.
+    pub layer1_forward: Duration,
+    /// Layer 2 with softmax cross-entropy, loss and `dZ`.
+    pub layer2_forward: Duration,
+    /// `dW2`, `db2` and `dH`.
+    pub layer2_backward: Duration,
+    /// `dW1`, `db1`, with `W1`'s update when fused.
+    pub layer1_backward: Duration,
+    /// RMSprop on whatever was not updated inside a product.
+    pub update: Duration,
+}
+
+impl PhaseTimes {
+    /// The phases as (name, seconds).
+    pub fn named(&self) -> [(&'static str, f64); 5] {
+        [
+            ("layer1_forward", self.layer1_forward.as_secs_f64()),
+            ("layer2_forward", self.layer2_forward.as_secs_f64()),
+            ("layer2_backward", self.layer2_backward.as_secs_f64()),
+            ("layer1_backward", self.layer1_backward.as_secs_f64()),
+            ("update", self.update.as_secs_f64()),
+        ]
+    }
+}
+
+/// Adds the time since `*t` to `acc` and restarts `*t`.
+fn lap(t: &mut Instant, acc: &mut Duration) {
+    let now = Instant::now();
+    *acc += now - *t;
+    *t = now;
+}
+
 /// The network with its gradients, optimizer state and activations, bound
 /// to the kernel backend that runs it.
 pub struct Model<'b, T: Real> {
@@ -167,6 +204,8 @@ pub struct Model<'b, T: Real> {
     pub velocity: Params<T>,
     /// Optimizer hyper-parameters.
     pub opt: RmsProp,
+    /// Time spent per phase so far.
+    pub times: PhaseTimes,
     ws: Workspace<T>,
 }
 
@@ -194,6 +233,7 @@ impl<'b, T: Real> Model<'b, T> {
             ws: Workspace::new(batch_capacity, hidden),
             params: params.to_layout(layout),
             opt,
+            times: PhaseTimes::default(),
         }
     }
 
@@ -218,11 +258,15 @@ impl<'b, T: Real> Model<'b, T> {
         let (d1, d2) = self.dims();
         let b = batch.rows.len();
         assert!(b <= self.batch_capacity(), "batch of {b} rows exceeds the capacity {}", self.batch_capacity());
-        let (be, w, ws) = (self.be, self.params.tensors(), &mut self.ws);
+        let (be, w, ws, times) = (self.be, self.params.tensors(), &mut self.ws, &mut self.times);
+        let mut t = Instant::now();
         let h = &mut ws.h[..b * d1.n]; // (B, H)
         be.dense_relu_forward_u8(h, batch.pixels, batch.rows, w.w1, w.b1, d1);
+        lap(&mut t, &mut times.layer1_forward);
         let (p, dz) = (&mut ws.p[..b * CLASSES], &mut ws.dz[..b * CLASSES]); // (B, C) each
-        be.dense_softmax_xent(p, dz, h, w.w2, w.b2, batch.labels, batch.rows, d2)
+        let stats = be.dense_softmax_xent(p, dz, h, w.w2, w.b2, batch.labels, batch.rows, d2);
+        lap(&mut t, &mut times.layer2_forward);
+        stats
     }
 
     /// Probabilities of the last [`Model::forward`], `(B, C)`.
@@ -245,28 +289,35 @@ impl<'b, T: Real> Model<'b, T> {
     fn backward(&mut self, batch: Batch<'_>, update: bool) {
         let (d1, d2) = self.dims();
         let b = batch.rows.len();
-        let (be, opt, ws) = (self.be, self.opt, &mut self.ws);
+        let (be, opt, ws, times) = (self.be, self.opt, &mut self.ws, &mut self.times);
+        let mut t = Instant::now();
         let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
         let g = self.grads.tensors_mut();
         let w = self.params.tensors_mut();
         be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
         be.relu_backward_input(dh, dz, w.w2, h, d2); // dH = (dZ W2^T) * [H > 0]
+        lap(&mut t, &mut times.layer2_backward);
         if !update {
             be.dense_backward_u8(g.w1, g.b1, batch.pixels, batch.rows, dh, d1); // dW1 = X^T dH
+            lap(&mut t, &mut times.layer1_backward);
             return;
         }
         let v = self.velocity.tensors_mut();
         // dW1 = X^T dH, and W1 updated from it at once.
         be.dense_backward_u8_rmsprop(w.w1, v.w1, g.w1, g.b1, batch.pixels, batch.rows, dh, d1, opt);
+        lap(&mut t, &mut times.layer1_backward);
         // The rest of the arena, [b1 | W2 | b2], in one pass.
         let w1_len = self.params.layout.len();
         be.rmsprop(&mut self.params.data[w1_len..], &self.grads.data[w1_len..], &mut self.velocity.data[w1_len..], opt);
+        lap(&mut t, &mut times.update);
     }
 
     /// One RMSprop update of every parameter from [`Model::grads`] (after
     /// [`Model::forward_backward`]).
     pub fn update(&mut self) {
+        let mut t = Instant::now();
         self.be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
+        lap(&mut t, &mut self.times.update);
     }
 
     /// A whole training step on `batch`: forward, backward, update (the

@@ -8,7 +8,7 @@
 //! epilogue `C := relu(C + bias)`, applied once, on the last k-block. All
 //! matrices are row-major except where a panel layout is named.
 //!
-//! * `forward_rows`: `H (m, N) = relu(X W + b)`, `X[i, k] = x[rows[i], k] / 255`
+//! * `forward_panels`: `H (m, N) = relu(X W + b)`, `X[i, k] = x[rows[i], k] / 255`
 //!   gathered from the mapped u8 data while packing A; `W (K, N)` already in
 //!   the panel layout, so B is never packed.
 //! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above, packed
@@ -109,9 +109,12 @@ unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Where a tile of C sits: `c[r * rsc + col]` for `r < rows`, `col < cols`.
-struct Tile<'c> {
-    c: &'c mut [f32],
+/// A tile of C: element `(r, col)` at `c + r * rsc + col` for `r < rows`,
+/// `col < cols`. Whoever builds one guarantees that these elements are
+/// valid for reads and writes and that nothing else touches them while the
+/// tile is in use (tiles of different tasks are disjoint).
+struct Tile {
+    c: *mut f32,
     rsc: usize,
     rows: usize,
     cols: usize,
@@ -120,16 +123,15 @@ struct Tile<'c> {
 /// Loads the tile into accumulators (zeros where it sticks out of C).
 ///
 /// # Safety
-/// The CPU runs `S`.
+/// The CPU runs `S`; `t` upholds the [`Tile`] invariant.
 #[inline(always)]
-unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile<'_>, acc: &mut [[S::V; NV]; MR]) {
+unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile, acc: &mut [[S::V; NV]; MR]) {
     let nr = NV * S::LANES;
     if t.rows == MR && t.cols == nr {
         for (r, row) in acc.iter_mut().enumerate() {
-            let src = &t.c[r * t.rsc..r * t.rsc + nr];
             for (v, a) in row.iter_mut().enumerate() {
-                // SAFETY: a full tile row holds NR = NV * LANES floats.
-                *a = unsafe { S::load(src.as_ptr().add(v * S::LANES)) };
+                // SAFETY: a full tile row holds NR = NV * LANES valid floats.
+                *a = unsafe { S::load(t.c.add(r * t.rsc + v * S::LANES)) };
             }
         }
         return;
@@ -137,7 +139,9 @@ unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile<'_>, acc
     // Edge tile: through a zero-padded buffer.
     let mut buf = [0f32; MAX_TILE];
     for r in 0..t.rows {
-        buf[r * nr..r * nr + t.cols].copy_from_slice(&t.c[r * t.rsc..r * t.rsc + t.cols]);
+        // SAFETY: row r holds t.cols valid floats (Tile invariant).
+        let src = unsafe { std::slice::from_raw_parts(t.c.add(r * t.rsc), t.cols) };
+        buf[r * nr..r * nr + t.cols].copy_from_slice(src);
     }
     for (r, row) in acc.iter_mut().enumerate() {
         for (v, a) in row.iter_mut().enumerate() {
@@ -151,10 +155,10 @@ unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile<'_>, acc
 /// when `bias` is given (`bias` holds NR floats, one per tile column).
 ///
 /// # Safety
-/// The CPU runs `S`.
+/// The CPU runs `S`; `t` upholds the [`Tile`] invariant.
 #[inline(always)]
 unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
-    t: &mut Tile<'_>,
+    t: &mut Tile,
     acc: &mut [[S::V; NV]; MR],
     bias: Option<&[f32]>,
 ) {
@@ -172,10 +176,9 @@ unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
     }
     if t.rows == MR && t.cols == nr {
         for (r, row) in acc.iter().enumerate() {
-            let dst = &mut t.c[r * t.rsc..r * t.rsc + nr];
             for (v, &a) in row.iter().enumerate() {
-                // SAFETY: a full tile row holds NR = NV * LANES floats.
-                unsafe { S::store(dst.as_mut_ptr().add(v * S::LANES), a) };
+                // SAFETY: a full tile row holds NR = NV * LANES valid floats.
+                unsafe { S::store(t.c.add(r * t.rsc + v * S::LANES), a) };
             }
         }
         return;
@@ -189,7 +192,10 @@ unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
     for r in 0..t.rows {
-        t.c[r * t.rsc..r * t.rsc + t.cols].copy_from_slice(&buf[r * nr..r * nr + t.cols]);
+        // SAFETY: row r holds t.cols valid floats, touched by no one else
+        // (Tile invariant).
+        let dst = unsafe { std::slice::from_raw_parts_mut(t.c.add(r * t.rsc), t.cols) };
+        dst.copy_from_slice(&buf[r * nr..r * nr + t.cols]);
     }
 }
 
@@ -256,18 +262,21 @@ fn pixel_table() -> [f32; 256] {
     crate::scalar::pixel_table::<f32>()
 }
 
-/// `H (m, N) := relu(X W + b)` for one block of rows (see the module docs).
-/// `w` is `(K, N)` in panels of `NR`; `bias` is padded to a whole number of
-/// panels.
+/// `H[:, panels jp0..jp1] := relu(X W + b)` (see the module docs): one
+/// task's share of columns, for every row. `h` points at the whole `(m, n)`
+/// row-major output; `w` is `(K, N)` in panels of `NR`; `bias` is padded to
+/// a whole number of panels.
 ///
 /// # Safety
-/// The CPU runs `S`. Shapes are checked by the caller: `h` is `(rows.len(),
-/// n)`, every `rows[i] * k + k <= x.len()`, `w` holds `panels * k * NR` and
-/// `bias` `panels * NR` floats.
+/// The CPU runs `S`. `h` is valid for `rows.len() * n` floats and, while
+/// this runs, nothing else touches columns `jp0 * NR .. min(jp1 * NR, n)`
+/// of it. Shapes are checked by the caller: every `rows[i] * k + k <=
+/// x.len()`, `w` holds `panels * k * NR` and `bias` `panels * NR` floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
-    h: &mut [f32],
+pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
+    h: *mut f32,
+    (jp0, jp1): (usize, usize),
     x: &[u8],
     rows: &[u32],
     w: &[f32],
@@ -278,13 +287,13 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let nr = NV * S::LANES;
     let m = rows.len();
-    let panels = n.div_ceil(nr);
     let blocks: Vec<(usize, usize)> = k_blocks(k).collect();
     if blocks.is_empty() {
         // K = 0: the product is zero and only the epilogue remains.
-        for row in h.chunks_exact_mut(n.max(1)) {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                *v = if b < 0.0 { 0.0 } else { b };
+        for r in 0..m {
+            for c in jp0 * nr..(jp1 * nr).min(n) {
+                // SAFETY: (r, c) is inside H and in this task's columns.
+                unsafe { *h.add(r * n + c) = if bias[c] < 0.0 { 0.0 } else { bias[c] } };
             }
         }
         return;
@@ -301,19 +310,18 @@ pub(crate) unsafe fn forward_rows<S: Simd, const MR: usize, const NV: usize>(
                 // SAFETY: the CPU runs S; row indices checked by the caller.
                 unsafe { pack_x_rows::<S, MR>(dst, x, rows, ic + p * MR, (pc, kc, k)) };
             }
-            // LOOP 2: panels of NR columns of W (already packed).
-            for jp in 0..panels {
+            // LOOP 2: this task's panels of NR columns of W (already packed).
+            for jp in jp0..jp1 {
                 let b = &w[jp * k * nr + pc * nr..jp * k * nr + (pc + kc) * nr];
                 let cols = nr.min(n - jp * nr);
                 // LOOP 1: MR-row micro-panels of A against this B panel.
                 for (ip, a) in apack.chunks_exact(kc * MR).enumerate() {
                     let r0 = ic + ip * MR;
-                    let rows_here = MR.min(m - r0);
-                    let off = r0 * n + jp * nr;
-                    let end = (r0 + rows_here - 1) * n + jp * nr + cols;
-                    let mut tile = Tile { c: &mut h[off..end], rsc: n, rows: rows_here, cols };
+                    // SAFETY: the tile's rows r0.. and columns jp * NR ..
+                    // + cols are inside H and this task's own (caller).
+                    let mut tile = Tile { c: unsafe { h.add(r0 * n + jp * nr) }, rsc: n, rows: MR.min(m - r0), cols };
                     // SAFETY: the CPU runs S (caller); panel lengths are
-                    // kc * MR and kc * NR by construction.
+                    // kc * MR and kc * NR by construction; tile as above.
                     unsafe {
                         let mut acc = [[S::zero(); NV]; MR];
                         if !first {
@@ -398,7 +406,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                     let a = &xt[ip * MR * batch + pc..(ip + 1) * MR * batch];
                     let off = p * k * nr + r0 * nr;
                     let end = off + rows_here * nr;
-                    let mut tile = Tile { c: &mut dw[off..end], rsc: nr, rows: rows_here, cols: nr };
+                    let mut tile = Tile { c: dw[off..end].as_mut_ptr(), rsc: nr, rows: rows_here, cols: nr };
                     // SAFETY: the CPU runs S (caller); `a` holds MR rows of
                     // stride B from column pc on, `b` kc x NR floats; the
                     // W and v tiles are the same rows_here x NR as dW's.

@@ -25,8 +25,9 @@ pub(crate) trait Isa: Simd {
     /// Vectors per tile row; `NR = NV * LANES`.
     const NV: usize;
     #[allow(clippy::too_many_arguments)]
-    unsafe fn forward_rows(
-        h: &mut [f32],
+    unsafe fn forward_panels(
+        h: *mut f32,
+        panels: (usize, usize),
         x: &[u8],
         rows: &[u32],
         w: &[f32],
@@ -63,8 +64,9 @@ macro_rules! isa_entry_points {
             const MR: usize = $mr;
             const NV: usize = $nv;
             #[target_feature(enable = $features)]
-            unsafe fn forward_rows(
-                h: &mut [f32],
+            unsafe fn forward_panels(
+                h: *mut f32,
+                panels: (usize, usize),
                 x: &[u8],
                 rows: &[u32],
                 w: &[f32],
@@ -74,7 +76,7 @@ macro_rules! isa_entry_points {
                 apack: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { gemm::forward_rows::<Self, { $mr }, { $nv }>(h, x, rows, w, bias, k, n, apack) }
+                unsafe { gemm::forward_panels::<Self, { $mr }, { $nv }>(h, panels, x, rows, w, bias, k, n, apack) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_panels(
@@ -158,6 +160,17 @@ fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, f: imp
         Ok(mut buf) => f(&mut buf),
         Err(_) => f(&mut Vec::new()),
     })
+}
+
+/// The output pointer of a product whose tasks write disjoint columns.
+struct SharedOut(*mut f32);
+// SAFETY: only moved into tasks that write disjoint parts of the buffer
+// (see each use), which outlives them.
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// `W (K, N)` transposed to `(N, K)`.
@@ -272,10 +285,16 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
         let mut bias = b.to_vec();
         bias.resize(layout.panels() * Self::NR, 0.0);
-        let chunk = share(rows.len(), I::MR);
-        h.par_chunks_mut(chunk * n).zip(rows.par_chunks(chunk)).for_each(|(hc, rc)| {
-            // SAFETY: I was detected (SimdBackend::new); shapes checked above.
-            with_buffer(&TASK, |apack| unsafe { I::forward_rows(hc, x, rc, w, &bias, k, n, apack) })
+        // Threads own columns (panels) of H, the same split as dW1's, so
+        // each core reads the part of W1 that it updated itself.
+        let per_task = share(layout.panels(), 1);
+        let out = SharedOut(h.as_mut_ptr());
+        (0..layout.panels().div_ceil(per_task)).into_par_iter().for_each(|t| {
+            let panels = (t * per_task, ((t + 1) * per_task).min(layout.panels()));
+            // SAFETY: I was detected (SimdBackend::new); shapes checked
+            // above; `out` covers all of H, which outlives the loop, and
+            // tasks own disjoint panel ranges, so no column is shared.
+            with_buffer(&TASK, |apack| unsafe { I::forward_panels(out.get(), panels, x, rows, w, &bias, k, n, apack) })
         });
     }
 

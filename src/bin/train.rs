@@ -61,6 +61,9 @@ struct Args {
     /// Print only JSON lines on stdout (one per epoch, then a summary)
     #[arg(long)]
     json: bool,
+    /// Also report where training time went (per phase of the step)
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> ExitCode {
@@ -97,7 +100,7 @@ fn run(args: Args) -> Result<()> {
     let cache = args.cache_dir.unwrap_or_else(data::default_cache_dir);
     let data = Dataset::load(&data_dir, &cache)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
-    pool.install(|| train_and_save(&cfg, be, threads, &data, &args.out, args.json))
+    pool.install(|| train_and_save(&cfg, be, threads, &data, &args.out, args.json, args.profile))
 }
 
 fn train_and_save(
@@ -107,6 +110,7 @@ fn train_and_save(
     data: &Dataset,
     out: &std::path::Path,
     json: bool,
+    profile: bool,
 ) -> Result<()> {
     let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
     if cfg!(debug_assertions) {
@@ -175,6 +179,23 @@ fn train_and_save(
         },
     )?;
     let train_seconds = start.elapsed().as_secs_f64();
+    let phases = model.times.named();
+    let data_seconds = train_seconds - phases.iter().map(|(_, s)| s).sum::<f64>();
+    if profile {
+        let epochs = cfg.epochs as f64;
+        if json {
+            let mut o = serde_json::Map::new();
+            for (name, s) in phases.iter().chain(std::iter::once(&("data_and_loop", data_seconds))) {
+                o.insert(format!("{name}_seconds_per_epoch"), json!(s / epochs));
+            }
+            println!("{}", serde_json::Value::Object(o));
+        } else {
+            println!("time per epoch by phase:");
+            for (name, s) in phases.iter().chain(std::iter::once(&("data_and_loop", data_seconds))) {
+                println!("  {name:<16} {:>8.4}s  {:>5.1}%", s / epochs, 100.0 * s / train_seconds);
+            }
+        }
+    }
     let (test_loss, test_acc) = train::evaluate(&mut model, &data.test);
     let mut meta = BTreeMap::new();
     for (k, v) in [
