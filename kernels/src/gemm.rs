@@ -290,10 +290,11 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
     let blocks: Vec<(usize, usize)> = k_blocks(k).collect();
     if blocks.is_empty() {
         // K = 0: the product is zero and only the epilogue remains.
+        let cols = jp0 * nr..(jp1 * nr).min(n);
         for r in 0..m {
-            for c in jp0 * nr..(jp1 * nr).min(n) {
+            for (c, &b) in bias.iter().enumerate().take(cols.end).skip(cols.start) {
                 // SAFETY: (r, c) is inside H and in this task's columns.
-                unsafe { *h.add(r * n + c) = if bias[c] < 0.0 { 0.0 } else { bias[c] } };
+                unsafe { *h.add(r * n + c) = if b < 0.0 { 0.0 } else { b } };
             }
         }
         return;
