@@ -6,7 +6,7 @@
 #   2. once per instruction set the CPU has, forced (KILN_TEST_BACKEND), so a
 #      forced ISA that silently did not run fails the build;
 #   3. the NEON backend, cross-built for aarch64 and run under qemu;
-#   4. the epoch-time regression gate (ci/gate.sh), when present.
+#   4. the epoch-time regression gate (ci/gate.sh) and its self-test.
 # Usage: bash ci/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok 
 
 step "system packages"
 need=()
-for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind; do
   has_pkg "$p" || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -28,7 +28,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     exit 1
   fi
 fi
-echo "ok: libopenblas-dev, gcc-aarch64-linux-gnu, qemu-user"
+echo "ok: libopenblas-dev, gcc-aarch64-linux-gnu, qemu-user, valgrind"
 
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
@@ -76,10 +76,9 @@ KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-l
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
   -p kiln --test backends_train --test keras_golden
 
-if [ -f ci/gate.sh ]; then
-  step "epoch-time regression gate"
-  bash ci/gate.sh
-fi
+step "epoch-time regression gate (ci/gate.sh), and its self-test on a deliberately slower build"
+bash ci/gate.sh
+bash ci/gate.sh --selftest
 
 # Every runner printed its own summary; add them up and fail if none ran.
 passed=$(grep -E '^test result:' "$log" | awk '{s += $4} END {print s + 0}')

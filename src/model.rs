@@ -320,6 +320,17 @@ impl<'b, T: Real> Model<'b, T> {
         lap(&mut t, &mut self.times.update);
     }
 
+    /// The deliberate slowdown of the `gate-selftest` feature: layer 1's
+    /// forward again on the first 60% of the rows (same inputs, so the same
+    /// values are written again and results do not change).
+    #[cfg(feature = "gate-selftest")]
+    fn gate_selftest_slowdown(&mut self, batch: Batch<'_>) {
+        let (d1, _) = self.dims();
+        let part = &batch.rows[..batch.rows.len() * 3 / 5];
+        let w = self.params.tensors();
+        self.be.dense_relu_forward_u8(&mut self.ws.h[..part.len() * d1.n], batch.pixels, part, w.w1, w.b1, d1);
+    }
+
     /// A whole training step on `batch`: forward, backward, update (the
     /// same weights, bit for bit, as `forward_backward` then `update`). When
     /// the loss is not finite nothing is updated and `Err` carries the stats.
@@ -328,6 +339,8 @@ impl<'b, T: Real> Model<'b, T> {
         if !stats.loss_sum.is_finite() {
             return Err(stats);
         }
+        #[cfg(feature = "gate-selftest")]
+        self.gate_selftest_slowdown(batch);
         self.backward(batch, true);
         Ok(stats)
     }

@@ -1,0 +1,52 @@
+//! The fixed workload of the CI epoch-time gate (`ci/gate.sh`): the first
+//! `--steps` training steps of epoch 1 on the vendored MNIST (seed 1, batch
+//! 128, hidden 512), on one backend and thread count. Prints one JSON line
+//! with the wall time of the steps and a checksum of the losses.
+//!
+//! Under callgrind the gate counts only the instructions of `run_steps`
+//! (`--toggle-collect`), so loading the data does not blur the count.
+
+use anyhow::{bail, Context, Result};
+use kiln::data::{self, Dataset, Split};
+use kiln::model::{Batch, Model, Params};
+use kiln::train::epoch_order;
+use kiln_kernels::RmsProp;
+use std::time::Instant;
+
+/// The measured part: `steps` training steps; returns the summed loss.
+#[inline(never)]
+fn run_steps(model: &mut Model<'_, f32>, data: &Split, order: &[u32], steps: usize) -> f64 {
+    let mut loss = 0.0;
+    for rows in order.chunks(128).take(steps) {
+        let batch = Batch { pixels: data.pixels(), labels: data.labels(), rows };
+        loss += f64::from(model.train_step(batch).expect("finite loss").loss_sum);
+    }
+    loss
+}
+
+fn main() -> Result<()> {
+    let (mut steps, mut backend, mut threads) = (20usize, "avx2".to_string(), 1usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--steps" => steps = value()?.parse()?,
+            "--backend" => backend = value()?,
+            "--threads" => threads = value()?.parse()?,
+            _ => bail!("unknown argument {a}; expected --steps N, --backend NAME, --threads N"),
+        }
+    }
+    let be = kiln_kernels::select(&backend).map_err(anyhow::Error::msg)?;
+    let ds = Dataset::load(&data::default_data_dir(), &data::default_cache_dir())?;
+    let order = epoch_order(ds.train.len(), 1, 0);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let mut model = Model::new(be, &Params::glorot(512, 1), RmsProp::default(), 128);
+    let start = Instant::now();
+    let loss = pool.install(|| run_steps(&mut model, &ds.train, &order, steps));
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"steps\":{steps},\"backend\":\"{}\",\"threads\":{threads},\"seconds\":{seconds},\"loss_checksum\":{loss}}}",
+        be.name()
+    );
+    Ok(())
+}
