@@ -9,7 +9,9 @@
 
 use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE_CHUNK};
 use crate::simd::Simd;
-use crate::{gemm, peak, small, Backend, Dims, PanelLayout, RmsProp, XentStats};
+use crate::sparse::{self, Csc, Csr};
+use crate::{gemm, peak, small, Backend, Dims, Layer1Path, PanelLayout, RmsProp, XentStats};
+use std::sync::atomic::{AtomicU8, Ordering};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -53,6 +55,17 @@ pub(crate) trait Isa: Simd {
     unsafe fn weight_grad_t(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
     unsafe fn fma_chains(iters: u64) -> f32;
+    unsafe fn forward_sparse(h: *mut f32, panels: (usize, usize), csr: &Csr, w: &[f32], bias: &[f32], n: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weight_grad_sparse(
+        dw: &mut [f32],
+        jp0: usize,
+        csc: &Csc,
+        dz: &[f32],
+        n_pad: usize,
+        k: usize,
+        update: Option<gemm::Update<'_>>,
+    );
 }
 
 /// Implements [`Isa`] for `$isa`: each entry point is the generic body
@@ -120,6 +133,31 @@ macro_rules! isa_entry_points {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { peak::fma_chains::<Self>(iters) }
             }
+            #[target_feature(enable = $features)]
+            unsafe fn forward_sparse(
+                h: *mut f32,
+                panels: (usize, usize),
+                csr: &Csr,
+                w: &[f32],
+                bias: &[f32],
+                n: usize,
+            ) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn weight_grad_sparse(
+                dw: &mut [f32],
+                jp0: usize,
+                csc: &Csc,
+                dz: &[f32],
+                n_pad: usize,
+                k: usize,
+                update: Option<gemm::Update<'_>>,
+            ) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { sparse::weight_grad_sparse::<Self, { $nv }>(dw, jp0, csc, dz, n_pad, k, update) }
+            }
         }
     };
 }
@@ -134,23 +172,52 @@ isa_entry_points!(crate::simd::Neon, "neon", crate::params::NEON_MR, crate::para
 /// The backend running instruction set `I`. Only `SimdBackend::new` makes
 /// one, and only when `I` is detected.
 pub(crate) struct SimdBackend<I> {
+    /// The `Layer1Path` in force, as its index in `PATHS`.
+    path: AtomicU8,
     _isa: PhantomData<I>,
 }
+
+const PATHS: [Layer1Path; 3] = [Layer1Path::Auto, Layer1Path::Dense, Layer1Path::Sparse];
 
 impl<I: Isa> SimdBackend<I> {
     /// The backend, if this CPU runs `I`.
     pub(crate) fn new() -> Option<Self> {
-        I::detected().then_some(SimdBackend { _isa: PhantomData })
+        I::detected().then_some(SimdBackend { path: AtomicU8::new(0), _isa: PhantomData })
     }
     const NR: usize = I::NV * I::LANES;
+
+    /// Whether layer 1 should skip zero pixels for this batch, given its
+    /// non-zero pixels (built into `csr` unless the path is forced dense).
+    fn sparse(&self, csr: &mut Csr, x: &[u8], rows: &[u32], k: usize) -> bool {
+        let path = PATHS[usize::from(self.path.load(Ordering::Relaxed))];
+        if path == Layer1Path::Dense || rows.is_empty() || k == 0 || k > u32::MAX as usize {
+            return false;
+        }
+        csr.build(x, rows, k);
+        path == Layer1Path::Sparse
+            || (csr.nonzeros() as f64) <= crate::params::SPARSE_MAX_DENSITY * (rows.len() * k) as f64
+    }
 }
 
 thread_local! {
     /// Packing buffers of the calling thread, kept between calls so that no
     /// step allocates or clears them again: per-task panels (`TASK`), and
-    /// the `X^T` a whole weight-gradient call shares (`SHARED`).
+    /// the `X^T` a whole weight-gradient call shares (`SHARED`); the sparse
+    /// path's non-zero lists (`NONZEROS`).
     static TASK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static NONZEROS: RefCell<(Csr, Csc)> = RefCell::new(Default::default());
+}
+
+/// Runs `f` with this thread's non-zero lists (fresh ones when nested).
+fn with_nonzeros<R>(f: impl FnOnce(&mut Csr, &mut Csc) -> R) -> R {
+    NONZEROS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => {
+            let (csr, csc) = &mut *b;
+            f(csr, csc)
+        }
+        Err(_) => f(&mut Csr::default(), &mut Csc::default()),
+    })
 }
 
 /// Runs `f` with one of this thread's buffers, or a fresh one when that is
@@ -197,7 +264,7 @@ impl<I: Isa> SimdBackend<I> {
     fn weight_grad_u8(
         &self,
         dw: &mut [f32],
-        update: Option<(&mut [f32], &mut [f32], RmsProp)>,
+        mut update: Option<(&mut [f32], &mut [f32], RmsProp)>,
         db: &mut [f32],
         x: &[u8],
         rows: &[u32],
@@ -219,6 +286,44 @@ impl<I: Isa> SimdBackend<I> {
         }
         let batch = rows.len();
         let chunk = share(layout.panels(), 1) * k * Self::NR;
+        let done = with_nonzeros(|csr, csc| {
+            if !self.sparse(csr, x, rows, k) {
+                return false;
+            }
+            csr.transpose(csc);
+            let csc = &*csc;
+            // dZ with whole panels of columns (zeros past N), unless it has them.
+            let n_pad = layout.panels() * Self::NR;
+            let padded: Vec<f32>;
+            let dzp = if n_pad == n {
+                dz
+            } else {
+                let mut p = vec![0f32; batch * n_pad];
+                for (dst, src) in p.chunks_exact_mut(n_pad).zip(dz.chunks_exact(n)) {
+                    dst[..n].copy_from_slice(src);
+                }
+                padded = p;
+                &padded
+            };
+            let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
+                // SAFETY: I was detected; shapes checked above; dwc (and W,
+                // v) hold whole panels; csc was built from this batch.
+                unsafe { I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dzp, n_pad, k, update) }
+            };
+            match &mut update {
+                None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
+                Some((w, v, opt)) => dw
+                    .par_chunks_mut(chunk)
+                    .zip(w.par_chunks_mut(chunk))
+                    .zip(v.par_chunks_mut(chunk))
+                    .enumerate()
+                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt: *opt }))),
+            }
+            true
+        });
+        if done {
+            return;
+        }
         with_buffer(&SHARED, |xt| {
             // X^T, packed once for all tasks: micro-panels of MR pixels x B.
             xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
@@ -252,7 +357,13 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({}x{} register tiles)", I::NAME, I::MR, Self::NR)
+        let path = PATHS[usize::from(self.path.load(Ordering::Relaxed))];
+        format!("{} ({}x{} register tiles, layer 1 {path:?})", I::NAME, I::MR, Self::NR)
+    }
+
+    fn set_layer1_path(&self, path: Layer1Path) {
+        let i = PATHS.iter().position(|&p| p == path).expect("a known path");
+        self.path.store(i as u8, Ordering::Relaxed);
     }
 
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
@@ -289,12 +400,25 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // each core reads the part of W1 that it updated itself.
         let per_task = share(layout.panels(), 1);
         let out = SharedOut(h.as_mut_ptr());
-        (0..layout.panels().div_ceil(per_task)).into_par_iter().for_each(|t| {
-            let panels = (t * per_task, ((t + 1) * per_task).min(layout.panels()));
-            // SAFETY: I was detected (SimdBackend::new); shapes checked
-            // above; `out` covers all of H, which outlives the loop, and
-            // tasks own disjoint panel ranges, so no column is shared.
-            with_buffer(&TASK, |apack| unsafe { I::forward_panels(out.get(), panels, x, rows, w, &bias, k, n, apack) })
+        let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
+        let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
+        with_nonzeros(|csr, _| {
+            if self.sparse(csr, x, rows, k) {
+                let csr = &*csr;
+                tasks.for_each(|t| {
+                    // SAFETY: I was detected; shapes checked above; `out`
+                    // covers all of H, which outlives the loop, and tasks
+                    // own disjoint panel ranges, so no column is shared.
+                    unsafe { I::forward_sparse(out.get(), panels_of(t), csr, w, &bias, n) }
+                });
+            } else {
+                tasks.for_each(|t| {
+                    // SAFETY: as above.
+                    with_buffer(&TASK, |apack| unsafe {
+                        I::forward_panels(out.get(), panels_of(t), x, rows, w, &bias, k, n, apack)
+                    })
+                });
+            }
         });
     }
 

@@ -61,6 +61,7 @@ mod peak;
 pub mod scalar;
 mod simd;
 mod small;
+mod sparse;
 
 use std::fmt::Debug;
 
@@ -185,6 +186,29 @@ impl PanelLayout {
     }
 }
 
+/// How layer 1's two products treat zero pixels (SIMD backends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer1Path {
+    /// Sparse when the batch's density of non-zero pixels is low, else dense.
+    Auto,
+    /// Always the dense packed GEMM.
+    Dense,
+    /// Always skip zero pixels.
+    Sparse,
+}
+
+impl std::str::FromStr for Layer1Path {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Layer1Path::Auto),
+            "dense" => Ok(Layer1Path::Dense),
+            "sparse" => Ok(Layer1Path::Sparse),
+            _ => Err(format!("unknown layer-1 path `{s}`; expected auto, dense or sparse")),
+        }
+    }
+}
+
 /// Hyper-parameters of the RMSprop update, in Keras's names. They are kept
 /// in `f64`, as Keras keeps them in Python floats, and rounded to the element
 /// type once per update ([`RmsProp::coefficients`]).
@@ -223,6 +247,12 @@ impl RmsProp {
 pub trait Backend<T: Real>: Sync {
     /// The name shown to users (`scalar`, `avx2`, ...).
     fn name(&self) -> &'static str;
+
+    /// Chooses how layer 1 treats zero pixels from now on; backends without
+    /// a sparse path ignore it. Results are bit-identical either way.
+    fn set_layer1_path(&self, path: Layer1Path) {
+        let _ = path;
+    }
 
     /// One line for the train banner: the name and what runs behind it.
     fn describe(&self) -> String {

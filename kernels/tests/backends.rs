@@ -12,7 +12,12 @@
 
 mod common;
 use common::Gen;
-use kiln_kernels::{scalar::Scalar, Backend, Dims, PanelLayout, RmsProp};
+use kiln_kernels::{scalar::Scalar, Backend, Dims, Layer1Path, PanelLayout, RmsProp};
+use std::sync::Mutex;
+
+/// Serializes the tests that switch a backend's layer-1 path (a property of
+/// the shared backend), so each really runs the path it asked for.
+static PATH_SWITCH: Mutex<()> = Mutex::new(());
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
@@ -70,8 +75,14 @@ fn pixel(x: &[u8], rows: &[u32], k: usize, i: usize, kk: usize) -> f64 {
 
 #[test]
 fn layer1_forward_and_weight_gradient_match_scalar() {
+    let _guard = PATH_SWITCH.lock().unwrap();
     let mut g = Gen(11);
-    for (name, be) in backends_under_test() {
+    for ((name, be), path) in backends_under_test()
+        .into_iter()
+        .flat_map(|b| [Layer1Path::Dense, Layer1Path::Sparse].map(move |p| (b, p)))
+    {
+        be.set_layer1_path(path);
+        let name = format!("{name} {path:?}");
         for &(b, k, n) in SHAPES {
             let r = b + 3;
             let x = g.pixels(r * k);
@@ -115,6 +126,54 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             assert_close(&format!("{name} dW1 {b}x{k}x{n}"), &dw, &dw_want, &mag, b);
             let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
             assert_close(&format!("{name} db1 {b}x{n}"), &db, &db_want, &dbmag, b);
+        }
+        be.set_layer1_path(Layer1Path::Auto);
+    }
+}
+
+/// The sparse layer 1 skips only `fma(0, w, acc)` links of the dense FMA
+/// chains, so both paths give identical bits: forward, dW1, and dW1 fused
+/// with RMSprop, at densities from empty to full.
+#[test]
+fn sparse_and_dense_layer1_are_bit_identical() {
+    let _guard = PATH_SWITCH.lock().unwrap();
+    let mut g = Gen(16);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 257, 33), (128, 784, 512), (300, 784, 37)] {
+            for density in [0.0, 0.05, 0.2, 0.6, 1.0] {
+                let r = b + 2;
+                let x: Vec<u8> = (0..r * k)
+                    .map(|_| if (g.next() % 1000) as f64 / 1000.0 < density { (g.next() % 255 + 1) as u8 } else { 0 })
+                    .collect();
+                let rows: Vec<u32> = (0..b).map(|_| (g.next() % r as u64) as u32).collect();
+                let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
+                let d = Dims { k, n };
+                let layout = be.w1_layout(k, n);
+                let mut wp = vec![0f32; layout.len()];
+                layout.pack(&w, &mut wp);
+                let v0: Vec<f32> = g.vec(layout.len()).iter().map(|v| v.abs() * 1e-3).collect();
+                let run = |path| {
+                    be.set_layer1_path(path);
+                    let mut h = vec![f32::NAN; b * n];
+                    be.dense_relu_forward_u8(&mut h, &x, &rows, &wp, &bias, d);
+                    let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+                    be.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, d);
+                    let (mut w1, mut v1, mut scratch, mut db1) =
+                        (wp.clone(), v0.clone(), vec![0f32; layout.len()], vec![0f32; n]);
+                    let opt = RmsProp::default();
+                    be.dense_backward_u8_rmsprop(&mut w1, &mut v1, &mut scratch, &mut db1, &x, &rows, &dz, d, opt);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    (bits(&h), bits(&dw), bits(&db), bits(&w1), bits(&v1))
+                };
+                let dense = run(Layer1Path::Dense);
+                let sparse = run(Layer1Path::Sparse);
+                be.set_layer1_path(Layer1Path::Auto);
+                assert!(dense.0 == sparse.0, "{name} {b}x{k}x{n} density {density}: forward differs");
+                assert!(dense.1 == sparse.1, "{name} {b}x{k}x{n} density {density}: dW1 differs");
+                assert!(dense.2 == sparse.2, "{name} {b}x{k}x{n} density {density}: db1 differs");
+                assert!(dense.3 == sparse.3, "{name} {b}x{k}x{n} density {density}: fused W1 differs");
+                assert!(dense.4 == sparse.4, "{name} {b}x{k}x{n} density {density}: fused v differs");
+            }
         }
     }
 }

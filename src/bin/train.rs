@@ -9,7 +9,7 @@ use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
 use kiln::data::{self, Dataset, PIXELS};
 use kiln::model::{Model, Params};
 use kiln::train::{self, Config, EpochReport};
-use kiln_kernels::{Backend, RmsProp};
+use kiln_kernels::{Backend, Layer1Path, RmsProp};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -55,6 +55,9 @@ struct Args {
     /// Kernel backend: auto, scalar, avx2, avx512, neon, blas [default: $KILN_BACKEND, else auto]
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
+    /// Layer 1 on zero pixels: auto (sparse when most pixels are 0), dense, sparse [default: $KILN_LAYER1, else auto]
+    #[arg(long, value_name = "PATH")]
+    layer1: Option<String>,
     /// Where the trained model is written
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
     out: PathBuf,
@@ -96,6 +99,11 @@ fn run(args: Args) -> Result<()> {
         None => std::env::var("KILN_BACKEND").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
     };
     let be = kiln_kernels::select(&backend_name).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+    let layer1 = match args.layer1 {
+        Some(p) => p,
+        None => std::env::var("KILN_LAYER1").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
+    };
+    be.set_layer1_path(layer1.parse::<Layer1Path>().map_err(|e| anyhow::anyhow!("--layer1: {e}"))?);
     let data_dir = args.data.unwrap_or_else(data::default_data_dir);
     let cache = args.cache_dir.unwrap_or_else(data::default_cache_dir);
     let data = Dataset::load(&data_dir, &cache)?;

@@ -1,0 +1,309 @@
+//! Layer 1 that skips zero pixels, exactly.
+//!
+//! 81% of MNIST's pixels are 0, and a zero pixel contributes nothing to
+//! `X W1` nor to `dW1 = X^T dH`. These bodies visit only the non-zero
+//! pixels, in ascending order, so every output element is the very FMA chain
+//! the dense packed GEMM (`gemm.rs`) computes minus its `fma(0, w, acc)`
+//! links, which leave `acc` unchanged: results are **bit-identical** to the
+//! dense path of the same instruction set.
+//!
+//! * [`Csr`]: each sample's non-zero pixels, built per call from the mapped
+//!   u8 rows (the data stays zero-copy).
+//! * `forward_sparse`: per sample, one axpy of a `W1` row per non-zero pixel
+//!   into `PG` panels' accumulators at once (independent FMA chains).
+//! * `weight_grad_sparse`: per pixel, one axpy of a `dH` row per sample in
+//!   which that pixel is lit; a pixel dark in the whole batch has a zero
+//!   gradient row, which (fused with RMSprop) only decays its velocity.
+
+use crate::small::{rmsprop_lanes, RmsPropV};
+use crate::simd::Simd;
+
+/// Panels (of `NR` columns) accumulated together: `PG * NV` independent FMA
+/// chains hide the FMA latency.
+pub(crate) const PG: usize = 4;
+
+/// The non-zero pixels of a batch, by sample and by pixel.
+#[derive(Default)]
+pub(crate) struct Csr {
+    /// Pixels per image (`K`).
+    k: usize,
+    /// Non-zero count of sample `i`; its entries are at `i * k ..`.
+    count: Vec<u32>,
+    /// Pixel index of each entry (`i * k + j` for the `j`-th non-zero of `i`).
+    idx: Vec<u32>,
+    /// `pixel / 255` of each entry.
+    val: Vec<f32>,
+}
+
+impl Csr {
+    /// Scans the rows of a batch (in parallel over samples).
+    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize) {
+        use rayon::prelude::*;
+        let lut = crate::scalar::pixel_table::<f32>();
+        self.k = k;
+        self.count.resize(rows.len(), 0);
+        self.idx.resize(rows.len() * k, 0);
+        self.val.resize(rows.len() * k, 0.0);
+        let k1 = k.max(1);
+        self.count
+            .par_iter_mut()
+            .zip(self.idx.par_chunks_mut(k1))
+            .zip(self.val.par_chunks_mut(k1))
+            .zip(rows.par_iter())
+            .for_each(|(((count, idx), val), &r)| {
+                let src = &x[r as usize * k..r as usize * k + k];
+                let mut c = 0;
+                // Eight pixels at a time: most words of an MNIST row are 0.
+                let mut words = src.chunks_exact(8);
+                let mut base = 0;
+                for wd in &mut words {
+                    if u64::from_ne_bytes(wd.try_into().expect("8 bytes")) != 0 {
+                        for (j, &p) in wd.iter().enumerate() {
+                            if p != 0 {
+                                idx[c] = (base + j) as u32;
+                                val[c] = lut[usize::from(p)];
+                                c += 1;
+                            }
+                        }
+                    }
+                    base += 8;
+                }
+                for (j, &p) in words.remainder().iter().enumerate() {
+                    if p != 0 {
+                        idx[c] = (base + j) as u32;
+                        val[c] = lut[usize::from(p)];
+                        c += 1;
+                    }
+                }
+                *count = c as u32;
+            });
+    }
+
+    /// Samples in the batch.
+    pub(crate) fn samples(&self) -> usize {
+        self.count.len()
+    }
+
+    /// Total non-zero pixels.
+    pub(crate) fn nonzeros(&self) -> usize {
+        self.count.iter().map(|&c| c as usize).sum()
+    }
+
+    /// Sample `i`'s (pixel, value) entries, ascending by pixel.
+    fn sample(&self, i: usize) -> (&[u32], &[f32]) {
+        let (s, c) = (i * self.k, self.count[i] as usize);
+        (&self.idx[s..s + c], &self.val[s..s + c])
+    }
+
+    /// The same entries by pixel: for pixel `j`, `starts[j]..starts[j+1]` of
+    /// `(sample, value)` in `by_pixel`, ascending by sample.
+    pub(crate) fn transpose(&self, out: &mut Csc) {
+        out.starts.clear();
+        out.starts.resize(self.k + 1, 0);
+        for i in 0..self.samples() {
+            for &j in self.sample(i).0 {
+                out.starts[j as usize + 1] += 1;
+            }
+        }
+        for j in 0..self.k {
+            out.starts[j + 1] += out.starts[j];
+        }
+        let total = out.starts[self.k] as usize;
+        out.sample.resize(total, 0);
+        out.val.resize(total, 0.0);
+        out.fill.clear();
+        out.fill.extend_from_slice(&out.starts[..self.k]);
+        for i in 0..self.samples() {
+            let (idx, val) = self.sample(i);
+            for (&j, &v) in idx.iter().zip(val) {
+                let at = out.fill[j as usize] as usize;
+                out.sample[at] = i as u32;
+                out.val[at] = v;
+                out.fill[j as usize] += 1;
+            }
+        }
+    }
+}
+
+/// The non-zero pixels of a batch by pixel (see [`Csr::transpose`]).
+#[derive(Default)]
+pub(crate) struct Csc {
+    starts: Vec<u32>,
+    fill: Vec<u32>,
+    sample: Vec<u32>,
+    val: Vec<f32>,
+}
+
+/// Sparse `H[:, panels jp0..jp1] := relu(X W + b)` for one task, as the
+/// dense `forward_panels` computes it (see the module docs).
+///
+/// # Safety
+/// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
+/// this runs, nothing else touches columns `jp0 * NR .. min(jp1 * NR, n)`
+/// of it. `w` holds `panels * k * NR` floats (`k = csr`'s `K`), `bias`
+/// `panels * NR`.
+#[inline(always)]
+pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
+    h: *mut f32,
+    (jp0, jp1): (usize, usize),
+    csr: &Csr,
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+) {
+    let mut jp = jp0;
+    // SAFETY: forwarded contract.
+    unsafe {
+        while jp + PG <= jp1 {
+            forward_group::<S, NV, PG>(h, jp, csr, w, bias, n);
+            jp += PG;
+        }
+        while jp < jp1 {
+            forward_group::<S, NV, 1>(h, jp, csr, w, bias, n);
+            jp += 1;
+        }
+    }
+}
+
+/// `G` panels from `jp` on, every sample.
+///
+/// # Safety
+/// As [`forward_sparse`], for panels `jp .. jp + G`.
+#[inline(always)]
+unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
+    h: *mut f32,
+    jp: usize,
+    csr: &Csr,
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+) {
+    let (nr, k) = (NV * S::LANES, csr.k);
+    assert!(w.len() >= (jp + G) * k * nr && bias.len() >= (jp + G) * nr);
+    for i in 0..csr.samples() {
+        let (idx, val) = csr.sample(i);
+        // SAFETY: every W load reads NR floats of row `j < k` of panel
+        // `jp + g`, inside `w` (checked above); the CPU runs S (caller).
+        unsafe {
+            let mut acc = [[S::zero(); NV]; G];
+            for (&j, &xv) in idx.iter().zip(val) {
+                let xv = S::splat(xv);
+                for (g, row) in acc.iter_mut().enumerate() {
+                    let wp = w.as_ptr().add((jp + g) * k * nr + j as usize * nr);
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = S::fmadd(xv, S::load(wp.add(v * S::LANES)), *a);
+                    }
+                }
+            }
+            for (g, row) in acc.iter_mut().enumerate() {
+                let c0 = (jp + g) * nr;
+                let mut out = [0f32; crate::params::MAX_NR];
+                for (v, a) in row.iter_mut().enumerate() {
+                    let b = S::load(bias.as_ptr().add(c0 + v * S::LANES));
+                    S::store(out.as_mut_ptr().add(v * S::LANES), S::relu(S::add(*a, b)));
+                }
+                let cols = nr.min(n - c0);
+                // SAFETY: row i, columns c0 .. c0 + cols are inside H and
+                // this task's own (caller).
+                std::ptr::copy_nonoverlapping(out.as_ptr(), h.add(i * n + c0), cols);
+            }
+        }
+    }
+}
+
+/// Sparse `dW := X^T dZ` for one task's panels `jp0 ..` (its slices of the
+/// panel layout: `dw`, and with `update` also `W` and `v`), as the dense
+/// `weight_grad_panels` computes it. `dz` is `(B, n_pad)` with zero columns
+/// past `n` up to whole panels (`n_pad = panels * NR`).
+///
+/// # Safety
+/// The CPU runs `S`; `dw` (and `W`, `v`) hold whole panels of `k * NR`
+/// floats; `csc` was built from a batch of `dz`'s rows.
+#[inline(always)]
+pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
+    dw: &mut [f32],
+    jp0: usize,
+    csc: &Csc,
+    dz: &[f32],
+    n_pad: usize,
+    k: usize,
+    mut update: Option<crate::gemm::Update<'_>>,
+) {
+    let nr = NV * S::LANES;
+    let panels = dw.len() / (k * nr).max(1);
+    assert!(csc.starts.len() == k + 1 && n_pad >= (jp0 + panels) * nr);
+    assert!(dz.len() >= csc.sample.iter().map(|&b| b as usize + 1).max().unwrap_or(0) * n_pad);
+    if let Some(u) = &update {
+        assert!(u.w.len() == dw.len() && u.v.len() == dw.len(), "W and v must match dW");
+    }
+    // SAFETY: the CPU runs S (caller).
+    let coeffs = update.as_ref().map(|u| unsafe { RmsPropV::new::<S>(u.opt) });
+    let mut p = 0;
+    // SAFETY: forwarded contract.
+    unsafe {
+        while p + PG <= panels {
+            grad_group::<S, NV, PG>(dw, p, jp0, csc, dz, n_pad, k, &mut update, coeffs);
+            p += PG;
+        }
+        while p < panels {
+            grad_group::<S, NV, 1>(dw, p, jp0, csc, dz, n_pad, k, &mut update, coeffs);
+            p += 1;
+        }
+    }
+}
+
+/// `G` of the task's panels from local panel `p` on, every pixel.
+///
+/// # Safety
+/// As [`weight_grad_sparse`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
+    dw: &mut [f32],
+    p: usize,
+    jp0: usize,
+    csc: &Csc,
+    dz: &[f32],
+    n_pad: usize,
+    k: usize,
+    update: &mut Option<crate::gemm::Update<'_>>,
+    coeffs: Option<RmsPropV<S::V>>,
+) {
+    let nr = NV * S::LANES;
+    debug_assert!(dw.len() >= (p + G) * k * nr);
+    for j in 0..k {
+        let (s, e) = (csc.starts[j] as usize, csc.starts[j + 1] as usize);
+        // SAFETY: each dZ load reads NR floats of row `b` (a batch row, all
+        // inside dz, checked above) at columns of panels jp0 + p + g <
+        // n_pad / NR; dW / W / v accesses are at row j < k of local panels
+        // p + g, inside the task's slices; the CPU runs S (caller).
+        unsafe {
+            let mut acc = [[S::zero(); NV]; G];
+            for (&b, &xv) in csc.sample[s..e].iter().zip(&csc.val[s..e]) {
+                let xv = S::splat(xv);
+                let row = dz.as_ptr().add(b as usize * n_pad + (jp0 + p) * nr);
+                for (g, a_row) in acc.iter_mut().enumerate() {
+                    for (v, a) in a_row.iter_mut().enumerate() {
+                        *a = S::fmadd(xv, S::load(row.add(g * nr + v * S::LANES)), *a);
+                    }
+                }
+            }
+            for (g, a_row) in acc.iter().enumerate() {
+                let at = (p + g) * k * nr + j * nr;
+                match (update.as_mut(), coeffs) {
+                    (Some(u), Some(c)) => {
+                        for (v, &a) in a_row.iter().enumerate() {
+                            let o = at + v * S::LANES;
+                            rmsprop_lanes::<S>(u.w.as_mut_ptr().add(o), u.v.as_mut_ptr().add(o), a, c);
+                        }
+                    }
+                    _ => {
+                        for (v, &a) in a_row.iter().enumerate() {
+                            S::store(dw.as_mut_ptr().add(at + v * S::LANES), a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
