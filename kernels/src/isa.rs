@@ -11,10 +11,10 @@ use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
 use crate::{gemm, peak, small, Backend, Dims, Layer1Path, PanelLayout, RmsProp, XentStats};
-use std::sync::atomic::{AtomicU8, Ordering};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Per-instruction-set entry points (see the module docs).
 ///

@@ -15,8 +15,8 @@
 //!   which that pixel is lit; a pixel dark in the whole batch has a zero
 //!   gradient row, which (fused with RMSprop) only decays its velocity.
 
-use crate::small::{rmsprop_lanes, RmsPropV};
 use crate::simd::Simd;
+use crate::small::{rmsprop_lanes, RmsPropV};
 
 /// Panels (of `NR` columns) accumulated together: `PG * NV` independent FMA
 /// chains hide the FMA latency.
@@ -54,26 +54,25 @@ impl Csr {
                 let src = &x[r as usize * k..r as usize * k + k];
                 let mut c = 0;
                 // Eight pixels at a time: most words of an MNIST row are 0.
+                // Within a word, every byte is written at slot `c` and `c`
+                // advances only past non-zero ones (no branch to mispredict;
+                // `c <= j < k`, so the slot exists).
                 let mut words = src.chunks_exact(8);
                 let mut base = 0;
                 for wd in &mut words {
                     if u64::from_ne_bytes(wd.try_into().expect("8 bytes")) != 0 {
                         for (j, &p) in wd.iter().enumerate() {
-                            if p != 0 {
-                                idx[c] = (base + j) as u32;
-                                val[c] = lut[usize::from(p)];
-                                c += 1;
-                            }
+                            idx[c] = (base + j) as u32;
+                            val[c] = lut[usize::from(p)];
+                            c += usize::from(p != 0);
                         }
                     }
                     base += 8;
                 }
                 for (j, &p) in words.remainder().iter().enumerate() {
-                    if p != 0 {
-                        idx[c] = (base + j) as u32;
-                        val[c] = lut[usize::from(p)];
-                        c += 1;
-                    }
+                    idx[c] = (base + j) as u32;
+                    val[c] = lut[usize::from(p)];
+                    c += usize::from(p != 0);
                 }
                 *count = c as u32;
             });

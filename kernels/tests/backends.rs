@@ -77,9 +77,8 @@ fn pixel(x: &[u8], rows: &[u32], k: usize, i: usize, kk: usize) -> f64 {
 fn layer1_forward_and_weight_gradient_match_scalar() {
     let _guard = PATH_SWITCH.lock().unwrap();
     let mut g = Gen(11);
-    for ((name, be), path) in backends_under_test()
-        .into_iter()
-        .flat_map(|b| [Layer1Path::Dense, Layer1Path::Sparse].map(move |p| (b, p)))
+    for ((name, be), path) in
+        backends_under_test().into_iter().flat_map(|b| [Layer1Path::Dense, Layer1Path::Sparse].map(move |p| (b, p)))
     {
         be.set_layer1_path(path);
         let name = format!("{name} {path:?}");
