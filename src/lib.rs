@@ -4,11 +4,13 @@
 //! * [`model`]: the network, generic over `f32`/`f64`, on a kernel backend.
 //! * [`train`]: the epoch loop, Keras's running metrics, evaluation.
 //! * [`checkpoint`]: safetensors model files, written atomically.
+//! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
 
 pub mod checkpoint;
 pub mod data;
 pub mod fsutil;
 pub mod idx;
 pub mod model;
+pub mod preprocess;
 pub mod rng;
 pub mod train;

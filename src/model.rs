@@ -345,3 +345,23 @@ impl<'b, T: Real> Model<'b, T> {
         Ok(stats)
     }
 }
+
+/// Softmax probabilities `(N, 10)` of `pixels` (`N` images of 784 u8
+/// pixels, row-major), computed with `params` on `be`.
+pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Vec<[f32; CLASSES]> {
+    let n = pixels.len() / PIXELS;
+    let capacity = n.clamp(1, 1024);
+    let mut model = Model::new(be, params, RmsProp::default(), capacity);
+    let labels = vec![0u8; n];
+    let rows: Vec<u32> = (0..n as u32).collect();
+    let mut out = Vec::with_capacity(n);
+    for chunk in rows.chunks(capacity) {
+        model.forward(Batch { pixels, labels: &labels, rows: chunk });
+        out.extend(model.probs(chunk.len()).chunks_exact(CLASSES).map(|p| {
+            let mut a = [0f32; CLASSES];
+            a.copy_from_slice(p);
+            a
+        }));
+    }
+    out
+}
