@@ -47,13 +47,59 @@ pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>)
     write_atomic(path, &file)
 }
 
-/// Loads and validates a model file written by [`save`] (row-major).
+/// The top-level keys of a safetensors JSON header, in order, duplicates
+/// kept (a map type would silently keep only the last of each).
+fn header_keys(json: &[u8]) -> std::result::Result<Vec<String>, serde_json::Error> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    serde_json::Deserializer::from_slice(json).deserialize_map(Keys)
+}
+
+/// Loads and validates a model file written by [`save`] (row-major). Every
+/// failure is one line naming the file and what is wrong.
 pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| {
         format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())
     })?;
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(format!("not a valid safetensors file ({e})")))?;
+    if bytes.len() < 8 {
+        bail!(fail(format!("not a safetensors file: {} bytes, too short for the 8-byte header length", bytes.len())));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n > (bytes.len() - 8) as u64 {
+        bail!(fail(format!(
+            "not a safetensors file, or truncated: the header length says {n} bytes, but only {} follow",
+            bytes.len() - 8
+        )));
+    }
+    let keys = header_keys(&bytes[8..8 + n as usize])
+        .map_err(|e| fail(format!("not a safetensors file: the header is not a JSON object ({e})")))?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+        bail!(fail(format!("tensor `{dup}` appears twice in the header")));
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        fail(match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                "truncated: the tensors' data ends past the end of the file".to_string()
+            }
+            e => format!("not a valid safetensors file ({e})"),
+        })
+    })?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("bad header ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
@@ -66,7 +112,8 @@ pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     let shapes = tensor_shapes(hidden);
     for name in st.names() {
         if !shapes.iter().any(|(n, _)| *n == name) {
-            bail!(fail(format!("unknown tensor `{name}`")));
+            let known: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
+            bail!(fail(format!("unknown tensor `{name}` (a model has exactly {})", known.join(", "))));
         }
     }
     let mut params = Params::<f32>::zeros(hidden);
@@ -77,8 +124,17 @@ pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
             bail!(fail(format!("tensor `{name}` has dtype {:?}, expected F32", t.dtype())));
         }
         if t.shape() != shape.as_slice() {
+            let mut reversed = shape.clone();
+            reversed.reverse();
+            let hint = if t.shape() == reversed.as_slice() {
+                " (transposed? kernels are stored (in, out))".to_string()
+            } else if t.shape().len() == shape.len() {
+                format!(" (does the metadata's hidden width {hidden} match the tensors?)")
+            } else {
+                String::new()
+            };
             bail!(fail(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?} for hidden width {hidden}",
+                "tensor `{name}` has shape {:?}, expected {shape:?} for hidden width {hidden}{hint}",
                 t.shape()
             )));
         }
