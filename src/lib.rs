@@ -5,9 +5,11 @@
 //! * [`train`]: the epoch loop, Keras's running metrics, evaluation.
 //! * [`checkpoint`]: safetensors model files, written atomically.
 //! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
+//! * [`draw`]: PNG charts and digit pictures without system libraries.
 
 pub mod checkpoint;
 pub mod data;
+pub mod draw;
 pub mod fsutil;
 pub mod idx;
 pub mod model;

@@ -150,16 +150,40 @@ pub fn fit(
     Ok(reports)
 }
 
-/// Mean loss and accuracy of `model` on all of `data`, in order, in batches
-/// of the model's capacity.
-pub fn evaluate(model: &mut Model<'_, f32>, data: &Split) -> (f64, f64) {
+/// What [`evaluate`] measures on a split.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// Mean clipped cross-entropy.
+    pub loss: f64,
+    /// Fraction classified correctly.
+    pub acc: f64,
+    /// The predicted digit of every image, in order.
+    pub predicted: Vec<u8>,
+}
+
+impl Evaluation {
+    /// `m[true][predicted]` counts.
+    pub fn confusion(&self, labels: &[u8]) -> [[usize; 10]; 10] {
+        let mut m = [[0usize; 10]; 10];
+        for (&t, &p) in labels.iter().zip(&self.predicted) {
+            m[usize::from(t)][usize::from(p)] += 1;
+        }
+        m
+    }
+}
+
+/// Loss, accuracy and predictions of `model` on all of `data`, in order, in
+/// batches of the model's capacity.
+pub fn evaluate(model: &mut Model<'_, f32>, data: &Split) -> Evaluation {
     let rows: Vec<u32> = (0..data.len() as u32).collect();
     let mut run = Running::default();
+    let mut predicted = Vec::with_capacity(data.len());
     for chunk in rows.chunks(model.batch_capacity()) {
         let st = model.forward(Batch { pixels: data.pixels(), labels: data.labels(), rows: chunk });
         run.loss += f64::from(st.loss_sum);
         run.correct += st.correct;
         run.images += chunk.len();
+        predicted.extend(model.probs(chunk.len()).chunks_exact(10).map(|p| kiln_kernels::scalar::argmax(p) as u8));
     }
-    (run.mean_loss(), run.acc())
+    Evaluation { loss: run.mean_loss(), acc: run.acc(), predicted }
 }

@@ -68,6 +68,17 @@ fn trains_a_small_dataset_with_json_output_and_writes_the_model() {
     assert!(last["threads"].as_u64().unwrap() >= 1);
     let (params, meta) = kiln::checkpoint::load(&out).unwrap();
     assert_eq!(params.hidden, 32);
+    // Side outputs next to the model: metrics (one line per epoch, then the
+    // test result with its confusion matrix) and the chart.
+    let metrics = std::fs::read_to_string(d.path().join("m.metrics.jsonl")).unwrap();
+    let m: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(m.len(), 3);
+    assert_eq!(m[1]["epoch"], 2);
+    let confusion = m[2]["confusion"].as_array().unwrap();
+    let total: u64 = confusion.iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(total, 84, "every test image is counted once");
+    let chart = image::open(d.path().join("m.training.png")).unwrap();
+    assert_eq!((chart.width(), chart.height()), (720, 420));
     assert_eq!(meta["hidden"], "32");
     assert!(stderr(&o).contains("| backend "), "banner goes to stderr with --json");
 }
@@ -154,4 +165,56 @@ fn backend_flag_and_environment_choose_the_backend() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unknown backend `no-such-isa`"), "{}", stderr(&o));
+}
+
+#[test]
+fn confusion_and_error_pictures_are_written_on_request() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let (conf, errs) = (d.path().join("c.png"), d.path().join("e.png"));
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--out",
+            d.path().join("m.safetensors").to_str().unwrap(),
+            "--confusion",
+            conf.to_str().unwrap(),
+            "--errors",
+            errs.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("confusion matrix (rows: true digit, columns: predicted)"), "{stdout}");
+    assert!(image::open(&conf).unwrap().width() > 500);
+    assert!(image::open(&errs).unwrap().width() > 100, "a one-epoch tiny model misclassifies some digits");
+}
+
+#[test]
+fn digit_shows_a_dataset_image_with_its_label() {
+    let d = tempfile::tempdir().unwrap();
+    let png = d.path().join("d.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_digit"))
+        .args(["4", "--png", png.to_str().unwrap()])
+        .env("KILN_CACHE_DIR", d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("train_images[4]: label 9"), "{stdout}");
+    assert!(stdout.contains('█'));
+    assert_eq!(image::open(&png).unwrap().width(), 280);
+    let o = Command::new(env!("CARGO_BIN_EXE_digit"))
+        .args(["--test", "10000"])
+        .env("KILN_CACHE_DIR", d.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("index 10000 is out of range: the test set has 10000 images"), "{}", stderr(&o));
 }

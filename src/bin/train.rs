@@ -67,6 +67,33 @@ struct Args {
     /// Also report where training time went (per phase of the step)
     #[arg(long)]
     profile: bool,
+    /// Per-epoch metrics, one JSON object per line [default: next to --out, .metrics.jsonl]
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
+    /// PNG chart of loss and accuracy per epoch [default: next to --out, .training.png]
+    #[arg(long, value_name = "PATH")]
+    chart: Option<PathBuf>,
+    /// Also write the test set's confusion matrix as a PNG heatmap
+    #[arg(long, value_name = "PATH")]
+    confusion: Option<PathBuf>,
+    /// Also write a PNG grid of misclassified test digits (true and predicted labels)
+    #[arg(long, value_name = "PATH")]
+    errors: Option<PathBuf>,
+}
+
+/// `out` with its extension replaced by `suffix` (e.g. `.metrics.jsonl`).
+fn beside(out: &std::path::Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "kiln".into());
+    out.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// Where the side outputs of a run go.
+struct Outputs {
+    model: PathBuf,
+    metrics: PathBuf,
+    chart: PathBuf,
+    confusion: Option<PathBuf>,
+    errors: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +120,15 @@ fn run(args: Args) -> Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    ensure!(!args.out.is_dir(), "--out {}: is a directory; expected a file path", args.out.display());
+    for (flag, p) in
+        [("--out", Some(&args.out)), ("--metrics", args.metrics.as_ref()), ("--chart", args.chart.as_ref())]
+            .into_iter()
+            .chain([("--confusion", args.confusion.as_ref()), ("--errors", args.errors.as_ref())])
+    {
+        if let Some(p) = p {
+            ensure!(!p.is_dir(), "{flag} {}: is a directory; expected a file path", p.display());
+        }
+    }
     let backend_name = match args.backend {
         Some(b) => b,
         None => std::env::var("KILN_BACKEND").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
@@ -108,7 +143,14 @@ fn run(args: Args) -> Result<()> {
     let cache = args.cache_dir.unwrap_or_else(data::default_cache_dir);
     let data = Dataset::load(&data_dir, &cache)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
-    pool.install(|| train_and_save(&cfg, be, threads, &data, &args.out, args.json, args.profile))
+    let outputs = Outputs {
+        metrics: args.metrics.unwrap_or_else(|| beside(&args.out, ".metrics.jsonl")),
+        chart: args.chart.unwrap_or_else(|| beside(&args.out, ".training.png")),
+        confusion: args.confusion,
+        errors: args.errors,
+        model: args.out,
+    };
+    pool.install(|| train_and_save(&cfg, be, threads, &data, &outputs, args.json, args.profile))
 }
 
 fn train_and_save(
@@ -116,10 +158,11 @@ fn train_and_save(
     be: &dyn Backend<f32>,
     threads: usize,
     data: &Dataset,
-    out: &std::path::Path,
+    outputs: &Outputs,
     json: bool,
     profile: bool,
 ) -> Result<()> {
+    let out = outputs.model.as_path();
     let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build and trains very slowly; use `cargo run --release --bin train`");
@@ -204,7 +247,9 @@ fn train_and_save(
             }
         }
     }
-    let (test_loss, test_acc) = train::evaluate(&mut model, &data.test);
+    let eval = train::evaluate(&mut model, &data.test);
+    let (test_loss, test_acc) = (eval.loss, eval.acc);
+    let confusion = eval.confusion(data.test.labels());
     let mut meta = BTreeMap::new();
     for (k, v) in [
         ("seed", cfg.seed.to_string()),
@@ -221,14 +266,41 @@ fn train_and_save(
         meta.insert(k.to_string(), v);
     }
     checkpoint::save(out, &model.params, &meta)?;
+    let mut lines = String::new();
+    for r in &reports {
+        let line = json!({"epoch": r.epoch, "loss": r.loss, "acc": r.acc, "seconds": r.seconds,
+                          "images_per_sec": r.images_per_sec});
+        lines.push_str(&format!("{line}\n"));
+    }
+    lines.push_str(&format!("{}\n", json!({"test_loss": test_loss, "test_acc": test_acc, "confusion": confusion})));
+    kiln::fsutil::write_atomic(&outputs.metrics, lines.as_bytes())?;
+    let (losses, accs): (Vec<f64>, Vec<f64>) = reports.iter().map(|r| (r.loss, r.acc)).unzip();
+    kiln::draw::training_chart(&outputs.chart, &losses, &accs, test_acc)?;
+    if let Some(p) = &outputs.confusion {
+        kiln::draw::confusion_heatmap(p, &confusion)?;
+    }
+    if let Some(p) = &outputs.errors {
+        let wrong: Vec<(&[u8], String)> = (0..data.test.len())
+            .filter(|&i| eval.predicted[i] != data.test.labels()[i])
+            .take(100)
+            .map(|i| (data.test.image(i), format!("T{} P{}", data.test.labels()[i], eval.predicted[i])))
+            .collect();
+        kiln::draw::digit_grid(p, &wrong, 10)?;
+    }
     let mean_epoch = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
     if json {
         let line = json!({"test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_seconds,
                           "mean_epoch_seconds": mean_epoch, "backend": be.name(), "threads": threads,
-                          "model": out.display().to_string()});
+                          "model": out.display().to_string(), "confusion": confusion});
         println!("{line}");
     } else {
         println!("test: loss {test_loss:.4} - accuracy {test_acc:.4} ({} images)", data.test.len());
+        println!("confusion matrix (rows: true digit, columns: predicted):");
+        println!("      {}", (0..10).map(|j| format!("{j:>5}")).collect::<String>());
+        for (i, row) in confusion.iter().enumerate() {
+            println!("  {i:>3} {}", row.iter().map(|c| format!("{c:>5}")).collect::<String>());
+        }
+        println!("metrics: {}; chart: {}", outputs.metrics.display(), outputs.chart.display());
         println!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
     }
     Ok(())

@@ -1,0 +1,52 @@
+//! `digit`: shows one digit of the dataset with its label, in the terminal
+//! and optionally as a PNG (the tutorial's "plot the digit" step:
+//! `cargo run --release --bin digit -- 4` shows train_images[4], a 9).
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use kiln::data::{self, Dataset};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Show digit INDEX of the training (or test) set with its label.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Which image (0-based)
+    index: usize,
+    /// Take it from the test set instead of the training set
+    #[arg(long)]
+    test: bool,
+    /// Directory with the four IDX files [default: the vendored MNIST]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Also write it, enlarged and labelled, to this PNG file
+    #[arg(long, value_name = "PATH")]
+    png: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let ds = Dataset::load(&args.data.unwrap_or_else(data::default_data_dir), &data::default_cache_dir())?;
+    let (split, name) = if args.test { (&ds.test, "test") } else { (&ds.train, "train") };
+    if args.index >= split.len() {
+        bail!("index {} is out of range: the {name} set has {} images", args.index, split.len());
+    }
+    let (pixels, label) = (split.image(args.index), split.labels()[args.index]);
+    println!("{name}_images[{}]: label {label}", args.index);
+    print!("{}", kiln::preprocess::render(pixels));
+    if let Some(p) = args.png {
+        kiln::draw::digit_png(&p, pixels, &format!("LABEL {label}"))?;
+        println!("written to {}", p.display());
+    }
+    Ok(())
+}

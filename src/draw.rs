@@ -1,0 +1,265 @@
+//! Pictures without system libraries: an RGB canvas with rectangles, lines
+//! and a built-in 5x7 bitmap font (digits, capital letters, a little
+//! punctuation), saved as PNG atomically. Used for the training chart, the
+//! confusion matrix, the grid of misclassified digits and single digits.
+
+use crate::fsutil::write_atomic;
+use anyhow::{Context, Result};
+use image::{ImageEncoder, RgbImage};
+use std::path::Path;
+
+/// An RGB colour.
+pub type Rgb = [u8; 3];
+/// White.
+pub const WHITE: Rgb = [255, 255, 255];
+/// Black.
+pub const BLACK: Rgb = [0, 0, 0];
+/// Grey for axes and grids.
+pub const GREY: Rgb = [170, 170, 170];
+/// The loss curve.
+pub const BLUE: Rgb = [31, 119, 180];
+/// The accuracy curve.
+pub const ORANGE: Rgb = [230, 120, 20];
+/// Misclassification labels.
+pub const RED: Rgb = [200, 30, 30];
+
+/// The 5x7 glyphs: each row is 5 characters, `#` lit.
+fn glyph(c: char) -> Option<[&'static str; 7]> {
+    Some(match c.to_ascii_uppercase() {
+        '0' => [" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "],
+        '1' => ["  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "],
+        '2' => [" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"],
+        '3' => ["#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### "],
+        '4' => ["   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "],
+        '5' => ["#####", "#    ", "#### ", "    #", "    #", "#   #", " ### "],
+        '6' => ["  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### "],
+        '7' => ["#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   "],
+        '8' => [" ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### "],
+        '9' => [" ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  "],
+        'A' => [" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"],
+        'B' => ["#### ", "#   #", "#   #", "#### ", "#   #", "#   #", "#### "],
+        'C' => [" ### ", "#   #", "#    ", "#    ", "#    ", "#   #", " ### "],
+        'D' => ["#### ", "#   #", "#   #", "#   #", "#   #", "#   #", "#### "],
+        'E' => ["#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####"],
+        'F' => ["#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#    "],
+        'G' => [" ### ", "#   #", "#    ", "# ###", "#   #", "#   #", " ####"],
+        'H' => ["#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"],
+        'I' => [" ### ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "],
+        'K' => ["#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #"],
+        'L' => ["#    ", "#    ", "#    ", "#    ", "#    ", "#    ", "#####"],
+        'M' => ["#   #", "## ##", "# # #", "# # #", "#   #", "#   #", "#   #"],
+        'N' => ["#   #", "#   #", "##  #", "# # #", "#  ##", "#   #", "#   #"],
+        'O' => [" ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "],
+        'P' => ["#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    "],
+        'R' => ["#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"],
+        'S' => [" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "],
+        'T' => ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "],
+        'U' => ["#   #", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "],
+        'V' => ["#   #", "#   #", "#   #", "#   #", "#   #", " # # ", "  #  "],
+        'W' => ["#   #", "#   #", "#   #", "# # #", "# # #", "# # #", " # # "],
+        'X' => ["#   #", "#   #", " # # ", "  #  ", " # # ", "#   #", "#   #"],
+        'Y' => ["#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  "],
+        '.' => ["     ", "     ", "     ", "     ", "     ", " ##  ", " ##  "],
+        ':' => ["     ", " ##  ", " ##  ", "     ", " ##  ", " ##  ", "     "],
+        '-' => ["     ", "     ", "     ", "#####", "     ", "     ", "     "],
+        '%' => ["##   ", "##  #", "   # ", "  #  ", " #   ", "#  ##", "   ##"],
+        '/' => ["     ", "    #", "   # ", "  #  ", " #   ", "#    ", "     "],
+        '=' => ["     ", "     ", "#####", "     ", "#####", "     ", "     "],
+        ' ' => ["     "; 7],
+        _ => return None,
+    })
+}
+
+/// An RGB picture being drawn.
+pub struct Canvas {
+    img: RgbImage,
+}
+
+impl Canvas {
+    /// A `w x h` canvas filled with `bg`.
+    pub fn new(w: u32, h: u32, bg: Rgb) -> Self {
+        Canvas { img: RgbImage::from_pixel(w, h, image::Rgb(bg)) }
+    }
+
+    /// Sets one pixel (ignored outside the canvas).
+    pub fn set(&mut self, x: i64, y: i64, c: Rgb) {
+        if x >= 0 && y >= 0 && (x as u32) < self.img.width() && (y as u32) < self.img.height() {
+            self.img.put_pixel(x as u32, y as u32, image::Rgb(c));
+        }
+    }
+
+    /// A filled rectangle.
+    pub fn rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb) {
+        for yy in y..y + h {
+            for xx in x..x + w {
+                self.set(xx, yy, c);
+            }
+        }
+    }
+
+    /// A line `thick` pixels wide (Bresenham, with a square pen).
+    pub fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), thick: i64, c: Rgb) {
+        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
+        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
+        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
+        loop {
+            self.rect(x - thick / 2, y - thick / 2, thick, thick, c);
+            if x == x1 && y == y1 {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+
+    /// Text in the 5x7 font, each font pixel `scale` pixels; unknown
+    /// characters are drawn as blanks. Returns the width drawn.
+    pub fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, c: Rgb) -> i64 {
+        let mut cx = x;
+        for ch in s.chars() {
+            if let Some(g) = glyph(ch) {
+                for (gy, row) in g.iter().enumerate() {
+                    for (gx, bit) in row.chars().enumerate() {
+                        if bit == '#' {
+                            self.rect(cx + gx as i64 * scale, y + gy as i64 * scale, scale, scale, c);
+                        }
+                    }
+                }
+            }
+            cx += 6 * scale;
+        }
+        cx - x
+    }
+
+    /// Width of `s` in the font at `scale`.
+    pub fn text_width(s: &str, scale: i64) -> i64 {
+        s.chars().count() as i64 * 6 * scale
+    }
+
+    /// A 28x28 digit at `(x, y)`, each pixel `scale` pixels, white ink on black.
+    pub fn digit(&mut self, x: i64, y: i64, pixels: &[u8], scale: i64) {
+        for (i, &p) in pixels.iter().enumerate() {
+            let (px, py) = ((i % 28) as i64, (i / 28) as i64);
+            self.rect(x + px * scale, y + py * scale, scale, scale, [p, p, p]);
+        }
+    }
+
+    /// Saves as PNG, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(self.img.as_raw(), self.img.width(), self.img.height(), image::ExtendedColorType::Rgb8)
+            .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
+        write_atomic(path, &bytes)
+    }
+}
+
+/// The training chart: loss (left axis, blue) and accuracy (right axis,
+/// orange) per epoch, with the test accuracy as a dashed line.
+pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], test_acc: f64) -> Result<()> {
+    let (w, h) = (720i64, 420i64);
+    let (l, r, t, b) = (80i64, 80i64, 50i64, 60i64);
+    let mut c = Canvas::new(w as u32, h as u32, WHITE);
+    c.text(l, 16, "KILN TRAINING: LOSS", 2, BLUE);
+    c.text(l + Canvas::text_width("KILN TRAINING: LOSS ", 2), 16, "AND ACCURACY", 2, ORANGE);
+    let (pw, ph) = (w - l - r, h - t - b);
+    c.line((l, t), (l, t + ph), 2, BLACK);
+    c.line((l, t + ph), (l + pw, t + ph), 2, BLACK);
+    c.line((l + pw, t), (l + pw, t + ph), 2, BLACK);
+    let n = loss.len().max(1);
+    let max_loss = loss.iter().cloned().fold(0f64, f64::max).max(1e-9) * 1.1;
+    let (acc_lo, acc_hi) = {
+        let lo = acc.iter().cloned().chain([test_acc]).fold(1f64, f64::min);
+        ((lo - 0.02).max(0.0), 1.0)
+    };
+    let px = |i: usize| l + if n == 1 { pw / 2 } else { i as i64 * pw / (n as i64 - 1) };
+    let py_loss = |v: f64| t + ph - (v / max_loss * ph as f64) as i64;
+    let py_acc = |v: f64| t + ph - ((v - acc_lo) / (acc_hi - acc_lo) * ph as f64) as i64;
+    for k in 0..=4 {
+        let y = t + k * ph / 4;
+        for x in (l..l + pw).step_by(6) {
+            c.set(x, y, GREY);
+        }
+        let lv = max_loss * (4 - k) as f64 / 4.0;
+        c.text(8, y - 7, &format!("{lv:.3}"), 2, BLUE);
+        let av = acc_lo + (acc_hi - acc_lo) * (4 - k) as f64 / 4.0;
+        c.text(l + pw + 6, y - 7, &format!("{:.1}", av * 100.0), 2, ORANGE);
+    }
+    for i in 0..n {
+        let label = format!("{}", i + 1);
+        c.text(px(i) - Canvas::text_width(&label, 2) / 2, t + ph + 10, &label, 2, BLACK);
+    }
+    c.text(l + pw / 2 - Canvas::text_width("EPOCH", 2) / 2, h - 22, "EPOCH", 2, BLACK);
+    let y = py_acc(test_acc);
+    for x in (l..l + pw).step_by(12) {
+        c.rect(x, y - 1, 6, 2, ORANGE);
+    }
+    c.text(l + 6, y - 20, &format!("TEST {:.2}%", test_acc * 100.0), 2, ORANGE);
+    for (series, py, col) in [(loss, &py_loss as &dyn Fn(f64) -> i64, BLUE), (acc, &py_acc, ORANGE)] {
+        for i in 0..series.len() {
+            if i + 1 < series.len() {
+                c.line((px(i), py(series[i])), (px(i + 1), py(series[i + 1])), 3, col);
+            }
+            c.rect(px(i) - 4, py(series[i]) - 4, 9, 9, col);
+        }
+    }
+    c.save(path)
+}
+
+/// The confusion matrix as a heatmap: row = true digit, column = predicted,
+/// each cell shaded by its share of the row and labelled with its count.
+pub fn confusion_heatmap(path: &Path, m: &[[usize; 10]; 10]) -> Result<()> {
+    let (cell, l, t) = (56i64, 70i64, 70i64);
+    let mut c = Canvas::new((l + 10 * cell + 20) as u32, (t + 10 * cell + 50) as u32, WHITE);
+    c.text(l, 14, "CONFUSION: TRUE ROWS / PREDICTED COLUMNS", 2, BLACK);
+    for i in 0..10 {
+        let row_total = m[i].iter().sum::<usize>().max(1) as f64;
+        c.text(l - 28, t + i as i64 * cell + cell / 2 - 7, &i.to_string(), 2, BLACK);
+        c.text(l + i as i64 * cell + cell / 2 - 5, t - 24, &i.to_string(), 2, BLACK);
+        for j in 0..10 {
+            let share = m[i][j] as f64 / row_total;
+            // White -> dark blue for the diagonal, white -> red elsewhere.
+            let strength = if i == j { share } else { (share * 8.0).min(1.0) };
+            let base = if i == j { [20, 60, 160] } else { [200, 30, 30] };
+            let col = base.map(|b: u8| (255.0 - (255.0 - f64::from(b)) * strength) as u8);
+            c.rect(l + j as i64 * cell, t + i as i64 * cell, cell - 2, cell - 2, col);
+            let label = m[i][j].to_string();
+            let ink = if strength > 0.5 { WHITE } else { BLACK };
+            let x = l + j as i64 * cell + (cell - Canvas::text_width(&label, 2)) / 2;
+            c.text(x, t + i as i64 * cell + cell / 2 - 8, &label, 2, ink);
+        }
+    }
+    c.save(path)
+}
+
+/// A grid of digits, each with a caption (e.g. `T7 P2`), `cols` per row.
+pub fn digit_grid(path: &Path, digits: &[(&[u8], String)], cols: usize) -> Result<()> {
+    let (scale, pad) = (3i64, 8i64);
+    let cw = 28 * scale + pad;
+    let ch = 28 * scale + pad + 18;
+    let rows = digits.len().div_ceil(cols).max(1) as i64;
+    let mut c = Canvas::new((cols as i64 * cw + pad) as u32, (rows * ch + pad) as u32, WHITE);
+    for (k, (px, caption)) in digits.iter().enumerate() {
+        let (x, y) = (pad + (k % cols) as i64 * cw, pad + (k / cols) as i64 * ch);
+        c.digit(x, y, px, scale);
+        c.text(x, y + 28 * scale + 4, caption, 2, RED);
+    }
+    c.save(path)
+}
+
+/// One digit, enlarged, with its label underneath.
+pub fn digit_png(path: &Path, pixels: &[u8], label: &str) -> Result<()> {
+    let scale = 10i64;
+    let mut c = Canvas::new((28 * scale) as u32, (28 * scale + 40) as u32, WHITE);
+    c.digit(0, 0, pixels, scale);
+    let w = Canvas::text_width(label, 3);
+    c.text((28 * scale - w) / 2, 28 * scale + 10, label, 3, BLACK);
+    c.save(path)
+}
