@@ -219,18 +219,18 @@ pub fn confusion_heatmap(path: &Path, m: &[[usize; 10]; 10]) -> Result<()> {
     let (cell, l, t) = (56i64, 70i64, 70i64);
     let mut c = Canvas::new((l + 10 * cell + 20) as u32, (t + 10 * cell + 50) as u32, WHITE);
     c.text(l, 14, "CONFUSION: TRUE ROWS / PREDICTED COLUMNS", 2, BLACK);
-    for i in 0..10 {
-        let row_total = m[i].iter().sum::<usize>().max(1) as f64;
+    for (i, row) in m.iter().enumerate() {
+        let row_total = row.iter().sum::<usize>().max(1) as f64;
         c.text(l - 28, t + i as i64 * cell + cell / 2 - 7, &i.to_string(), 2, BLACK);
         c.text(l + i as i64 * cell + cell / 2 - 5, t - 24, &i.to_string(), 2, BLACK);
-        for j in 0..10 {
-            let share = m[i][j] as f64 / row_total;
+        for (j, &count) in row.iter().enumerate() {
+            let share = count as f64 / row_total;
             // White -> dark blue for the diagonal, white -> red elsewhere.
             let strength = if i == j { share } else { (share * 8.0).min(1.0) };
             let base = if i == j { [20, 60, 160] } else { [200, 30, 30] };
             let col = base.map(|b: u8| (255.0 - (255.0 - f64::from(b)) * strength) as u8);
             c.rect(l + j as i64 * cell, t + i as i64 * cell, cell - 2, cell - 2, col);
-            let label = m[i][j].to_string();
+            let label = count.to_string();
             let ink = if strength > 0.5 { WHITE } else { BLACK };
             let x = l + j as i64 * cell + (cell - Canvas::text_width(&label, 2)) / 2;
             c.text(x, t + i as i64 * cell + cell / 2 - 8, &label, 2, ink);
