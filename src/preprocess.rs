@@ -30,6 +30,10 @@ pub enum Invert {
 /// transparent parts composited onto the background, row-major
 /// `(height, width)`.
 pub fn load_gray(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    let len = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?.len();
+    if len == 0 {
+        bail!("{}: the file is empty (0 bytes), not an image", path.display());
+    }
     let mut reader = ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
         .with_guessed_format()

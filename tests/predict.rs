@@ -148,3 +148,19 @@ fn predict_binary_handles_files_json_and_errors() {
     assert!(stdout.contains("[0]: 7 (") && stdout.contains("[1]: 2 ("), "{stdout}");
     assert!(stdout.contains('█'), "--show draws the digit: {stdout}");
 }
+
+#[test]
+fn empty_files_and_decompression_bombs_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let e = format!("{:#}", load_gray(&empty).unwrap_err());
+    assert!(e.contains("empty.png") && e.contains("the file is empty (0 bytes), not an image"), "{e}");
+    // 8000 x 8000 = 64 million pixels (over the 50 million accepted); a
+    // blank image compresses to a few hundred KB (deflate caps at ~1000:1).
+    let bomb = d.path().join("bomb.png");
+    GrayImage::new(8000, 8000).save(&bomb).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1_000_000, "a bomb is small on disk");
+    let e = format!("{:#}", load_gray(&bomb).unwrap_err());
+    assert!(e.contains("bomb.png") && e.contains("8000x8000 pixels is more than the 50000000 accepted"), "{e}");
+}
