@@ -11,7 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::model::{Batch, Model, Params};
-use kiln_kernels::{Backend, Dims, RmsProp};
+use kiln_kernels::{Backend, Dims, Layer1Path, RmsProp};
 use std::hint::black_box;
 
 const B: usize = 128;
@@ -74,6 +74,17 @@ fn kernels(c: &mut Criterion) {
     let threads = std::env::var("KILN_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
 
+    // Layer 1's two products, on real MNIST rows, once per path: `-dense`
+    // is the packed GEMM (its GFLOP/s are real FLOPs, comparable with the
+    // peak); `-sparse` skips zero pixels, and its "GFLOP/s" count the dense
+    // FLOPs it made unnecessary (an effective rate, above the peak).
+    let layer1_variants = |name: &'static str| -> Vec<(String, Layer1Path)> {
+        if ["scalar", "blas"].contains(&name) {
+            vec![(name.to_string(), Layer1Path::Auto)]
+        } else {
+            vec![(format!("{name}-dense"), Layer1Path::Dense), (format!("{name}-sparse"), Layer1Path::Sparse)]
+        }
+    };
     let mut g = c.benchmark_group("gemm_bias_relu");
     g.throughput(flops(B, D, H));
     for name in &backends {
@@ -82,11 +93,15 @@ fn kernels(c: &mut Criterion) {
         let mut w = vec![0f32; layout.len()];
         layout.pack(&inp.w1, &mut w);
         let mut out = vec![0f32; B * H];
-        g.bench_function(BenchmarkId::new(*name, format!("{B}x{D}x{H}")), |bch| {
-            pool.install(|| {
-                bch.iter(|| be.dense_relu_forward_u8(&mut out, &inp.x, &inp.rows, &w, &inp.b1, Dims { k: D, n: H }))
-            })
-        });
+        for (id, path) in layer1_variants(name) {
+            be.set_layer1_path(path);
+            g.bench_function(BenchmarkId::new(id, format!("{B}x{D}x{H}")), |bch| {
+                pool.install(|| {
+                    bch.iter(|| be.dense_relu_forward_u8(&mut out, &inp.x, &inp.rows, &w, &inp.b1, Dims { k: D, n: H }))
+                })
+            });
+        }
+        be.set_layer1_path(Layer1Path::Auto);
     }
     g.finish();
 
@@ -96,11 +111,17 @@ fn kernels(c: &mut Criterion) {
         let be = kiln_kernels::select(name).unwrap();
         let mut dw = vec![0f32; be.w1_layout(D, H).len()];
         let mut db = vec![0f32; H];
-        g.bench_function(BenchmarkId::new(*name, format!("{D}x{B}x{H}")), |bch| {
-            pool.install(|| {
-                bch.iter(|| be.dense_backward_u8(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, Dims { k: D, n: H }))
-            })
-        });
+        for (id, path) in layer1_variants(name) {
+            be.set_layer1_path(path);
+            g.bench_function(BenchmarkId::new(id, format!("{D}x{B}x{H}")), |bch| {
+                pool.install(|| {
+                    bch.iter(|| {
+                        be.dense_backward_u8(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, Dims { k: D, n: H })
+                    })
+                })
+            });
+        }
+        be.set_layer1_path(Layer1Path::Auto);
     }
     g.finish();
 
