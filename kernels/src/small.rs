@@ -25,25 +25,52 @@ pub(crate) unsafe fn logits<S: Simd>(p: &mut [f32], h: &[f32], wt: &[f32], b: &[
     let body = k / l * l;
     for (i, prow) in p.chunks_exact_mut(n).enumerate() {
         let hrow = &h[i * k..(i + 1) * k];
-        for c0 in (0..n).step_by(CB) {
-            let cb = CB.min(n - c0);
+        let mut c0 = 0;
+        while c0 < n {
+            // Ten classes at once when there are ten left (the MNIST case),
+            // else one at a time; either way each logit is the same chain.
+            let cb = if n - c0 >= CB { CB } else { 1 };
+            let mut sums = [0f32; CB];
             // SAFETY: loads cover LANES floats below `body <= k` of row i of
             // H and of rows c0 .. c0 + cb of W^T; the CPU runs S (caller).
-            let sums = unsafe {
-                let mut acc = [S::zero(); CB];
-                for kv in (0..body).step_by(l) {
-                    let hv = S::load(hrow.as_ptr().add(kv));
-                    for (c, a) in acc.iter_mut().enumerate().take(cb) {
-                        *a = S::fmadd(hv, S::load(wt.as_ptr().add((c0 + c) * k + kv)), *a);
-                    }
+            unsafe {
+                if cb == CB {
+                    dots::<S, CB>(&mut sums, hrow, &wt[c0 * k..], k, body);
+                } else {
+                    dots::<S, 1>(&mut sums[..1], hrow, &wt[c0 * k..], k, body);
                 }
-                acc.map(|a| S::hsum(a))
-            };
+            }
             for (c, &sum) in sums.iter().enumerate().take(cb) {
                 let wrow = &wt[(c0 + c) * k..(c0 + c + 1) * k];
                 let tail: f32 = (body..k).map(|kk| hrow[kk] * wrow[kk]).sum();
                 prow[c0 + c] = sum + tail + b[c0 + c];
             }
+            c0 += cb;
+        }
+    }
+}
+
+/// `sums[c] = dot(h[..body], wt[c * k ..][..body])` for `C` rows of `wt`,
+/// with `C` accumulators in registers (one load of `h` per vector).
+///
+/// # Safety
+/// The CPU runs `S`; `body <= k` is a multiple of `LANES`, `h` holds `body`
+/// floats and `wt` at least `(C - 1) * k + body`.
+#[inline(always)]
+unsafe fn dots<S: Simd, const C: usize>(sums: &mut [f32], h: &[f32], wt: &[f32], k: usize, body: usize) {
+    let l = S::LANES;
+    assert!(h.len() >= body && wt.len() >= (C - 1) * k + body && sums.len() >= C);
+    // SAFETY: the loads stay below the lengths checked above; S is present.
+    unsafe {
+        let mut acc = [S::zero(); C];
+        for kv in (0..body).step_by(l) {
+            let hv = S::load(h.as_ptr().add(kv));
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = S::fmadd(hv, S::load(wt.as_ptr().add(c * k + kv)), *a);
+            }
+        }
+        for (s, a) in sums.iter_mut().zip(acc) {
+            *s = S::hsum(a);
         }
     }
 }
@@ -109,23 +136,15 @@ pub(crate) unsafe fn weight_grad_t<S: Simd>(dwt: &mut [f32], k0: usize, h: &[f32
     let width = dwt.len() / n.max(1);
     let batch = dz.len() / n.max(1);
     let body = width / l * l;
-    for c0 in (0..n).step_by(CB) {
-        let cb = CB.min(n - c0);
-        // SAFETY: loads cover LANES floats of row i of H at columns k0 + kv
-        // (kv + LANES <= body <= width), stores LANES floats of rows c0 + c
-        // of dW^T below `body`; the CPU runs S (caller).
+    let mut c0 = 0;
+    while c0 < n {
+        let cb = if n - c0 >= CB { CB } else { 1 };
+        // SAFETY: see `grad_columns`; the CPU runs S (caller).
         unsafe {
-            for kv in (0..body).step_by(l) {
-                let mut acc = [S::zero(); CB];
-                for i in 0..batch {
-                    let hv = S::load(h.as_ptr().add(i * k + k0 + kv));
-                    for (c, a) in acc.iter_mut().enumerate().take(cb) {
-                        *a = S::fmadd(S::splat(dz[i * n + c0 + c]), hv, *a);
-                    }
-                }
-                for (c, &a) in acc.iter().enumerate().take(cb) {
-                    S::store(dwt.as_mut_ptr().add((c0 + c) * width + kv), a);
-                }
+            if cb == CB {
+                grad_columns::<S, CB>(dwt, c0, k0, h, dz, (k, n, width, body, batch));
+            } else {
+                grad_columns::<S, 1>(dwt, c0, k0, h, dz, (k, n, width, body, batch));
             }
         }
         for c in c0..c0 + cb {
@@ -135,6 +154,43 @@ pub(crate) unsafe fn weight_grad_t<S: Simd>(dwt: &mut [f32], k0: usize, h: &[f32
                     acc = dz[i * n + c].mul_add(h[i * k + k0 + kv], acc);
                 }
                 dwt[c * width + kv] = acc;
+            }
+        }
+        c0 += cb;
+    }
+}
+
+/// Classes `c0 .. c0 + C` of [`weight_grad_t`], vector columns below `body`.
+///
+/// # Safety
+/// The CPU runs `S`; shapes as in [`weight_grad_t`], `body <= width` a
+/// multiple of `LANES`.
+#[inline(always)]
+unsafe fn grad_columns<S: Simd, const C: usize>(
+    dwt: &mut [f32],
+    c0: usize,
+    k0: usize,
+    h: &[f32],
+    dz: &[f32],
+    (k, n, width, body, batch): (usize, usize, usize, usize, usize),
+) {
+    let l = S::LANES;
+    assert!(dwt.len() >= (c0 + C) * width && dz.len() >= batch * n && h.len() >= batch * k);
+    assert!(k0 + body <= k && c0 + C <= n);
+    // SAFETY: loads cover LANES floats of row i of H at columns k0 + kv <
+    // k0 + body <= k, stores LANES floats of rows c0 + c of dW^T below
+    // `body <= width` (all checked above); S is present.
+    unsafe {
+        for kv in (0..body).step_by(l) {
+            let mut acc = [S::zero(); C];
+            for i in 0..batch {
+                let hv = S::load(h.as_ptr().add(i * k + k0 + kv));
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = S::fmadd(S::splat(*dz.get_unchecked(i * n + c0 + c)), hv, *a);
+                }
+            }
+            for (c, &a) in acc.iter().enumerate() {
+                S::store(dwt.as_mut_ptr().add((c0 + c) * width + kv), a);
             }
         }
     }
