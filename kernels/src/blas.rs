@@ -9,7 +9,7 @@
 //! current rayon pool's size. Its results may depend on that number (its
 //! splits are its own), unlike kiln's own backends.
 
-use crate::scalar::{self, check_len, check_rows, column_sums, pixel_table, softmax_xent_row};
+use crate::scalar::{self, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
 use crate::{Backend, Dims, RmsProp, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
@@ -183,16 +183,7 @@ impl Backend<f32> for Blas {
         check_len("b", b.len(), n);
         broadcast(p, b);
         self.sgemm(false, false, batch, n, k, h, w, 1.0, p);
-        let (mut loss_sum, mut correct) = (0f32, 0);
-        for (i, &r) in rows.iter().enumerate() {
-            let y = usize::from(labels[r as usize]);
-            assert!(y < n, "label {y} of row {r} is not below N = {n}");
-            let (loss, hit) =
-                softmax_xent_row(&mut p[i * n..(i + 1) * n], &mut dz[i * n..(i + 1) * n], y, batch as f32);
-            loss_sum += loss;
-            correct += usize::from(hit);
-        }
-        XentStats { loss_sum, correct }
+        softmax_xent_rows(p, dz, labels, rows, n)
     }
 
     fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {

@@ -7,7 +7,7 @@
 //! entry points are reachable only through [`SimdBackend`], which
 //! `crate::select` builds only after detecting the instruction set.
 
-use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, UPDATE_CHUNK};
+use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_rows, UPDATE_CHUNK};
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
 use crate::{gemm, peak, small, Backend, Dims, Layer1Path, PanelLayout, RmsProp, XentStats};
@@ -443,16 +443,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let wt = transpose(w, k, n);
         // SAFETY: I was detected; shapes checked above.
         unsafe { I::logits(p, h, &wt, b, k, n) };
-        let (mut loss_sum, mut correct) = (0f32, 0);
-        for (i, &r) in rows.iter().enumerate() {
-            let y = usize::from(labels[r as usize]);
-            assert!(y < n, "label {y} of row {r} is not below N = {n}");
-            let (loss, hit) =
-                softmax_xent_row(&mut p[i * n..(i + 1) * n], &mut dz[i * n..(i + 1) * n], y, batch as f32);
-            loss_sum += loss;
-            correct += usize::from(hit);
-        }
-        XentStats { loss_sum, correct }
+        softmax_xent_rows(p, dz, labels, rows, n)
     }
 
     fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {

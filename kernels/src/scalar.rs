@@ -96,16 +96,10 @@ pub fn dense_softmax_xent<T: Real>(
     check_len("b", b.len(), n);
     check_len("P", p.len(), batch * n);
     check_len("dZ", dz.len(), batch * n);
-    let batch_t = T::from_f64(batch as f64);
-    let mut loss_sum = T::zero();
-    let mut correct = 0;
-    for (i, &r) in rows.iter().enumerate() {
-        let y = usize::from(labels[r as usize]);
-        assert!(y < n, "label {y} of row {r} is not below N = {n}");
-        let prow = &mut p[i * n..(i + 1) * n];
+    for (i, prow) in p.chunks_exact_mut(n.max(1)).enumerate() {
         // Logits X W, then + b, in the order Keras computes them.
         prow.fill(T::zero());
-        for (&hv, wrow) in h[i * k..(i + 1) * k].iter().zip(w.chunks_exact(n)) {
+        for (&hv, wrow) in h[i * k..(i + 1) * k].iter().zip(w.chunks_exact(n.max(1))) {
             for (acc, &wv) in prow.iter_mut().zip(wrow) {
                 *acc = *acc + hv * wv;
             }
@@ -113,7 +107,21 @@ pub fn dense_softmax_xent<T: Real>(
         for (v, &bv) in prow.iter_mut().zip(b) {
             *v = *v + bv;
         }
-        let (loss, hit) = softmax_xent_row(prow, &mut dz[i * n..(i + 1) * n], y, batch_t);
+    }
+    softmax_xent_rows(p, dz, labels, rows, n)
+}
+
+/// Finishes [`dense_softmax_xent`] once `p (B, N)` holds the logits (bias
+/// added): every row through [`softmax_xent_row`], with `y_i =
+/// labels[rows[i]]`. Shared by every backend.
+pub fn softmax_xent_rows<T: Real>(p: &mut [T], dz: &mut [T], labels: &[u8], rows: &[u32], n: usize) -> XentStats<T> {
+    let batch_t = T::from_f64(rows.len() as f64);
+    let mut loss_sum = T::zero();
+    let mut correct = 0;
+    for (i, &r) in rows.iter().enumerate() {
+        let y = usize::from(labels[r as usize]);
+        assert!(y < n, "label {y} of row {r} is not below N = {n}");
+        let (loss, hit) = softmax_xent_row(&mut p[i * n..(i + 1) * n], &mut dz[i * n..(i + 1) * n], y, batch_t);
         loss_sum = loss_sum + loss;
         correct += usize::from(hit);
     }
