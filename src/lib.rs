@@ -16,3 +16,17 @@ pub mod model;
 pub mod preprocess;
 pub mod rng;
 pub mod train;
+
+/// The exit of a command-line tool: success when `result` is `Ok(true)`;
+/// `Ok(false)` (some inputs failed, already reported) and errors (printed
+/// here on one line, `error: ...`) are failures.
+pub fn exit_code(result: anyhow::Result<bool>) -> std::process::ExitCode {
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -26,13 +26,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    kiln::exit_code(run(Args::parse()).map(|()| true))
 }
 
 fn run(args: Args) -> Result<()> {
