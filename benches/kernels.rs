@@ -2,7 +2,8 @@
 //! at the training shapes (batch 128, 784 -> 512 -> 10), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
 //! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
-//! a whole training step at 1 and 2 threads.
+//! a whole training step at 1 and 2 threads, and a whole epoch of the real
+//! job per backend (not scalar: ~5 s an epoch) at 1 and 2 threads.
 //!
 //! Ids are `op/backend/MxKxN`; throughput is FLOPs (`2 M N K`), so criterion
 //! prints GFLOP/s (as "Gelem/s").
@@ -204,10 +205,38 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+/// A whole epoch of the real job (469 steps on the vendored MNIST, seed 1),
+/// per SIMD/BLAS backend and thread count. Throughput: images.
+fn epochs(c: &mut Criterion) {
+    let ds = kiln::data::Dataset::load(&kiln::data::default_data_dir(), &kiln::data::default_cache_dir())
+        .expect("the vendored MNIST");
+    let order = kiln::train::epoch_order(ds.train.len(), 1, 0);
+    let mut g = c.benchmark_group("epoch");
+    g.sample_size(10).throughput(Throughput::Elements(ds.train.len() as u64));
+    for name in kiln_kernels::available_backends().into_iter().filter(|n| *n != "scalar") {
+        let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
+        for threads in [1, 2] {
+            let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut m = Model::new(be, &Params::glorot(H, 1), RmsProp::default(), B);
+            g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bch| {
+                tp.install(|| {
+                    bch.iter(|| {
+                        for rows in order.chunks(B) {
+                            let batch = Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows };
+                            black_box(m.train_step(batch).is_ok());
+                        }
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = kernels
+    targets = kernels, epochs
 }
 criterion_main!(benches);
