@@ -96,8 +96,9 @@ pub fn to_mnist(gray: &[f32], h: usize, w: usize, invert: Invert) -> Result<[u8;
     if peak < 0.1 {
         bail!("no ink found: the image is blank (all background)");
     }
-    // Bounding box of the ink (pixels above 1% of the strongest).
-    let on = |v: f32| v > 0.01 * peak;
+    // Bounding box of the ink: pixels above a tenth of the strongest (lower
+    // thresholds let JPEG ringing around the strokes widen the box).
+    let on = |v: f32| v > 0.1 * peak;
     let rows: Vec<usize> = (0..h).filter(|&y| (0..w).any(|x| on(ink[y * w + x]))).collect();
     let cols: Vec<usize> = (0..w).filter(|&x| (0..h).any(|y| on(ink[y * w + x]))).collect();
     let (y0, y1, x0, x1) = (rows[0], rows[rows.len() - 1] + 1, cols[0], cols[cols.len() - 1] + 1);

@@ -164,3 +164,39 @@ fn empty_files_and_decompression_bombs_are_clear_errors() {
     let e = format!("{:#}", load_gray(&bomb).unwrap_err());
     assert!(e.contains("bomb.png") && e.contains("8000x8000 pixels is more than the 50000000 accepted"), "{e}");
 }
+
+/// The same digit saved as 8-bit gray PNG, 16-bit gray PNG, palette GIF,
+/// BMP and binary PGM reaches the network as the very same 28x28 input; as a
+/// (lossy) JPEG it is still predicted the same in at least 90% of cases.
+#[test]
+fn every_format_and_colour_type_gives_the_same_digit() {
+    let (params, ds) = trained();
+    let be = kiln_kernels::select("auto").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let argmax = |p: &[f32; 10]| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
+    let mut jpeg_agrees = 0;
+    let n = 20;
+    for i in 0..n {
+        let img = variant(&ds.test.pixels()[i * 784..(i + 1) * 784], 56, (10, 12), 1);
+        let dynamic = image::DynamicImage::ImageLuma8(GrayImage::from_raw(56, 56, img).unwrap());
+        let input = |ext: &str, img: image::DynamicImage| {
+            let p = d.path().join(format!("{i}.{ext}"));
+            img.save(&p).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            let (g, h, w) = load_gray(&p).unwrap_or_else(|e| panic!("{ext}: {e:#}"));
+            to_mnist(&g, h, w, Invert::Guess).unwrap()
+        };
+        let png = input("png", dynamic.clone());
+        for (ext, img) in [
+            ("16.png", image::DynamicImage::ImageLuma16(dynamic.to_luma16())),
+            ("gif", image::DynamicImage::ImageRgba8(dynamic.to_rgba8())),
+            ("bmp", image::DynamicImage::ImageRgb8(dynamic.to_rgb8())),
+            ("pgm", dynamic.clone()),
+        ] {
+            assert_eq!(input(ext, img), png, "image {i} as {ext}");
+        }
+        let jpeg = input("jpg", image::DynamicImage::ImageRgb8(dynamic.to_rgb8()));
+        let digits = predict(be, params, &[png, jpeg].concat());
+        jpeg_agrees += usize::from(argmax(&digits[0]) == argmax(&digits[1]));
+    }
+    assert!(jpeg_agrees * 10 >= n * 9, "JPEG agreed with PNG on only {jpeg_agrees} of {n}");
+}
