@@ -30,6 +30,11 @@
 //! | [`Backend::dense_backward_u8`] | `dW := X^T dZ`; `db := sum_i dZ[i, :]`, `X = x[rows] / 255` | `x (R,K)`, `dZ (B,N)`, `dW (K,N)` |
 //! | [`Backend::relu_backward_input`] | `dH := (dZ W^T) * [H > 0]` | `dZ (B,N)`, `W (K,N)`, `H, dH (B,K)` |
 //! | [`Backend::rmsprop`] | `v := rho v + (1 - rho) g^2`; `w := w - lr g / sqrt(v + eps)` | flat, elementwise |
+//! | [`Backend::dense_backward_u8_rmsprop`] | `dense_backward_u8`, then `rmsprop` on `(W, dW, v)`, bit-identical; may be fused | as above |
+//!
+//! The BLAS backend is the exception to `beta = 0` internally (it broadcasts
+//! the bias into `C` and calls `sgemm` with `beta = 1`), never in what it
+//! reads: its outputs are still fully written before being read.
 //!
 //! `clip` bounds a probability to `[1e-7, 1 - 1e-7]` as Keras does; the
 //! gradient `dZ` is taken from the unclipped probabilities.
@@ -45,6 +50,12 @@
 //! elementwise and does not care) and converts only when saving, loading or
 //! comparing. With `nr >= N` the layout is plain row-major; the scalar
 //! backend uses that.
+//!
+//! # Zero pixels
+//!
+//! The SIMD backends can run layer 1's two products sparse, skipping zero
+//! pixels ([`Layer1Path`], `sparse.rs`); the results are bit-identical to
+//! the dense path, so this is purely a choice of speed.
 //!
 //! Every backend implements [`Backend`]; the model code only ever talks to a
 //! `&dyn Backend<T>`, so a new backend slots in without touching it.
