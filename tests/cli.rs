@@ -218,3 +218,61 @@ fn digit_shows_a_dataset_image_with_its_label() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("index 10000 is out of range: the test set has 10000 images"), "{}", stderr(&o));
 }
+
+/// A `train` killed (SIGKILL) at arbitrary moments, including while it
+/// writes its model, metrics and chart, leaves each file either as it was
+/// or complete and valid: never truncated.
+#[test]
+fn a_killed_train_never_leaves_a_truncated_file() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let metrics = d.path().join("m.metrics.jsonl");
+    let chart = d.path().join("m.training.png");
+    for (p, bytes) in [(&out, &b"previous model"[..]), (&metrics, b"previous metrics"), (&chart, b"previous chart")] {
+        std::fs::write(p, bytes).unwrap();
+    }
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(["--data", d.path().to_str().unwrap(), "--epochs", "2", "--hidden", "16", "--json"])
+            .args(["--out", out.to_str().unwrap()])
+            .env("KILN_CACHE_DIR", d.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // How long a whole run takes here; the kills are spread over 0 .. 2x that.
+    let start = std::time::Instant::now();
+    spawn().wait().unwrap();
+    let full = start.elapsed();
+    std::fs::write(&out, b"previous model").unwrap();
+    std::fs::write(&metrics, b"previous metrics").unwrap();
+    std::fs::write(&chart, b"previous chart").unwrap();
+    let (mut finished, mut killed) = (0, 0);
+    let kills = 30u32;
+    for i in 0..kills {
+        let mut child = spawn();
+        std::thread::sleep(full * 2 * i / kills);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            finished += 1;
+        } else {
+            killed += 1;
+        }
+        let model = std::fs::read(&out).unwrap();
+        assert!(model == b"previous model" || kiln::checkpoint::load(&out).is_ok(), "kill {i}: model truncated");
+        let m = std::fs::read(&metrics).unwrap();
+        assert!(
+            m == b"previous metrics"
+                || String::from_utf8(m).unwrap().lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "kill {i}: metrics truncated"
+        );
+        let c = std::fs::read(&chart).unwrap();
+        assert!(c == b"previous chart" || image::load_from_memory(&c).is_ok(), "kill {i}: chart truncated");
+    }
+    // The sweep spans runs killed early and runs that finished (and so
+    // passed through their saves).
+    assert!(finished > 0 && killed > 0, "sweep did not span the run: {finished} finished, {killed} killed");
+}
