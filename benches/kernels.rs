@@ -12,7 +12,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::model::{Batch, Model, Params};
-use kiln_kernels::{Backend, Dims, Layer1Path, RmsProp};
+use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, RmsProp};
 use std::hint::black_box;
 
 const B: usize = 128;
@@ -24,13 +24,13 @@ struct Inputs {
     x: Vec<u8>,
     labels: Vec<u8>,
     rows: Vec<u32>,
-    w1: Vec<f32>,
-    b1: Vec<f32>,
-    w2: Vec<f32>,
-    b2: Vec<f32>,
-    h: Vec<f32>,
-    dz1: Vec<f32>,
-    dz2: Vec<f32>,
+    w1: AlignedVec<f32>,
+    b1: AlignedVec<f32>,
+    w2: AlignedVec<f32>,
+    b2: AlignedVec<f32>,
+    h: AlignedVec<f32>,
+    dz1: AlignedVec<f32>,
+    dz2: AlignedVec<f32>,
 }
 
 /// MNIST-like inputs: the real first 384 training digits from the golden
@@ -46,7 +46,7 @@ fn inputs() -> Inputs {
         s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         (s >> 8) as f32 / (1 << 24) as f32 - 0.5
     };
-    let mut v = |n: usize| (0..n).map(|_| rnd()).collect::<Vec<f32>>();
+    let mut v = |n: usize| (0..n).map(|_| rnd()).collect::<AlignedVec<f32>>();
     Inputs {
         rows: (0..B as u32).map(|i| (i * 37) % 384).collect(),
         w1: v(D * H),
@@ -91,9 +91,9 @@ fn kernels(c: &mut Criterion) {
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
         let layout = be.w1_layout(D, H);
-        let mut w = vec![0f32; layout.len()];
+        let mut w = AlignedVec::<f32>::zeroed(layout.len());
         layout.pack(&inp.w1, &mut w);
-        let mut out = vec![0f32; B * H];
+        let mut out = AlignedVec::<f32>::zeroed(B * H);
         for (id, path) in layer1_variants(name) {
             be.set_layer1_path(path);
             g.bench_function(BenchmarkId::new(id, format!("{B}x{D}x{H}")), |bch| {
@@ -110,8 +110,8 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(D, B, H));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let mut dw = vec![0f32; be.w1_layout(D, H).len()];
-        let mut db = vec![0f32; H];
+        let mut dw = AlignedVec::<f32>::zeroed(be.w1_layout(D, H).len());
+        let mut db = AlignedVec::<f32>::zeroed(H);
         for (id, path) in layer1_variants(name) {
             be.set_layer1_path(path);
             g.bench_function(BenchmarkId::new(id, format!("{D}x{B}x{H}")), |bch| {
@@ -130,7 +130,7 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(B, H, C));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let (mut p, mut dz) = (vec![0f32; B * C], vec![0f32; B * C]);
+        let (mut p, mut dz) = (AlignedVec::<f32>::zeroed(B * C), AlignedVec::<f32>::zeroed(B * C));
         let rows: Vec<u32> = (0..B as u32).collect();
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{H}x{C}")), |bch| {
             pool.install(|| {
@@ -155,7 +155,7 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(H, B, C));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let (mut dw, mut db) = (vec![0f32; H * C], vec![0f32; C]);
+        let (mut dw, mut db) = (AlignedVec::<f32>::zeroed(H * C), AlignedVec::<f32>::zeroed(C));
         g.bench_function(BenchmarkId::new(*name, format!("{H}x{B}x{C}")), |bch| {
             pool.install(|| bch.iter(|| be.dense_backward(&mut dw, &mut db, &inp.h, &inp.dz2, Dims { k: H, n: C })))
         });
@@ -166,7 +166,7 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(B, C, H));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let mut dh = vec![0f32; B * H];
+        let mut dh = AlignedVec::<f32>::zeroed(B * H);
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{C}x{H}")), |bch| {
             pool.install(|| {
                 bch.iter(|| be.relu_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C }))
@@ -180,7 +180,11 @@ fn kernels(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n_params as u64));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let (mut w, grad, mut v) = (vec![0.1f32; n_params], vec![0.01f32; n_params], vec![0f32; n_params]);
+        let (mut w, grad, mut v) = (
+            AlignedVec::from_slice(&vec![0.1f32; n_params]),
+            AlignedVec::from_slice(&vec![0.01f32; n_params]),
+            AlignedVec::<f32>::zeroed(n_params),
+        );
         g.bench_function(BenchmarkId::new(*name, n_params), |bch| {
             pool.install(|| bch.iter(|| be.rmsprop(&mut w, &grad, &mut v, RmsProp::default())))
         });

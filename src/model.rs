@@ -12,7 +12,7 @@
 
 use crate::data::{CLASSES, PIXELS};
 use crate::rng::{Rng, Stream};
-use kiln_kernels::{Backend, Dims, PanelLayout, Real, RmsProp, XentStats};
+use kiln_kernels::{AlignedVec, Backend, Dims, PanelLayout, Real, RmsProp, XentStats};
 use std::time::{Duration, Instant};
 
 /// The parameter tensors in arena order: name (as saved), shape for hidden
@@ -41,13 +41,13 @@ pub struct Tensors<S> {
 
 /// One arena of `[W1 | b1 | W2 | b2]` for hidden width `hidden`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Params<T> {
+pub struct Params<T: Real> {
     /// Hidden width `H`.
     pub hidden: usize,
     /// How `W1` is stored (row-major unless inside a [`Model`]).
     pub layout: PanelLayout,
     /// All values, in arena order.
-    pub data: Vec<T>,
+    pub data: AlignedVec<T>,
 }
 
 impl<T: Real> Params<T> {
@@ -60,7 +60,7 @@ impl<T: Real> Params<T> {
     pub fn zeros_in(layout: PanelLayout) -> Self {
         let h = layout.n;
         assert_eq!(layout.k, PIXELS, "W1 has {PIXELS} rows");
-        Params { hidden: h, layout, data: vec![T::zero(); layout.len() + h + h * CLASSES + CLASSES] }
+        Params { hidden: h, layout, data: AlignedVec::zeroed(layout.len() + h + h * CLASSES + CLASSES) }
     }
 
     /// The same parameters with `W1` stored in `layout` instead.
@@ -138,20 +138,20 @@ fn glorot_fill<T: Real>(w: &mut [T], fan_in: usize, fan_out: usize, rng: &mut Rn
 
 /// Activations and their gradients for one batch of at most `capacity` rows.
 #[derive(Debug)]
-struct Workspace<T> {
-    h: Vec<T>,  // (B, H) hidden activations after ReLU
-    p: Vec<T>,  // (B, C) softmax probabilities
-    dz: Vec<T>, // (B, C) gradient of the mean loss w.r.t. the logits
-    dh: Vec<T>, // (B, H) gradient w.r.t. the hidden pre-activations
+struct Workspace<T: Real> {
+    h: AlignedVec<T>,  // (B, H) hidden activations after ReLU
+    p: AlignedVec<T>,  // (B, C) softmax probabilities
+    dz: AlignedVec<T>, // (B, C) gradient of the mean loss w.r.t. the logits
+    dh: AlignedVec<T>, // (B, H) gradient w.r.t. the hidden pre-activations
 }
 
 impl<T: Real> Workspace<T> {
     fn new(capacity: usize, hidden: usize) -> Self {
         Workspace {
-            h: vec![T::zero(); capacity * hidden],
-            p: vec![T::zero(); capacity * CLASSES],
-            dz: vec![T::zero(); capacity * CLASSES],
-            dh: vec![T::zero(); capacity * hidden],
+            h: AlignedVec::zeroed(capacity * hidden),
+            p: AlignedVec::zeroed(capacity * CLASSES),
+            dz: AlignedVec::zeroed(capacity * CLASSES),
+            dh: AlignedVec::zeroed(capacity * hidden),
         }
     }
 }

@@ -63,6 +63,7 @@
 //! it is generic over [`Real`] so that the gradient checks run the very same
 //! formulas in `f64`.
 
+mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
 mod gemm;
@@ -74,11 +75,12 @@ mod simd;
 mod small;
 mod sparse;
 
+pub use aligned::AlignedVec;
 use std::fmt::Debug;
 
 /// The element type of the kernels: `f32` for training, `f64` for the
 /// reference path of the gradient checks.
-pub trait Real: num_traits::Float + Default + Debug + Send + Sync + 'static {
+pub trait Real: num_traits::Float + bytemuck::Pod + Default + Debug + Send + Sync + 'static {
     /// `v` converted exactly (every `u8` is representable).
     fn from_u8(v: u8) -> Self;
     /// `v` rounded to the nearest representable value.

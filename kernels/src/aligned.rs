@@ -1,0 +1,101 @@
+//! A growable-free buffer whose first element sits on a 64-byte boundary.
+//!
+//! The kernels load whole vectors (64 bytes in AVX-512) from `W1`, `H` and
+//! `dH`; `Vec<f32>` gives only 4- or 16-byte alignment (large blocks come
+//! from glibc at a page + 16 bytes), which makes every AVX-512 load of such
+//! a buffer straddle two cache lines. [`AlignedVec`] keeps its elements in
+//! whole cache lines instead and is viewed as a slice, without `unsafe`.
+
+use bytemuck::{Pod, Zeroable};
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+/// One cache line of storage.
+#[derive(Clone, Copy, Zeroable, Pod)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// `len` elements of `T`, the first on a 64-byte boundary. Derefs to `[T]`.
+#[derive(Clone)]
+pub struct AlignedVec<T> {
+    lines: Vec<Line>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> AlignedVec<T> {
+    /// `len` elements whose bytes are all zero (`0.0` for floats).
+    pub fn zeroed(len: usize) -> Self {
+        let bytes = len.checked_mul(size_of::<T>()).expect("buffer size overflows");
+        AlignedVec { lines: vec![Line::zeroed(); bytes.div_ceil(64)], len, _t: PhantomData }
+    }
+
+    /// A copy of `src`.
+    pub fn from_slice(src: &[T]) -> Self {
+        let mut v = Self::zeroed(src.len());
+        v.copy_from_slice(src);
+        v
+    }
+}
+
+impl<T: Pod> Deref for AlignedVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &bytemuck::cast_slice::<Line, T>(&self.lines)[..self.len]
+    }
+}
+
+impl<T: Pod> DerefMut for AlignedVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut::<Line, T>(&mut self.lines)[..self.len]
+    }
+}
+
+impl<T: Pod> FromIterator<T> for AlignedVec<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Self::from_slice(&iter.into_iter().collect::<Vec<T>>())
+    }
+}
+
+impl<'a, T: Pod> IntoIterator for &'a AlignedVec<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for AlignedVec<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AlignedVec;
+
+    #[test]
+    fn aligned_zeroed_and_sliced() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 401_408] {
+            let mut v = AlignedVec::<f32>::zeroed(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&x| x == 0.0));
+            assert_eq!(v.as_ptr() as usize % 64, 0, "len {len}");
+            if len > 0 {
+                v[len - 1] = 3.5;
+                assert_eq!(v[len - 1], 3.5);
+            }
+            let w: AlignedVec<f64> = (0..len).map(|i| i as f64).collect();
+            assert_eq!(w.as_ptr() as usize % 64, 0);
+            assert!(w.iter().enumerate().all(|(i, &x)| x == i as f64));
+            assert_eq!(w.clone(), w);
+        }
+    }
+}
