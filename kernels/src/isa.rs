@@ -55,7 +55,16 @@ pub(crate) trait Isa: Simd {
     unsafe fn weight_grad_t(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
     unsafe fn fma_chains(iters: u64) -> f32;
-    unsafe fn forward_sparse(h: *mut f32, panels: (usize, usize), csr: &Csr, w: &[f32], bias: &[f32], n: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_sparse(
+        h: *mut f32,
+        panels: (usize, usize),
+        csr: &Csr,
+        w: &[f32],
+        bias: &[f32],
+        n: usize,
+        part: &mut Vec<f32>,
+    );
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_grad_sparse(
         dw: &mut [f32],
@@ -141,9 +150,10 @@ macro_rules! isa_entry_points {
                 w: &[f32],
                 bias: &[f32],
                 n: usize,
+                part: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n) }
+                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, part) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_sparse(
@@ -409,7 +419,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
                     // SAFETY: I was detected; shapes checked above; `out`
                     // covers all of H, which outlives the loop, and tasks
                     // own disjoint panel ranges, so no column is shared.
-                    unsafe { I::forward_sparse(out.get(), panels_of(t), csr, w, &bias, n) }
+                    with_buffer(&TASK, |part| unsafe {
+                        I::forward_sparse(out.get(), panels_of(t), csr, w, &bias, n, part)
+                    })
                 });
             } else {
                 tasks.for_each(|t| {

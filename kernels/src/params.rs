@@ -40,9 +40,6 @@ pub(crate) const NEON_NV: usize = 3;
 /// Largest `MR * NR` of any tile above: the size of the edge-tile buffer.
 pub(crate) const MAX_TILE: usize = 12 * 32;
 
-/// Largest `NR` of any tile above.
-pub(crate) const MAX_NR: usize = 32;
-
 /// Layer 1 takes the sparse path (`sparse.rs`) when at most this fraction
 /// of a batch's pixels is non-zero (`Layer1Path::Auto`). Measured crossover
 /// on the training shapes: see README ("Sparse layer 1").

@@ -133,8 +133,13 @@ pub(crate) struct Csc {
     val: Vec<f32>,
 }
 
+/// Bytes of `W1` rows (`kb` rows of `G * NR` floats) the blocked sparse
+/// forward keeps in L1 while every sample of the batch passes over them.
+const FWD_BLOCK_BYTES: usize = 32 * 1024;
+
 /// Sparse `H[:, panels jp0..jp1] := relu(X W + b)` for one task, as the
-/// dense `forward_panels` computes it (see the module docs).
+/// dense `forward_panels` computes it (see the module docs). `part` is
+/// scratch space for partial sums (resized here).
 ///
 /// # Safety
 /// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
@@ -142,6 +147,7 @@ pub(crate) struct Csc {
 /// of it. `w` holds `panels * k * NR` floats (`k = csr`'s `K`), `bias`
 /// `panels * NR`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
     h: *mut f32,
     (jp0, jp1): (usize, usize),
@@ -149,22 +155,33 @@ pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
     w: &[f32],
     bias: &[f32],
     n: usize,
+    part: &mut Vec<f32>,
 ) {
     let mut jp = jp0;
     // SAFETY: forwarded contract.
     unsafe {
         while jp + PG <= jp1 {
-            forward_group::<S, NV, PG>(h, jp, csr, w, bias, n);
+            forward_group::<S, NV, PG>(h, jp, csr, w, bias, n, part);
             jp += PG;
         }
         while jp < jp1 {
-            forward_group::<S, NV, 1>(h, jp, csr, w, bias, n);
+            forward_group::<S, NV, 1>(h, jp, csr, w, bias, n, part);
             jp += 1;
         }
     }
 }
 
-/// `G` panels from `jp` on, every sample.
+/// `G` panels from `jp` on, every sample, blocked over pixels:
+///
+/// ```text
+/// LOOP pixel blocks p0..p1, ascending (W1[p0..p1, group] stays in L1)
+///   LOOP samples i with a lit pixel in p0..p1
+///     part[i] += x[i, j] * W1[j, group]  for i's lit j in p0..p1, ascending
+/// H[i, group] := relu(part[i] + b)
+/// ```
+/// Each output element is still one FMA chain over its sample's lit pixels
+/// in ascending order from zero (a partial sum is stored and reloaded as
+/// the same f32), so the result is the dense one, bit for bit.
 ///
 /// # Safety
 /// As [`forward_sparse`], for panels `jp .. jp + G`.
@@ -176,36 +193,66 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     w: &[f32],
     bias: &[f32],
     n: usize,
+    part: &mut Vec<f32>,
 ) {
-    let (nr, k) = (NV * S::LANES, csr.k);
-    assert!(w.len() >= (jp + G) * k * nr && bias.len() >= (jp + G) * nr);
-    for i in 0..csr.samples() {
-        let (idx, val) = csr.sample(i);
-        // SAFETY: every W load reads NR floats of row `j < k` of panel
-        // `jp + g`, inside `w` (checked above); the CPU runs S (caller).
-        unsafe {
-            let mut acc = [[S::zero(); NV]; G];
-            for (&j, &xv) in idx.iter().zip(val) {
-                let xv = S::splat(xv);
+    let (nr, k, batch) = (NV * S::LANES, csr.k, csr.samples());
+    let width = G * nr;
+    assert!(w.len() >= (jp + G) * k * nr && bias.len() >= (jp + G) * nr && jp * nr < n);
+    // Partial sums, one row of `width` per sample, starting from zero.
+    part.clear();
+    part.resize(batch * width, 0.0);
+    // Each sample's next entry not yet added.
+    let mut cursor = vec![0usize; batch];
+    let kb = (FWD_BLOCK_BYTES / (4 * width)).max(1);
+    for p1 in (kb..k + kb).step_by(kb).map(|p| p.min(k)) {
+        for (i, next) in cursor.iter_mut().enumerate() {
+            let (idx, val) = csr.sample(i);
+            let mut c = *next;
+            if c >= idx.len() || idx[c] as usize >= p1 {
+                continue;
+            }
+            // SAFETY: sample i's partial row is `width` floats at i * width
+            // of `part`; every W load reads NR floats of row `j < k` of
+            // panel `jp + g`, inside `w` (checked above); the CPU runs S.
+            unsafe {
+                let pp = part.as_mut_ptr().add(i * width);
+                let mut acc = [[S::zero(); NV]; G];
                 for (g, row) in acc.iter_mut().enumerate() {
-                    let wp = w.as_ptr().add((jp + g) * k * nr + j as usize * nr);
                     for (v, a) in row.iter_mut().enumerate() {
-                        *a = S::fmadd(xv, S::load(wp.add(v * S::LANES)), *a);
+                        *a = S::load(pp.add(g * nr + v * S::LANES));
+                    }
+                }
+                while c < idx.len() && (idx[c] as usize) < p1 {
+                    let xv = S::splat(val[c]);
+                    let wr = w.as_ptr().add(jp * k * nr + idx[c] as usize * nr);
+                    for (g, row) in acc.iter_mut().enumerate() {
+                        for (v, a) in row.iter_mut().enumerate() {
+                            *a = S::fmadd(xv, S::load(wr.add(g * k * nr + v * S::LANES)), *a);
+                        }
+                    }
+                    c += 1;
+                }
+                for (g, row) in acc.iter().enumerate() {
+                    for (v, &a) in row.iter().enumerate() {
+                        S::store(pp.add(g * nr + v * S::LANES), a);
                     }
                 }
             }
-            for (g, row) in acc.iter_mut().enumerate() {
-                let c0 = (jp + g) * nr;
-                let mut out = [0f32; crate::params::MAX_NR];
-                for (v, a) in row.iter_mut().enumerate() {
-                    let b = S::load(bias.as_ptr().add(c0 + v * S::LANES));
-                    S::store(out.as_mut_ptr().add(v * S::LANES), S::relu(S::add(*a, b)));
-                }
-                let cols = nr.min(n - c0);
-                // SAFETY: row i, columns c0 .. c0 + cols are inside H and
-                // this task's own (caller).
-                std::ptr::copy_nonoverlapping(out.as_ptr(), h.add(i * n + c0), cols);
+            *next = c;
+        }
+    }
+    // Epilogue: bias + ReLU, then only the columns inside H are copied out.
+    let cols = width.min(n - jp * nr);
+    for (i, pr) in part.chunks_exact_mut(width).enumerate() {
+        // SAFETY: `pr` and the padded bias from column jp * NR on hold
+        // `width` floats; row i, columns jp * NR .. + cols are inside H and
+        // this task's own (caller); the CPU runs S.
+        unsafe {
+            for o in (0..width).step_by(S::LANES) {
+                let b = S::load(bias.as_ptr().add(jp * nr + o));
+                S::store(pr.as_mut_ptr().add(o), S::relu(S::add(S::load(pr.as_ptr().add(o)), b)));
             }
+            std::ptr::copy_nonoverlapping(pr.as_ptr(), h.add(i * n + jp * nr), cols);
         }
     }
 }
