@@ -6,7 +6,8 @@
 #   2. once per instruction set the CPU has, forced (KILN_TEST_BACKEND), so a
 #      forced ISA that silently did not run fails the build;
 #   3. the NEON backend, cross-built for aarch64 and run under qemu;
-#   4. the epoch-time regression gate (ci/gate.sh) and its self-test.
+#   4. bounded fuzzing of every parser (ci/fuzz.sh, cargo-fuzz on nightly);
+#   5. the epoch-time regression gate (ci/gate.sh) and its self-test.
 # Usage: bash ci/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +76,9 @@ KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-l
   -p kiln-kernels --test backends --test scalar_reference
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
   -p kiln --test backends_train --test keras_golden
+
+step "fuzzing: IDX raw and gzip, model files, images (ci/fuzz.sh, 45 s per target)"
+bash ci/fuzz.sh
 
 step "epoch-time regression gate (ci/gate.sh), and its self-test on a deliberately slower build"
 bash ci/gate.sh

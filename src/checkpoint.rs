@@ -75,6 +75,13 @@ pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| {
         format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())
     })?;
+    from_bytes(&bytes, path)
+}
+
+/// [`load`] on the bytes of a model file already in memory; `path` only
+/// names it in errors. Any byte string gives a validated model or an error,
+/// never a panic (fuzzed: `fuzz/fuzz_targets/model.rs`).
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
     if bytes.len() < 8 {
         bail!(fail(format!("not a safetensors file: {} bytes, too short for the 8-byte header length", bytes.len())));
@@ -92,7 +99,7 @@ pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
     if let Some(dup) = keys.iter().find(|k| !seen.insert(k.as_str())) {
         bail!(fail(format!("tensor `{dup}` appears twice in the header")));
     }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         fail(match e {
             safetensors::SafeTensorError::MetadataIncompleteBuffer => {
                 "truncated: the tensors' data ends past the end of the file".to_string()
@@ -100,7 +107,7 @@ pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
             e => format!("not a valid safetensors file ({e})"),
         })
     })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(format!("bad header ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("bad header ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         bail!(fail(format!("metadata `format` is {:?}, expected \"{FORMAT}\"", meta.get("format"))));

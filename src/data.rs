@@ -229,27 +229,18 @@ fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>
         return Ok(target);
     }
     fs::create_dir_all(cache).with_context(|| format!("{}: cannot create the cache directory", cache.display()))?;
+    // A run killed while decompressing leaves `.<name>.XXXXXX` behind.
+    crate::fsutil::remove_stale_temps(cache, &format!(".{name}."), "");
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .tempfile_in(cache)
         .with_context(|| format!("{}: cannot create a temporary file", cache.display()))?;
-    let mut decoder = GzDecoder::new(&compressed[..]).take(MAX_DECOMPRESSED + 1);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => bail!("{}: corrupt gzip data ({e})", gz.display()),
-        };
-        total += n as u64;
-        if total > MAX_DECOMPRESSED {
-            bail!("{}: decompresses to more than {} GiB; refusing it", gz.display(), MAX_DECOMPRESSED >> 30);
-        }
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).with_context(|| format!("{}: cannot write", tmp.path().display()))?;
-    }
+    gunzip(&compressed, MAX_DECOMPRESSED, |chunk| {
+        hasher.update(chunk);
+        tmp.write_all(chunk).with_context(|| format!("{}: cannot write", tmp.path().display()))
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e:#}", gz.display()))?;
     if let Some(want) = expected {
         let got = hex(&hasher.finalize());
         if got != want {
@@ -263,4 +254,30 @@ fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>
     tmp.as_file().sync_all().with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     tmp.persist(&target).with_context(|| format!("{}: cannot rename into place", target.display()))?;
     Ok(target)
+}
+
+/// Decompresses gzip data, handing the output to `sink` in chunks, and
+/// refuses more than `limit` bytes of output (a decompression bomb) or
+/// corrupt data, with a message that does not name the file (the caller
+/// adds it). Returns the number of bytes produced. Any byte string gives
+/// output or an error, never a panic (fuzzed: `fuzz/fuzz_targets/idx_gzip.rs`).
+pub fn gunzip(compressed: &[u8], limit: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+    let mut decoder = GzDecoder::new(compressed).take(limit.saturating_add(1));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) => bail!("corrupt gzip data ({e})"),
+        };
+        total += n as u64;
+        if total > limit {
+            if limit >= 1 << 30 {
+                bail!("decompresses to more than {} GiB; refusing it", limit >> 30);
+            }
+            bail!("decompresses to more than {limit} bytes; refusing it");
+        }
+        sink(&buf[..n])?;
+    }
 }

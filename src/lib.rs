@@ -6,11 +6,13 @@
 //! * [`checkpoint`]: safetensors model files, written atomically.
 //! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
 //! * [`draw`]: PNG charts and digit pictures without system libraries.
+//! * [`fuzz_checks`]: the properties the fuzz targets check, shared with tests.
 
 pub mod checkpoint;
 pub mod data;
 pub mod draw;
 pub mod fsutil;
+pub mod fuzz_checks;
 pub mod idx;
 pub mod model;
 pub mod preprocess;

@@ -14,6 +14,10 @@ const BOX: usize = 20;
 /// Largest image accepted (width x height), against decompression bombs.
 pub const MAX_PIXELS: u64 = 50_000_000;
 
+/// The largest image file read (it is read whole before decoding): far
+/// above any image of [`MAX_PIXELS`] in a compressed format.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 /// Whether to invert the image (MNIST digits are light ink on black).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invert {
@@ -31,26 +35,43 @@ pub enum Invert {
 /// `(height, width)`.
 pub fn load_gray(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     let len = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?.len();
-    if len == 0 {
+    if len > MAX_FILE_BYTES {
+        bail!("{}: {len} bytes is more than the {MAX_FILE_BYTES} accepted for an image file", path.display());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    decode_gray(&bytes, path, MAX_PIXELS)
+}
+
+/// [`load_gray`] on the bytes of an image file already in memory, accepting
+/// at most `max_pixels`; `path` names the file in errors and, when the
+/// content matches no known format, its extension is tried. Any byte string
+/// gives an image or an error, never a panic (fuzzed:
+/// `fuzz/fuzz_targets/image.rs`).
+pub fn decode_gray(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<(Vec<f32>, usize, usize)> {
+    if bytes.is_empty() {
         bail!("{}: the file is empty (0 bytes), not an image", path.display());
     }
-    let mut reader = ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    if reader.format().is_none() {
+        if let Ok(format) = image::ImageFormat::from_path(path) {
+            reader.set_format(format);
+        }
+    }
     if reader.format().is_none() {
         bail!("{}: not an image in a supported format (PNG, JPEG, BMP, GIF, PNM, WebP, TIFF, ICO)", path.display());
     }
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 16);
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().with_context(|| format!("{}: cannot decode", path.display()))?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         bail!("{}: the image is empty ({w}x{h})", path.display());
     }
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        bail!("{}: {w}x{h} pixels is more than the {MAX_PIXELS} accepted", path.display());
+    if u64::from(w) * u64::from(h) > max_pixels {
+        bail!("{}: {w}x{h} pixels is more than the {max_pixels} accepted", path.display());
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img =

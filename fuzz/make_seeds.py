@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets into fuzz/seeds/<target>/:
+small valid files cut from the vendored MNIST data, a valid tiny model, the
+same digit as PGM/BMP/PNG (8/16-bit, gray/RGBA), and the malformed cases of
+the tests (empty, short, wrong or byte-swapped magic, float element type,
+payload one byte short or one too long, corrupt gzip, truncated or
+duplicated model headers, transposed shapes, NaN values, ...).
+
+    python3 fuzz/make_seeds.py      # deterministic; the output is committed
+"""
+
+import gzip
+import json
+import pathlib
+import struct
+import zlib
+
+ROOT = pathlib.Path(__file__).resolve().parent
+DATA = ROOT.parent / "data" / "mnist"
+
+
+def write(target, name, data):
+    d = ROOT / "seeds" / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data)
+
+
+def idx(dims, payload, ty=8):
+    return bytes([0, 0, ty, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
+
+
+images = gzip.open(DATA / "t10k-images-idx3-ubyte.gz").read()[16 : 16 + 3 * 784]
+labels = gzip.open(DATA / "t10k-labels-idx1-ubyte.gz").read()[8 : 8 + 3]
+digit = images[:784]
+
+idx_cases = {
+    "images3": idx([3, 28, 28], images),
+    "labels3": idx([3], labels),
+    "empty": b"",
+    "short": b"\x00\x00\x08",
+    "swapped_magic": bytes([3, 8, 0, 0]) + struct.pack(">III", 1, 28, 28) + digit,
+    "float_type": idx([1, 28, 28], digit, ty=0x0D),
+    "one_short": idx([3, 28, 28], images[:-1]),
+    "one_long": idx([3, 28, 28], images + b"\x00"),
+    "not_28": idx([1, 27, 29], digit[: 27 * 29]),
+    "huge_dims": idx([0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF], b""),
+    "labels_as_images": idx([3], labels),
+    "zero_dims": idx([], b""),
+}
+for name, data in idx_cases.items():
+    write("idx_raw", name, data)
+    write("idx_gzip", name + ".gz", gzip.compress(data, mtime=0))
+write("idx_gzip", "corrupt.gz", gzip.compress(idx_cases["images3"], mtime=0)[:-20])
+write("idx_gzip", "not_gzip", idx_cases["labels3"])
+write("idx_gzip", "bomb.gz", gzip.compress(b"\x00" * (1 << 22), mtime=0))
+
+
+def safetensors(tensors, meta, dup=False):
+    header, blob = {"__metadata__": meta}, b""
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(blob), len(blob) + len(data)]}
+        blob += data
+    text = json.dumps(header)
+    if dup:
+        first = next(iter(tensors))
+        text = text[:-1] + ", " + json.dumps(first) + ": " + json.dumps(header[first]) + "}"
+    text = text.encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob
+
+
+def f32(n, v=0.01):
+    return struct.pack(f"<{n}f", *([v] * n))
+
+
+meta = {"format": "kiln-mlp-v1", "hidden": "1", "inputs": "784", "classes": "10"}
+good = {
+    "dense_1.kernel": ("F32", [784, 1], f32(784)),
+    "dense_1.bias": ("F32", [1], f32(1)),
+    "dense_2.kernel": ("F32", [1, 10], f32(10)),
+    "dense_2.bias": ("F32", [10], f32(10)),
+}
+model = safetensors(good, meta)
+write("model", "good_h1", model)
+write("model", "truncated", model[:-7])
+write("model", "short", model[:5])
+write("model", "header_past_end", struct.pack("<Q", 1 << 40) + model[8:64])
+write("model", "duplicate", safetensors(good, meta, dup=True))
+write("model", "transposed", safetensors({**good, "dense_2.kernel": ("F32", [10, 1], f32(10))}, meta))
+write("model", "f64", safetensors({**good, "dense_1.bias": ("F64", [1], struct.pack("<d", 0.5))}, meta))
+write("model", "nan", safetensors({**good, "dense_2.bias": ("F32", [10], f32(10, float("nan")))}, meta))
+write("model", "wrong_hidden", safetensors(good, {**meta, "hidden": "2"}))
+write("model", "no_format", safetensors(good, {"hidden": "1"}))
+write("model", "not_json", struct.pack("<Q", 8) + b"{nope!!}")
+
+
+def png(w, h, color_type, depth, rows):
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    raw = b"".join(b"\x00" + r for r in rows)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+rows = [digit[r * 28 : r * 28 + 28] for r in range(28)]
+inverted = [bytes(255 - p for p in r) for r in rows]
+write("image", "digit.pgm", b"P5\n28 28\n255\n" + digit)
+write("image", "digit_gray8.png", png(28, 28, 0, 8, inverted))
+write("image", "digit_gray16.png", png(28, 28, 0, 16, [b"".join(bytes([p, p]) for p in r) for r in inverted]))
+write("image", "digit_rgba.png", png(28, 28, 6, 8, [b"".join(bytes([0, 0, 0, p]) for p in r) for r in rows]))
+bmp_rows = b"".join(b"".join(bytes([p, p, p]) for p in r) for r in reversed(inverted))
+bmp = b"BM" + struct.pack("<IHHI", 54 + len(bmp_rows), 0, 0, 54)
+bmp += struct.pack("<IiiHHIIiiII", 40, 28, 28, 1, 24, 0, len(bmp_rows), 2835, 2835, 0, 0) + bmp_rows
+write("image", "digit.bmp", bmp)
+write("image", "blank.pgm", b"P5\n28 28\n255\n" + bytes(784))
+write("image", "empty.png", b"")
+write("image", "truncated.png", png(28, 28, 0, 8, inverted)[:60])
+write("image", "zero_size.png", png(0, 0, 0, 8, []))
+write("image", "huge_claim.png", png(100000, 100000, 0, 8, [])[:33])
+write("image", "not_an_image.txt", b"hello, not an image\n")

@@ -1,0 +1,86 @@
+//! The properties the fuzz targets (`fuzz/fuzz_targets/`) check on arbitrary
+//! bytes, shared with `tests/fuzz_seeds.rs`, which replays every seed and
+//! every saved crash (`fuzz/seeds/`, `fuzz/regressions/`) on stable Rust.
+//! Each function panics when its property fails, as a fuzz target must;
+//! otherwise it returns whether the input was accepted.
+
+use crate::idx::{parse, Kind};
+use crate::preprocess::{decode_gray, to_mnist, Invert};
+use std::path::Path;
+
+/// The cap on decompressed bytes while fuzzing: lower than the real 8 GiB
+/// so a decompression bomb is refused quickly; the same code path.
+pub const GZIP_LIMIT: u64 = 16 << 20;
+
+/// The cap on decoded image pixels while fuzzing (the real one is 50 M).
+pub const IMAGE_PIXELS: u64 = 1_000_000;
+
+/// The IDX parser: sizes that account for the input exactly, or an error.
+pub fn idx_raw(data: &[u8]) -> bool {
+    let mut accepted = false;
+    for kind in [Kind::Images, Kind::Labels] {
+        if let Ok(h) = parse(data, kind) {
+            assert_eq!(h.offset + h.bytes, data.len(), "parsed sizes must account for the whole file");
+            let per_item = if kind == Kind::Images { 28 * 28 } else { 1 };
+            assert_eq!(h.count * per_item, h.bytes);
+            accepted = true;
+        }
+    }
+    accepted
+}
+
+/// A `.gz` data file: capped decompression, then [`idx_raw`] on the output.
+pub fn idx_gzip(data: &[u8]) -> bool {
+    let mut out = Vec::new();
+    let produced = crate::data::gunzip(data, GZIP_LIMIT, |chunk| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    });
+    match produced {
+        Ok(n) => {
+            assert_eq!(n, out.len() as u64);
+            assert!(n <= GZIP_LIMIT, "the cap must hold");
+            idx_raw(&out)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The model loader: every tensor of its shape with finite values, or an
+/// error naming the file.
+pub fn model(data: &[u8]) -> bool {
+    match crate::checkpoint::from_bytes(data, Path::new("fuzz.safetensors")) {
+        Ok((params, _meta)) => {
+            let h = params.hidden;
+            assert_eq!(params.data.len(), 784 * h + h + h * 10 + 10);
+            assert!(params.data.iter().all(|v| v.is_finite()));
+            true
+        }
+        Err(e) => {
+            assert!(format!("{e:#}").starts_with("fuzz.safetensors: "), "errors name the file: {e:#}");
+            false
+        }
+    }
+}
+
+/// Image decoding and MNIST preprocessing: a 28x28 digit, or an error
+/// naming the file.
+pub fn image(data: &[u8]) -> bool {
+    match decode_gray(data, Path::new("fuzz.png"), IMAGE_PIXELS) {
+        Ok((gray, h, w)) => {
+            assert_eq!(gray.len(), h * w);
+            assert!(gray.iter().all(|v| (0.0..=1.0).contains(v)), "gray values in [0, 1]");
+            for invert in [Invert::Guess, Invert::Yes, Invert::No] {
+                match to_mnist(&gray, h, w, invert) {
+                    Ok(digit) => assert_eq!(digit.len(), 784),
+                    Err(e) => assert!(format!("{e:#}").contains("ink"), "only a missing digit fails: {e:#}"),
+                }
+            }
+            true
+        }
+        Err(e) => {
+            assert!(format!("{e:#}").starts_with("fuzz.png: "), "errors name the file: {e:#}");
+            false
+        }
+    }
+}
