@@ -225,9 +225,9 @@ fn epochs(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bch| {
                 tp.install(|| {
                     bch.iter(|| {
-                        for rows in order.chunks(B) {
-                            let batch = Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows };
-                            black_box(m.train_step(batch).is_ok());
+                        let batches: Vec<&[u32]> = order.chunks(B).collect();
+                        for (s, rows) in batches.iter().enumerate() {
+                            black_box(kiln::train::step(&mut m, &ds.train, rows, batches.get(s + 1).copied()).is_ok());
                         }
                     })
                 })

@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use kiln::data::{self, Dataset, Split};
-use kiln::model::{Batch, Model, Params};
-use kiln::train::epoch_order;
+use kiln::model::{Model, Params};
+use kiln::train::{epoch_order, step};
 use kiln_kernels::RmsProp;
 use std::time::Instant;
 
@@ -17,9 +17,9 @@ use std::time::Instant;
 #[inline(never)]
 fn run_steps(model: &mut Model<'_, f32>, data: &Split, order: &[u32], steps: usize) -> f64 {
     let mut loss = 0.0;
-    for rows in order.chunks(128).take(steps) {
-        let batch = Batch { pixels: data.pixels(), labels: data.labels(), rows };
-        loss += f64::from(model.train_step(batch).expect("finite loss").loss_sum);
+    let batches: Vec<&[u32]> = order.chunks(128).take(steps).collect();
+    for (s, rows) in batches.iter().enumerate() {
+        loss += f64::from(step(model, data, rows, batches.get(s + 1).copied()).expect("finite loss").loss_sum);
     }
     loss
 }

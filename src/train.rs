@@ -1,11 +1,11 @@
 //! The training loop: epochs of shuffled batches, Keras's running metrics,
 //! and evaluation on a held-out split.
 
-use crate::data::Split;
+use crate::data::{Split, PIXELS};
 use crate::model::{Batch, Model};
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
-use kiln_kernels::RmsProp;
+use kiln_kernels::{RmsProp, XentStats};
 use std::time::Instant;
 
 /// Everything that decides what training computes.
@@ -98,6 +98,22 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<u32> {
     rows
 }
 
+/// One training step of `model` on `rows` of `data` (see
+/// [`Model::train_step`]), with the rows of the step after it, `next`,
+/// loading into the caches meanwhile: their first pass would otherwise wait
+/// on memory for each random row in turn.
+pub fn step(
+    model: &mut Model<'_, f32>,
+    data: &Split,
+    rows: &[u32],
+    next: Option<&[u32]>,
+) -> Result<XentStats<f32>, XentStats<f32>> {
+    if let Some(next) = next {
+        kiln_kernels::prefetch_rows(data.pixels(), next, PIXELS);
+    }
+    model.train_step(Batch { pixels: data.pixels(), labels: data.labels(), rows })
+}
+
 /// Trains `model` on `data` for `cfg.epochs` epochs, calling `on_step` after
 /// every step and `on_epoch` after every epoch. Stops with an error naming
 /// the epoch, step and rows when a batch's loss is not finite; the model's
@@ -117,8 +133,7 @@ pub fn fit(
         let order = epoch_order(data.len(), cfg.seed, e as u32);
         let mut run = Running::default();
         for (s, rows) in order.chunks(cfg.batch_size).enumerate() {
-            let batch = Batch { pixels: data.pixels(), labels: data.labels(), rows };
-            match model.train_step(batch) {
+            match step(model, data, rows, order.chunks(cfg.batch_size).nth(s + 1)) {
                 Ok(st) => {
                     run.loss += f64::from(st.loss_sum);
                     run.correct += st.correct;

@@ -196,16 +196,16 @@ impl<I: Isa> SimdBackend<I> {
     }
     const NR: usize = I::NV * I::LANES;
 
-    /// Whether layer 1 should skip zero pixels for this batch, given its
-    /// non-zero pixels (built into `csr` unless the path is forced dense).
-    fn sparse(&self, csr: &mut Csr, x: &[u8], rows: &[u32], k: usize) -> bool {
+    /// Whether layer 1 should skip zero pixels for this batch: `build`
+    /// scans it for its non-zero pixels (unless the path is forced dense)
+    /// and returns how many there are.
+    fn sparse(&self, rows: &[u32], k: usize, build: impl FnOnce() -> usize) -> bool {
         let path = PATHS[usize::from(self.path.load(Ordering::Relaxed))];
         if path == Layer1Path::Dense || rows.is_empty() || k == 0 || k > u32::MAX as usize {
             return false;
         }
-        csr.build(x, rows, k);
-        path == Layer1Path::Sparse
-            || (csr.nonzeros() as f64) <= crate::params::SPARSE_MAX_DENSITY * (rows.len() * k) as f64
+        let nonzeros = build();
+        path == Layer1Path::Sparse || (nonzeros as f64) <= crate::params::SPARSE_MAX_DENSITY * (rows.len() * k) as f64
     }
 }
 
@@ -296,11 +296,13 @@ impl<I: Isa> SimdBackend<I> {
         }
         let batch = rows.len();
         let chunk = share(layout.panels(), 1) * k * Self::NR;
-        let done = with_nonzeros(|csr, csc| {
-            if !self.sparse(csr, x, rows, k) {
+        let done = with_nonzeros(|_, csc| {
+            if !self.sparse(rows, k, || {
+                csc.build(x, rows, k);
+                csc.nonzeros()
+            }) {
                 return false;
             }
-            csr.transpose(csc);
             let csc = &*csc;
             // dZ with whole panels of columns (zeros past N), unless it has them.
             let n_pad = layout.panels() * Self::NR;
@@ -413,7 +415,10 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
         let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
         with_nonzeros(|csr, _| {
-            if self.sparse(csr, x, rows, k) {
+            if self.sparse(rows, k, || {
+                csr.build(x, rows, k);
+                csr.nonzeros()
+            }) {
                 let csr = &*csr;
                 tasks.for_each(|t| {
                     // SAFETY: I was detected; shapes checked above; `out`

@@ -70,12 +70,14 @@ mod gemm;
 mod isa;
 mod params;
 mod peak;
+mod prefetch;
 pub mod scalar;
 mod simd;
 mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
+pub use prefetch::prefetch_rows;
 use std::fmt::Debug;
 
 /// The element type of the kernels: `f32` for training, `f64` for the

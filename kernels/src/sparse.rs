@@ -7,8 +7,9 @@
 //! links, which leave `acc` unchanged: results are **bit-identical** to the
 //! dense path of the same instruction set.
 //!
-//! * [`Csr`]: each sample's non-zero pixels, built per call from the mapped
-//!   u8 rows (the data stays zero-copy).
+//! * [`Csr`] (for the forward): each sample's non-zero pixels, and [`Csc`]
+//!   (for `dW1`): each pixel's samples, built per call from the mapped u8
+//!   rows (the data stays zero-copy).
 //! * `forward_sparse`: per sample, one axpy of a `W1` row per non-zero pixel
 //!   into `PG` panels' accumulators at once (independent FMA chains).
 //! * `weight_grad_sparse`: per pixel, one axpy of a `dH` row per sample in
@@ -35,10 +36,45 @@ pub(crate) struct Csr {
     val: Vec<f32>,
 }
 
+/// Bit 7 of each byte of the result is set where that byte of `w` is
+/// non-zero, every other bit is clear. (Per byte, `(b & 0x7f) + 0x7f` sets
+/// bit 7 iff the low seven bits are not all zero, and never carries into
+/// the next byte; or-ing `b` adds its own bit 7.)
+fn nonzero_bytes(w: u64) -> u64 {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    (((w & LO7) + LO7) | w) & !LO7
+}
+
+/// Calls `f(j, p)` for every non-zero byte `p` of `src`, at position `j`,
+/// ascending. Eight bytes at a time: most words of an MNIST row are 0, and
+/// in the others only the set bytes are visited.
+#[inline(always)]
+fn for_each_nonzero(src: &[u8], mut f: impl FnMut(usize, u8)) {
+    let mut words = src.chunks_exact(8);
+    let mut base = 0;
+    for wd in &mut words {
+        let mut t = nonzero_bytes(u64::from_le_bytes(wd.try_into().expect("8 bytes")));
+        while t != 0 {
+            let b = (t.trailing_zeros() / 8) as usize;
+            f(base + b, wd[b]);
+            t &= t - 1;
+        }
+        base += 8;
+    }
+    for (j, &p) in words.remainder().iter().enumerate() {
+        if p != 0 {
+            f(base + j, p);
+        }
+    }
+}
+
 impl Csr {
-    /// Scans the rows of a batch (in parallel over samples).
+    /// Scans the rows of a batch (in parallel over samples). This is the
+    /// step's first pass over the batch, so it first asks for all its rows
+    /// at once: the scan, row after row, would otherwise wait on each.
     pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize) {
         use rayon::prelude::*;
+        crate::prefetch::prefetch_rows(x, rows, k);
         let lut = crate::scalar::pixel_table::<f32>();
         self.k = k;
         self.count.resize(rows.len(), 0);
@@ -51,29 +87,12 @@ impl Csr {
             .zip(self.val.par_chunks_mut(k1))
             .zip(rows.par_iter())
             .for_each(|(((count, idx), val), &r)| {
-                let src = &x[r as usize * k..r as usize * k + k];
                 let mut c = 0;
-                // Eight pixels at a time: most words of an MNIST row are 0.
-                // Within a word, every byte is written at slot `c` and `c`
-                // advances only past non-zero ones (no branch to mispredict;
-                // `c <= j < k`, so the slot exists).
-                let mut words = src.chunks_exact(8);
-                let mut base = 0;
-                for wd in &mut words {
-                    if u64::from_ne_bytes(wd.try_into().expect("8 bytes")) != 0 {
-                        for (j, &p) in wd.iter().enumerate() {
-                            idx[c] = (base + j) as u32;
-                            val[c] = lut[usize::from(p)];
-                            c += usize::from(p != 0);
-                        }
-                    }
-                    base += 8;
-                }
-                for (j, &p) in words.remainder().iter().enumerate() {
-                    idx[c] = (base + j) as u32;
+                for_each_nonzero(&x[r as usize * k..r as usize * k + k], |j, p| {
+                    idx[c] = j as u32;
                     val[c] = lut[usize::from(p)];
-                    c += usize::from(p != 0);
-                }
+                    c += 1;
+                });
                 *count = c as u32;
             });
     }
@@ -93,44 +112,63 @@ impl Csr {
         let (s, c) = (i * self.k, self.count[i] as usize);
         (&self.idx[s..s + c], &self.val[s..s + c])
     }
-
-    /// The same entries by pixel: for pixel `j`, `starts[j]..starts[j+1]` of
-    /// `(sample, value)` in `by_pixel`, ascending by sample.
-    pub(crate) fn transpose(&self, out: &mut Csc) {
-        out.starts.clear();
-        out.starts.resize(self.k + 1, 0);
-        for i in 0..self.samples() {
-            for &j in self.sample(i).0 {
-                out.starts[j as usize + 1] += 1;
-            }
-        }
-        for j in 0..self.k {
-            out.starts[j + 1] += out.starts[j];
-        }
-        let total = out.starts[self.k] as usize;
-        out.sample.resize(total, 0);
-        out.val.resize(total, 0.0);
-        out.fill.clear();
-        out.fill.extend_from_slice(&out.starts[..self.k]);
-        for i in 0..self.samples() {
-            let (idx, val) = self.sample(i);
-            for (&j, &v) in idx.iter().zip(val) {
-                let at = out.fill[j as usize] as usize;
-                out.sample[at] = i as u32;
-                out.val[at] = v;
-                out.fill[j as usize] += 1;
-            }
-        }
-    }
 }
 
-/// The non-zero pixels of a batch by pixel (see [`Csr::transpose`]).
+/// The non-zero pixels of a batch by pixel: pixel `j`'s `(sample, value)`
+/// entries, ascending by sample, are the first `count[j]` of its `B` slots
+/// at `j * B`.
 #[derive(Default)]
 pub(crate) struct Csc {
-    starts: Vec<u32>,
-    fill: Vec<u32>,
+    /// Samples in the batch (`B`, the slots per pixel).
+    samples: usize,
+    count: Vec<u32>,
     sample: Vec<u32>,
     val: Vec<f32>,
+}
+
+impl Csc {
+    /// Scans the rows of a batch, in parallel over blocks of pixels (each
+    /// task reads its byte range of every row and fills its pixels' slots).
+    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize) {
+        use rayon::prelude::*;
+        let lut = crate::scalar::pixel_table::<f32>();
+        let b = rows.len();
+        self.samples = b;
+        self.count.resize(k, 0);
+        self.sample.resize(k * b, 0);
+        self.val.resize(k * b, 0.0);
+        // A few blocks per thread, whole words of pixels each.
+        let pb = k.div_ceil(2 * rayon::current_num_threads().max(1)).div_ceil(8).max(1) * 8;
+        self.count
+            .par_chunks_mut(pb)
+            .zip(self.sample.par_chunks_mut((pb * b).max(1)))
+            .zip(self.val.par_chunks_mut((pb * b).max(1)))
+            .enumerate()
+            .for_each(|(blk, ((count, sample), val))| {
+                let p0 = blk * pb;
+                count.fill(0);
+                for (i, &r) in rows.iter().enumerate() {
+                    let row = r as usize * k + p0;
+                    for_each_nonzero(&x[row..row + count.len()], |j, p| {
+                        let at = j * b + count[j] as usize;
+                        sample[at] = i as u32;
+                        val[at] = lut[usize::from(p)];
+                        count[j] += 1;
+                    });
+                }
+            });
+    }
+
+    /// Total non-zero pixels.
+    pub(crate) fn nonzeros(&self) -> usize {
+        self.count.iter().map(|&c| c as usize).sum()
+    }
+
+    /// Pixel `j`'s (sample, value) entries, ascending by sample.
+    fn pixel(&self, j: usize) -> (&[u32], &[f32]) {
+        let (s, c) = (j * self.samples, self.count[j] as usize);
+        (&self.sample[s..s + c], &self.val[s..s + c])
+    }
 }
 
 /// Bytes of `W1` rows (`kb` rows of `G * NR` floats) the blocked sparse
@@ -277,8 +315,8 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
 ) {
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
-    assert!(csc.starts.len() == k + 1 && n_pad >= (jp0 + panels) * nr);
-    assert!(dz.len() >= csc.sample.iter().map(|&b| b as usize + 1).max().unwrap_or(0) * n_pad);
+    assert!(csc.count.len() == k && n_pad >= (jp0 + panels) * nr);
+    assert!(dz.len() >= csc.samples * n_pad);
     if let Some(u) = &update {
         assert!(u.w.len() == dw.len() && u.v.len() == dw.len(), "W and v must match dW");
     }
@@ -318,14 +356,14 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
     let nr = NV * S::LANES;
     debug_assert!(dw.len() >= (p + G) * k * nr);
     for j in 0..k {
-        let (s, e) = (csc.starts[j] as usize, csc.starts[j + 1] as usize);
+        let (samples, vals) = csc.pixel(j);
         // SAFETY: each dZ load reads NR floats of row `b` (a batch row, all
         // inside dz, checked above) at columns of panels jp0 + p + g <
         // n_pad / NR; dW / W / v accesses are at row j < k of local panels
         // p + g, inside the task's slices; the CPU runs S (caller).
         unsafe {
             let mut acc = [[S::zero(); NV]; G];
-            for (&b, &xv) in csc.sample[s..e].iter().zip(&csc.val[s..e]) {
+            for (&b, &xv) in samples.iter().zip(vals) {
                 let xv = S::splat(xv);
                 let row = dz.as_ptr().add(b as usize * n_pad + (jp0 + p) * nr);
                 for (g, a_row) in acc.iter_mut().enumerate() {
@@ -349,6 +387,50 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{for_each_nonzero, nonzero_bytes};
+
+    #[test]
+    fn nonzero_bytes_marks_exactly_the_nonzero_bytes() {
+        // Every value in every position, on a background of zeros and of
+        // 0xff (no borrow or carry may leak into a neighbour).
+        for background in [0u8, 0xff] {
+            for pos in 0..8 {
+                for v in 0..=255u8 {
+                    let mut b = [background; 8];
+                    b[pos] = v;
+                    let want = b.iter().enumerate().map(|(i, &x)| u64::from(x != 0) << (8 * i + 7)).sum::<u64>();
+                    assert_eq!(nonzero_bytes(u64::from_le_bytes(b)), want, "{b:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn for_each_nonzero_visits_the_nonzero_bytes_in_order() {
+        let mut s = 7u64;
+        for len in 0..70 {
+            for density in [0u64, 10, 50, 100] {
+                let src: Vec<u8> = (0..len)
+                    .map(|_| {
+                        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                        if (s >> 33) % 100 < density {
+                            (s >> 50) as u8 | 1
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let mut seen = Vec::new();
+                for_each_nonzero(&src, |j, p| seen.push((j, p)));
+                let want: Vec<(usize, u8)> = src.iter().copied().enumerate().filter(|&(_, p)| p != 0).collect();
+                assert_eq!(seen, want, "{src:?}");
             }
         }
     }
