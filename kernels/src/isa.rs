@@ -71,9 +71,10 @@ pub(crate) trait Isa: Simd {
         jp0: usize,
         csc: &Csc,
         dz: &[f32],
-        n_pad: usize,
+        n: usize,
         k: usize,
         update: Option<gemm::Update<'_>>,
+        scratch: &mut Vec<f32>,
     );
 }
 
@@ -161,12 +162,13 @@ macro_rules! isa_entry_points {
                 jp0: usize,
                 csc: &Csc,
                 dz: &[f32],
-                n_pad: usize,
+                n: usize,
                 k: usize,
                 update: Option<gemm::Update<'_>>,
+                scratch: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { sparse::weight_grad_sparse::<Self, { $nv }>(dw, jp0, csc, dz, n_pad, k, update) }
+                unsafe { sparse::weight_grad_sparse::<Self, { $nv }>(dw, jp0, csc, dz, n, k, update, scratch) }
             }
         }
     };
@@ -304,23 +306,12 @@ impl<I: Isa> SimdBackend<I> {
                 return false;
             }
             let csc = &*csc;
-            // dZ with whole panels of columns (zeros past N), unless it has them.
-            let n_pad = layout.panels() * Self::NR;
-            let padded: Vec<f32>;
-            let dzp = if n_pad == n {
-                dz
-            } else {
-                let mut p = vec![0f32; batch * n_pad];
-                for (dst, src) in p.chunks_exact_mut(n_pad).zip(dz.chunks_exact(n)) {
-                    dst[..n].copy_from_slice(src);
-                }
-                padded = p;
-                &padded
-            };
             let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
                 // SAFETY: I was detected; shapes checked above; dwc (and W,
                 // v) hold whole panels; csc was built from this batch.
-                unsafe { I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dzp, n_pad, k, update) }
+                with_buffer(&TASK, |scratch| unsafe {
+                    I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
+                })
             };
             match &mut update {
                 None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),

@@ -41,6 +41,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `v` where `mask > 0`, else `+0.0` (NaN in `mask` gives `+0.0`).
     unsafe fn keep_where_positive(mask: Self::V, v: Self::V) -> Self::V;
+    /// Whether every lane is `> 0` (false if any is NaN).
+    unsafe fn all_positive(v: Self::V) -> bool;
     /// The sum of the lanes (a fixed order per instruction set).
     unsafe fn hsum(v: Self::V) -> f32;
 }
@@ -135,6 +137,11 @@ mod x86 {
             unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(mask, _mm256_setzero_ps()), v) }
         }
         #[inline(always)]
+        unsafe fn all_positive(v: __m256) -> bool {
+            // SAFETY: AVX is present; ordered "greater than" is false for NaN.
+            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_setzero_ps())) == 0xff }
+        }
+        #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
             // SAFETY: AVX is present (module contract).
             unsafe {
@@ -218,6 +225,11 @@ mod x86 {
         unsafe fn keep_where_positive(mask: __m512, v: __m512) -> __m512 {
             // SAFETY: AVX-512F is present; ordered "greater than" is false for NaN.
             unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(mask, _mm512_setzero_ps()), v) }
+        }
+        #[inline(always)]
+        unsafe fn all_positive(v: __m512) -> bool {
+            // SAFETY: AVX-512F is present; ordered "greater than" is false for NaN.
+            unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps()) == 0xffff }
         }
         #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {
@@ -327,6 +339,13 @@ mod arm {
         unsafe fn keep_where_positive(mask: float32x4_t, v: float32x4_t) -> float32x4_t {
             // SAFETY: NEON is present; "greater than" is false for NaN.
             unsafe { vbslq_f32(vcgtq_f32(mask, vdupq_n_f32(0.0)), v, vdupq_n_f32(0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn all_positive(v: float32x4_t) -> bool {
+            // SAFETY: NEON is present; "greater than" is false for NaN, and
+            // gives all-ones lanes where true, so the minimum is non-zero
+            // only when every lane is.
+            unsafe { vminvq_u32(vcgtq_f32(v, vdupq_n_f32(0.0))) != 0 }
         }
         #[inline(always)]
         unsafe fn hsum(v: float32x4_t) -> f32 {
