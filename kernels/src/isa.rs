@@ -7,7 +7,7 @@
 //! entry points are reachable only through [`SimdBackend`], which
 //! `crate::select` builds only after detecting the instruction set.
 
-use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_rows, UPDATE_CHUNK};
+use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK};
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
 use crate::{gemm, peak, small, Backend, Dims, Layer1Path, PanelLayout, RmsProp, XentStats};
@@ -188,6 +188,11 @@ pub(crate) struct SimdBackend<I> {
     path: AtomicU8,
     _isa: PhantomData<I>,
 }
+
+/// Rows per task of the layer-2 products (samples for the logits, hidden
+/// units for `dW2`): a fixed size, so that no result depends on the thread
+/// count.
+const LAYER2_ROWS: usize = 32;
 
 const PATHS: [Layer1Path; 3] = [Layer1Path::Auto, Layer1Path::Dense, Layer1Path::Sparse];
 
@@ -449,9 +454,36 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_len("P", p.len(), batch * n);
         check_len("dZ", dz.len(), batch * n);
         let wt = transpose(w, k, n);
-        // SAFETY: I was detected; shapes checked above.
-        unsafe { I::logits(p, h, &wt, b, k, n) };
-        softmax_xent_rows(p, dz, labels, rows, n)
+        if n == 0 || batch <= LAYER2_ROWS {
+            // SAFETY: I was detected; shapes checked above.
+            unsafe { I::logits(p, h, &wt, b, k, n) };
+            return softmax_xent_rows(p, dz, labels, rows, n);
+        }
+        // Blocks of rows in parallel; each row's loss is kept and the sum
+        // is then taken in row order, as `softmax_xent_rows` does.
+        let batch_t = batch as f32;
+        let mut per_row = vec![(0f32, false); batch];
+        p.par_chunks_mut(LAYER2_ROWS * n)
+            .zip(dz.par_chunks_mut(LAYER2_ROWS * n))
+            .zip(h.par_chunks((LAYER2_ROWS * k).max(1)))
+            .zip(rows.par_chunks(LAYER2_ROWS))
+            .zip(per_row.par_chunks_mut(LAYER2_ROWS))
+            .for_each(|((((pc, dzc), hc), rc), out)| {
+                // SAFETY: I was detected; the blocks are whole rows of the
+                // shapes checked above.
+                unsafe { I::logits(pc, hc, &wt, b, k, n) };
+                for (i, (&r, o)) in rc.iter().zip(out).enumerate() {
+                    let y = usize::from(labels[r as usize]);
+                    assert!(y < n, "label {y} of row {r} is not below N = {n}");
+                    *o = softmax_xent_row(&mut pc[i * n..(i + 1) * n], &mut dzc[i * n..(i + 1) * n], y, batch_t);
+                }
+            });
+        let mut stats = XentStats { loss_sum: 0.0, correct: 0 };
+        for &(loss, hit) in &per_row {
+            stats.loss_sum += loss;
+            stats.correct += usize::from(hit);
+        }
+        stats
     }
 
     fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
@@ -464,14 +496,20 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         assert!(dz.len().is_multiple_of(n), "dZ has {} elements, not a multiple of N = {n}", dz.len());
         check_len("H", h.len(), dz.len() / n * k);
         column_sums(db, dz, n);
-        let mut dwt = vec![0f32; n * k];
-        // SAFETY: I was detected; shapes checked above.
-        unsafe { I::weight_grad_t(&mut dwt, 0, h, dz, k, n) };
-        for (kk, row) in dw.chunks_exact_mut(n).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = dwt[j * k + kk];
+        // Blocks of hidden units (rows of dW) in parallel: each element is
+        // still one chain over the whole batch.
+        dw.par_chunks_mut((LAYER2_ROWS * n).max(1)).enumerate().for_each(|(t, dwc)| {
+            let (k0, width) = (t * LAYER2_ROWS, dwc.len() / n);
+            let mut dwt = vec![0f32; n * width];
+            // SAFETY: I was detected; shapes checked above; dwt is this
+            // block's `(N, width)` from hidden unit k0 on.
+            unsafe { I::weight_grad_t(&mut dwt, k0, h, dz, k, n) };
+            for (kk, row) in dwc.chunks_exact_mut(n).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = dwt[j * width + kk];
+                }
             }
-        }
+        });
     }
 
     fn dense_backward_u8(&self, dw: &mut [f32], db: &mut [f32], x: &[u8], rows: &[u32], dz: &[f32], d: Dims) {

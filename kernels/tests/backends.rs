@@ -309,7 +309,9 @@ fn results_do_not_depend_on_the_thread_count() {
     let x = g.pixels((b + 5) * k);
     let rows: Vec<u32> = (0..b).map(|_| (g.next() % (b + 5) as u64) as u32).collect();
     let (w, bias, dz, w2) = (g.vec(k * n), g.vec(n), g.vec(b * n), g.vec(n * 10));
-    let dz2 = g.vec(b * 10);
+    let (dz2, b2) = (g.vec(b * 10), g.vec(10));
+    let labels: Vec<u8> = (0..b).map(|_| (g.next() % 10) as u8).collect();
+    let rows2: Vec<u32> = (0..b as u32).collect();
     for (name, be) in backends_under_test().into_iter().filter(|(n, _)| *n != "blas") {
         let layout = be.w1_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
@@ -323,7 +325,12 @@ fn results_do_not_depend_on_the_thread_count() {
                 be.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
                 let mut dh = vec![0f32; b * n];
                 be.relu_backward_input(&mut dh, &dz2, &w2, &h, Dims { k: n, n: 10 });
-                (h, dw, db, dh)
+                let (mut p, mut dz_out) = (vec![0f32; b * 10], vec![0f32; b * 10]);
+                let stats =
+                    be.dense_softmax_xent(&mut p, &mut dz_out, &h, &w2, &b2, &labels, &rows2, Dims { k: n, n: 10 });
+                let (mut dw2, mut db2) = (vec![0f32; n * 10], vec![0f32; 10]);
+                be.dense_backward(&mut dw2, &mut db2, &h, &dz2, Dims { k: n, n: 10 });
+                (h, dw, db, dh, (p, dz_out, stats.loss_sum.to_bits(), stats.correct), (dw2, db2))
             })
         };
         let one = run(1);
