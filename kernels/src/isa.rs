@@ -65,6 +65,8 @@ pub(crate) trait Isa: Simd {
         n: usize,
         part: &mut Vec<f32>,
     );
+    /// The non-zero pixels of one row (see `sparse::csr_row`).
+    unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize;
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_grad_sparse(
         dw: &mut [f32],
@@ -155,6 +157,11 @@ macro_rules! isa_entry_points {
             ) {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, part) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { sparse::csr_row::<Self>(src, idx, val) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_sparse(
@@ -412,7 +419,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
         with_nonzeros(|csr, _| {
             if self.sparse(rows, k, || {
-                csr.build(x, rows, k);
+                // SAFETY: I was detected (a SimdBackend<I> exists).
+                csr.build(x, rows, k, |src, idx, val| unsafe { I::csr_row(src, idx, val) });
                 csr.nonzeros()
             }) {
                 let csr = &*csr;

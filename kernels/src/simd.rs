@@ -45,6 +45,28 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn all_positive(v: Self::V) -> bool;
     /// The sum of the lanes (a fixed order per instruction set).
     unsafe fn hsum(v: Self::V) -> f32;
+    /// The non-zero bytes among the `LANES` at `src`, in order: pixel
+    /// index `base + lane` to `idx`, and `byte / 255` (rounded once, as
+    /// `pixel_table`) to `val`, packed from their start; returns how many.
+    /// May write all `LANES` slots of `idx` and `val` (both must be valid
+    /// for that many writes); slots past the count are unspecified.
+    ///
+    /// This default visits the set bytes of each 8-byte word (see
+    /// `sparse::for_each_nonzero`); AVX-512 compresses in registers.
+    #[inline(always)]
+    unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, lut: &[f32; 256]) -> usize {
+        // SAFETY: src is valid for LANES byte reads, idx and val for LANES
+        // writes, and the count c stays below LANES (trait contract).
+        unsafe {
+            let mut c = 0;
+            crate::sparse::for_each_nonzero(std::slice::from_raw_parts(src, Self::LANES), |j, p| {
+                *idx.add(c) = base + j as u32;
+                *val.add(c) = lut[usize::from(p)];
+                c += 1;
+            });
+            c
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -230,6 +252,25 @@ mod x86 {
         unsafe fn all_positive(v: __m512) -> bool {
             // SAFETY: AVX-512F is present; ordered "greater than" is false for NaN.
             unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps()) == 0xffff }
+        }
+        #[inline(always)]
+        unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, _: &[f32; 256]) -> usize {
+            // SAFETY: src is valid for 16 byte reads, idx and val for 16
+            // writes (trait contract); AVX-512F is present. `byte / 255` is
+            // the correctly rounded f32 quotient, as in pixel_table.
+            unsafe {
+                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(src as *const __m128i));
+                let lit = _mm512_test_epi32_mask(bytes, bytes);
+                if lit == 0 {
+                    return 0;
+                }
+                let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+                let pixels = _mm512_add_epi32(_mm512_set1_epi32(base as i32), lanes);
+                let values = _mm512_div_ps(_mm512_cvtepi32_ps(bytes), _mm512_set1_ps(255.0));
+                _mm512_storeu_si512(idx as *mut __m512i, _mm512_maskz_compress_epi32(lit, pixels));
+                _mm512_storeu_ps(val, _mm512_maskz_compress_ps(lit, values));
+                lit.count_ones() as usize
+            }
         }
         #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {

@@ -57,7 +57,7 @@ fn nonzero_bytes(w: u64) -> u64 {
 /// ascending. Eight bytes at a time: most words of an MNIST row are 0, and
 /// in the others only the set bytes are visited.
 #[inline(always)]
-fn for_each_nonzero(src: &[u8], mut f: impl FnMut(usize, u8)) {
+pub(crate) fn for_each_nonzero(src: &[u8], mut f: impl FnMut(usize, u8)) {
     let mut words = src.chunks_exact(8);
     let mut base = 0;
     for wd in &mut words {
@@ -77,13 +77,13 @@ fn for_each_nonzero(src: &[u8], mut f: impl FnMut(usize, u8)) {
 }
 
 impl Csr {
-    /// Scans the rows of a batch (in parallel over samples). This is the
-    /// step's first pass over the batch, so it first asks for all its rows
-    /// at once: the scan, row after row, would otherwise wait on each.
-    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize) {
+    /// Scans the rows of a batch (in parallel over samples), each with
+    /// `row`, one of the [`csr_row`] entry points. This is the step's first
+    /// pass over the batch, so it first asks for all its rows at once: the
+    /// scan, row after row, would otherwise wait on each.
+    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, row: fn(&[u8], &mut [u32], &mut [f32]) -> usize) {
         use rayon::prelude::*;
         crate::prefetch::prefetch_rows(x, rows, k);
-        let lut = crate::scalar::pixel_table::<f32>();
         self.k = k;
         self.count.resize(rows.len(), 0);
         self.idx.resize(rows.len() * k, 0);
@@ -95,13 +95,7 @@ impl Csr {
             .zip(self.val.par_chunks_mut(k1))
             .zip(rows.par_iter())
             .for_each(|(((count, idx), val), &r)| {
-                let mut c = 0;
-                for_each_nonzero(&x[r as usize * k..r as usize * k + k], |j, p| {
-                    idx[c] = j as u32;
-                    val[c] = lut[usize::from(p)];
-                    c += 1;
-                });
-                *count = c as u32;
+                *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
             });
     }
 
@@ -120,6 +114,35 @@ impl Csr {
         let (s, c) = (i * self.k, self.count[i] as usize);
         (&self.idx[s..s + c], &self.val[s..s + c])
     }
+}
+
+/// The non-zero pixels of one image row `src`, ascending: pixel indices to
+/// `idx` and `pixel / 255` to `val` (each at least `src.len()` long); returns
+/// how many.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn csr_row<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
+    let lut = crate::scalar::pixel_table::<f32>();
+    let (k, l) = (src.len(), S::LANES);
+    assert!(idx.len() >= k && val.len() >= k && k <= u32::MAX as usize);
+    let body = k / l * l;
+    let mut c = 0;
+    for j in (0..body).step_by(l) {
+        // SAFETY: bytes j .. j + LANES <= body are inside src; c <= j, so
+        // slots c .. c + LANES <= body are inside idx and val; the CPU runs
+        // S (caller).
+        c += unsafe {
+            S::nonzero_lanes(src.as_ptr().add(j), j as u32, idx.as_mut_ptr().add(c), val.as_mut_ptr().add(c), &lut)
+        };
+    }
+    for_each_nonzero(&src[body..], |j, p| {
+        idx[c] = (body + j) as u32;
+        val[c] = lut[usize::from(p)];
+        c += 1;
+    });
+    c
 }
 
 /// The non-zero pixels of a batch by pixel: pixel `j`'s `(sample, value)`
