@@ -462,7 +462,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_len("P", p.len(), batch * n);
         check_len("dZ", dz.len(), batch * n);
         let wt = transpose(w, k, n);
-        if n == 0 || batch <= LAYER2_ROWS {
+        if n == 0 || k == 0 || batch <= LAYER2_ROWS {
             // SAFETY: I was detected; shapes checked above.
             unsafe { I::logits(p, h, &wt, b, k, n) };
             return softmax_xent_rows(p, dz, labels, rows, n);
@@ -473,7 +473,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let mut per_row = vec![(0f32, false); batch];
         p.par_chunks_mut(LAYER2_ROWS * n)
             .zip(dz.par_chunks_mut(LAYER2_ROWS * n))
-            .zip(h.par_chunks((LAYER2_ROWS * k).max(1)))
+            .zip(h.par_chunks(LAYER2_ROWS * k))
             .zip(rows.par_chunks(LAYER2_ROWS))
             .zip(per_row.par_chunks_mut(LAYER2_ROWS))
             .for_each(|((((pc, dzc), hc), rc), out)| {

@@ -14,8 +14,9 @@ pub fn prefetch_rows(x: &[u8], rows: &[u32], k: usize) {
         return;
     }
     for &r in rows {
-        let start = r as usize * k;
-        let Some(row) = x.get(start..start + k) else { continue };
+        let Some(row) = (r as usize).checked_mul(k).and_then(|start| x.get(start..start.checked_add(k)?)) else {
+            continue;
+        };
         // Every cache line the row touches: one address per 64 bytes, and
         // the last byte (the row need not start on a line).
         for p in row.iter().step_by(64).chain(row.last()) {
