@@ -10,67 +10,126 @@
 use crate::simd::Simd;
 use crate::RmsProp;
 
-/// Classes handled together: their accumulators stay in registers.
-const CB: usize = 10;
+/// Accumulators the layer-2 products keep in registers: ten classes of one
+/// row, or five of each of two rows. (Measured at the training shape: two
+/// rows of ten classes each, 20 zmm accumulators, made the AVX-512 logits
+/// 30% slower than two rows of five.)
+const ACC: usize = 10;
+
+/// How many of the `left` remaining classes the layer-2 products take next
+/// with `rows` rows (or vectors) of accumulators: `ACC / rows` while that
+/// many are left, else 1.
+fn class_block(left: usize, rows: usize) -> usize {
+    let full = ACC / rows;
+    if left >= full {
+        full
+    } else {
+        1
+    }
+}
 
 /// Logits of rows of `H (B, K)` against `W^T (N, K)` plus `b`, written into
-/// `p (B, N)`, to be finished by the shared softmax row. Each row of `H` is
-/// loaded once for up to `CB` classes (independent FMA chains).
+/// `p (B, N)`, to be finished by the shared softmax row. Rows are taken in
+/// pairs, so that each vector of `W^T` loaded serves two rows, with up to
+/// `ACC / 2` classes of each in registers (independent FMA chains). Each logit
+/// is the same chain whatever the grouping: lanes accumulated along the
+/// row in order, then [`Simd::hsum`], then the tail, then the bias.
 ///
 /// # Safety
 /// The CPU runs `S`; `h` is `(B, K)`, `wt` is `(N, K)`, `p` is `(B, N)`.
 #[inline(always)]
 pub(crate) unsafe fn logits<S: Simd>(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
-    let l = S::LANES;
-    let body = k / l * l;
-    for (i, prow) in p.chunks_exact_mut(n).enumerate() {
-        let hrow = &h[i * k..(i + 1) * k];
-        let mut c0 = 0;
-        while c0 < n {
-            // Ten classes at once when there are ten left (the MNIST case),
-            // else one at a time; either way each logit is the same chain.
-            let cb = if n - c0 >= CB { CB } else { 1 };
-            let mut sums = [0f32; CB];
-            // SAFETY: loads cover LANES floats below `body <= k` of row i of
-            // H and of rows c0 .. c0 + cb of W^T; the CPU runs S (caller).
-            unsafe {
-                if cb == CB {
-                    dots::<S, CB>(&mut sums, hrow, &wt[c0 * k..], k, body);
-                } else {
-                    dots::<S, 1>(&mut sums[..1], hrow, &wt[c0 * k..], k, body);
-                }
-            }
-            for (c, &sum) in sums.iter().enumerate().take(cb) {
-                let wrow = &wt[(c0 + c) * k..(c0 + c + 1) * k];
-                let tail: f32 = (body..k).map(|kk| hrow[kk] * wrow[kk]).sum();
-                prow[c0 + c] = sum + tail + b[c0 + c];
-            }
-            c0 += cb;
-        }
+    if n == 0 {
+        return;
+    }
+    let (rows, hrow) = (p.len() / n, |i: usize| &h[i * k..(i + 1) * k]);
+    let mut i = 0;
+    while i + 2 <= rows {
+        let (p0, p1) = p[i * n..(i + 2) * n].split_at_mut(n);
+        // SAFETY: forwarded contract.
+        unsafe { logit_rows::<S, 2>([p0, p1], [hrow(i), hrow(i + 1)], wt, b, k, n) };
+        i += 2;
+    }
+    if i < rows {
+        // SAFETY: forwarded contract.
+        unsafe { logit_rows::<S, 1>([&mut p[i * n..(i + 1) * n]], [hrow(i)], wt, b, k, n) };
     }
 }
 
-/// `sums[c] = dot(h[..body], wt[c * k ..][..body])` for `C` rows of `wt`,
-/// with `C` accumulators in registers (one load of `h` per vector).
+/// [`logits`] of `R` rows together.
 ///
 /// # Safety
-/// The CPU runs `S`; `body <= k` is a multiple of `LANES`, `h` holds `body`
-/// floats and `wt` at least `(C - 1) * k + body`.
+/// As [`logits`]; each `p` row holds `n` floats, each `h` row `k`.
 #[inline(always)]
-unsafe fn dots<S: Simd, const C: usize>(sums: &mut [f32], h: &[f32], wt: &[f32], k: usize, body: usize) {
-    let l = S::LANES;
-    assert!(h.len() >= body && wt.len() >= (C - 1) * k + body && sums.len() >= C);
-    // SAFETY: the loads stay below the lengths checked above; S is present.
-    unsafe {
-        let mut acc = [S::zero(); C];
-        for kv in (0..body).step_by(l) {
-            let hv = S::load(h.as_ptr().add(kv));
-            for (c, a) in acc.iter_mut().enumerate() {
-                *a = S::fmadd(hv, S::load(wt.as_ptr().add(c * k + kv)), *a);
+unsafe fn logit_rows<S: Simd, const R: usize>(
+    prows: [&mut [f32]; R],
+    hrows: [&[f32]; R],
+    wt: &[f32],
+    b: &[f32],
+    k: usize,
+    n: usize,
+) {
+    let body = k / S::LANES * S::LANES;
+    let mut c0 = 0;
+    while c0 < n {
+        let cb = class_block(n - c0, R);
+        let mut sums = [[0f32; ACC]; R];
+        // SAFETY: loads cover LANES floats below `body <= k` of the rows
+        // of H and of rows c0 .. c0 + cb of W^T; the CPU runs S (caller).
+        unsafe {
+            match cb {
+                ACC => dots::<S, R, ACC>(&mut sums, hrows, &wt[c0 * k..], k, body),
+                5 => dots::<S, R, 5>(&mut sums, hrows, &wt[c0 * k..], k, body),
+                _ => dots::<S, R, 1>(&mut sums, hrows, &wt[c0 * k..], k, body),
             }
         }
-        for (s, a) in sums.iter_mut().zip(acc) {
-            *s = S::hsum(a);
+        for c in 0..cb {
+            let wrow = &wt[(c0 + c) * k..(c0 + c + 1) * k];
+            for (r, hrow) in hrows.iter().enumerate() {
+                let tail: f32 = (body..k).map(|kk| hrow[kk] * wrow[kk]).sum();
+                prows[r][c0 + c] = sums[r][c] + tail + b[c0 + c];
+            }
+        }
+        c0 += cb;
+    }
+}
+
+/// `sums[r][c] = dot(h[r][..body], wt[c * k ..][..body])` for `R` rows and
+/// `C` rows of `wt`, with `R * C` accumulators in registers (each vector of
+/// `wt` loaded once for all rows).
+///
+/// # Safety
+/// The CPU runs `S`; `body <= k` is a multiple of `LANES`, each `h` row
+/// holds `body` floats and `wt` at least `(C - 1) * k + body`.
+#[inline(always)]
+unsafe fn dots<S: Simd, const R: usize, const C: usize>(
+    sums: &mut [[f32; ACC]; R],
+    h: [&[f32]; R],
+    wt: &[f32],
+    k: usize,
+    body: usize,
+) {
+    let l = S::LANES;
+    assert!(h.iter().all(|r| r.len() >= body) && wt.len() >= (C - 1) * k + body && C <= ACC);
+    // SAFETY: the loads stay below the lengths checked above; S is present.
+    unsafe {
+        let mut acc = [[S::zero(); C]; R];
+        for kv in (0..body).step_by(l) {
+            let mut hv = [S::zero(); R];
+            for (v, row) in hv.iter_mut().zip(h) {
+                *v = S::load(row.as_ptr().add(kv));
+            }
+            for c in 0..C {
+                let wv = S::load(wt.as_ptr().add(c * k + kv));
+                for (a, &v) in acc.iter_mut().zip(&hv) {
+                    a[c] = S::fmadd(v, wv, a[c]);
+                }
+            }
+        }
+        for (s, a) in sums.iter_mut().zip(&acc) {
+            for (sc, &ac) in s.iter_mut().zip(a) {
+                *sc = S::hsum(ac);
+            }
         }
     }
 }
@@ -124,73 +183,126 @@ pub(crate) unsafe fn relu_backward_rows<S: Simd>(
     }
 }
 
-/// `dW^T (N, K) := dZ^T H` for columns `k0 .. k0 + width` of `dW^T`, rows of
-/// `dwt` given as `(N, width)`. Each element is the chain over the batch
-/// rows in order, up to `CB` classes of one vector of columns in registers.
+/// `dW (K, N) := H^T dZ` for rows `k0 .. k0 + width` of `dW`, given as
+/// `dw (width, N)`. Each element is the chain over the batch rows in order,
+/// `dZ[i, c]` broadcast against a vector of `H[i, ..]`: `V` vectors of
+/// hidden units by `ACC / V` classes in registers, the tile then written to
+/// its rows of `dW`. `V = 1` suits an FMA that broadcasts from memory
+/// (AVX-512: one load per ten FMAs); without one (AVX2, NEON) every class
+/// costs a broadcast load, and `V = 2` shares each between two FMAs.
 ///
 /// # Safety
-/// The CPU runs `S`; `h` is `(B, K)`, `dz` is `(B, N)`, `dwt` is `(N, width)`.
+/// The CPU runs `S`; `h` is `(B, K)`, `dz` is `(B, N)`.
 #[inline(always)]
-pub(crate) unsafe fn weight_grad_t<S: Simd>(dwt: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize) {
+pub(crate) unsafe fn weight_grad_rows<S: Simd, const V: usize>(
+    dw: &mut [f32],
+    k0: usize,
+    h: &[f32],
+    dz: &[f32],
+    k: usize,
+    n: usize,
+) {
+    if n == 0 {
+        return;
+    }
     let l = S::LANES;
-    let width = dwt.len() / n.max(1);
-    let batch = dz.len() / n.max(1);
-    let body = width / l * l;
+    let (width, batch) = (dw.len() / n, dz.len() / n);
+    assert!(k0 + width <= k && h.len() >= batch * k && dw.len() == width * n);
+    let mut u = 0;
+    // SAFETY: `grad_units`' contract: units u .. u + V * LANES <= width.
+    unsafe {
+        while u + V * l <= width {
+            grad_units::<S, V>(dw, u, k0, h, dz, (k, n, batch));
+            u += V * l;
+        }
+        while u + l <= width {
+            grad_units::<S, 1>(dw, u, k0, h, dz, (k, n, batch));
+            u += l;
+        }
+    }
+    for kk in u..width {
+        for c in 0..n {
+            let mut acc = 0f32;
+            for i in 0..batch {
+                acc = dz[i * n + c].mul_add(h[i * k + k0 + kk], acc);
+            }
+            dw[kk * n + c] = acc;
+        }
+    }
+}
+
+/// Hidden units `u .. u + V * LANES` (of the block at `k0`) of
+/// [`weight_grad_rows`], every class.
+///
+/// # Safety
+/// The CPU runs `S`; shapes as in [`weight_grad_rows`], the units inside
+/// `dw`'s rows and `k0 + u + V * LANES <= k`.
+#[inline(always)]
+unsafe fn grad_units<S: Simd, const V: usize>(
+    dw: &mut [f32],
+    u: usize,
+    k0: usize,
+    h: &[f32],
+    dz: &[f32],
+    (k, n, batch): (usize, usize, usize),
+) {
     let mut c0 = 0;
     while c0 < n {
-        let cb = if n - c0 >= CB { CB } else { 1 };
-        // SAFETY: see `grad_columns`; the CPU runs S (caller).
+        let cb = class_block(n - c0, V);
+        // SAFETY: forwarded contract; classes c0 .. c0 + cb <= n.
         unsafe {
-            if cb == CB {
-                grad_columns::<S, CB>(dwt, c0, k0, h, dz, (k, n, width, body, batch));
-            } else {
-                grad_columns::<S, 1>(dwt, c0, k0, h, dz, (k, n, width, body, batch));
-            }
-        }
-        for c in c0..c0 + cb {
-            for kv in body..width {
-                let mut acc = 0f32;
-                for i in 0..batch {
-                    acc = dz[i * n + c].mul_add(h[i * k + k0 + kv], acc);
-                }
-                dwt[c * width + kv] = acc;
+            match cb {
+                ACC => grad_tile::<S, V, ACC>(dw, (u, c0), k0, h, dz, (k, n, batch)),
+                5 => grad_tile::<S, V, 5>(dw, (u, c0), k0, h, dz, (k, n, batch)),
+                _ => grad_tile::<S, V, 1>(dw, (u, c0), k0, h, dz, (k, n, batch)),
             }
         }
         c0 += cb;
     }
 }
 
-/// Classes `c0 .. c0 + C` of [`weight_grad_t`], vector columns below `body`.
+/// One `V` vectors x `C` classes tile of [`weight_grad_rows`].
 ///
 /// # Safety
-/// The CPU runs `S`; shapes as in [`weight_grad_t`], `body <= width` a
-/// multiple of `LANES`.
+/// As [`grad_units`], and `c0 + C <= n`.
 #[inline(always)]
-unsafe fn grad_columns<S: Simd, const C: usize>(
-    dwt: &mut [f32],
-    c0: usize,
+unsafe fn grad_tile<S: Simd, const V: usize, const C: usize>(
+    dw: &mut [f32],
+    (u, c0): (usize, usize),
     k0: usize,
     h: &[f32],
     dz: &[f32],
-    (k, n, width, body, batch): (usize, usize, usize, usize, usize),
+    (k, n, batch): (usize, usize, usize),
 ) {
     let l = S::LANES;
-    assert!(dwt.len() >= (c0 + C) * width && dz.len() >= batch * n && h.len() >= batch * k);
-    assert!(k0 + body <= k && c0 + C <= n);
-    // SAFETY: loads cover LANES floats of row i of H at columns k0 + kv <
-    // k0 + body <= k, stores LANES floats of rows c0 + c of dW^T below
-    // `body <= width` (all checked above); S is present.
+    assert!(k0 + u + V * l <= k && c0 + C <= n && h.len() >= batch * k && dz.len() >= batch * n);
+    assert!(dw.len() >= (u + V * l) * n && l <= 16);
+    let mut lanes = [0f32; 16];
+    // SAFETY: loads cover LANES floats of row i < B of H at columns below
+    // k0 + u + V * LANES <= k, and dZ[i, c0 + c] with c0 + C <= n; the
+    // store fills `lanes`, 16 >= LANES floats (all checked above); S is
+    // present (caller).
     unsafe {
-        for kv in (0..body).step_by(l) {
-            let mut acc = [S::zero(); C];
-            for i in 0..batch {
-                let hv = S::load(h.as_ptr().add(i * k + k0 + kv));
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = S::fmadd(S::splat(*dz.get_unchecked(i * n + c0 + c)), hv, *a);
+        let mut acc = [[S::zero(); C]; V];
+        for i in 0..batch {
+            let mut hv = [S::zero(); V];
+            for (v, x) in hv.iter_mut().enumerate() {
+                *x = S::load(h.as_ptr().add(i * k + k0 + u + v * l));
+            }
+            for c in 0..C {
+                let g = S::splat(*dz.get_unchecked(i * n + c0 + c));
+                for (a, &x) in acc.iter_mut().zip(&hv) {
+                    a[c] = S::fmadd(g, x, a[c]);
                 }
             }
-            for (c, &a) in acc.iter().enumerate() {
-                S::store(dwt.as_mut_ptr().add((c0 + c) * width + kv), a);
+        }
+        // Lane j of acc[v][c] is dW[k0 + u + v * LANES + j, c0 + c].
+        for (v, a) in acc.iter().enumerate() {
+            for (c, &ac) in a.iter().enumerate() {
+                S::store(lanes.as_mut_ptr(), ac);
+                for (j, &x) in lanes[..l].iter().enumerate() {
+                    dw[(u + v * l + j) * n + c0 + c] = x;
+                }
             }
         }
     }
