@@ -318,7 +318,9 @@ impl<I: Isa> SimdBackend<I> {
         let chunk = share(layout.panels(), 1) * k * Self::NR;
         let done = with_nonzeros(|_, csc| {
             if !self.sparse(rows, k, || {
-                csc.build(x, rows, k);
+                // SAFETY: I was detected (a SimdBackend<I> exists).
+                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+                csc.build(x, rows, k, I::COMPRESSES.then_some(row));
                 csc.nonzeros()
             }) {
                 return false;

@@ -21,6 +21,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether this CPU runs it (run-time detection).
     fn detected() -> bool;
+    /// Whether [`Simd::nonzero_lanes`] compresses in registers, without a
+    /// branch per non-zero byte (else it is the word scan).
+    const COMPRESSES: bool = false;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -53,6 +56,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     ///
     /// This default visits the set bytes of each 8-byte word (see
     /// `sparse::for_each_nonzero`); AVX-512 compresses in registers.
+    /// ([`Simd::COMPRESSES`] says which.)
     #[inline(always)]
     unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, lut: &[f32; 256]) -> usize {
         // SAFETY: src is valid for LANES byte reads, idx and val for LANES
@@ -179,6 +183,7 @@ mod x86 {
         type V = __m512;
         const LANES: usize = 16;
         const NAME: &'static str = "avx512";
+        const COMPRESSES: bool = true;
         fn detected() -> bool {
             is_x86_feature_detected!("avx512f")
         }
