@@ -316,37 +316,41 @@ impl<I: Isa> SimdBackend<I> {
         }
         let batch = rows.len();
         let chunk = share(layout.panels(), 1) * k * Self::NR;
-        let done = with_nonzeros(|_, csc| {
-            if !self.sparse(rows, k, || {
+        // One parallel region: each task lists the batch's non-zero pixels
+        // by pixel itself (the same lists, so every task takes the same
+        // path) and then runs its panels; it returns whether it did.
+        let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
+            with_nonzeros(|_, csc| {
                 // SAFETY: I was detected (a SimdBackend<I> exists).
                 let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-                csc.build(x, rows, k, I::COMPRESSES.then_some(row));
-                csc.nonzeros()
-            }) {
-                return false;
-            }
-            let csc = &*csc;
-            let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
+                if !self.sparse(rows, k, || {
+                    csc.build(x, rows, k, I::COMPRESSES.then_some(row));
+                    csc.nonzeros()
+                }) {
+                    return false;
+                }
                 // SAFETY: I was detected; shapes checked above; dwc (and W,
                 // v) hold whole panels; csc was built from this batch.
                 with_buffer(&TASK, |scratch| unsafe {
                     I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
-                })
-            };
-            match &mut update {
-                None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
-                Some((w, v, opt)) => dw
-                    .par_chunks_mut(chunk)
-                    .zip(w.par_chunks_mut(chunk))
-                    .zip(v.par_chunks_mut(chunk))
-                    .enumerate()
-                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt: *opt }))),
-            }
-            true
-        });
-        if done {
+                });
+                true
+            })
+        };
+        let went_sparse: Vec<bool> = match &mut update {
+            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
+            Some((w, v, opt)) => dw
+                .par_chunks_mut(chunk)
+                .zip(w.par_chunks_mut(chunk))
+                .zip(v.par_chunks_mut(chunk))
+                .enumerate()
+                .map(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt: *opt })))
+                .collect(),
+        };
+        if went_sparse.iter().all(|&s| s) {
             return;
         }
+        assert!(!went_sparse.contains(&true), "tasks disagreed on the layer-1 path of one batch");
         with_buffer(&SHARED, |xt| {
             // X^T, packed once for all tasks: micro-panels of MR pixels x B.
             xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
@@ -425,29 +429,31 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let out = SharedOut(h.as_mut_ptr());
         let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
         let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
-        with_nonzeros(|csr, _| {
-            if self.sparse(rows, k, || {
+        // One parallel region: each task lists the non-zero pixels of the
+        // whole batch itself (the same lists, so every task takes the same
+        // path) and then runs its panels; no task waits on another's lists
+        // or reads them from another core's cache.
+        tasks.for_each(|t| {
+            with_nonzeros(|csr, _| {
                 // SAFETY: I was detected (a SimdBackend<I> exists).
-                csr.build(x, rows, k, |src, idx, val| unsafe { I::csr_row(src, idx, val) });
-                csr.nonzeros()
-            }) {
-                let csr = &*csr;
-                tasks.for_each(|t| {
+                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+                if self.sparse(rows, k, || {
+                    csr.build(x, rows, k, row);
+                    csr.nonzeros()
+                }) {
                     // SAFETY: I was detected; shapes checked above; `out`
                     // covers all of H, which outlives the loop, and tasks
                     // own disjoint panel ranges, so no column is shared.
                     with_buffer(&TASK, |part| unsafe {
                         I::forward_sparse(out.get(), panels_of(t), csr, w, &bias, n, part)
                     })
-                });
-            } else {
-                tasks.for_each(|t| {
+                } else {
                     // SAFETY: as above.
                     with_buffer(&TASK, |apack| unsafe {
                         I::forward_panels(out.get(), panels_of(t), x, rows, w, &bias, k, n, apack)
                     })
-                });
-            }
+                }
+            })
         });
     }
 
