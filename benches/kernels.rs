@@ -1,5 +1,6 @@
 //! Criterion benchmarks of every kernel on every backend this machine runs,
-//! at the training shapes (batch 128, 784 -> 512 -> 10), single-threaded so
+//! at the training shapes (batch 128, 784 -> 512 -> 10; layer 1's forward also
+//! at the epoch's last batch of 96), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
 //! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
 //! a whole training step at 1 and 2 threads, and a whole epoch of the real
@@ -16,6 +17,8 @@ use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, RmsProp};
 use std::hint::black_box;
 
 const B: usize = 128;
+/// The last batch of an epoch of MNIST's 60000 training images.
+const TAIL: usize = 60_000 % B;
 const D: usize = 784;
 const H: usize = 512;
 const C: usize = 10;
@@ -87,7 +90,6 @@ fn kernels(c: &mut Criterion) {
         }
     };
     let mut g = c.benchmark_group("gemm_bias_relu");
-    g.throughput(flops(B, D, H));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
         let layout = be.w1_layout(D, H);
@@ -96,11 +98,16 @@ fn kernels(c: &mut Criterion) {
         let mut out = AlignedVec::<f32>::zeroed(B * H);
         for (id, path) in layer1_variants(name) {
             be.set_layer1_path(path);
-            g.bench_function(BenchmarkId::new(id, format!("{B}x{D}x{H}")), |bch| {
-                pool.install(|| {
-                    bch.iter(|| be.dense_relu_forward_u8(&mut out, &inp.x, &inp.rows, &w, &inp.b1, Dims { k: D, n: H }))
-                })
-            });
+            // The full batch, and the epoch's last one (60000 = 468 x 128 + 96).
+            for b in [B, TAIL] {
+                g.throughput(flops(b, D, H));
+                let (out, rows) = (&mut out[..b * H], &inp.rows[..b]);
+                g.bench_function(BenchmarkId::new(id.clone(), format!("{b}x{D}x{H}")), |bch| {
+                    pool.install(|| {
+                        bch.iter(|| be.dense_relu_forward_u8(out, &inp.x, rows, &w, &inp.b1, Dims { k: D, n: H }))
+                    })
+                });
+            }
         }
         be.set_layer1_path(Layer1Path::Auto);
     }
