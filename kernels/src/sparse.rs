@@ -158,6 +158,9 @@ pub(crate) struct Csc {
     count: Vec<u32>,
     sample: Vec<u32>,
     val: Vec<f32>,
+    /// One row's list while it is filed (kept between calls).
+    row_idx: Vec<u32>,
+    row_val: Vec<f32>,
 }
 
 impl Csc {
@@ -178,19 +181,21 @@ impl Csc {
         self.count.resize(k, 0);
         self.sample.resize(k * b, 0);
         self.val.resize(k * b, 0.0);
+        self.row_idx.resize(k, 0);
+        self.row_val.resize(k, 0.0);
         let (count, sample, val) = (&mut self.count, &mut self.sample, &mut self.val);
+        let (idx, v) = (&mut self.row_idx, &mut self.row_val);
         let mut file = |j: usize, i: usize, xv: f32| {
             let at = j * b + count[j] as usize;
             sample[at] = i as u32;
             val[at] = xv;
             count[j] += 1;
         };
-        let (mut idx, mut v) = (vec![0u32; k], vec![0f32; k]);
         for (i, &r) in rows.iter().enumerate() {
             let src = &x[r as usize * k..][..k];
             match row {
                 Some(row) => {
-                    let c = row(src, &mut idx, &mut v);
+                    let c = row(src, idx, v);
                     for (&j, &xv) in idx[..c].iter().zip(&v[..c]) {
                         file(j as usize, i, xv);
                     }
