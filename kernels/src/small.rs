@@ -348,8 +348,33 @@ impl<V: Copy> RmsPropV<V> {
 pub(crate) unsafe fn rmsprop_lanes<S: Simd>(w: *mut f32, v: *mut f32, g: S::V, c: RmsPropV<S::V>) {
     // SAFETY: forwarded contract.
     unsafe {
+        let vn = update_velocity::<S>(v, g, c);
+        apply_step::<S>(w, g, vn, c);
+    }
+}
+
+/// `v := rho v + (1 - rho) g^2` on `LANES` velocities; returns the new `v`.
+///
+/// # Safety
+/// As [`rmsprop_lanes`].
+#[inline(always)]
+unsafe fn update_velocity<S: Simd>(v: *mut f32, g: S::V, c: RmsPropV<S::V>) -> S::V {
+    // SAFETY: forwarded contract.
+    unsafe {
         let vn = S::add(S::mul(c.rho, S::load(v)), S::mul(c.decay, S::mul(g, g)));
         S::store(v, vn);
+        vn
+    }
+}
+
+/// `w -= lr g / sqrt(vn + eps)` on `LANES` weights, `vn` the new velocity.
+///
+/// # Safety
+/// As [`rmsprop_lanes`].
+#[inline(always)]
+unsafe fn apply_step<S: Simd>(w: *mut f32, g: S::V, vn: S::V, c: RmsPropV<S::V>) {
+    // SAFETY: forwarded contract.
+    unsafe {
         let step = S::div(S::mul(c.lr, g), S::sqrt(S::add(vn, c.eps)));
         S::store(w, S::sub(S::load(w), step));
     }
@@ -371,13 +396,11 @@ pub(crate) unsafe fn rmsprop_lanes_no_grad<S: Simd>(w: *mut f32, v: *mut f32, c:
     // SAFETY: forwarded contract.
     unsafe {
         let g = S::zero();
-        let vn = S::add(S::mul(c.rho, S::load(v)), S::mul(c.decay, S::mul(g, g)));
-        S::store(v, vn);
-        let d = S::add(vn, c.eps);
-        if c.zero_step && S::all_positive(d) {
+        let vn = update_velocity::<S>(v, g, c);
+        if c.zero_step && S::all_positive(S::add(vn, c.eps)) {
             return;
         }
-        S::store(w, S::sub(S::load(w), S::div(S::mul(c.lr, g), S::sqrt(d))));
+        apply_step::<S>(w, g, vn, c);
     }
 }
 
