@@ -1,6 +1,7 @@
 //! Criterion benchmarks of every kernel on every backend this machine runs,
 //! at the training shapes (batch 128, 784 -> 512 -> 10; layer 1's forward also
-//! at the epoch's last batch of 96), single-threaded so
+//! at the epoch's last batch of 96; dW1 also with W1's RMSprop update fused
+//! in, as a step runs it), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
 //! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
 //! a whole training step at 1 and 2 threads, and a whole epoch of the real
@@ -125,6 +126,36 @@ fn kernels(c: &mut Criterion) {
                 pool.install(|| {
                     bch.iter(|| {
                         be.dense_backward_u8(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, Dims { k: D, n: H })
+                    })
+                })
+            });
+        }
+        be.set_layer1_path(Layer1Path::Auto);
+    }
+    g.finish();
+
+    // dW1 with W1's RMSprop update fused in, as a training step runs it.
+    let mut g = c.benchmark_group("dw1_rmsprop");
+    g.throughput(flops(D, B, H));
+    for name in &backends {
+        let be = kiln_kernels::select(name).unwrap();
+        let layout = be.w1_layout(D, H);
+        let len = layout.len();
+        let mut dw = AlignedVec::<f32>::zeroed(len);
+        let mut db = AlignedVec::<f32>::zeroed(H);
+        let mut w = AlignedVec::<f32>::zeroed(len);
+        layout.pack(&inp.w1, &mut w);
+        let mut v = AlignedVec::from_slice(&vec![1e-4f32; len]);
+        for (id, path) in layer1_variants(name) {
+            be.set_layer1_path(path);
+            g.bench_function(BenchmarkId::new(id, format!("{D}x{B}x{H}")), |bch| {
+                pool.install(|| {
+                    bch.iter(|| {
+                        let d = Dims { k: D, n: H };
+                        let opt = RmsProp::default();
+                        be.dense_backward_u8_rmsprop(
+                            &mut w, &mut v, &mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, d, opt,
+                        )
                     })
                 })
             });
