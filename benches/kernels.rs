@@ -263,9 +263,8 @@ fn epochs(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bch| {
                 tp.install(|| {
                     bch.iter(|| {
-                        let batches: Vec<&[u32]> = order.chunks(B).collect();
-                        for (s, rows) in batches.iter().enumerate() {
-                            black_box(kiln::train::step(&mut m, &ds.train, rows, batches.get(s + 1).copied()).is_ok());
+                        for (rows, next) in kiln::train::batches_with_next(&order, B) {
+                            black_box(kiln::train::step(&mut m, &ds.train, rows, next).is_ok());
                         }
                     })
                 })

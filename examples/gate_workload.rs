@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use kiln::data::{self, Dataset, Split};
 use kiln::model::{Model, Params};
-use kiln::train::{epoch_order, step};
+use kiln::train::{batches_with_next, epoch_order, step};
 use kiln_kernels::RmsProp;
 use std::time::Instant;
 
@@ -17,9 +17,8 @@ use std::time::Instant;
 #[inline(never)]
 fn run_steps(model: &mut Model<'_, f32>, data: &Split, order: &[u32], steps: usize) -> f64 {
     let mut loss = 0.0;
-    let batches: Vec<&[u32]> = order.chunks(128).take(steps).collect();
-    for (s, rows) in batches.iter().enumerate() {
-        loss += f64::from(step(model, data, rows, batches.get(s + 1).copied()).expect("finite loss").loss_sum);
+    for (rows, next) in batches_with_next(&order[..order.len().min(steps * 128)], 128) {
+        loss += f64::from(step(model, data, rows, next).expect("finite loss").loss_sum);
     }
     loss
 }

@@ -98,6 +98,16 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<u32> {
     rows
 }
 
+/// The batches of `order`, `batch_size` rows each (the last may be short),
+/// each with the batch after it (for [`step`]'s prefetch).
+pub fn batches_with_next(order: &[u32], batch_size: usize) -> impl Iterator<Item = (&[u32], Option<&[u32]>)> {
+    let mut chunks = order.chunks(batch_size).peekable();
+    std::iter::from_fn(move || {
+        let rows = chunks.next()?;
+        Some((rows, chunks.peek().copied()))
+    })
+}
+
 /// One training step of `model` on `rows` of `data` (see
 /// [`Model::train_step`]), with the rows of the step after it, `next`,
 /// loading into the caches meanwhile: their first pass would otherwise wait
@@ -132,8 +142,8 @@ pub fn fit(
         let start = Instant::now();
         let order = epoch_order(data.len(), cfg.seed, e as u32);
         let mut run = Running::default();
-        for (s, rows) in order.chunks(cfg.batch_size).enumerate() {
-            match step(model, data, rows, order.chunks(cfg.batch_size).nth(s + 1)) {
+        for (s, (rows, next)) in batches_with_next(&order, cfg.batch_size).enumerate() {
+            match step(model, data, rows, next) {
                 Ok(st) => {
                     run.loss += f64::from(st.loss_sum);
                     run.correct += st.correct;
@@ -201,4 +211,19 @@ pub fn evaluate(model: &mut Model<'_, f32>, data: &Split) -> Evaluation {
         predicted.extend(model.probs(chunk.len()).chunks_exact(10).map(|p| kiln_kernels::scalar::argmax(p) as u8));
     }
     Evaluation { loss: run.mean_loss(), acc: run.acc(), predicted }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches_with_next;
+
+    #[test]
+    fn batches_with_next_pairs_each_batch_with_the_following_one() {
+        let order: Vec<u32> = (0..7).collect();
+        let got: Vec<_> = batches_with_next(&order, 3).collect();
+        let want: Vec<(&[u32], Option<&[u32]>)> =
+            vec![(&[0, 1, 2], Some(&[3, 4, 5])), (&[3, 4, 5], Some(&[6])), (&[6], None)];
+        assert_eq!(got, want);
+        assert_eq!(batches_with_next(&[], 3).count(), 0);
+    }
 }
