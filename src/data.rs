@@ -1,4 +1,6 @@
-//! Datasets of 28x28 u8 images with labels 0-9, memory-mapped from IDX files.
+//! Datasets of u8 images of any size (at least 1x1, the same in both splits)
+//! with u8 labels, memory-mapped from IDX files. The classes are the labels
+//! `0..=max`; whether they fit the model is checked by whoever uses them.
 //!
 //! A directory holds the four standard names (`train-images-idx3-ubyte`,
 //! `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
@@ -11,7 +13,7 @@
 //! Nothing is converted to floats here: the pixels stay `u8` in the mapping
 //! and the kernels read them through row indices (see `kiln_kernels`).
 
-use crate::idx::{self, Kind, SIDE};
+use crate::idx::{self, Kind};
 use anyhow::{bail, Context, Result};
 use flate2::read::GzDecoder;
 use memmap2::Mmap;
@@ -20,9 +22,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Pixels per image.
-pub const PIXELS: usize = SIDE * SIDE;
-/// Number of classes (digits 0-9).
+/// Pixels per MNIST image (28x28), the shape of the default data and of the
+/// current model's input; not a requirement of this loader (see
+/// [`Split::width`]).
+pub const PIXELS: usize = 28 * 28;
+/// MNIST's number of classes (digits 0-9), the current model's output
+/// width; not a requirement of this loader (see [`Split::classes`]).
 pub const CLASSES: usize = 10;
 /// Largest decompressed file kiln accepts from a `.gz` (a guard against
 /// decompression bombs; 8 GiB is ten million 28x28 images).
@@ -61,11 +66,13 @@ impl IdxFile {
     }
 }
 
-/// One split of a dataset: images `(n, 784)` u8 and labels `(n)` in 0..10.
+/// One split of a dataset: images `(n, rows * cols)` u8 and labels `(n)`.
 #[derive(Debug)]
 pub struct Split {
     images: IdxFile,
     labels: IdxFile,
+    /// Max label + 1, found at load time so that callers need not rescan.
+    classes: usize,
 }
 
 impl Split {
@@ -77,17 +84,43 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// All pixels, `(len, 784)` row-major, straight from the mapping.
+    /// `(rows, cols)` of each image, both at least 1.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.images.header.rows, self.images.header.cols)
+    }
+    /// Pixels per image, `rows * cols`.
+    pub fn width(&self) -> usize {
+        // Cannot overflow: the header check proved `len * rows * cols` fits
+        // and a split holds at least one image.
+        self.images.header.rows * self.images.header.cols
+    }
+    /// Number of classes: the largest label + 1 (1 to 256).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    /// All pixels, `(len, width)` row-major, straight from the mapping.
     pub fn pixels(&self) -> &[u8] {
         self.images.payload()
     }
-    /// All labels, `(len)`, each in 0..10.
+    /// All labels, `(len)`, each below [`Split::classes`].
     pub fn labels(&self) -> &[u8] {
         self.labels.payload()
     }
-    /// The 784 pixels of image `i`.
+    /// The [`Split::width`] pixels of image `i`, row-major; panics when `i`
+    /// is not below [`Split::len`], like slice indexing.
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels()[i * PIXELS..(i + 1) * PIXELS]
+        let w = self.width();
+        &self.pixels()[i * w..(i + 1) * w]
+    }
+    /// The images file as the user named it (the `.gz` when compressed), for
+    /// error messages.
+    pub fn images_path(&self) -> &Path {
+        &self.images.path
+    }
+    /// The labels file as the user named it, for error messages (e.g. a
+    /// label the model has no output for).
+    pub fn labels_path(&self) -> &Path {
+        &self.labels.path
     }
     fn verified(&self) -> bool {
         self.images.verified && self.labels.verified
@@ -117,22 +150,38 @@ impl Dataset {
         let train =
             split(open("train-images-idx3-ubyte", Kind::Images)?, open("train-labels-idx1-ubyte", Kind::Labels)?)?;
         let test = split(open("t10k-images-idx3-ubyte", Kind::Images)?, open("t10k-labels-idx1-ubyte", Kind::Labels)?)?;
+        // One model reads both splits, so their images must be alike.
+        if test.shape() != train.shape() {
+            let ((tr, tc), (r, c)) = (test.shape(), train.shape());
+            bail!("{}: images are {tr}x{tc}, but the training images are {r}x{c}", test.images_path().display());
+        }
         Ok(Dataset { dir: dir.to_path_buf(), train, test })
     }
 
-    /// One line for the train banner: where the data came from and how big.
+    /// Number of classes of the dataset: the largest label of either split
+    /// + 1 (a class may be missing from one split).
+    pub fn classes(&self) -> usize {
+        self.train.classes().max(self.test.classes())
+    }
+
+    /// One line for the train banner: where the data came from, how big,
+    /// its image shape and class count.
     pub fn describe(&self) -> String {
         let check = if self.train.verified() && self.test.verified() { ", SHA-256 verified" } else { "" };
+        let (rows, cols) = self.train.shape();
+        let classes = self.classes();
         format!(
-            "{} ({} train / {} test images, {SIDE}x{SIDE}{check})",
+            "{} ({} train / {} test images, {rows}x{cols}, {classes} class{}{check})",
             self.dir.display(),
             self.train.len(),
-            self.test.len()
+            self.test.len(),
+            if classes == 1 { "" } else { "es" }
         )
     }
 }
 
-/// Checks that images and labels agree, and that every label is a digit.
+/// Checks that images and labels agree and finds the class count. Labels
+/// may be any byte: only the model knows how many classes it has.
 fn split(images: IdxFile, labels: IdxFile) -> Result<Split> {
     let (ni, nl) = (images.header.count, labels.header.count);
     if ni != nl {
@@ -145,11 +194,9 @@ fn split(images: IdxFile, labels: IdxFile) -> Result<Split> {
     if ni == 0 {
         bail!("{}: holds no images; expected at least one", images.path.display());
     }
-    let s = Split { images, labels };
-    if let Some(i) = s.labels().iter().position(|&l| usize::from(l) >= CLASSES) {
-        bail!("{}: label {} at index {i} is not a digit 0-9", s.labels.path.display(), s.labels()[i]);
-    }
-    Ok(s)
+    // Not empty (checked above), so there is a max.
+    let classes = labels.payload().iter().max().map_or(0, |&m| usize::from(m) + 1);
+    Ok(Split { images, labels, classes })
 }
 
 /// `SHA256SUMS` of `dir`, as (file name, lowercase hex digest) pairs; empty

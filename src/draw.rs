@@ -143,10 +143,15 @@ impl Canvas {
         s.chars().count() as i64 * 6 * scale
     }
 
-    /// A 28x28 digit at `(x, y)`, each pixel `scale` pixels, white ink on black.
-    pub fn digit(&mut self, x: i64, y: i64, pixels: &[u8], scale: i64) {
+    /// A grayscale image of `cols` pixels per row (row-major) at `(x, y)`,
+    /// each pixel `scale` pixels, white ink on black; `cols = 0` draws
+    /// nothing.
+    pub fn digit(&mut self, x: i64, y: i64, pixels: &[u8], cols: usize, scale: i64) {
+        if cols == 0 {
+            return;
+        }
         for (i, &p) in pixels.iter().enumerate() {
-            let (px, py) = ((i % 28) as i64, (i / 28) as i64);
+            let (px, py) = ((i % cols) as i64, (i / cols) as i64);
             self.rect(x + px * scale, y + py * scale, scale, scale, [p, p, p]);
         }
     }
@@ -239,27 +244,45 @@ pub fn confusion_heatmap(path: &Path, m: &[[usize; 10]; 10]) -> Result<()> {
     c.save(path)
 }
 
-/// A grid of digits, each with a caption (e.g. `T7 P2`), `cols` per row.
-pub fn digit_grid(path: &Path, digits: &[(&[u8], String)], cols: usize) -> Result<()> {
-    let (scale, pad) = (3i64, 8i64);
-    let cw = 28 * scale + pad;
-    let ch = 28 * scale + pad + 18;
-    let rows = digits.len().div_ceil(cols).max(1) as i64;
-    let mut c = Canvas::new((cols as i64 * cw + pad) as u32, (rows * ch + pad) as u32, WHITE);
+/// The whole-pixel enlargement that makes an image of `(rows, cols)` at
+/// least `target` pixels on its longer side (at least 1: never shrunk), so
+/// small and large images come out at a similar size.
+fn scale_for(target: usize, (rows, cols): (usize, usize)) -> i64 {
+    target.div_ceil(rows.max(cols).max(1)).max(1) as i64
+}
+
+/// A grid of images of shape `(rows, cols)`, each with a caption (e.g.
+/// `T7 P2`), `per_row` to a row. 28x28 digits are drawn 3x (84 pixels).
+pub fn digit_grid(path: &Path, digits: &[(&[u8], String)], shape: (usize, usize), per_row: usize) -> Result<()> {
+    let per_row = per_row.max(1);
+    let (rows, cols) = shape;
+    let (scale, pad) = (scale_for(84, shape), 8i64);
+    let (iw, ih) = (cols as i64 * scale, rows as i64 * scale);
+    // Wide enough for the longest caption too, so captions never overlap.
+    let caption_w = digits.iter().map(|(_, t)| Canvas::text_width(t, 2)).max().unwrap_or(0);
+    let cw = iw.max(caption_w) + pad;
+    let ch = ih + pad + 18;
+    let grid_rows = digits.len().div_ceil(per_row).max(1) as i64;
+    let mut c = Canvas::new((per_row as i64 * cw + pad) as u32, (grid_rows * ch + pad) as u32, WHITE);
     for (k, (px, caption)) in digits.iter().enumerate() {
-        let (x, y) = (pad + (k % cols) as i64 * cw, pad + (k / cols) as i64 * ch);
-        c.digit(x, y, px, scale);
-        c.text(x, y + 28 * scale + 4, caption, 2, RED);
+        let (x, y) = (pad + (k % per_row) as i64 * cw, pad + (k / per_row) as i64 * ch);
+        c.digit(x, y, px, cols, scale);
+        c.text(x, y + ih + 4, caption, 2, RED);
     }
     c.save(path)
 }
 
-/// One digit, enlarged, with its label underneath.
-pub fn digit_png(path: &Path, pixels: &[u8], label: &str) -> Result<()> {
-    let scale = 10i64;
-    let mut c = Canvas::new((28 * scale) as u32, (28 * scale + 40) as u32, WHITE);
-    c.digit(0, 0, pixels, scale);
+/// One image of shape `(rows, cols)`, enlarged, with its label underneath.
+/// A 28x28 digit is drawn 10x (280 pixels wide).
+pub fn digit_png(path: &Path, pixels: &[u8], shape: (usize, usize), label: &str) -> Result<()> {
+    let (rows, cols) = shape;
+    let scale = scale_for(280, shape);
+    let (iw, ih) = (cols as i64 * scale, rows as i64 * scale);
     let w = Canvas::text_width(label, 3);
-    c.text((28 * scale - w) / 2, 28 * scale + 10, label, 3, BLACK);
+    // A narrow image still gets room for its label.
+    let cw = iw.max(w + 20);
+    let mut c = Canvas::new(cw as u32, (ih + 40) as u32, WHITE);
+    c.digit((cw - iw) / 2, 0, pixels, cols, scale);
+    c.text((cw - w) / 2, ih + 10, label, 3, BLACK);
     c.save(path)
 }

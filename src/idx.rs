@@ -5,12 +5,12 @@
 //! (`0x08` = unsigned byte) and the number of dimensions; then one big-endian
 //! `u32` per dimension; then the data, row-major, exactly as many bytes as the
 //! product of the dimensions.
+//!
+//! Images may have any size of at least 1x1 pixels: the loader checks that
+//! a dataset's splits agree, and the model checks its input width.
 
 use byteorder::{BigEndian, ByteOrder};
 use std::fmt;
-
-/// Side of an MNIST image; kiln's network reads `SIDE * SIDE = 784` pixels.
-pub const SIDE: usize = 28;
 
 /// The type byte for unsigned 8-bit data, the only one kiln reads.
 const TYPE_U8: u8 = 0x08;
@@ -18,7 +18,7 @@ const TYPE_U8: u8 = 0x08;
 /// What a file is expected to hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// `(count, 28, 28)` u8 images, magic `0x00000803`.
+    /// `(count, rows, cols)` u8 images, magic `0x00000803`.
     Images,
     /// `(count)` u8 labels, magic `0x00000801`.
     Labels,
@@ -52,14 +52,20 @@ impl fmt::Display for Kind {
     }
 }
 
-/// A validated header: the item count and where the payload starts.
+/// A validated header: the item count, the image shape and where the
+/// payload starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     /// The first dimension: how many images or labels.
     pub count: usize,
+    /// Rows of each image, at least 1; 1 for a labels file (a label is one
+    /// byte, so `count * rows * cols` is the payload length for both kinds).
+    pub rows: usize,
+    /// Columns of each image, at least 1; 1 for a labels file.
+    pub cols: usize,
     /// Byte offset of the payload (the header's length).
     pub offset: usize,
-    /// Payload length in bytes (`count * 784` or `count`).
+    /// Payload length in bytes (`count * rows * cols`).
     pub bytes: usize,
 }
 
@@ -125,6 +131,11 @@ pub fn parse(bytes: &[u8], kind: Kind) -> Result<Header, String> {
         ));
     }
     let dims: Vec<usize> = bytes[4..offset].chunks_exact(4).map(|c| BigEndian::read_u32(c) as usize).collect();
+    // Checked before the payload: a 0-pixel image would otherwise surface as
+    // a confusing "expected 0 bytes".
+    if kind == Kind::Images && (dims[1] == 0 || dims[2] == 0) {
+        return Err(format!("the images are {}x{}; expected at least 1x1 pixels", dims[1], dims[2]));
+    }
     let shown = dims.iter().map(usize::to_string).collect::<Vec<_>>().join(" x ");
     let len = dims
         .iter()
@@ -140,15 +151,11 @@ pub fn parse(bytes: &[u8], kind: Kind) -> Result<Header, String> {
         };
         return Err(format!("the payload is {payload} bytes, expected {len} (= {shown}): {detail}"));
     }
-    if kind == Kind::Images && (dims[1] != SIDE || dims[2] != SIDE) {
-        return Err(format!(
-            "the images are {}x{}; expected {SIDE}x{SIDE} (the network reads {} pixels per image)",
-            dims[1],
-            dims[2],
-            SIDE * SIDE
-        ));
-    }
-    Ok(Header { count: dims[0], offset, bytes: len })
+    let (rows, cols) = match kind {
+        Kind::Images => (dims[1], dims[2]),
+        Kind::Labels => (1, 1),
+    };
+    Ok(Header { count: dims[0], rows, cols, offset, bytes: len })
 }
 
 #[cfg(test)]
@@ -173,9 +180,9 @@ mod tests {
     #[test]
     fn accepts_well_formed_files() {
         let h = parse(&file(Kind::Images, &[3, 28, 28], 3 * 784), Kind::Images).unwrap();
-        assert_eq!(h, Header { count: 3, offset: 16, bytes: 3 * 784 });
+        assert_eq!(h, Header { count: 3, rows: 28, cols: 28, offset: 16, bytes: 3 * 784 });
         let h = parse(&file(Kind::Labels, &[5], 5), Kind::Labels).unwrap();
-        assert_eq!(h, Header { count: 5, offset: 8, bytes: 5 });
+        assert_eq!(h, Header { count: 5, rows: 1, cols: 1, offset: 8, bytes: 5 });
         // Zero items is a valid file (the loader rejects an empty dataset).
         assert_eq!(parse(&file(Kind::Labels, &[0], 0), Kind::Labels).unwrap().count, 0);
     }
@@ -247,8 +254,22 @@ mod tests {
     }
 
     #[test]
-    fn rejects_images_that_are_not_28x28() {
-        let v = file(Kind::Images, &[2, 32, 32], 2 * 32 * 32);
-        assert!(err(&v, Kind::Images).contains("the images are 32x32; expected 28x28"));
+    fn accepts_images_of_any_size() {
+        let h = parse(&file(Kind::Images, &[2, 32, 32], 2 * 32 * 32), Kind::Images).unwrap();
+        assert_eq!(h, Header { count: 2, rows: 32, cols: 32, offset: 16, bytes: 2 * 32 * 32 });
+        // Not square, and the smallest possible.
+        let h = parse(&file(Kind::Images, &[3, 27, 29], 3 * 27 * 29), Kind::Images).unwrap();
+        assert_eq!((h.rows, h.cols, h.bytes), (27, 29, 3 * 27 * 29));
+        let h = parse(&file(Kind::Images, &[4, 1, 1], 4), Kind::Images).unwrap();
+        assert_eq!((h.count, h.rows, h.cols), (4, 1, 1));
+    }
+
+    #[test]
+    fn rejects_images_of_zero_pixels() {
+        let e = err(&file(Kind::Images, &[2, 0, 28], 0), Kind::Images);
+        assert_eq!(e, "the images are 0x28; expected at least 1x1 pixels");
+        assert!(err(&file(Kind::Images, &[2, 28, 0], 0), Kind::Images).contains("the images are 28x0"));
+        // Even with no images, and before the payload length is compared.
+        assert!(err(&file(Kind::Images, &[0, 0, 0], 5), Kind::Images).contains("the images are 0x0"));
     }
 }

@@ -183,12 +183,19 @@ fn area_average(
     }
 }
 
-/// A 28x28 digit in the terminal, two pixels per character cell (Unicode
-/// half blocks would need colour; shades work everywhere).
-pub fn render(pixels: &[u8]) -> String {
+/// An image of `cols` pixels per row (row-major; e.g. a 28x28 digit with
+/// `cols = 28`) in the terminal, one line per row and two characters per
+/// pixel so that the picture keeps its aspect ratio (Unicode half blocks
+/// would need colour; shades work everywhere). A trailing partial row is
+/// not drawn; `cols = 0` draws nothing.
+pub fn render(pixels: &[u8], cols: usize) -> String {
     const SHADES: [char; 5] = [' ', '░', '▒', '▓', '█'];
     let mut s = String::new();
-    for row in pixels.chunks_exact(SIDE) {
+    // chunks_exact panics on 0.
+    if cols == 0 {
+        return s;
+    }
+    for row in pixels.chunks_exact(cols) {
         for &p in row {
             let c = SHADES[(usize::from(p) * (SHADES.len() - 1) + 127) / 255];
             s.push(c);
@@ -237,6 +244,15 @@ mod tests {
         assert!(e.to_string().contains("no ink found"), "{e}");
         let forced = to_mnist(&bar(60, 40), 60, 40, Invert::Yes).unwrap();
         assert_eq!(forced, to_mnist(&bar(60, 40), 60, 40, Invert::Guess).unwrap());
+    }
+
+    #[test]
+    fn render_draws_any_shape() {
+        // 2 rows of 3: black, mid grey, white; then white, black, black.
+        let s = render(&[0, 128, 255, 255, 0, 0], 3);
+        assert_eq!(s, "  ▒▒██\n██    \n");
+        assert_eq!(render(&[255; 4], 1).lines().count(), 4);
+        assert_eq!(render(&[255; 4], 0), "");
     }
 
     #[test]

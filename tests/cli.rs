@@ -217,6 +217,35 @@ fn digit_shows_a_dataset_image_with_its_label() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("index 10000 is out of range: the test set has 10000 images"), "{}", stderr(&o));
+
+    // Any image size and label: 2 test images of 3x5, the second labelled 12.
+    let data = d.path().join("small");
+    std::fs::create_dir(&data).unwrap();
+    let write = |name: &str, dims: &[u32], payload: &[u8]| {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        dims.iter().for_each(|d| v.extend_from_slice(&d.to_be_bytes()));
+        v.extend_from_slice(payload);
+        std::fs::write(data.join(name), v).unwrap();
+    };
+    let pixels: Vec<u8> = (0..30).map(|i| if i % 2 == 0 { 255 } else { 0 }).collect();
+    write("train-images-idx3-ubyte", &[2, 3, 5], &pixels);
+    write("train-labels-idx1-ubyte", &[2], &[0, 1]);
+    write("t10k-images-idx3-ubyte", &[2, 3, 5], &pixels);
+    write("t10k-labels-idx1-ubyte", &[2], &[3, 12]);
+    let o = Command::new(env!("CARGO_BIN_EXE_digit"))
+        .args(["--test", "1", "--png", png.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .env("KILN_CACHE_DIR", d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("test_images[1]: label 12 (3x5 pixels)\n"), "{stdout}");
+    // Image 1 starts at pixel 15 (odd, black): 3 rows of 5 pixels, 2 characters each.
+    let art: Vec<&str> = stdout.lines().skip(1).take(3).collect();
+    assert_eq!(art, ["  ██  ██  ", "██  ██  ██", "  ██  ██  "], "{stdout}");
+    // Enlarged to at least 280 pixels on the longer side, as a 28x28 digit is.
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (5 * 56, 3 * 56 + 40));
 }
 
 /// A `train` killed (SIGKILL) at arbitrary moments, including while it

@@ -1,6 +1,7 @@
 //! Every malformed input the loader must reject, each with a one-line error
 //! naming the file and what is wrong; and the valid cases (small datasets,
-//! gzip with a cache, SHA-256 verification).
+//! images of other sizes, more than ten classes, gzip with a cache, SHA-256
+//! verification).
 
 use flate2::{write::GzEncoder, Compression};
 use kiln::data::Dataset;
@@ -23,8 +24,13 @@ fn idx(ty: u8, dims: &[u32], payload: &[u8]) -> Vec<u8> {
 }
 
 fn images(n: usize) -> Vec<u8> {
-    let px: Vec<u8> = (0..n * 784).map(|i| (i * 37 % 256) as u8).collect();
-    idx(8, &[n as u32, 28, 28], &px)
+    images_of(n, 28, 28)
+}
+
+/// `n` images of `rows x cols` with a recognisable pattern.
+fn images_of(n: usize, rows: usize, cols: usize) -> Vec<u8> {
+    let px: Vec<u8> = (0..n * rows * cols).map(|i| (i * 37 % 256) as u8).collect();
+    idx(8, &[n as u32, rows as u32, cols as u32], &px)
 }
 
 fn labels(n: usize) -> Vec<u8> {
@@ -77,6 +83,11 @@ fn a_small_valid_dataset_loads() {
     assert_eq!(ds.train.pixels().len(), 30 * 784);
     assert_eq!(ds.test.labels()[11], 1);
     assert_eq!(ds.train.image(1)[0], (784 * 37 % 256) as u8);
+    assert_eq!((ds.train.shape(), ds.train.width(), ds.test.width()), ((28, 28), 784, 784));
+    assert_eq!((ds.train.classes(), ds.test.classes(), ds.classes()), (10, 10, 10));
+    assert_eq!(ds.train.images_path(), d.path().join(TRAIN_IMAGES));
+    assert_eq!(ds.test.labels_path(), d.path().join(TEST_LABELS));
+    assert!(ds.describe().ends_with("(30 train / 12 test images, 28x28, 10 classes)"), "{}", ds.describe());
 }
 
 #[test]
@@ -161,9 +172,48 @@ fn payload_one_byte_short_or_trailing() {
 }
 
 #[test]
-fn images_not_28x28() {
-    let v = idx(8, &[30, 32, 32], &vec![0; 30 * 32 * 32]);
-    assert_contains(&error_with(TRAIN_IMAGES, TRAIN_IMAGES, &v), "the images are 32x32; expected 28x28");
+fn a_32x32_dataset_loads() {
+    let d = valid_dir();
+    std::fs::write(d.path().join(TRAIN_IMAGES), images_of(30, 32, 32)).unwrap();
+    std::fs::write(d.path().join(TEST_IMAGES), images_of(12, 32, 32)).unwrap();
+    let ds = load(d.path()).unwrap();
+    assert_eq!((ds.train.shape(), ds.train.width()), ((32, 32), 1024));
+    assert_eq!((ds.test.shape(), ds.test.width()), ((32, 32), 1024));
+    assert_eq!(ds.train.pixels().len(), 30 * 1024);
+    assert_eq!(ds.train.image(1).len(), 1024);
+    assert_eq!(ds.train.image(1)[0], (1024 * 37 % 256) as u8);
+    assert!(ds.describe().contains("32x32, 10 classes"), "{}", ds.describe());
+}
+
+#[test]
+fn non_square_images_load() {
+    let d = valid_dir();
+    std::fs::write(d.path().join(TRAIN_IMAGES), images_of(30, 3, 5)).unwrap();
+    std::fs::write(d.path().join(TEST_IMAGES), images_of(12, 3, 5)).unwrap();
+    let ds = load(d.path()).unwrap();
+    assert_eq!((ds.test.shape(), ds.test.width()), ((3, 5), 15));
+    assert_eq!(ds.test.image(11), &ds.test.pixels()[11 * 15..]);
+}
+
+#[test]
+fn train_and_test_image_shapes_differ() {
+    let e = error_with(TEST_IMAGES, TEST_IMAGES, &images_of(12, 14, 14));
+    assert_contains(&e, "images are 14x14, but the training images are 28x28");
+    // Transposed is a different shape too.
+    let d = valid_dir();
+    std::fs::write(d.path().join(TRAIN_IMAGES), images_of(30, 4, 7)).unwrap();
+    std::fs::write(d.path().join(TEST_IMAGES), images_of(12, 7, 4)).unwrap();
+    let e = format!("{:#}", load(d.path()).unwrap_err());
+    assert_contains(&e, TEST_IMAGES);
+    assert_contains(&e, "images are 7x4, but the training images are 4x7");
+}
+
+#[test]
+fn images_of_zero_pixels() {
+    let e = error_with(TRAIN_IMAGES, TRAIN_IMAGES, &idx(8, &[30, 0, 28], &[]));
+    assert_contains(&e, "the images are 0x28; expected at least 1x1 pixels");
+    let e = error_with(TEST_IMAGES, TEST_IMAGES, &idx(8, &[12, 28, 0], &[]));
+    assert_contains(&e, "the images are 28x0; expected at least 1x1 pixels");
 }
 
 #[test]
@@ -174,10 +224,22 @@ fn image_and_label_counts_differ() {
 }
 
 #[test]
-fn label_above_nine() {
+fn labels_up_to_12_load_as_13_classes() {
+    let d = valid_dir();
     let mut v = labels(30);
     v[8 + 17] = 12;
-    assert_contains(&error_with(TRAIN_LABELS, TRAIN_LABELS, &v), "label 12 at index 17 is not a digit 0-9");
+    std::fs::write(d.path().join(TRAIN_LABELS), v).unwrap();
+    let ds = load(d.path()).unwrap();
+    assert_eq!(ds.train.labels()[17], 12);
+    assert_eq!((ds.train.classes(), ds.test.classes(), ds.classes()), (13, 10, 13));
+    assert!(ds.describe().contains("28x28, 13 classes"), "{}", ds.describe());
+    // The largest label a byte holds, in the test split only; and one class.
+    let mut v = labels(12);
+    v[8 + 3] = 255;
+    std::fs::write(d.path().join(TEST_LABELS), v).unwrap();
+    std::fs::write(d.path().join(TRAIN_LABELS), idx(8, &[30], &[0; 30])).unwrap();
+    let ds = load(d.path()).unwrap();
+    assert_eq!((ds.train.classes(), ds.test.classes(), ds.classes()), (1, 256, 256));
 }
 
 #[test]
@@ -224,7 +286,7 @@ fn the_vendored_mnist_is_complete_and_verified() {
     let cache = tempfile::tempdir().unwrap();
     let ds = Dataset::load(&kiln::data::default_data_dir(), cache.path()).unwrap();
     assert_eq!((ds.train.len(), ds.test.len()), (60_000, 10_000));
-    assert!(ds.describe().contains("SHA-256 verified"), "{}", ds.describe());
+    assert!(ds.describe().contains("28x28, 10 classes, SHA-256 verified"), "{}", ds.describe());
     // The tutorial's train_images[4] is a 9.
     assert_eq!(ds.train.labels()[4], 9);
 }

@@ -1,6 +1,6 @@
-//! `digit`: shows one digit of the dataset with its label, in the terminal
-//! and optionally as a PNG (the tutorial's "plot the digit" step:
-//! `cargo run --release --bin digit -- 4` shows train_images[4], a 9).
+//! `digit`: shows one image of the dataset (of any size) with its label, in
+//! the terminal and optionally as a PNG (the tutorial's "plot the digit"
+//! step: `cargo run --release --bin digit -- 4` shows train_images[4], a 9).
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -8,7 +8,7 @@ use kiln::data::{self, Dataset};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Show digit INDEX of the training (or test) set with its label.
+/// Show image INDEX of the training (or test) set with its label.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -36,10 +36,11 @@ fn run(args: Args) -> Result<()> {
         bail!("index {} is out of range: the {name} set has {} images", args.index, split.len());
     }
     let (pixels, label) = (split.image(args.index), split.labels()[args.index]);
-    println!("{name}_images[{}]: label {label}", args.index);
-    print!("{}", kiln::preprocess::render(pixels));
+    let (rows, cols) = split.shape();
+    println!("{name}_images[{}]: label {label} ({rows}x{cols} pixels)", args.index);
+    print!("{}", kiln::preprocess::render(pixels, cols));
     if let Some(p) = args.png {
-        kiln::draw::digit_png(&p, pixels, &format!("LABEL {label}"))?;
+        kiln::draw::digit_png(&p, pixels, split.shape(), &format!("LABEL {label}"))?;
         println!("written to {}", p.display());
     }
     Ok(())

@@ -87,6 +87,17 @@ fn idx_inputs(path: &Path, range: &str) -> Result<Vec<(String, [u8; SIDE * SIDE]
         raw
     };
     let header = idx::parse(&bytes, Kind::Images).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // idx::parse no longer insists on 28x28 (the data layer takes any size),
+    // but this model does: the same check and message as before.
+    if (header.rows, header.cols) != (SIDE, SIDE) {
+        bail!(
+            "{}: the images are {}x{}; expected {SIDE}x{SIDE} (the network reads {} pixels per image)",
+            path.display(),
+            header.rows,
+            header.cols,
+            SIDE * SIDE
+        );
+    }
     let (start, end) = match range.split_once("..") {
         Some((a, b)) => (a.parse::<usize>()?, b.parse::<usize>()?),
         None => {
@@ -149,7 +160,7 @@ fn run(args: Args) -> Result<bool> {
             println!("{name}: {}", best.join(", "));
         }
         if args.show {
-            print!("{}", preprocess::render(pixels));
+            print!("{}", preprocess::render(pixels, SIDE));
         }
     }
     Ok(all_ok)

@@ -279,7 +279,7 @@ fn train_and_save(
             .take(100)
             .map(|i| (data.test.image(i), format!("T{} P{}", data.test.labels()[i], eval.predicted[i])))
             .collect();
-        kiln::draw::digit_grid(p, &wrong, 10)?;
+        kiln::draw::digit_grid(p, &wrong, data.test.shape(), 10)?;
     }
     let mean_epoch = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
     if json {
