@@ -4,8 +4,9 @@
 //! in, as a step runs it), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
 //! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
-//! a whole training step at 1 and 2 threads, and a whole epoch of the real
-//! job per backend (not scalar: ~5 s an epoch) at 1 and 2 threads.
+//! the hidden layer of a 784-512-256-10 network (512 -> 256); a whole
+//! training step of both networks at 1 and 2 threads, and a whole epoch of
+//! the real job per backend (not scalar: ~5 s an epoch) at 1 and 2 threads.
 //!
 //! Ids are `op/backend/MxKxN`; throughput is FLOPs (`2 M N K`), so criterion
 //! prints GFLOP/s (as "Gelem/s").
@@ -13,8 +14,9 @@
 //! `cargo bench --bench kernels` (add `--features blas` for the BLAS column).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln::model::{Batch, Model, Params};
-use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, RmsProp};
+use kiln::model::{Arch, Batch, Model, Params};
+use kiln::train::Samples;
+use kiln_kernels::{Activation, AlignedVec, Backend, Dims, Layer1Path, RmsProp, Update};
 use std::hint::black_box;
 
 const B: usize = 128;
@@ -93,24 +95,25 @@ fn kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_bias_relu");
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let layout = be.w1_layout(D, H);
+        let layout = be.weight_layout(D, H);
         let mut w = AlignedVec::<f32>::zeroed(layout.len());
         layout.pack(&inp.w1, &mut w);
         let mut out = AlignedVec::<f32>::zeroed(B * H);
         for (id, path) in layer1_variants(name) {
-            be.set_layer1_path(path);
             // The full batch, and the epoch's last one (60000 = 468 x 128 + 96).
             for b in [B, TAIL] {
                 g.throughput(flops(b, D, H));
                 let (out, rows) = (&mut out[..b * H], &inp.rows[..b]);
                 g.bench_function(BenchmarkId::new(id.clone(), format!("{b}x{D}x{H}")), |bch| {
                     pool.install(|| {
-                        bch.iter(|| be.dense_relu_forward_u8(out, &inp.x, rows, &w, &inp.b1, Dims { k: D, n: H }))
+                        bch.iter(|| {
+                            let d = Dims { k: D, n: H };
+                            be.input_forward(out, &inp.x, rows, &w, &inp.b1, d, Activation::Relu, path)
+                        })
                     })
                 });
             }
         }
-        be.set_layer1_path(Layer1Path::Auto);
     }
     g.finish();
 
@@ -118,19 +121,26 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(D, B, H));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let mut dw = AlignedVec::<f32>::zeroed(be.w1_layout(D, H).len());
+        let mut dw = AlignedVec::<f32>::zeroed(be.weight_layout(D, H).len());
         let mut db = AlignedVec::<f32>::zeroed(H);
         for (id, path) in layer1_variants(name) {
-            be.set_layer1_path(path);
             g.bench_function(BenchmarkId::new(id, format!("{D}x{B}x{H}")), |bch| {
                 pool.install(|| {
                     bch.iter(|| {
-                        be.dense_backward_u8(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, Dims { k: D, n: H })
+                        be.input_backward(
+                            &mut dw,
+                            &mut db,
+                            &inp.x,
+                            &inp.rows,
+                            &inp.dz1,
+                            Dims { k: D, n: H },
+                            path,
+                            None,
+                        )
                     })
                 })
             });
         }
-        be.set_layer1_path(Layer1Path::Auto);
     }
     g.finish();
 
@@ -139,7 +149,7 @@ fn kernels(c: &mut Criterion) {
     g.throughput(flops(D, B, H));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let layout = be.w1_layout(D, H);
+        let layout = be.weight_layout(D, H);
         let len = layout.len();
         let mut dw = AlignedVec::<f32>::zeroed(len);
         let mut db = AlignedVec::<f32>::zeroed(H);
@@ -147,20 +157,17 @@ fn kernels(c: &mut Criterion) {
         layout.pack(&inp.w1, &mut w);
         let mut v = AlignedVec::from_slice(&vec![1e-4f32; len]);
         for (id, path) in layer1_variants(name) {
-            be.set_layer1_path(path);
             g.bench_function(BenchmarkId::new(id, format!("{D}x{B}x{H}")), |bch| {
                 pool.install(|| {
                     bch.iter(|| {
                         let d = Dims { k: D, n: H };
                         let opt = RmsProp::default();
-                        be.dense_backward_u8_rmsprop(
-                            &mut w, &mut v, &mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, d, opt,
-                        )
+                        let update = Some(Update { w: &mut w, v: &mut v, opt });
+                        be.input_backward(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, d, path, update)
                     })
                 })
             });
         }
-        be.set_layer1_path(Layer1Path::Auto);
     }
     g.finish();
 
@@ -173,7 +180,7 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{H}x{C}")), |bch| {
             pool.install(|| {
                 bch.iter(|| {
-                    be.dense_softmax_xent(
+                    be.output_softmax_xent(
                         &mut p,
                         &mut dz,
                         &inp.h,
@@ -195,7 +202,7 @@ fn kernels(c: &mut Criterion) {
         let be = kiln_kernels::select(name).unwrap();
         let (mut dw, mut db) = (AlignedVec::<f32>::zeroed(H * C), AlignedVec::<f32>::zeroed(C));
         g.bench_function(BenchmarkId::new(*name, format!("{H}x{B}x{C}")), |bch| {
-            pool.install(|| bch.iter(|| be.dense_backward(&mut dw, &mut db, &inp.h, &inp.dz2, Dims { k: H, n: C })))
+            pool.install(|| bch.iter(|| be.output_backward(&mut dw, &mut db, &inp.h, &inp.dz2, Dims { k: H, n: C })))
         });
     }
     g.finish();
@@ -207,11 +214,55 @@ fn kernels(c: &mut Criterion) {
         let mut dh = AlignedVec::<f32>::zeroed(B * H);
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{C}x{H}")), |bch| {
             pool.install(|| {
-                bch.iter(|| be.relu_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C }))
+                bch.iter(|| {
+                    be.output_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C }, Activation::Relu)
+                })
             })
         });
     }
     g.finish();
+
+    // The hidden layer of the 784-512-256-10 network: 512 -> 256, forward
+    // with its ReLU epilogue, the weight gradient with RMSprop fused, and
+    // the input gradient (dA = dZ W^T * [A > 0]).
+    const H2: usize = 256;
+    let hidden = inp.h.clone();
+    let (w_h, dz_h): (AlignedVec<f32>, AlignedVec<f32>) =
+        (inp.w1[..H * H2].iter().copied().collect(), inp.dz1[..B * H2].iter().copied().collect());
+    for (group, (m, k, n)) in
+        [("hidden_forward", (B, H, H2)), ("hidden_dw_rmsprop", (H, B, H2)), ("hidden_da", (B, H2, H))]
+    {
+        let mut g = c.benchmark_group(group);
+        g.throughput(flops(m, k, n));
+        for name in &backends {
+            let be = kiln_kernels::select(name).unwrap();
+            let layout = be.weight_layout(H, H2);
+            let mut w = AlignedVec::<f32>::zeroed(layout.len());
+            layout.pack(&w_h, &mut w);
+            let mut v = AlignedVec::from_slice(&vec![1e-4f32; layout.len()]);
+            let (mut out, mut dw, mut db) = (
+                AlignedVec::<f32>::zeroed(B * H),
+                AlignedVec::<f32>::zeroed(layout.len()),
+                AlignedVec::<f32>::zeroed(H2),
+            );
+            let d = Dims { k: H, n: H2 };
+            g.bench_function(BenchmarkId::new(*name, format!("{m}x{k}x{n}")), |bch| {
+                pool.install(|| {
+                    bch.iter(|| match group {
+                        "hidden_forward" => {
+                            be.hidden_forward(&mut out[..B * H2], &hidden, &w, &inp.b1[..H2], d, Activation::Relu)
+                        }
+                        "hidden_dw_rmsprop" => {
+                            let update = Some(Update { w: &mut w, v: &mut v, opt: RmsProp::default() });
+                            be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, update)
+                        }
+                        _ => be.hidden_backward_input(&mut out, &dz_h, &w, &hidden, d, Activation::Relu),
+                    })
+                })
+            });
+        }
+        g.finish();
+    }
 
     let n_params = D * H + H + H * C + C;
     let mut g = c.benchmark_group("rmsprop");
@@ -232,16 +283,19 @@ fn kernels(c: &mut Criterion) {
     // A whole training step (forward, backward, update), per thread count.
     let mut g = c.benchmark_group("train_step");
     g.throughput(flops(B, D, H));
-    let params = Params::glorot(H, 1);
-    for name in &backends {
-        let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
-        for threads in [1, 2] {
-            let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut m = Model::new(be, &params, RmsProp::default(), B);
-            let batch = Batch { pixels: &inp.x, labels: &inp.labels, rows: &inp.rows };
-            g.bench_function(BenchmarkId::new(*name, format!("t{threads}")), |bch| {
-                tp.install(|| bch.iter(|| black_box(m.train_step(batch).is_ok())))
-            });
+    for spec in ["512:relu,10:softmax", "512:relu,256:relu,10:softmax"] {
+        let params = Params::glorot(&Arch::parse(spec, D, C).unwrap(), 1);
+        let short = if spec.contains("256") { "784-512-256-10" } else { "784-512-10" };
+        for name in &backends {
+            let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
+            for threads in [1, 2] {
+                let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut m = Model::new(be, &params, RmsProp::default(), B);
+                let batch = Batch { pixels: &inp.x, labels: &inp.labels, rows: &inp.rows };
+                g.bench_function(BenchmarkId::new(*name, format!("{short}/t{threads}")), |bch| {
+                    tp.install(|| bch.iter(|| black_box(m.train_step(batch).is_ok())))
+                });
+            }
         }
     }
     g.finish();
@@ -259,12 +313,14 @@ fn epochs(c: &mut Criterion) {
         let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
         for threads in [1, 2] {
             let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut m = Model::new(be, &Params::glorot(H, 1), RmsProp::default(), B);
+            let arch = Arch::parse("512:relu,10:softmax", D, C).unwrap();
+            let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), B);
+            let train = Samples::from(&ds.train);
             g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bch| {
                 tp.install(|| {
                     bch.iter(|| {
                         for (rows, next) in kiln::train::batches_with_next(&order, B) {
-                            black_box(kiln::train::step(&mut m, &ds.train, rows, next).is_ok());
+                            black_box(kiln::train::step(&mut m, &train, rows, next).is_ok());
                         }
                     })
                 })

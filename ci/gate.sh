@@ -3,9 +3,9 @@
 #
 #   bash ci/gate.sh            check against ci/baseline.json (exit 1 on a regression)
 #   bash ci/gate.sh --update   measure and write ci/baseline.json
-#   bash ci/gate.sh --selftest build with the `gate-selftest` feature (every step
-#                              redoes 60% of layer 1's forward) and check that the
-#                              gate FAILS on it (exit 1 if the slowdown slips through)
+#   bash ci/gate.sh --selftest run the workload with --selftest-slowdown (every step
+#                              first redoes the forward on 60% of its rows) and check
+#                              that the gate FAILS on it (exit 1 if it slips through)
 #
 # Hard gate: instructions executed by the first STEPS training steps of epoch 1
 # (examples/gate_workload.rs, AVX2 forced since valgrind has no AVX-512, one
@@ -27,9 +27,9 @@ if ! grep -qw avx2 /proc/cpuinfo || ! grep -qw fma /proc/cpuinfo; then
 fi
 command -v valgrind >/dev/null || { echo "gate: valgrind is not installed" >&2; exit 1; }
 
-features=()
-[ "$mode" = --selftest ] && features=(--features gate-selftest)
-cargo build --release --quiet --example gate_workload "${features[@]}"
+extra=()
+[ "$mode" = --selftest ] && extra=(--selftest-slowdown)
+cargo build --release --quiet --example gate_workload
 bin=target/release/examples/gate_workload
 
 # Decompress the data natively first (the cache), then count.
@@ -37,13 +37,13 @@ bin=target/release/examples/gate_workload
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out" --collect-atstart=no \
-  --toggle-collect='*run_steps*' "$bin" --steps "$STEPS" --backend avx2 --threads 1 >/dev/null 2>&1
+  --toggle-collect='*run_steps*' "$bin" --steps "$STEPS" --backend avx2 --threads 1 "${extra[@]}" >/dev/null 2>&1
 instr=$(awk '/^totals:/ {print $2}' "$out")
 [ -n "$instr" ] && [ "$instr" -gt 0 ] || { echo "gate: callgrind counted nothing" >&2; exit 1; }
 
 walls=()
 for _ in 1 2 3; do
-  walls+=("$("$bin" --steps 100 --backend avx2 --threads 2 | sed -E 's/.*"seconds":([0-9.e-]+).*/\1/')")
+  walls+=("$("$bin" --steps 100 --backend avx2 --threads 2 "${extra[@]}" | sed -E 's/.*"seconds":([0-9.e-]+).*/\1/')")
 done
 wall=$(printf '%s\n' "${walls[@]}" | sort -g | sed -n 2p)
 

@@ -56,6 +56,9 @@ run_tests() {
 step "tests, every available backend (release build)"
 run_tests cargo test --workspace --release
 
+step "the library example (trains a small Sequential model on data it builds)"
+cargo run --release --quiet --example sequential
+
 step "tests with the BLAS backend (--features blas)"
 run_tests cargo test --workspace --release --features blas
 

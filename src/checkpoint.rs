@@ -1,50 +1,75 @@
-//! Model files: the four parameter tensors in safetensors format.
+//! Model files: every layer's kernel and bias in safetensors format.
 //!
 //! | tensor | dtype | shape |
 //! |---|---|---|
-//! | `dense_1.kernel` | F32 | `[784, H]` (in, out), `y = x @ kernel + bias` as in Keras |
-//! | `dense_1.bias` | F32 | `[H]` |
-//! | `dense_2.kernel` | F32 | `[H, 10]` |
-//! | `dense_2.bias` | F32 | `[10]` |
+//! | `dense_K.kernel` | F32 | `[in, out]`, `y = x @ kernel + bias` as in Keras |
+//! | `dense_K.bias` | F32 | `[out]` |
 //!
-//! Metadata (all strings): `format` = `kiln-mlp-v1`, `hidden` = `H`,
-//! `inputs` = `784`, `classes` = `10`, plus what training recorded (seed,
-//! epochs, test accuracy, ...). Files are written atomically.
+//! for K = 1..n, layer 1 reading the `inputs` pixels and layer K+1 reading
+//! layer K's `out`. Metadata (all strings): `format` = `kiln-sequential-v1`,
+//! `layers` = the stack in `--layers` syntax (`512:relu,10:softmax`),
+//! `inputs` = pixels per image, `classes`, plus what training recorded
+//! (seed, epochs, test accuracy, ...). Files of the first format,
+//! `kiln-mlp-v1` (`hidden` = H: one ReLU layer and a 10-class softmax, the
+//! same tensor names), still load.
+//!
+//! Files are written atomically and deterministically: the header's keys
+//! (the metadata, then the tensors) come out sorted and the tensors' data
+//! in layer order, so identical models give identical bytes.
 
-use crate::data::{CLASSES, PIXELS};
 use crate::fsutil::write_atomic;
-use crate::model::{tensor_shapes, Params};
+use crate::model::{Arch, Params};
 use anyhow::{bail, Context, Result};
-use safetensors::{Dtype, SafeTensors, View};
-use std::collections::{BTreeMap, HashMap};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The value of the `format` metadata key.
-pub const FORMAT: &str = "kiln-mlp-v1";
+pub const FORMAT: &str = "kiln-sequential-v1";
+
+/// The first format (one hidden ReLU layer of `hidden` units, 784 inputs,
+/// 10 classes), still read.
+pub const FORMAT_V1: &str = "kiln-mlp-v1";
 
 /// Where `train` writes its model unless told otherwise (`--out`).
 pub const DEFAULT_MODEL_PATH: &str = "kiln-mnist.safetensors";
 
-/// Saves `params` (in any layout; the file is row-major) to `path`
-/// atomically, with `extra` added to the metadata.
+/// The bytes of a safetensors file holding `tensors` (name, shape, values;
+/// data in the order given) and `meta`, with every header key sorted: the
+/// same inputs always give the same bytes (the `safetensors` crate writes
+/// its metadata map in hash order).
+pub fn serialize(tensors: &[(String, Vec<usize>, &[f32])], meta: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(meta).expect("strings serialize"));
+    let mut offset = 0usize;
+    for (name, shape, values) in tensors {
+        let end = offset + 4 * values.len();
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("a JSON object");
+    // The data starts 8-byte aligned, as the format's own writer pads it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, _, values) in tensors {
+        for v in values.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Saves `params` to `path` atomically, with `extra` added to the metadata.
 pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>) -> Result<()> {
-    let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let arch = params.arch();
+    let mut meta = extra.clone();
     meta.insert("format".into(), FORMAT.into());
-    meta.insert("hidden".into(), params.hidden.to_string());
-    meta.insert("inputs".into(), PIXELS.to_string());
-    meta.insert("classes".into(), CLASSES.to_string());
-    let params = params.to_row_major();
-    let t = params.tensors();
-    let bytes: Vec<Vec<u8>> =
-        [t.w1, t.b1, t.w2, t.b2].iter().map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let views = tensor_shapes(params.hidden)
-        .into_iter()
-        .zip(&bytes)
-        .map(|((name, shape), data)| Ok((name, safetensors::tensor::TensorView::new(Dtype::F32, shape, data)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let file = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(meta))
-        .with_context(|| format!("{}: cannot serialize the model", path.display()))?;
-    write_atomic(path, &file)
+    meta.insert("layers".into(), arch.spec());
+    meta.insert("inputs".into(), arch.inputs().to_string());
+    meta.insert("classes".into(), arch.classes().to_string());
+    write_atomic(path, &serialize(&params.named_tensors(), &meta))
 }
 
 /// The top-level keys of a safetensors JSON header, in order, duplicates
@@ -69,19 +94,15 @@ fn header_keys(json: &[u8]) -> std::result::Result<Vec<String>, serde_json::Erro
     serde_json::Deserializer::from_slice(json).deserialize_map(Keys)
 }
 
-/// Loads and validates a model file written by [`save`] (row-major). Every
-/// failure is one line naming the file and what is wrong.
-pub fn load(path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())
-    })?;
-    from_bytes(&bytes, path)
+/// A parsed safetensors file: its tensors (name -> shape, dtype, raw bytes)
+/// and its metadata.
+struct Contents<'a> {
+    st: SafeTensors<'a>,
+    meta: BTreeMap<String, String>,
 }
 
-/// [`load`] on the bytes of a model file already in memory; `path` only
-/// names it in errors. Any byte string gives a validated model or an error,
-/// never a panic (fuzzed: `fuzz/fuzz_targets/model.rs`).
-pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, HashMap<String, String>)> {
+/// Parses the container, with one-line errors naming `path`.
+fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<Contents<'a>> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
     if bytes.len() < 8 {
         bail!(fail(format!("not a safetensors file: {} bytes, too short for the 8-byte header length", bytes.len())));
@@ -108,51 +129,174 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, HashMap<Str
         })
     })?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("bad header ({e})")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!(fail(format!("metadata `format` is {:?}, expected \"{FORMAT}\"", meta.get("format"))));
+    let meta = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    Ok(Contents { st, meta })
+}
+
+/// The layers `dense_1 .. dense_n` the file's kernels describe, as `(in,
+/// out)` per layer, checking that every tensor is one of them, that no
+/// layer is missing and that the shapes chain.
+fn layer_shapes(c: &Contents<'_>, path: &Path) -> Result<Vec<(usize, usize)>> {
+    let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let mut layers = BTreeMap::new();
+    for name in c.st.names() {
+        let layer = name
+            .strip_prefix("dense_")
+            .and_then(|r| r.strip_suffix(".kernel").or_else(|| r.strip_suffix(".bias")))
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|&k| k >= 1);
+        let Some(k) = layer else {
+            bail!(fail(format!(
+                "unknown tensor `{name}` (a model holds dense_K.kernel and dense_K.bias, K = 1, 2, ...)"
+            )));
+        };
+        layers.insert(k, ());
     }
-    let hidden: usize =
-        meta.get("hidden").and_then(|h| h.parse().ok()).filter(|&h| h > 0).ok_or_else(|| {
-            fail(format!("metadata `hidden` is {:?}, expected a positive integer", meta.get("hidden")))
-        })?;
-    let shapes = tensor_shapes(hidden);
-    for name in st.names() {
-        if !shapes.iter().any(|(n, _)| *n == name) {
-            let known: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
-            bail!(fail(format!("unknown tensor `{name}` (a model has exactly {})", known.join(", "))));
+    let n = layers.keys().next_back().copied().unwrap_or(0);
+    if n == 0 {
+        bail!(fail("holds no tensors; expected dense_1.kernel, dense_1.bias, ...".into()));
+    }
+    let mut shapes = Vec::new();
+    for k in 1..=n {
+        let kernel = c
+            .st
+            .tensor(&format!("dense_{k}.kernel"))
+            .map_err(|_| fail(format!("tensor `dense_{k}.kernel` is missing (the file has layers up to dense_{n})")))?;
+        let shape = kernel.shape();
+        if shape.len() != 2 {
+            bail!(fail(format!("tensor `dense_{k}.kernel` has shape {shape:?}; expected 2 dimensions [in, out]")));
         }
+        let (i, o) = (shape[0], shape[1]);
+        if let Some(&(_, prev)) = shapes.last() {
+            if i != prev {
+                bail!(fail(format!(
+                    "tensor `dense_{k}.kernel` has shape {shape:?}, but dense_{}.kernel has {prev} outputs: \
+                     the shapes do not chain (kernels are stored [in, out])",
+                    k - 1
+                )));
+            }
+        }
+        shapes.push((i, o));
     }
-    let mut params = Params::<f32>::zeros(hidden);
+    Ok(shapes)
+}
+
+/// Reads every tensor of `arch` from the file into [`Params`], checking
+/// names, dtypes, shapes and values.
+fn read_params(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Params<f32>> {
+    let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let shapes = layer_shapes(c, path)?;
+    if shapes.len() != arch.layers().len() {
+        bail!(fail(format!(
+            "holds {} layers (dense_1 .. dense_{}), but the model {} has {}",
+            shapes.len(),
+            shapes.len(),
+            arch.spec(),
+            arch.layers().len()
+        )));
+    }
+    let mut params = Params::<f32>::zeros(arch);
+    let named: Vec<(String, Vec<usize>)> = params.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
     let mut offset = 0;
-    for (name, shape) in shapes {
-        let t = st.tensor(name).map_err(|_| fail(format!("tensor `{name}` is missing")))?;
+    for (name, shape) in named {
+        let t = c.st.tensor(&name).map_err(|_| fail(format!("tensor `{name}` is missing")))?;
         if t.dtype() != Dtype::F32 {
             bail!(fail(format!("tensor `{name}` has dtype {:?}, expected F32", t.dtype())));
         }
         if t.shape() != shape.as_slice() {
             let mut reversed = shape.clone();
             reversed.reverse();
-            let hint = if t.shape() == reversed.as_slice() {
-                " (transposed? kernels are stored (in, out))".to_string()
-            } else if t.shape().len() == shape.len() {
-                format!(" (does the metadata's hidden width {hidden} match the tensors?)")
+            let hint = if t.shape() == reversed.as_slice() && shape.len() == 2 {
+                " (transposed? kernels are stored [in, out])"
             } else {
-                String::new()
+                ""
             };
             bail!(fail(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?} for hidden width {hidden}{hint}",
-                t.shape()
+                "tensor `{name}` has shape {:?}, expected {shape:?} for the layers {} on {} inputs{hint}",
+                t.shape(),
+                arch.spec(),
+                arch.inputs()
             )));
         }
-        let dst = &mut params.data[offset..offset + t.data_len() / 4];
-        for (d, c) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
-            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let dst = &mut params.values_mut()[offset..offset + t.data().len() / 4];
+        for (d, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
             bail!(fail(format!("tensor `{name}` holds a non-finite value ({}) at flat index {i}", dst[i])));
         }
         offset += dst.len();
     }
-    Ok((params, meta))
+    Ok(params)
+}
+
+/// The architecture a model file's metadata names.
+fn arch_of(meta: &BTreeMap<String, String>, path: &Path) -> Result<Arch> {
+    let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let number = |key: &str| -> Result<usize> {
+        meta.get(key)
+            .and_then(|h| h.parse().ok())
+            .filter(|&h: &usize| h > 0)
+            .ok_or_else(|| fail(format!("metadata `{key}` is {:?}, expected a positive integer", meta.get(key))))
+    };
+    match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => {
+            let spec = meta.get("layers").ok_or_else(|| fail("metadata `layers` is missing".into()))?;
+            let (inputs, classes) = (number("inputs")?, number("classes")?);
+            Arch::parse(spec, inputs, classes).map_err(|e| fail(format!("metadata `layers`: {e:#}")))
+        }
+        Some(FORMAT_V1) => {
+            let hidden = number("hidden")?;
+            Arch::parse(&format!("{hidden}:relu,10:softmax"), 784, 10).map_err(|e| fail(format!("{e:#}")))
+        }
+        other => bail!(fail(format!("metadata `format` is {other:?}, expected \"{FORMAT}\" (or \"{FORMAT_V1}\")"))),
+    }
+}
+
+/// Loads and validates a model file written by [`save`]. Every failure is
+/// one line naming the file and what is wrong.
+pub fn load(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())
+    })?;
+    from_bytes(&bytes, path)
+}
+
+/// [`load`] on the bytes of a model file already in memory; `path` only
+/// names it in errors. Any byte string gives a validated model or an error,
+/// never a panic (fuzzed: `fuzz/fuzz_targets/model.rs`).
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
+    let c = parse(bytes, path)?;
+    let arch = arch_of(&c.meta, path)?;
+    let params = read_params(&c, &arch, path)?;
+    Ok((params, c.meta))
+}
+
+/// Initial weights for `arch` from a safetensors file (`train --init`): the
+/// tensors `dense_K.kernel` `[in, out]` and `dense_K.bias` for K = 1..n, as
+/// Keras names its Dense layers; metadata is not needed (a file exported
+/// from Keras loads as it is), and when it names layers they must be
+/// `arch`'s. The shapes must be exactly `arch`'s.
+pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the --init file", path.display()))?;
+    let c = parse(&bytes, path)?;
+    if let Some(spec) = c.meta.get("layers") {
+        if *spec != arch.spec() {
+            bail!("{}: its metadata names the layers {spec}, but this run trains {}", path.display(), arch.spec());
+        }
+    }
+    let shapes = layer_shapes(&c, path)?;
+    let want: Vec<(usize, usize)> = (0..arch.layers().len()).map(|l| arch.kernel_shape(l)).collect();
+    if shapes != want {
+        let show = |s: &[(usize, usize)]| s.iter().map(|(i, o)| format!("{i}x{o}")).collect::<Vec<_>>().join(", ");
+        bail!(
+            "{}: its kernels are {} (in x out), but the layers {} on {} inputs need {}",
+            path.display(),
+            show(&shapes),
+            arch.spec(),
+            arch.inputs(),
+            show(&want)
+        );
+    }
+    read_params(&c, arch, path)
 }

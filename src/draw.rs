@@ -218,16 +218,21 @@ pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], test_acc: f64) -> 
     c.save(path)
 }
 
-/// The confusion matrix as a heatmap: row = true digit, column = predicted,
-/// each cell shaded by its share of the row and labelled with its count.
-pub fn confusion_heatmap(path: &Path, m: &[[usize; 10]; 10]) -> Result<()> {
-    let (cell, l, t) = (56i64, 70i64, 70i64);
-    let mut c = Canvas::new((l + 10 * cell + 20) as u32, (t + 10 * cell + 50) as u32, WHITE);
+/// The confusion matrix (`C x C`) as a heatmap: row = true class, column =
+/// predicted, each cell shaded by its share of the row and labelled with
+/// its count while the cells are large enough to hold it.
+pub fn confusion_heatmap(path: &Path, m: &[Vec<usize>]) -> Result<()> {
+    let classes = m.len().max(1) as i64;
+    let (cell, l, t) = ((560 / classes).clamp(12, 56), 70i64, 70i64);
+    let mut c = Canvas::new((l + classes * cell + 20) as u32, (t + classes * cell + 50) as u32, WHITE);
     c.text(l, 14, "CONFUSION: TRUE ROWS / PREDICTED COLUMNS", 2, BLACK);
+    let numbers = cell >= 40;
     for (i, row) in m.iter().enumerate() {
         let row_total = row.iter().sum::<usize>().max(1) as f64;
-        c.text(l - 28, t + i as i64 * cell + cell / 2 - 7, &i.to_string(), 2, BLACK);
-        c.text(l + i as i64 * cell + cell / 2 - 5, t - 24, &i.to_string(), 2, BLACK);
+        if numbers || i % 5 == 0 {
+            c.text(l - 28, t + i as i64 * cell + cell / 2 - 7, &i.to_string(), 2, BLACK);
+            c.text(l + i as i64 * cell + cell / 2 - 5, t - 24, &i.to_string(), 2, BLACK);
+        }
         for (j, &count) in row.iter().enumerate() {
             let share = count as f64 / row_total;
             // White -> dark blue for the diagonal, white -> red elsewhere.
@@ -235,6 +240,9 @@ pub fn confusion_heatmap(path: &Path, m: &[[usize; 10]; 10]) -> Result<()> {
             let base = if i == j { [20, 60, 160] } else { [200, 30, 30] };
             let col = base.map(|b: u8| (255.0 - (255.0 - f64::from(b)) * strength) as u8);
             c.rect(l + j as i64 * cell, t + i as i64 * cell, cell - 2, cell - 2, col);
+            if !numbers {
+                continue;
+            }
             let label = count.to_string();
             let ink = if strength > 0.5 { WHITE } else { BLACK };
             let x = l + j as i64 * cell + (cell - Canvas::text_width(&label, 2)) / 2;

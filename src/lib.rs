@@ -1,9 +1,28 @@
-//! kiln: trains and runs the classic Keras MNIST network on a CPU.
+//! kiln: trains and runs Keras-style Sequential stacks of Dense layers on a
+//! CPU, Keras-exact, from u8 images (MNIST's by default).
+//!
+//! ```
+//! use kiln::model::{predict, Activation, Model, Params, Sequential};
+//! use kiln::train::{evaluate, fit, Config, Samples};
+//! // Four 2-pixel images: class 1 when the first pixel is lit.
+//! let (pixels, labels) = ([255u8, 0, 0, 255, 200, 10, 5, 220], [1u8, 0, 1, 0]);
+//! let data = Samples::new(&pixels, &labels, 2).unwrap();
+//! let arch = Sequential::new(2).dense(8, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
+//! let be = kiln_kernels::select("auto").unwrap();
+//! let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::RmsProp { lr: 0.05, ..Default::default() }, 4);
+//! let cfg = Config { epochs: 30, batch_size: 4, ..Config::default() };
+//! fit(&mut model, data, &cfg, |_| {}, |_| {}).unwrap();
+//! assert_eq!(evaluate(&mut model, data).unwrap().acc, 1.0);
+//! assert!(predict(be, &model.params(), &[250, 3])[0][1] > 0.5);
+//! ```
 //!
 //! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated).
-//! * [`model`]: the network, generic over `f32`/`f64`, on a kernel backend.
-//! * [`train`]: the epoch loop, Keras's running metrics, evaluation.
-//! * [`checkpoint`]: safetensors model files, written atomically.
+//! * [`model`]: the layers ([`model::Sequential`], [`model::Arch`]), their
+//!   parameters, and the model on a kernel backend, generic over `f32`/`f64`.
+//! * [`train`]: Keras's `fit` (epochs, shuffling, `steps_per_epoch`),
+//!   running metrics, `evaluate`, over [`train::Samples`] from memory or IDX.
+//! * [`checkpoint`]: safetensors model files, written atomically and
+//!   deterministically; `--init` files exported from Keras.
 //! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
 //! * [`draw`]: PNG charts and digit pictures without system libraries.
 //! * [`fuzz_checks`]: the properties the fuzz targets check, shared with tests.

@@ -1,187 +1,399 @@
-//! The tutorial network, Dense(784 -> H, ReLU) -> Dense(H -> 10, softmax),
-//! trained with categorical cross-entropy and RMSprop exactly as Keras 3 does.
+//! A Keras-style `Sequential` stack of Dense layers over u8 images, trained
+//! with categorical cross-entropy and RMSprop exactly as Keras 3 does.
 //!
-//! Dimensions, named once: `B` batch rows, `D = 784` inputs, `H` hidden
-//! units, `C = 10` classes. Parameters, gradients and RMSprop velocities each
-//! live in one arena laid out `[W1 (D,H) | b1 (H) | W2 (H,C) | b2 (C)]`, so the
-//! update is one flat pass over all of them. `W1` is stored in the backend's
-//! panel layout (`kiln_kernels::PanelLayout`); every other tensor, and every
-//! tensor outside a [`Model`], is row-major. The model is generic over the
-//! element type: `f32` trains, `f64` runs the gradient checks through the
-//! same code and the scalar kernels' formulas.
+//! Dimensions, named once: `B` batch rows, `D` inputs (pixels per image),
+//! `U_l` the units of layer `l`, `C` classes (the output layer's units).
+//! Layer 0 (the input layer) reads the mapped u8 pixels; layers 1 .. L-1
+//! (hidden) read the f32 activations below them; layer L (the output layer)
+//! is fused with softmax cross-entropy. A one-layer network is its own
+//! output layer (its input is then gathered to f32 first).
+//!
+//! [`Params`] is the model as a user sees it: every kernel `(in, out)`
+//! row-major, then its bias, layer after layer. Inside a [`Model`] the
+//! parameters, gradients and RMSprop velocities each live in one arena laid
+//! out `[W_0 .. W_{L-1} (backend layout) | W_L | b_0 .. b_L]`: the kernels
+//! whose update is fused into their gradient product first, in the
+//! backend's panel layout, then everything updated by one flat pass. The
+//! model is generic over the element type: `f32` trains, `f64` runs the
+//! gradient checks through the same code and the scalar kernels' formulas.
 
-use crate::data::{CLASSES, PIXELS};
 use crate::rng::{Rng, Stream};
-use kiln_kernels::{AlignedVec, Backend, Dims, PanelLayout, Real, RmsProp, XentStats};
+use anyhow::{bail, ensure, Result};
+use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real, RmsProp, Update, XentStats};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// The parameter tensors in arena order: name (as saved), shape for hidden
-/// width `h`.
-pub fn tensor_shapes(h: usize) -> [(&'static str, Vec<usize>); 4] {
-    [
-        ("dense_1.kernel", vec![PIXELS, h]),
-        ("dense_1.bias", vec![h]),
-        ("dense_2.kernel", vec![h, CLASSES]),
-        ("dense_2.bias", vec![CLASSES]),
-    ]
+pub use kiln_kernels::Activation;
+
+/// One `Dense(units, activation)` layer, as Keras writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dense {
+    /// Output width.
+    pub units: usize,
+    /// Applied to `x @ kernel + bias`.
+    pub activation: Activation,
 }
 
-/// The four parameter tensors of the network, borrowed from an arena.
-#[derive(Debug)]
-pub struct Tensors<S> {
-    /// Layer 1 kernel `(D, H)`.
-    pub w1: S,
-    /// Layer 1 bias `(H)`.
-    pub b1: S,
-    /// Layer 2 kernel `(H, C)`.
-    pub w2: S,
-    /// Layer 2 bias `(C)`.
-    pub b2: S,
+/// Most parameters a model may have (2^32 f32 are 16 GiB per copy, and a
+/// model keeps three copies): a guard against widths that overflow memory.
+const MAX_PARAMETERS: usize = 1 << 32;
+
+/// A validated stack of Dense layers on `inputs` pixels: at least one
+/// layer, every width at least 1, softmax on the output layer and nowhere
+/// else. Built by [`Arch::new`], [`Arch::parse`] or [`Sequential`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arch {
+    inputs: usize,
+    layers: Vec<Dense>,
 }
 
-/// One arena of `[W1 | b1 | W2 | b2]` for hidden width `hidden`.
+impl Arch {
+    /// The stack `layers` on `inputs` pixels, or an error that says what is
+    /// wrong and what was expected.
+    ///
+    /// ```
+    /// use kiln::model::{Activation, Arch, Dense};
+    /// let arch = Arch::new(784, vec![Dense { units: 10, activation: Activation::Softmax }]).unwrap();
+    /// assert_eq!(arch.parameters(), 7850);
+    /// assert!(Arch::new(784, vec![Dense { units: 10, activation: Activation::Relu }]).is_err());
+    /// ```
+    pub fn new(inputs: usize, layers: Vec<Dense>) -> Result<Arch> {
+        ensure!(inputs > 0, "the input has 0 pixels; expected at least 1");
+        ensure!(!layers.is_empty(), "the model has no layers; expected at least the output layer (e.g. 10:softmax)");
+        for (l, d) in layers.iter().enumerate() {
+            ensure!(d.units > 0, "layer {} has 0 units; expected at least 1", l + 1);
+            let last = l + 1 == layers.len();
+            if d.activation == Activation::Softmax && !last {
+                bail!("layer {} is softmax, which only the output layer may be (it is fused with the loss)", l + 1);
+            }
+            if last && d.activation != Activation::Softmax {
+                bail!(
+                    "the output layer {} is {}; expected softmax (kiln trains with categorical cross-entropy)",
+                    l + 1,
+                    d.activation
+                );
+            }
+        }
+        let arch = Arch { inputs, layers };
+        let mut total = 0usize;
+        for l in 0..arch.layers.len() {
+            let (i, o) = arch.kernel_shape(l);
+            total = i
+                .checked_mul(o)
+                .and_then(|k| k.checked_add(o))
+                .and_then(|p| total.checked_add(p))
+                .unwrap_or(usize::MAX);
+        }
+        ensure!(
+            total <= MAX_PARAMETERS,
+            "the layers {} need {} parameters, more than the {MAX_PARAMETERS} kiln can hold in memory",
+            arch.spec(),
+            if total == usize::MAX { "more than 2^64".to_string() } else { total.to_string() }
+        );
+        Ok(arch)
+    }
+
+    /// Parses `512:relu,256:relu,10:softmax` (Keras order, `units:activation`
+    /// per layer). When the last layer given is not softmax, the output
+    /// layer `classes:softmax` is appended; when it is, its width must be
+    /// `classes`.
+    ///
+    /// ```
+    /// use kiln::model::Arch;
+    /// let a = Arch::parse("512:relu", 784, 10).unwrap();
+    /// assert_eq!(a.spec(), "512:relu,10:softmax");
+    /// assert!(Arch::parse("512:relu,9:softmax", 784, 10).is_err());
+    /// ```
+    pub fn parse(spec: &str, inputs: usize, classes: usize) -> Result<Arch> {
+        let expected = "expected UNITS:ACTIVATION[,...], e.g. 512:relu,256:relu,10:softmax";
+        ensure!(!spec.trim().is_empty(), "the layer list is empty; {expected}");
+        let mut layers = Vec::new();
+        for (l, part) in spec.split(',').enumerate() {
+            let part = part.trim();
+            let Some((units, act)) = part.split_once(':') else {
+                bail!("layer {} `{part}` has no activation; {expected}", l + 1);
+            };
+            let units: usize = units.trim().parse().map_err(|_| {
+                anyhow::anyhow!("layer {} `{part}`: `{units}` is not a number of units; {expected}", l + 1)
+            })?;
+            let activation: Activation =
+                act.trim().parse().map_err(|e| anyhow::anyhow!("layer {} `{part}`: {e}", l + 1))?;
+            layers.push(Dense { units, activation });
+        }
+        if layers.last().is_some_and(|d| d.activation != Activation::Softmax) {
+            layers.push(Dense { units: classes, activation: Activation::Softmax });
+        }
+        let out = layers.last().expect("at least one layer").units;
+        ensure!(
+            out == classes,
+            "the output layer has {out} units, but the data has {classes} classes; expected {classes}:softmax"
+        );
+        Arch::new(inputs, layers)
+    }
+
+    /// Pixels per input image.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// The layers, input layer first.
+    pub fn layers(&self) -> &[Dense] {
+        &self.layers
+    }
+
+    /// Classes: the output layer's width.
+    pub fn classes(&self) -> usize {
+        self.layers.last().expect("validated: at least one layer").units
+    }
+
+    /// `(in, out)` of layer `l`'s kernel.
+    pub fn kernel_shape(&self, l: usize) -> (usize, usize) {
+        let fan_in = if l == 0 { self.inputs } else { self.layers[l - 1].units };
+        (fan_in, self.layers[l].units)
+    }
+
+    /// Parameters of all layers (kernels and biases).
+    pub fn parameters(&self) -> usize {
+        (0..self.layers.len()).map(|l| self.kernel_shape(l)).map(|(i, o)| i * o + o).sum()
+    }
+
+    /// The layers in `--layers` syntax, e.g. `512:relu,10:softmax`.
+    pub fn spec(&self) -> String {
+        self.layers.iter().map(|d| format!("{}:{}", d.units, d.activation)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The model as Keras's `model.summary()` prints it: each layer, its
+    /// output shape, its parameter count, and the total.
+    pub fn summary(&self) -> String {
+        let rule = "-".repeat(62);
+        let mut s = format!("{:<30}{:<20}{:>12}\n{rule}\n", "Layer (type)", "Output Shape", "Param #");
+        for (l, d) in self.layers.iter().enumerate() {
+            let (i, o) = self.kernel_shape(l);
+            let name = format!("dense_{} (Dense, {})", l + 1, d.activation);
+            s.push_str(&format!("{name:<30}{:<20}{:>12}\n", format!("(None, {o})"), i * o + o));
+        }
+        s.push_str(&format!("{rule}\nTotal params: {} (input: {} pixels)", self.parameters(), self.inputs));
+        s
+    }
+}
+
+/// Keras's `Sequential` builder: `Sequential::new(784).dense(512,
+/// Activation::Relu).dense(10, Activation::Softmax).build()`.
+///
+/// ```
+/// use kiln::model::{Activation, Sequential};
+/// let arch = Sequential::new(784).dense(512, Activation::Relu).dense(10, Activation::Softmax).build().unwrap();
+/// assert_eq!(arch.spec(), "512:relu,10:softmax");
+/// assert_eq!(arch.parameters(), 407_050);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sequential {
+    inputs: usize,
+    layers: Vec<Dense>,
+}
+
+impl Sequential {
+    /// An empty stack on images of `inputs` pixels.
+    pub fn new(inputs: usize) -> Self {
+        Sequential { inputs, layers: Vec::new() }
+    }
+
+    /// Adds `Dense(units, activation)`.
+    pub fn dense(mut self, units: usize, activation: Activation) -> Self {
+        self.layers.push(Dense { units, activation });
+        self
+    }
+
+    /// The validated architecture (see [`Arch::new`]).
+    pub fn build(self) -> Result<Arch> {
+        Arch::new(self.inputs, self.layers)
+    }
+}
+
+/// The parameters of a model as Keras keeps them: for each layer, its kernel
+/// `(in, out)` row-major (`y = x @ kernel + bias`) and its bias, in one
+/// vector. The shapes always match the [`Arch`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params<T: Real> {
-    /// Hidden width `H`.
-    pub hidden: usize,
-    /// How `W1` is stored (row-major unless inside a [`Model`]).
-    pub layout: PanelLayout,
-    /// All values, in arena order.
-    pub data: AlignedVec<T>,
+    arch: Arch,
+    data: AlignedVec<T>,
 }
 
 impl<T: Real> Params<T> {
-    /// All zeros, row-major.
-    pub fn zeros(hidden: usize) -> Self {
-        Self::zeros_in(PanelLayout::row_major(PIXELS, hidden))
+    /// All zeros.
+    pub fn zeros(arch: &Arch) -> Self {
+        Params { arch: arch.clone(), data: AlignedVec::zeroed(arch.parameters()) }
     }
 
-    /// All zeros, `W1` stored in `layout`.
-    pub fn zeros_in(layout: PanelLayout) -> Self {
-        let h = layout.n;
-        assert_eq!(layout.k, PIXELS, "W1 has {PIXELS} rows");
-        Params { hidden: h, layout, data: AlignedVec::zeroed(layout.len() + h + h * CLASSES + CLASSES) }
-    }
-
-    /// The same parameters with `W1` stored in `layout` instead.
-    pub fn to_layout(&self, layout: PanelLayout) -> Self {
-        if layout == self.layout {
-            return self.clone();
-        }
-        assert_eq!((layout.k, layout.n), (self.layout.k, self.layout.n), "layouts of different shapes");
-        let mut row_major = vec![T::zero(); PIXELS * self.hidden];
-        self.layout.unpack(self.tensors().w1, &mut row_major);
-        let mut out = Self::zeros_in(layout);
-        let (src, dst) = (self.tensors(), out.tensors_mut());
-        layout.pack(&row_major, dst.w1);
-        dst.b1.copy_from_slice(src.b1);
-        dst.w2.copy_from_slice(src.w2);
-        dst.b2.copy_from_slice(src.b2);
-        out
-    }
-
-    /// The same parameters, row-major.
-    pub fn to_row_major(&self) -> Self {
-        self.to_layout(PanelLayout::row_major(PIXELS, self.hidden))
+    /// The parameters of `arch` from `data` in [`Params`] order, or an error
+    /// when the length does not match.
+    pub fn from_vec(arch: &Arch, data: Vec<T>) -> Result<Self> {
+        ensure!(
+            data.len() == arch.parameters(),
+            "{} values given; the layers {} have {} parameters",
+            data.len(),
+            arch.spec(),
+            arch.parameters()
+        );
+        Ok(Params { arch: arch.clone(), data: data.into_iter().collect() })
     }
 
     /// Keras's defaults: Glorot-uniform kernels, uniform in
-    /// `+-sqrt(6 / (fan_in + fan_out))`, and zero biases, drawn from `seed`.
-    pub fn glorot(hidden: usize, seed: u64) -> Self {
-        let mut p = Self::zeros(hidden);
-        let t = p.tensors_mut();
-        glorot_fill(t.w1, PIXELS, hidden, &mut Rng::new(seed, Stream::InitW1));
-        glorot_fill(t.w2, hidden, CLASSES, &mut Rng::new(seed, Stream::InitW2));
+    /// `+-sqrt(6 / (fan_in + fan_out))`, each drawn from its own stream of
+    /// `seed`, and zero biases.
+    pub fn glorot(arch: &Arch, seed: u64) -> Self {
+        let mut p = Self::zeros(arch);
+        for l in 0..arch.layers.len() {
+            let (fan_in, fan_out) = arch.kernel_shape(l);
+            let mut rng = Rng::new(seed, Stream::InitKernel(l as u32));
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            for v in p.kernel_mut(l) {
+                *v = T::from_f64((2.0 * rng.next_f64() - 1.0) * limit);
+            }
+        }
         p
     }
 
-    fn split_points(&self) -> [usize; 3] {
-        let h = self.hidden;
-        let a = self.layout.len();
-        [a, a + h, a + h + h * CLASSES]
+    /// The architecture these parameters belong to.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
     }
 
-    /// The four tensors, borrowed.
-    pub fn tensors(&self) -> Tensors<&[T]> {
-        let [a, b, c] = self.split_points();
-        let (w1, rest) = self.data.split_at(a);
-        let (b1, rest) = rest.split_at(b - a);
-        let (w2, b2) = rest.split_at(c - b);
-        Tensors { w1, b1, w2, b2 }
+    fn range(&self, l: usize, bias: bool) -> Range<usize> {
+        let mut at = 0;
+        for m in 0..l {
+            let (i, o) = self.arch.kernel_shape(m);
+            at += i * o + o;
+        }
+        let (i, o) = self.arch.kernel_shape(l);
+        if bias {
+            at + i * o..at + i * o + o
+        } else {
+            at..at + i * o
+        }
     }
 
-    /// The four tensors, borrowed mutably.
-    pub fn tensors_mut(&mut self) -> Tensors<&mut [T]> {
-        let [a, b, c] = self.split_points();
-        let (w1, rest) = self.data.split_at_mut(a);
-        let (b1, rest) = rest.split_at_mut(b - a);
-        let (w2, b2) = rest.split_at_mut(c - b);
-        Tensors { w1, b1, w2, b2 }
+    /// Layer `l`'s kernel, `(in, out)` row-major.
+    pub fn kernel(&self, l: usize) -> &[T] {
+        &self.data[self.range(l, false)]
+    }
+
+    /// Layer `l`'s kernel, mutably.
+    pub fn kernel_mut(&mut self, l: usize) -> &mut [T] {
+        let r = self.range(l, false);
+        &mut self.data[r]
+    }
+
+    /// Layer `l`'s bias.
+    pub fn bias(&self, l: usize) -> &[T] {
+        &self.data[self.range(l, true)]
+    }
+
+    /// Layer `l`'s bias, mutably.
+    pub fn bias_mut(&mut self, l: usize) -> &mut [T] {
+        let r = self.range(l, true);
+        &mut self.data[r]
+    }
+
+    /// Every value, in order (layer by layer, kernel then bias).
+    pub fn values(&self) -> &[T] {
+        &self.data
+    }
+
+    /// Every value, mutably (the shapes cannot change).
+    pub fn values_mut(&mut self) -> &mut [T] {
+        &mut self.data
     }
 
     /// The same values in another element type (rounded to nearest).
     pub fn cast<U: Real>(&self) -> Params<U> {
-        Params {
-            hidden: self.hidden,
-            layout: self.layout,
-            data: self.data.iter().map(|&v| U::from_f64(v.to_f64())).collect(),
+        Params { arch: self.arch.clone(), data: self.data.iter().map(|&v| U::from_f64(v.to_f64())).collect() }
+    }
+
+    /// The tensors as a model file names them, in order: `dense_K.kernel`
+    /// `(in, out)` and `dense_K.bias` for K = 1..n.
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
+        let mut out = Vec::new();
+        for l in 0..self.arch.layers.len() {
+            let (i, o) = self.arch.kernel_shape(l);
+            out.push((format!("dense_{}.kernel", l + 1), vec![i, o], self.kernel(l)));
+            out.push((format!("dense_{}.bias", l + 1), vec![o], self.bias(l)));
         }
+        out
     }
 }
 
-fn glorot_fill<T: Real>(w: &mut [T], fan_in: usize, fan_out: usize, rng: &mut Rng) {
-    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    for v in w {
-        *v = T::from_f64((2.0 * rng.next_f64() - 1.0) * limit);
-    }
+/// Where one layer's tensors sit in a [`Model`]'s arenas.
+#[derive(Clone, Debug)]
+struct Slot {
+    /// `K = in`, `N = out`.
+    dims: Dims,
+    /// The kernel's storage (the backend's panels, or row-major for the output layer).
+    layout: PanelLayout,
+    kernel: Range<usize>,
+    bias: Range<usize>,
 }
 
 /// Activations and their gradients for one batch of at most `capacity` rows.
 #[derive(Debug)]
 struct Workspace<T: Real> {
-    h: AlignedVec<T>,  // (B, H) hidden activations after ReLU
-    p: AlignedVec<T>,  // (B, C) softmax probabilities
-    dz: AlignedVec<T>, // (B, C) gradient of the mean loss w.r.t. the logits
-    dh: AlignedVec<T>, // (B, H) gradient w.r.t. the hidden pre-activations
+    /// `(B, U_l)` outputs of layers 0 .. L-1.
+    acts: Vec<AlignedVec<T>>,
+    /// `(B, U_l)` gradients w.r.t. the pre-activations of layers 0 .. L-1.
+    grads: Vec<AlignedVec<T>>,
+    /// `(B, D)` the gathered input, only for a one-layer network.
+    input: AlignedVec<T>,
+    /// `(B, C)` softmax probabilities.
+    p: AlignedVec<T>,
+    /// `(B, C)` gradient of the mean loss w.r.t. the logits.
+    dz: AlignedVec<T>,
+    capacity: usize,
 }
 
 impl<T: Real> Workspace<T> {
-    fn new(capacity: usize, hidden: usize) -> Self {
+    fn new(arch: &Arch, capacity: usize) -> Self {
+        let hidden = &arch.layers[..arch.layers.len() - 1];
+        let buf = |w: usize| AlignedVec::zeroed(capacity * w);
         Workspace {
-            h: AlignedVec::zeroed(capacity * hidden),
-            p: AlignedVec::zeroed(capacity * CLASSES),
-            dz: AlignedVec::zeroed(capacity * CLASSES),
-            dh: AlignedVec::zeroed(capacity * hidden),
+            acts: hidden.iter().map(|d| buf(d.units)).collect(),
+            grads: hidden.iter().map(|d| buf(d.units)).collect(),
+            input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
+            p: buf(arch.classes()),
+            dz: buf(arch.classes()),
+            capacity,
         }
     }
 }
 
-/// Wall time spent in each phase of the steps so far (for the epoch
-/// breakdown; the timers cost a few tens of nanoseconds per step).
-#[derive(Clone, Copy, Debug, Default)]
+/// Wall time spent in each layer's forward and backward so far (for the
+/// epoch breakdown; the timers cost a few tens of nanoseconds per step).
+#[derive(Clone, Debug, Default)]
 pub struct PhaseTimes {
-    /// Layer 1: gather + convert + `relu(X W1 + b1)`.
-    pub layer1_forward: Duration,
-    /// Layer 2 with softmax cross-entropy, loss and `dZ`.
-    pub layer2_forward: Duration,
-    /// `dW2`, `db2` and `dH`.
-    pub layer2_backward: Duration,
-    /// `dW1`, `db1`, with `W1`'s update when fused.
-    pub layer1_backward: Duration,
-    /// RMSprop on whatever was not updated inside a product.
+    /// Per layer: its forward (the output layer's includes softmax-xent).
+    pub forward: Vec<Duration>,
+    /// Per layer: its weight gradient (with the fused update where there is
+    /// one) and the input gradient below it.
+    pub backward: Vec<Duration>,
+    /// The flat update of whatever was not updated inside a product.
     pub update: Duration,
 }
 
 impl PhaseTimes {
-    /// The phases as (name, seconds).
-    pub fn named(&self) -> [(&'static str, f64); 5] {
-        [
-            ("layer1_forward", self.layer1_forward.as_secs_f64()),
-            ("layer2_forward", self.layer2_forward.as_secs_f64()),
-            ("layer2_backward", self.layer2_backward.as_secs_f64()),
-            ("layer1_backward", self.layer1_backward.as_secs_f64()),
-            ("update", self.update.as_secs_f64()),
-        ]
+    /// The phases in the order a step runs them, as (name, seconds):
+    /// `layer1_forward` .. `layerN_forward`, `layerN_backward` ..
+    /// `layer1_backward`, `update`.
+    pub fn named(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .forward
+            .iter()
+            .enumerate()
+            .map(|(l, d)| (format!("layer{}_forward", l + 1), d.as_secs_f64()))
+            .collect();
+        for (l, d) in self.backward.iter().enumerate().rev() {
+            v.push((format!("layer{}_backward", l + 1), d.as_secs_f64()));
+        }
+        v.push(("update".into(), self.update.as_secs_f64()));
+        v
     }
 }
 
@@ -190,23 +402,6 @@ fn lap(t: &mut Instant, acc: &mut Duration) {
     let now = Instant::now();
     *acc += now - *t;
     *t = now;
-}
-
-/// The network with its gradients, optimizer state and activations, bound
-/// to the kernel backend that runs it.
-pub struct Model<'b, T: Real> {
-    be: &'b dyn Backend<T>,
-    /// The weights (`W1` in the backend's layout).
-    pub params: Params<T>,
-    /// Gradients of the mean batch loss, written by [`Model::forward_backward`].
-    pub grads: Params<T>,
-    /// RMSprop's running mean of squared gradients (starts at zero).
-    pub velocity: Params<T>,
-    /// Optimizer hyper-parameters.
-    pub opt: RmsProp,
-    /// Time spent per phase so far.
-    pub times: PhaseTimes,
-    ws: Workspace<T>,
 }
 
 /// A batch: row indices into a whole dataset of `u8` images and labels.
@@ -220,21 +415,80 @@ pub struct Batch<'a> {
     pub rows: &'a [u32],
 }
 
+/// Borrows `r` of `v` mutably (one range of one arena at a time).
+fn part<'a, T>(v: &'a mut [T], r: &Range<usize>) -> &'a mut [T] {
+    &mut v[r.clone()]
+}
+
+/// The network with its gradients, optimizer state and activations, bound
+/// to the kernel backend that runs it. The parameters live in the
+/// backend's layout and are only reachable through row-major copies
+/// ([`Model::params`]), so no caller can misread them.
+pub struct Model<'b, T: Real> {
+    be: &'b dyn Backend<T>,
+    arch: Arch,
+    opt: RmsProp,
+    path: Layer1Path,
+    slots: Vec<Slot>,
+    /// Start of `[W_L | b_0 .. b_L]`, updated by one flat pass.
+    tail: usize,
+    params: AlignedVec<T>,
+    grads: AlignedVec<T>,
+    velocity: AlignedVec<T>,
+    times: PhaseTimes,
+    ws: Workspace<T>,
+}
+
 impl<'b, T: Real> Model<'b, T> {
-    /// A model running on `be`, starting from `params` (any layout), for
-    /// batches of at most `batch_capacity` rows.
+    /// A model running on `be`, starting from `params`, updated by `opt`,
+    /// for batches of at most `batch_capacity` rows (at least 1).
     pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: RmsProp, batch_capacity: usize) -> Self {
-        let hidden = params.hidden;
-        let layout = be.w1_layout(PIXELS, hidden);
-        Model {
-            be,
-            grads: Params::zeros_in(layout),
-            velocity: Params::zeros_in(layout),
-            ws: Workspace::new(batch_capacity, hidden),
-            params: params.to_layout(layout),
-            opt,
-            times: PhaseTimes::default(),
+        let arch = params.arch.clone();
+        let last = arch.layers.len() - 1;
+        let mut slots = Vec::new();
+        let mut at = 0;
+        for l in 0..=last {
+            let (k, n) = arch.kernel_shape(l);
+            let layout = if l < last { be.weight_layout(k, n) } else { PanelLayout::row_major(k, n) };
+            slots.push(Slot { dims: Dims { k, n }, layout, kernel: at..at + layout.len(), bias: 0..0 });
+            at += layout.len();
         }
+        let tail = slots[last].kernel.start;
+        for s in &mut slots {
+            s.bias = at..at + s.dims.n;
+            at += s.dims.n;
+        }
+        let mut model = Model {
+            be,
+            opt,
+            path: Layer1Path::Auto,
+            tail,
+            params: AlignedVec::zeroed(at),
+            grads: AlignedVec::zeroed(at),
+            velocity: AlignedVec::zeroed(at),
+            times: PhaseTimes {
+                forward: vec![Duration::ZERO; last + 1],
+                backward: vec![Duration::ZERO; last + 1],
+                update: Duration::ZERO,
+            },
+            ws: Workspace::new(&arch, batch_capacity.max(1)),
+            slots,
+            arch,
+        };
+        model.set_params(params);
+        model
+    }
+
+    /// The same model, with the input layer's treatment of zero pixels
+    /// chosen (results are bit-identical for every choice).
+    pub fn with_layer1_path(mut self, path: Layer1Path) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
     }
 
     /// The backend this model runs on.
@@ -242,39 +496,103 @@ impl<'b, T: Real> Model<'b, T> {
         self.be
     }
 
-    /// The largest batch this model's workspace holds.
-    pub fn batch_capacity(&self) -> usize {
-        self.ws.p.len() / CLASSES
+    /// The optimizer's hyper-parameters.
+    pub fn optimizer(&self) -> RmsProp {
+        self.opt
     }
 
-    fn dims(&self) -> (Dims, Dims) {
-        let h = self.params.hidden;
-        (Dims { k: PIXELS, n: h }, Dims { k: h, n: CLASSES })
+    /// The input layer's path.
+    pub fn layer1_path(&self) -> Layer1Path {
+        self.path
+    }
+
+    /// Time spent per phase so far.
+    pub fn times(&self) -> &PhaseTimes {
+        &self.times
+    }
+
+    /// The largest batch this model's workspace holds.
+    pub fn batch_capacity(&self) -> usize {
+        self.ws.capacity
+    }
+
+    /// Copies an arena into row-major [`Params`].
+    fn export(&self, arena: &[T]) -> Params<T> {
+        let mut p = Params::zeros(&self.arch);
+        for (l, s) in self.slots.iter().enumerate() {
+            s.layout.unpack(&arena[s.kernel.clone()], p.kernel_mut(l));
+            p.bias_mut(l).copy_from_slice(&arena[s.bias.clone()]);
+        }
+        p
+    }
+
+    /// The weights, row-major.
+    pub fn params(&self) -> Params<T> {
+        self.export(&self.params)
+    }
+
+    /// The gradients of the last [`Model::forward_backward`], row-major.
+    pub fn grads(&self) -> Params<T> {
+        self.export(&self.grads)
+    }
+
+    /// RMSprop's running mean of squared gradients, row-major.
+    pub fn velocity(&self) -> Params<T> {
+        self.export(&self.velocity)
+    }
+
+    /// Replaces the weights (the optimizer state is kept). Panics when
+    /// `params` belongs to another architecture.
+    pub fn set_params(&mut self, params: &Params<T>) {
+        assert_eq!(params.arch, self.arch, "parameters of another architecture");
+        for (l, s) in self.slots.iter().enumerate() {
+            s.layout.pack(params.kernel(l), &mut self.params[s.kernel.clone()]);
+            self.params[s.bias.clone()].copy_from_slice(params.bias(l));
+        }
     }
 
     /// Forward pass only: probabilities of `batch` into the workspace, and
-    /// the summed loss and correct count.
+    /// the summed loss and correct count. Panics when the batch exceeds the
+    /// capacity, a row is out of range or a label is not below `C`.
     pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
-        let (d1, d2) = self.dims();
         let b = batch.rows.len();
-        assert!(b <= self.batch_capacity(), "batch of {b} rows exceeds the capacity {}", self.batch_capacity());
-        let (be, w, ws, times) = (self.be, self.params.tensors(), &mut self.ws, &mut self.times);
+        assert!(b <= self.ws.capacity, "batch of {b} rows exceeds the capacity {}", self.ws.capacity);
+        let last = self.slots.len() - 1;
+        let (be, ws, times, w) = (self.be, &mut self.ws, &mut self.times, &self.params[..]);
         let mut t = Instant::now();
-        let h = &mut ws.h[..b * d1.n]; // (B, H)
-        be.dense_relu_forward_u8(h, batch.pixels, batch.rows, w.w1, w.b1, d1);
-        lap(&mut t, &mut times.layer1_forward);
-        let (p, dz) = (&mut ws.p[..b * CLASSES], &mut ws.dz[..b * CLASSES]); // (B, C) each
-        let stats = be.dense_softmax_xent(p, dz, h, w.w2, w.b2, batch.labels, batch.rows, d2);
-        lap(&mut t, &mut times.layer2_forward);
-        stats
+        for (l, s) in self.slots.iter().enumerate() {
+            let act = self.arch.layers[l].activation;
+            let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+            if l == last {
+                let input: &[T] = if last == 0 {
+                    gather(&mut ws.input[..b * s.dims.k], batch, s.dims.k);
+                    &ws.input[..b * s.dims.k]
+                } else {
+                    &ws.acts[l - 1][..b * s.dims.k]
+                };
+                let (p, dz) = (&mut ws.p[..b * s.dims.n], &mut ws.dz[..b * s.dims.n]); // (B, C) each
+                let stats = be.output_softmax_xent(p, dz, input, kernel, bias, batch.labels, batch.rows, s.dims);
+                lap(&mut t, &mut times.forward[l]);
+                return stats;
+            }
+            let (below, here) = ws.acts.split_at_mut(l);
+            let h = &mut here[0][..b * s.dims.n]; // (B, U_l)
+            if l == 0 {
+                be.input_forward(h, batch.pixels, batch.rows, kernel, bias, s.dims, act, self.path);
+            } else {
+                be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act);
+            }
+            lap(&mut t, &mut times.forward[l]);
+        }
+        unreachable!("the output layer returns")
     }
 
     /// Probabilities of the last [`Model::forward`], `(B, C)`.
     pub fn probs(&self, b: usize) -> &[T] {
-        &self.ws.p[..b * CLASSES]
+        &self.ws.p[..b * self.arch.classes()]
     }
 
-    /// Forward and backward: fills [`Model::grads`] with the gradient of the
+    /// Forward and backward: fills the gradients ([`Model::grads`]) of the
     /// mean clipped cross-entropy of `batch`; returns the forward's stats.
     pub fn forward_backward(&mut self, batch: Batch<'_>) -> XentStats<T> {
         let stats = self.forward(batch);
@@ -282,53 +600,65 @@ impl<'b, T: Real> Model<'b, T> {
         stats
     }
 
-    /// The backward pass of the last [`Model::forward`] on `batch`. With
-    /// `update`, it also applies RMSprop: layer 1's kernel is updated inside
-    /// its gradient product (the backend may fuse the two, so `W1`'s
-    /// gradient is not kept), then everything else in one flat pass.
+    /// The backward pass of the last [`Model::forward`] on `batch`, from the
+    /// output layer down. With `update`, it also applies RMSprop: each
+    /// kernel below the output layer is updated inside its gradient product
+    /// (after its input gradient used the old weights), then the rest of
+    /// the arena in one flat pass.
     fn backward(&mut self, batch: Batch<'_>, update: bool) {
-        let (d1, d2) = self.dims();
         let b = batch.rows.len();
-        let (be, opt, ws, times) = (self.be, self.opt, &mut self.ws, &mut self.times);
+        let last = self.slots.len() - 1;
+        let (be, opt, path, ws, times) = (self.be, self.opt, self.path, &mut self.ws, &mut self.times);
+        let (w, g, v) = (&mut self.params[..], &mut self.grads[..], &mut self.velocity[..]);
+        let acts = |l: usize, width: usize| &ws.acts[l][..b * width];
         let mut t = Instant::now();
-        let (h, dz, dh) = (&ws.h[..b * d1.n], &ws.dz[..b * CLASSES], &mut ws.dh[..b * d1.n]);
-        let g = self.grads.tensors_mut();
-        let w = self.params.tensors_mut();
-        be.dense_backward(g.w2, g.b2, h, dz, d2); // dW2 = H^T dZ, db2 = sum dZ
-        be.relu_backward_input(dh, dz, w.w2, h, d2); // dH = (dZ W2^T) * [H > 0]
-        lap(&mut t, &mut times.layer2_backward);
-        if !update {
-            be.dense_backward_u8(g.w1, g.b1, batch.pixels, batch.rows, dh, d1); // dW1 = X^T dH
-            lap(&mut t, &mut times.layer1_backward);
-            return;
+        // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
+        let s = &self.slots[last];
+        let dz = &ws.dz[..b * s.dims.n];
+        let input = if last == 0 { &ws.input[..b * s.dims.k] } else { acts(last - 1, s.dims.k) };
+        let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+        be.output_backward(gk, gb, input, dz, s.dims);
+        if last > 0 {
+            let act = self.arch.layers[last - 1].activation;
+            let da = &mut ws.grads[last - 1][..b * s.dims.k];
+            be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
         }
-        let v = self.velocity.tensors_mut();
-        // dW1 = X^T dH, and W1 updated from it at once.
-        be.dense_backward_u8_rmsprop(w.w1, v.w1, g.w1, g.b1, batch.pixels, batch.rows, dh, d1, opt);
-        lap(&mut t, &mut times.layer1_backward);
-        // The rest of the arena, [b1 | W2 | b2], in one pass.
-        let w1_len = self.params.layout.len();
-        be.rmsprop(&mut self.params.data[w1_len..], &self.grads.data[w1_len..], &mut self.velocity.data[w1_len..], opt);
-        lap(&mut t, &mut times.update);
+        lap(&mut t, &mut times.backward[last]);
+        // Hidden layers, top down.
+        for l in (1..last).rev() {
+            let s = &self.slots[l];
+            let act_below = self.arch.layers[l - 1].activation;
+            let (lower, upper) = ws.grads.split_at_mut(l);
+            let dz = &upper[0][..b * s.dims.n];
+            let a = &ws.acts[l - 1][..b * s.dims.k];
+            be.hidden_backward_input(&mut lower[l - 1][..b * s.dims.k], dz, &w[s.kernel.clone()], a, s.dims, act_below);
+            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            let fused = update.then(|| Update { w: part(w, &s.kernel), v: part(v, &s.kernel), opt });
+            be.hidden_backward(gk, gb, a, dz, s.dims, fused);
+            lap(&mut t, &mut times.backward[l]);
+        }
+        // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
+        if last > 0 {
+            let s = &self.slots[0];
+            let dz = &ws.grads[0][..b * s.dims.n];
+            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            let fused = update.then(|| Update { w: part(w, &s.kernel), v: part(v, &s.kernel), opt });
+            be.input_backward(gk, gb, batch.pixels, batch.rows, dz, s.dims, path, fused);
+            lap(&mut t, &mut times.backward[0]);
+        }
+        if update {
+            let tail = self.tail;
+            be.rmsprop(&mut w[tail..], &g[tail..], &mut v[tail..], opt);
+            lap(&mut t, &mut times.update);
+        }
     }
 
-    /// One RMSprop update of every parameter from [`Model::grads`] (after
+    /// One RMSprop update of every parameter from the gradients (after
     /// [`Model::forward_backward`]).
     pub fn update(&mut self) {
         let mut t = Instant::now();
-        self.be.rmsprop(&mut self.params.data, &self.grads.data, &mut self.velocity.data, self.opt);
+        self.be.rmsprop(&mut self.params, &self.grads, &mut self.velocity, self.opt);
         lap(&mut t, &mut self.times.update);
-    }
-
-    /// The deliberate slowdown of the `gate-selftest` feature: layer 1's
-    /// forward again on the first 60% of the rows (same inputs, so the same
-    /// values are written again and results do not change).
-    #[cfg(feature = "gate-selftest")]
-    fn gate_selftest_slowdown(&mut self, batch: Batch<'_>) {
-        let (d1, _) = self.dims();
-        let part = &batch.rows[..batch.rows.len() * 3 / 5];
-        let w = self.params.tensors();
-        self.be.dense_relu_forward_u8(&mut self.ws.h[..part.len() * d1.n], batch.pixels, part, w.w1, w.b1, d1);
     }
 
     /// A whole training step on `batch`: forward, backward, update (the
@@ -339,17 +669,34 @@ impl<'b, T: Real> Model<'b, T> {
         if !stats.loss_sum.is_finite() {
             return Err(stats);
         }
-        #[cfg(feature = "gate-selftest")]
-        self.gate_selftest_slowdown(batch);
         self.backward(batch, true);
         Ok(stats)
     }
 }
 
-/// Softmax probabilities `(N, 10)` of `pixels` (`N` images of 784 u8
-/// pixels, row-major), computed with `params` on `be`.
-pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Vec<[f32; CLASSES]> {
-    let n = pixels.len() / PIXELS;
+/// The disjoint ranges `a` (a kernel) and `b` (a bias, after it) of `v`.
+fn split_pair<'a, T>(v: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [T], &'a mut [T]) {
+    assert!(a.end <= b.start, "kernels precede biases in the arena");
+    let (lo, hi) = v.split_at_mut(b.start);
+    (&mut lo[a.clone()], &mut hi[..b.len()])
+}
+
+/// `out (B, D) := x[rows] / 255` (the input of a one-layer network).
+fn gather<T: Real>(out: &mut [T], batch: Batch<'_>, d: usize) {
+    let lut = kiln_kernels::pixel_table::<T>();
+    for (o, &r) in out.chunks_exact_mut(d.max(1)).zip(batch.rows) {
+        let src = &batch.pixels[r as usize * d..(r as usize + 1) * d];
+        for (v, &p) in o.iter_mut().zip(src) {
+            *v = lut[usize::from(p)];
+        }
+    }
+}
+
+/// Softmax probabilities `(N, C)` of `pixels` (`N` images of `D` u8 pixels,
+/// row-major), computed with `params` on `be`, one `Vec` of `C` per image.
+pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Vec<Vec<f32>> {
+    let d = params.arch.inputs;
+    let n = pixels.len() / d;
     let capacity = n.clamp(1, 1024);
     let mut model = Model::new(be, params, RmsProp::default(), capacity);
     let labels = vec![0u8; n];
@@ -357,11 +704,47 @@ pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Ve
     let mut out = Vec::with_capacity(n);
     for chunk in rows.chunks(capacity) {
         model.forward(Batch { pixels, labels: &labels, rows: chunk });
-        out.extend(model.probs(chunk.len()).chunks_exact(CLASSES).map(|p| {
-            let mut a = [0f32; CLASSES];
-            a.copy_from_slice(p);
-            a
-        }));
+        out.extend(model.probs(chunk.len()).chunks_exact(params.arch.classes()).map(<[f32]>::to_vec));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_appends_the_output_layer_and_checks_every_rule() {
+        assert_eq!(Arch::parse("512:relu,256:tanh", 784, 26).unwrap().spec(), "512:relu,256:tanh,26:softmax");
+        assert_eq!(Arch::parse(" 64:relu , 10:softmax ", 784, 10).unwrap().layers().len(), 2);
+        let err = |s: &str| Arch::parse(s, 784, 10).unwrap_err().to_string();
+        assert!(err("").contains("the layer list is empty"), "{}", err(""));
+        assert!(err("0:relu").contains("layer 1 has 0 units"), "{}", err("0:relu"));
+        assert!(err("64:gelu").contains("unknown activation `gelu`; expected one of relu"), "{}", err("64:gelu"));
+        assert!(err("64").contains("has no activation"), "{}", err("64"));
+        assert!(err("x:relu").contains("`x` is not a number"), "{}", err("x:relu"));
+        assert!(err("10:softmax,64:relu").contains("layer 1 is softmax"), "{}", err("10:softmax,64:relu"));
+        assert!(err("64:relu,12:softmax").contains("has 12 units, but the data has 10 classes"));
+        let huge = Arch::parse("4000000000:relu", 784, 10).unwrap_err().to_string();
+        assert!(huge.contains("more than the 4294967296 kiln can hold"), "{huge}");
+        let overflow = Arch::parse("18446744073709551615:relu", 784, 10).unwrap_err().to_string();
+        assert!(overflow.contains("more than 2^64"), "{overflow}");
+    }
+
+    #[test]
+    fn summary_lists_layers_shapes_and_parameters_like_keras() {
+        let a = Arch::parse("512:relu,256:relu", 784, 10).unwrap();
+        let s = a.summary();
+        assert!(s.contains("dense_1 (Dense, relu)") && s.contains("(None, 512)") && s.contains("401920"), "{s}");
+        assert!(s.contains("dense_3 (Dense, softmax)") && s.contains("2570"), "{s}");
+        assert!(s.contains("Total params: 535818"), "{s}");
+    }
+
+    #[test]
+    fn adding_a_layer_keeps_the_earlier_layers_initial_weights() {
+        let two = Params::<f32>::glorot(&Arch::parse("64:relu", 784, 10).unwrap(), 3);
+        let three = Params::<f32>::glorot(&Arch::parse("64:relu,32:relu", 784, 10).unwrap(), 3);
+        assert_eq!(two.kernel(0), three.kernel(0));
+        assert!(three.bias(0).iter().chain(three.bias(2)).all(|&b| b == 0.0));
+    }
 }

@@ -11,10 +11,10 @@ pub struct Rng {
 /// Independent streams drawn from one user seed.
 #[derive(Clone, Copy, Debug)]
 pub enum Stream {
-    /// Glorot initialisation of layer 1's kernel.
-    InitW1,
-    /// Glorot initialisation of layer 2's kernel.
-    InitW2,
+    /// Glorot initialisation of the kernel of layer `l` (0-based): each
+    /// layer has its own stream, so adding a layer changes no other
+    /// layer's initial weights.
+    InitKernel(u32),
     /// The shuffle of epoch `e` (0-based).
     Shuffle(u32),
 }
@@ -24,8 +24,7 @@ impl Rng {
     /// mixed so that nearby seeds and tags give unrelated sequences.
     pub fn new(seed: u64, stream: Stream) -> Self {
         let tag = match stream {
-            Stream::InitW1 => 1,
-            Stream::InitW2 => 2,
+            Stream::InitKernel(l) => 1 + u64::from(l),
             Stream::Shuffle(e) => 0x1_0000_0000 | u64::from(e),
         };
         let mut mix = Rng { state: seed };
@@ -75,12 +74,12 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map(|_| Rng::new(7, Stream::InitW1).next_u64()).collect();
+        let a: Vec<u64> = (0..4).map(|_| Rng::new(7, Stream::InitKernel(0)).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        let mut w1 = Rng::new(7, Stream::InitW1);
-        let mut w2 = Rng::new(7, Stream::InitW2);
+        let mut w1 = Rng::new(7, Stream::InitKernel(0));
+        let mut w2 = Rng::new(7, Stream::InitKernel(1));
         let mut s0 = Rng::new(7, Stream::Shuffle(0));
-        let mut other_seed = Rng::new(8, Stream::InitW1);
+        let mut other_seed = Rng::new(8, Stream::InitKernel(0));
         let firsts = [w1.next_u64(), w2.next_u64(), s0.next_u64(), other_seed.next_u64()];
         for i in 0..firsts.len() {
             for j in i + 1..firsts.len() {

@@ -1,31 +1,140 @@
-//! The training loop: epochs of shuffled batches, Keras's running metrics,
-//! and evaluation on a held-out split.
+//! The training loop as Keras's `fit` runs it: epochs of (shuffled)
+//! batches, Keras's running metrics, and evaluation on a held-out split.
+//! Data comes as [`Samples`]: u8 image rows and labels from memory or from
+//! a memory-mapped IDX [`Split`].
 
-use crate::data::{Split, PIXELS};
+use crate::data::Split;
 use crate::model::{Batch, Model};
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
-use kiln_kernels::{RmsProp, XentStats};
+use kiln_kernels::XentStats;
 use std::time::Instant;
 
-/// Everything that decides what training computes.
+/// Images and labels to train or evaluate on: `pixels` is `(R, width)` u8
+/// row-major, `labels` `(R)`. Borrowed, never copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Samples<'a> {
+    pixels: &'a [u8],
+    labels: &'a [u8],
+    width: usize,
+    name: &'a str,
+}
+
+impl<'a> Samples<'a> {
+    /// `labels.len()` images of `width` pixels each, or an error when the
+    /// lengths disagree.
+    ///
+    /// ```
+    /// use kiln::train::Samples;
+    /// let s = Samples::new(&[0, 255, 7, 9], &[1, 0], 2).unwrap();
+    /// assert_eq!((s.len(), s.classes()), (2, 2));
+    /// assert!(Samples::new(&[0, 1, 2], &[1, 0], 2).is_err());
+    /// ```
+    pub fn new(pixels: &'a [u8], labels: &'a [u8], width: usize) -> Result<Self> {
+        ensure!(width > 0, "images of 0 pixels");
+        ensure!(
+            pixels.len() == labels.len().saturating_mul(width),
+            "{} pixels for {} labels of {width}-pixel images; expected {}",
+            pixels.len(),
+            labels.len(),
+            labels.len().saturating_mul(width)
+        );
+        ensure!(labels.len() <= u32::MAX as usize, "more than 2^32 images");
+        Ok(Samples { pixels, labels, width, name: "the labels" })
+    }
+
+    /// The same samples, named `name` in errors (e.g. the labels file).
+    pub fn named(mut self, name: &'a str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// All pixels, `(R, width)`.
+    pub fn pixels(&self) -> &'a [u8] {
+        self.pixels
+    }
+
+    /// All labels, `(R)`.
+    pub fn labels(&self) -> &'a [u8] {
+        self.labels
+    }
+
+    /// The largest label plus one.
+    pub fn classes(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&m| usize::from(m) + 1)
+    }
+
+    /// Checks that these samples fit `model`: the image width is its input
+    /// width and every label is below its output width.
+    pub fn check_fits<T: kiln_kernels::Real>(&self, model: &Model<'_, T>) -> Result<()> {
+        let arch = model.arch();
+        ensure!(
+            self.width == arch.inputs(),
+            "{}: images of {} pixels, but the model reads {}",
+            self.name,
+            self.width,
+            arch.inputs()
+        );
+        if let Some(i) = self.labels.iter().position(|&l| usize::from(l) >= arch.classes()) {
+            bail!(
+                "{}: label {} at index {i} is not below the output layer's width {} (the layers {})",
+                self.name,
+                self.labels[i],
+                arch.classes(),
+                arch.spec()
+            );
+        }
+        Ok(())
+    }
+
+    fn batch(&self, rows: &'a [u32]) -> Batch<'a> {
+        Batch { pixels: self.pixels, labels: self.labels, rows }
+    }
+}
+
+impl<'a> From<&'a Split> for Samples<'a> {
+    fn from(s: &'a Split) -> Self {
+        let name = s.labels_path().to_str().unwrap_or("the labels file");
+        Samples { pixels: s.pixels(), labels: s.labels(), width: s.width(), name }
+    }
+}
+
+/// Everything besides the model that decides what training computes.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// Passes over the training split.
+    /// Passes over the training data (with `steps_per_epoch`, epochs of
+    /// that many steps).
     pub epochs: usize,
-    /// Rows per batch (the last batch of an epoch may be smaller).
+    /// Rows per batch (the last batch of a pass may be smaller).
     pub batch_size: usize,
-    /// Hidden width `H`.
-    pub hidden: usize,
-    /// RMSprop hyper-parameters.
-    pub opt: RmsProp,
-    /// Seed of the initial weights and of every epoch's shuffle.
+    /// Seed of every epoch's shuffle.
     pub seed: u64,
+    /// Shuffle before each pass (Keras `shuffle=True`); else the data's order.
+    pub shuffle: bool,
+    /// Keras `steps_per_epoch`: each epoch stops after this many steps and
+    /// the next one goes on from the following batch (a new pass starts
+    /// when one runs out), as Keras's epoch iterator does.
+    pub steps_per_epoch: Option<usize>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { epochs: 5, batch_size: 128, hidden: 512, opt: RmsProp::default(), seed: 0 }
+        Config { epochs: 5, batch_size: 128, seed: 0, shuffle: true, steps_per_epoch: None }
     }
 }
 
@@ -35,11 +144,7 @@ impl Config {
         ensure!(self.epochs > 0, "--epochs must be at least 1 (got 0)");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1 (got 0)");
         ensure!(self.batch_size <= u32::MAX as usize, "--batch-size {} is too large", self.batch_size);
-        ensure!(self.hidden > 0, "--hidden must be at least 1 (got 0)");
-        let RmsProp { lr, rho, eps } = self.opt;
-        ensure!(lr.is_finite() && lr > 0.0, "--lr must be a positive number (got {lr})");
-        ensure!(rho.is_finite() && (0.0..1.0).contains(&rho), "--rho must be in [0, 1) (got {rho})");
-        ensure!(eps.is_finite() && eps > 0.0, "--eps must be a positive number (got {eps})");
+        ensure!(self.steps_per_epoch != Some(0), "--steps-per-epoch must be at least 1 (got 0)");
         Ok(())
     }
 }
@@ -49,6 +154,8 @@ impl Config {
 pub struct EpochReport {
     /// 1-based epoch number.
     pub epoch: usize,
+    /// Steps in this epoch.
+    pub steps: usize,
     /// Mean loss over the epoch's images, each batch measured before its update.
     pub loss: f64,
     /// Fraction of the epoch's images classified correctly, likewise.
@@ -83,6 +190,11 @@ struct Running {
 }
 
 impl Running {
+    fn add(&mut self, st: XentStats<f32>, images: usize) {
+        self.loss += f64::from(st.loss_sum);
+        self.correct += st.correct;
+        self.images += images;
+    }
     fn mean_loss(&self) -> f64 {
         self.loss / self.images as f64
     }
@@ -91,7 +203,7 @@ impl Running {
     }
 }
 
-/// Row indices `0..n` in the seeded order of epoch `epoch` (Fisher-Yates).
+/// Row indices `0..n` in the seeded order of pass `epoch` (Fisher-Yates).
 pub fn epoch_order(n: usize, seed: u64, epoch: u32) -> Vec<u32> {
     let mut rows: Vec<u32> = (0..n as u32).collect();
     Rng::new(seed, Stream::Shuffle(epoch)).shuffle(&mut rows);
@@ -114,14 +226,33 @@ pub fn batches_with_next(order: &[u32], batch_size: usize) -> impl Iterator<Item
 /// on memory for each random row in turn.
 pub fn step(
     model: &mut Model<'_, f32>,
-    data: &Split,
+    data: &Samples<'_>,
     rows: &[u32],
     next: Option<&[u32]>,
 ) -> Result<XentStats<f32>, XentStats<f32>> {
     if let Some(next) = next {
-        kiln_kernels::prefetch_rows(data.pixels(), next, PIXELS);
+        kiln_kernels::prefetch_rows(data.pixels, next, data.width);
     }
-    model.train_step(Batch { pixels: data.pixels(), labels: data.labels(), rows })
+    model.train_step(data.batch(rows))
+}
+
+/// The endless sequence of batches `fit` draws from: pass after pass over
+/// the data, each in its own order.
+struct Passes {
+    order: Vec<u32>,
+    pass: u32,
+    /// Start of the next batch in `order`.
+    at: usize,
+}
+
+impl Passes {
+    fn order(n: usize, cfg: &Config, pass: u32) -> Vec<u32> {
+        if cfg.shuffle {
+            epoch_order(n, cfg.seed, pass)
+        } else {
+            (0..n as u32).collect()
+        }
+    }
 }
 
 /// Trains `model` on `data` for `cfg.epochs` epochs, calling `on_step` after
@@ -130,25 +261,35 @@ pub fn step(
 /// weights are then those before that step.
 pub fn fit(
     model: &mut Model<'_, f32>,
-    data: &Split,
+    data: Samples<'_>,
     cfg: &Config,
     mut on_step: impl FnMut(StepProgress),
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Vec<EpochReport>> {
-    ensure!(data.len() <= u32::MAX as usize, "the training split has more than 2^32 images");
-    let steps = data.len().div_ceil(cfg.batch_size);
+    cfg.validate()?;
+    ensure!(!data.is_empty(), "{}: no images to train on", data.name);
+    data.check_fits(model)?;
+    let n = data.len();
+    let per_pass = n.div_ceil(cfg.batch_size);
+    let steps = cfg.steps_per_epoch.unwrap_or(per_pass);
+    let mut passes = Passes { order: Passes::order(n, cfg, 0), pass: 0, at: 0 };
     let mut reports = Vec::with_capacity(cfg.epochs);
     for e in 0..cfg.epochs {
         let start = Instant::now();
-        let order = epoch_order(data.len(), cfg.seed, e as u32);
         let mut run = Running::default();
-        for (s, (rows, next)) in batches_with_next(&order, cfg.batch_size).enumerate() {
-            match step(model, data, rows, next) {
-                Ok(st) => {
-                    run.loss += f64::from(st.loss_sum);
-                    run.correct += st.correct;
-                    run.images += rows.len();
-                }
+        for s in 0..steps {
+            if passes.at >= n {
+                passes.pass += 1;
+                passes.order = Passes::order(n, cfg, passes.pass);
+                passes.at = 0;
+            }
+            let (at, order) = (passes.at, &passes.order);
+            let rows = &order[at..(at + cfg.batch_size).min(n)];
+            let following = &order[(at + cfg.batch_size).min(n)..];
+            let next =
+                (!following.is_empty() && s + 1 < steps).then(|| &following[..following.len().min(cfg.batch_size)]);
+            match step(model, &data, rows, next) {
+                Ok(st) => run.add(st, rows.len()),
                 Err(st) => bail!(
                     "the loss became {} at epoch {}, step {}/{steps} (batch of {} images, first rows {:?}); \
                      training stopped and no model was written (hint: lower --lr)",
@@ -159,11 +300,13 @@ pub fn fit(
                     &rows[..rows.len().min(4)]
                 ),
             }
+            passes.at += rows.len();
             on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() });
         }
         let seconds = start.elapsed().as_secs_f64();
         let report = EpochReport {
             epoch: e + 1,
+            steps,
             loss: run.mean_loss(),
             acc: run.acc(),
             seconds,
@@ -182,14 +325,16 @@ pub struct Evaluation {
     pub loss: f64,
     /// Fraction classified correctly.
     pub acc: f64,
-    /// The predicted digit of every image, in order.
+    /// The predicted class of every image, in order.
     pub predicted: Vec<u8>,
+    /// The number of classes.
+    pub classes: usize,
 }
 
 impl Evaluation {
-    /// `m[true][predicted]` counts.
-    pub fn confusion(&self, labels: &[u8]) -> [[usize; 10]; 10] {
-        let mut m = [[0usize; 10]; 10];
+    /// `m[true][predicted]` counts, `C x C`.
+    pub fn confusion(&self, labels: &[u8]) -> Vec<Vec<usize>> {
+        let mut m = vec![vec![0usize; self.classes]; self.classes];
         for (&t, &p) in labels.iter().zip(&self.predicted) {
             m[usize::from(t)][usize::from(p)] += 1;
         }
@@ -198,19 +343,20 @@ impl Evaluation {
 }
 
 /// Loss, accuracy and predictions of `model` on all of `data`, in order, in
-/// batches of the model's capacity.
-pub fn evaluate(model: &mut Model<'_, f32>, data: &Split) -> Evaluation {
+/// batches of the model's capacity; an error when the data does not fit
+/// the model ([`Samples::check_fits`]).
+pub fn evaluate(model: &mut Model<'_, f32>, data: Samples<'_>) -> Result<Evaluation> {
+    data.check_fits(model)?;
     let rows: Vec<u32> = (0..data.len() as u32).collect();
+    let classes = model.arch().classes();
     let mut run = Running::default();
     let mut predicted = Vec::with_capacity(data.len());
     for chunk in rows.chunks(model.batch_capacity()) {
-        let st = model.forward(Batch { pixels: data.pixels(), labels: data.labels(), rows: chunk });
-        run.loss += f64::from(st.loss_sum);
-        run.correct += st.correct;
-        run.images += chunk.len();
-        predicted.extend(model.probs(chunk.len()).chunks_exact(10).map(|p| kiln_kernels::scalar::argmax(p) as u8));
+        let st = model.forward(data.batch(chunk));
+        run.add(st, chunk.len());
+        predicted.extend(model.probs(chunk.len()).chunks_exact(classes).map(|p| kiln_kernels::argmax(p) as u8));
     }
-    Evaluation { loss: run.mean_loss(), acc: run.acc(), predicted }
+    Ok(Evaluation { loss: run.mean_loss(), acc: run.acc(), predicted, classes })
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn trains_a_small_dataset_with_json_output_and_writes_the_model() {
     assert_eq!(last["backend"], kiln_kernels::select("auto").unwrap().name());
     assert!(last["threads"].as_u64().unwrap() >= 1);
     let (params, meta) = kiln::checkpoint::load(&out).unwrap();
-    assert_eq!(params.hidden, 32);
+    assert_eq!(params.arch().spec(), "32:relu,10:softmax");
     // Side outputs next to the model: metrics (one line per epoch, then the
     // test result with its confusion matrix) and the chart.
     let metrics = std::fs::read_to_string(d.path().join("m.metrics.jsonl")).unwrap();
@@ -79,7 +79,8 @@ fn trains_a_small_dataset_with_json_output_and_writes_the_model() {
     assert_eq!(total, 84, "every test image is counted once");
     let chart = image::open(d.path().join("m.training.png")).unwrap();
     assert_eq!((chart.width(), chart.height()), (720, 420));
-    assert_eq!(meta["hidden"], "32");
+    assert_eq!(meta["layers"], "32:relu,10:softmax");
+    assert_eq!(meta["format"], "kiln-sequential-v1");
     assert!(stderr(&o).contains("| backend "), "banner goes to stderr with --json");
 }
 
@@ -99,6 +100,13 @@ fn invalid_flags_are_clear_errors_and_write_nothing() {
         ("--eps", "0", "--eps must be a positive number"),
         ("--backend", "gpu", "unknown backend `gpu`"),
         ("--epochs", "many", "invalid value 'many'"),
+        ("--layers", "", "--layers: the layer list is empty"),
+        ("--layers", "0:relu", "layer 1 has 0 units"),
+        ("--layers", "64:swish", "unknown activation `swish`"),
+        ("--layers", "10:softmax,64:relu", "layer 1 is softmax"),
+        ("--layers", "64:relu,7:softmax", "the output layer has 7 units, but the data has 10 classes"),
+        ("--layers", "99999999999:relu", "kiln can hold in memory"),
+        ("--steps-per-epoch", "0", "--steps-per-epoch must be at least 1"),
     ] {
         let o = train(&[flag, value, "--out", out_s], d.path());
         assert!(!o.status.success(), "{flag} {value} was accepted");
@@ -191,7 +199,7 @@ fn confusion_and_error_pictures_are_written_on_request() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("confusion matrix (rows: true digit, columns: predicted)"), "{stdout}");
+    assert!(stdout.contains("confusion matrix (rows: true class, columns: predicted)"), "{stdout}");
     assert!(image::open(&conf).unwrap().width() > 500);
     assert!(image::open(&errs).unwrap().width() > 100, "a one-epoch tiny model misclassifies some digits");
 }
@@ -304,4 +312,226 @@ fn a_killed_train_never_leaves_a_truncated_file() {
     // The sweep spans runs killed early and runs that finished (and so
     // passed through their saves).
     assert!(finished > 0 && killed > 0, "sweep did not span the run: {finished} finished, {killed} killed");
+}
+
+/// Writes an IDX file `name` into `dir`.
+fn write_idx(dir: &Path, name: &str, dims: &[u32], data: &[u8]) {
+    let mut v = vec![0, 0, 8, dims.len() as u8];
+    dims.iter().for_each(|d| v.extend_from_slice(&d.to_be_bytes()));
+    v.extend_from_slice(data);
+    std::fs::write(dir.join(name), v).unwrap();
+}
+
+/// The replay: `train --init G --no-shuffle --steps-per-epoch 3
+/// --epochs 1` from Keras's step-0 weights (converted to `dense_K.*` names,
+/// no metadata, as a Keras export gives them) on the golden file's 384
+/// images writes Keras's step-3 weights.
+#[test]
+fn init_no_shuffle_and_steps_per_epoch_replay_keras() {
+    let d = tempfile::tempdir().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-seq3-rmsprop.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (img, lab) = (st.tensor("images").unwrap(), st.tensor("labels").unwrap());
+    // 384 training images in Keras's order; the test split is the same.
+    for (prefix, n) in [("train", 384u32), ("t10k", 384)] {
+        write_idx(d.path(), &format!("{prefix}-images-idx3-ubyte"), &[n, 28, 28], img.data());
+        write_idx(d.path(), &format!("{prefix}-labels-idx1-ubyte"), &[n], lab.data());
+    }
+    let tensor = |name: &str| st.tensor(name).unwrap();
+    let mut views = Vec::new();
+    for k in 1..=3 {
+        for what in ["kernel", "bias"] {
+            let t = tensor(&format!("dense_{k}.{what}.step0"));
+            views.push((
+                format!("dense_{k}.{what}"),
+                safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap(),
+            ));
+        }
+    }
+    let init = d.path().join("keras-step0.safetensors");
+    std::fs::write(&init, safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), None).unwrap()).unwrap();
+    let out = d.path().join("m.safetensors");
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--no-shuffle",
+            "--steps-per-epoch",
+            "3",
+            "--epochs",
+            "1",
+            "--layers",
+            "64:relu,32:relu,10:softmax",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (params, meta) = kiln::checkpoint::load(&out).unwrap();
+    assert_eq!(meta["steps_per_epoch"], "3");
+    for l in 0..3 {
+        for (what, got) in [("kernel", params.kernel(l)), ("bias", params.bias(l))] {
+            let t = tensor(&format!("dense_{}.{what}.step3", l + 1));
+            let want: Vec<f32> =
+                t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let scale = want.iter().fold(0f64, |m, &w| m.max(f64::from(w).abs()));
+            let diff = got.iter().zip(&want).fold(0f64, |m, (&g, &w)| m.max((f64::from(g) - f64::from(w)).abs()));
+            assert!(diff / scale <= 5e-6, "dense_{}.{what}: relative error {:.2e}", l + 1, diff / scale);
+        }
+    }
+    // The same file without --no-shuffle starts from other batches: different weights.
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--steps-per-epoch",
+            "3",
+            "--epochs",
+            "1",
+            "--layers",
+            "64:relu,32:relu",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(kiln::checkpoint::load(&out).unwrap().0, params, "shuffling changed nothing");
+    // An --init file for other layers is a one-line error, and nothing is written.
+    let other = d.path().join("other.safetensors");
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--layers",
+            "64:relu",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("keras-step0.safetensors: its kernels are 784x64, 64x32, 32x10"), "{}", stderr(&o));
+    assert!(!other.exists());
+}
+
+/// A dataset that is not MNIST's shape: 14x14 images (MNIST digits
+/// subsampled) with 26 classes trains a three-layer model, and `predict`
+/// answers with 26 probabilities.
+#[test]
+fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
+    let d = tempfile::tempdir().unwrap();
+    let g =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras-rmsprop-h64.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&g).unwrap();
+    let (img, lab) = (st.tensor("images").unwrap().data().to_vec(), st.tensor("labels").unwrap().data().to_vec());
+    let small: Vec<u8> = (0..384)
+        .flat_map(|i| {
+            let img = &img;
+            (0..14).flat_map(move |r| (0..14).map(move |c| img[i * 784 + 2 * r * 28 + 2 * c]))
+        })
+        .collect();
+    let labels: Vec<u8> = (0..384).map(|i| (lab[i] + 10 * (i % 3) as u8) % 26).collect();
+    assert_eq!(labels.iter().max(), Some(&25));
+    write_idx(d.path(), "train-images-idx3-ubyte", &[300, 14, 14], &small[..300 * 196]);
+    write_idx(d.path(), "train-labels-idx1-ubyte", &[300], &labels[..300]);
+    write_idx(d.path(), "t10k-images-idx3-ubyte", &[84, 14, 14], &small[300 * 196..]);
+    write_idx(d.path(), "t10k-labels-idx1-ubyte", &[84], &labels[300..]);
+    let out = d.path().join("m.safetensors");
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--layers",
+            "40:relu,30:tanh",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (params, meta) = kiln::checkpoint::load(&out).unwrap();
+    assert_eq!((params.arch().inputs(), params.arch().classes()), (196, 26));
+    assert_eq!(params.arch().spec(), "40:relu,30:tanh,26:softmax");
+    assert_eq!(meta["image_shape"], "14x14");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines[2]["loss"].as_f64() < lines[0]["loss"].as_f64(), "loss did not fall: {stdout}");
+    assert_eq!(lines[3]["confusion"].as_array().unwrap().len(), 26);
+    let idx = d.path().join("t10k-images-idx3-ubyte");
+    let p = Command::new(env!("CARGO_BIN_EXE_predict"))
+        .args(["--model", out.to_str().unwrap(), "--idx", idx.to_str().unwrap(), "--index", "0..3", "--json"])
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let answers: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&p.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0]["probabilities"].as_array().unwrap().len(), 26);
+    assert_eq!(answers[0]["layers"], "40:relu,30:tanh,26:softmax");
+    // A label at or above an explicit output width is a clear error naming the file.
+    let o = train(
+        &[
+            "--data",
+            d.path().to_str().unwrap(),
+            "--layers",
+            "40:relu,26:softmax",
+            "--epochs",
+            "1",
+            "--out",
+            d.path().join("x.safetensors").to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "26 classes fit 26 outputs: {}", stderr(&o));
+}
+
+/// Identical runs write identical bytes, whatever the thread count, for a
+/// three-layer model (the metadata is written in sorted order).
+#[test]
+fn model_files_are_byte_identical_for_any_thread_count() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let mut files = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = d.path().join(format!("m{threads}.safetensors"));
+        let o = train(
+            &[
+                "--data",
+                d.path().to_str().unwrap(),
+                "--layers",
+                "48:relu,32:sigmoid,24:tanh",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "50",
+                "--threads",
+                threads,
+                "--backend",
+                "auto",
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+            d.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        files.push(std::fs::read(&out).unwrap());
+    }
+    assert!(files[0] == files[1] && files[0] == files[2], "model files differ between 1, 2 and 3 threads");
 }

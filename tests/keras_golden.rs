@@ -1,57 +1,97 @@
-//! Reproduces Keras's own first three training steps (tests/data/, produced
-//! by Keras 3.15.1 on TensorFlow 2.21 with hidden width 64): the softmax
-//! output, the three losses, and every weight tensor after each update, each
-//! to a relative error of at most 1e-5 of the tensor's largest magnitude.
+//! Reproduces Keras's own first training steps (tests/data/, produced by
+//! Keras 3.15.1 on TensorFlow 2.21; see keras-golden-README.md) on every
+//! backend: the softmax output at step 0, the three losses, and every
+//! tensor after each update, each to a relative error of at most `TOL` of
+//! the tensor's largest magnitude.
+//!
+//! `TOL` is set from the worst error measured over every backend (printed
+//! by each run; see README's correctness section) with a small margin.
 
 mod common;
 use common::{backends_under_test, rel_err, Golden};
 use kiln::model::{Batch, Model};
-use kiln_kernels::RmsProp;
+use kiln_kernels::{Layer1Path, RmsProp};
 
-const TOL: f64 = 1e-5;
+const TOL: f64 = 5e-6;
 
-fn check(what: &str, backend: &str, got: &[f32], want: &[f32]) {
+fn check(what: &str, backend: &str, got: &[f32], want: &[f32], worst: &mut f64) {
     let e = rel_err(got, want);
+    *worst = worst.max(e);
     assert!(e <= TOL, "{backend}: {what} differs from Keras: relative error {e:.3e} > {TOL:.0e}");
-    eprintln!("{backend}: {what}: relative error {e:.2e}");
 }
 
-#[test]
-fn reproduces_keras_first_three_steps_on_every_backend() {
-    let g = Golden::load();
+/// Three RMSprop steps of the golden file `name` on every backend and both
+/// input-layer paths; returns the worst relative error seen.
+fn replay(name: &str) -> f64 {
+    let g = Golden::named(name);
     let images = g.u8("images");
     let labels = g.u8("labels");
     assert_eq!(images.len(), 384 * 784);
     let (losses, _) = g.f32("loss");
     let (probs0, _) = g.f32("probs.step0");
     let all_rows: Vec<u32> = (0..384).collect();
-    for name in backends_under_test() {
-        let be = kiln_kernels::select(name).unwrap();
-        let mut model = Model::new(be, &g.params(0), RmsProp::default(), 128);
-        assert_eq!(model.params.hidden, 64);
-        for step in 0..3 {
-            let rows = &all_rows[step * 128..(step + 1) * 128];
-            let batch = Batch { pixels: &images, labels: &labels, rows };
-            if step == 0 {
-                model.forward(batch);
-                check("probs.step0", name, model.probs(128), &probs0);
+    let mut worst_all = 0f64;
+    for backend in backends_under_test() {
+        for path in [Layer1Path::Dense, Layer1Path::Sparse] {
+            let be = kiln_kernels::select(backend).unwrap();
+            let mut model = Model::new(be, &g.params(0), RmsProp::default(), 128).with_layer1_path(path);
+            let mut worst = 0f64;
+            for step in 0..3 {
+                let rows = &all_rows[step * 128..(step + 1) * 128];
+                let batch = Batch { pixels: &images, labels: &labels, rows };
+                if step == 0 {
+                    model.forward(batch);
+                    check("probs.step0", backend, model.probs(128), &probs0, &mut worst);
+                }
+                let stats = model.train_step(batch).expect("finite loss");
+                let loss = stats.loss_sum / 128.0;
+                let e = (f64::from(loss) - f64::from(losses[step])).abs() / f64::from(losses[step]);
+                worst = worst.max(e);
+                assert!(e <= TOL, "{backend}: loss of step {step} is {loss}, Keras {}: {e:.3e}", losses[step]);
+                let (got, want) = (model.params(), g.params(step + 1));
+                for l in 0..got.arch().layers().len() {
+                    let t = format!("dense_{}", l + 1);
+                    check(&format!("{t}.kernel.step{}", step + 1), backend, got.kernel(l), want.kernel(l), &mut worst);
+                    check(&format!("{t}.bias.step{}", step + 1), backend, got.bias(l), want.bias(l), &mut worst);
+                }
             }
-            let stats = model.train_step(batch).expect("finite loss");
-            let loss = stats.loss_sum / 128.0;
-            let e = (f64::from(loss) - f64::from(losses[step])).abs() / f64::from(losses[step]);
-            assert!(e <= TOL, "{name}: loss of step {step} is {loss}, Keras {}: relative error {e:.3e}", losses[step]);
-            let want = g.params(step + 1);
-            let got = model.params.to_row_major();
-            let (got_t, want_t) = (got.tensors(), want.tensors());
-            for (t, got, want) in [
-                ("w1", got_t.w1, want_t.w1),
-                ("b1", got_t.b1, want_t.b1),
-                ("w2", got_t.w2, want_t.w2),
-                ("b2", got_t.b2, want_t.b2),
-            ] {
-                check(&format!("{t}.step{}", step + 1), name, got, want);
-            }
+            eprintln!("{name}: {backend} ({path:?}): worst relative error {worst:.2e}");
+            worst_all = worst_all.max(worst);
         }
+    }
+    worst_all
+}
+
+#[test]
+fn reproduces_keras_tutorial_network_first_three_steps() {
+    replay("keras-rmsprop-h64");
+}
+
+#[test]
+fn reproduces_keras_three_layer_network_first_three_steps() {
+    replay("keras-seq3-rmsprop");
+}
+
+/// tanh and sigmoid hidden layers: the forward pass (softmax output and
+/// loss of step 0; its optimizer, AdamW, belongs to a later issue).
+#[test]
+fn reproduces_keras_tanh_sigmoid_forward() {
+    let g = Golden::named("keras-tanh-sigmoid-adamw");
+    assert_eq!(g.arch().spec(), "48:tanh,32:sigmoid,10:softmax");
+    let (images, labels) = (g.u8("images"), g.u8("labels"));
+    let (losses, _) = g.f32("loss");
+    let (probs0, _) = g.f32("probs.step0");
+    let rows: Vec<u32> = (0..128).collect();
+    for backend in backends_under_test() {
+        let be = kiln_kernels::select(backend).unwrap();
+        let mut model = Model::new(be, &g.params(0), RmsProp::default(), 128);
+        let stats = model.forward(Batch { pixels: &images, labels: &labels, rows: &rows });
+        let mut worst = 0f64;
+        check("probs.step0", backend, model.probs(128), &probs0, &mut worst);
+        let loss = stats.loss_sum / 128.0;
+        let e = (f64::from(loss) - f64::from(losses[0])).abs() / f64::from(losses[0]);
+        assert!(e <= TOL, "{backend}: loss of step 0 is {loss}, Keras {}: {e:.3e}", losses[0]);
+        eprintln!("tanh-sigmoid: {backend}: probs.step0 {worst:.2e}, loss {e:.2e}");
     }
 }
 
@@ -59,15 +99,17 @@ fn reproduces_keras_first_three_steps_on_every_backend() {
 /// update skipped, is far outside the tolerance.
 #[test]
 fn golden_comparison_detects_small_deviations() {
-    let g = Golden::load();
+    let g = Golden::named("keras-seq3-rmsprop");
     let (images, labels) = (g.u8("images"), g.u8("labels"));
     let rows: Vec<u32> = (0..128).collect();
     let be = kiln_kernels::select("scalar").unwrap();
     let opt = RmsProp { lr: 1.01e-3, ..RmsProp::default() };
     let mut model = Model::new(be, &g.params(0), opt, 128);
     model.train_step(Batch { pixels: &images, labels: &labels, rows: &rows }).unwrap();
-    let e = rel_err(model.params.to_row_major().tensors().w1, g.params(1).tensors().w1);
-    assert!(e > 10.0 * TOL, "a 1% learning-rate change gave only {e:.2e}");
-    let e = rel_err(g.params(0).tensors().w2, g.params(1).tensors().w2);
+    for l in 0..3 {
+        let e = rel_err(model.params().kernel(l), g.params(1).kernel(l));
+        assert!(e > 10.0 * TOL, "a 1% learning-rate change gave only {e:.2e} on layer {l}");
+    }
+    let e = rel_err(g.params(0).kernel(2), g.params(1).kernel(2));
     assert!(e > 10.0 * TOL, "a skipped update gave only {e:.2e}");
 }

@@ -3,7 +3,7 @@
 
 use image::{GrayImage, Rgba, RgbaImage};
 use kiln::data::Dataset;
-use kiln::model::{predict, Batch, Model, Params};
+use kiln::model::{predict, Arch, Batch, Model, Params};
 use kiln::preprocess::{load_gray, to_mnist, Invert, SIDE};
 use kiln::train::epoch_order;
 use kiln_kernels::RmsProp;
@@ -18,13 +18,14 @@ fn trained() -> &'static (Params<f32>, Dataset) {
         let cache = std::env::temp_dir().join("kiln-test-cache");
         let ds = Dataset::load(&kiln::data::default_data_dir(), &cache).unwrap();
         let be = kiln_kernels::select("auto").unwrap();
-        let mut m = Model::new(be, &Params::glorot(512, 1), RmsProp::default(), 128);
+        let arch = Arch::parse("512:relu", 784, 10).unwrap();
+        let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
         for epoch in 0..3 {
             for rows in epoch_order(ds.train.len(), 1, epoch).chunks(128) {
                 m.train_step(Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows }).unwrap();
             }
         }
-        (m.params.to_row_major(), ds)
+        (m.params(), ds)
     })
 }
 
@@ -55,7 +56,7 @@ fn png_round_trip_matches_idx_and_variants_stay_correct() {
     let n = 1000;
     let pixels = &ds.test.pixels()[..n * 784];
     let labels = &ds.test.labels()[..n];
-    let argmax = |p: &[f32; 10]| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
+    let argmax = |p: &Vec<f32>| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
     let direct: Vec<usize> = predict(be, params, pixels).iter().map(argmax).collect();
     let dir = tempfile::tempdir().unwrap();
     let (mut same, mut correct) = (0, [0usize; 3]);
@@ -173,7 +174,7 @@ fn every_format_and_colour_type_gives_the_same_digit() {
     let (params, ds) = trained();
     let be = kiln_kernels::select("auto").unwrap();
     let d = tempfile::tempdir().unwrap();
-    let argmax = |p: &[f32; 10]| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
+    let argmax = |p: &Vec<f32>| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
     let mut jpeg_agrees = 0;
     let n = 20;
     for i in 0..n {

@@ -1,16 +1,17 @@
 //! The BLAS backend (cargo feature `blas`): every product is one `sgemm` of
 //! the system's OpenBLAS (through `cblas`, linked by `blas-src` +
 //! `openblas-src` with its `system` feature), and the epilogues are separate
-//! passes: the bias is broadcast into C, `sgemm` runs with `beta = 1`, then a
-//! ReLU (or softmax) pass. Layer 1's u8 input is gathered and converted into
-//! one per-call `(B, K)` buffer, since BLAS reads only floats.
+//! passes: the bias is broadcast into C, `sgemm` runs with `beta = 1`, then
+//! the activation (or softmax) pass. The input layer's u8 pixels are
+//! gathered and converted into one per-call `(B, K)` buffer, since BLAS
+//! reads only floats. Every kernel is row-major here (the panel width is `N`).
 //!
 //! OpenBLAS runs its own threads: each call sets their number to the
 //! current rayon pool's size. Its results may depend on that number (its
 //! splits are its own), unlike kiln's own backends.
 
-use crate::scalar::{self, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
-use crate::{Backend, Dims, RmsProp, XentStats};
+use crate::shared::{activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
+use crate::{scalar, Activation, Backend, Dims, Layer1Path, RmsProp, Update, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -145,6 +146,62 @@ fn broadcast(c: &mut [f32], b: &[f32]) {
     }
 }
 
+impl Blas {
+    /// `H := act(A W + b)`, `A (B, K)`, `W (K, N)` row-major.
+    fn forward(&self, h: &mut [f32], a: &[f32], w: &[f32], bias: &[f32], d: Dims, act: Activation) {
+        let Dims { k, n } = d;
+        assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
+        check_len("W", w.len(), k * n);
+        check_len("b", bias.len(), n);
+        let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));
+        check_len("H", h.len(), batch * n);
+        check_len("A", a.len(), batch * k);
+        broadcast(h, bias);
+        self.sgemm(false, false, batch, n, k, a, w, 1.0, h);
+        for v in h.iter_mut() {
+            *v = act.apply(*v);
+        }
+    }
+
+    /// `dW := A^T dZ`, `db`, then the update if any.
+    fn weight_grad(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        a: &[f32],
+        dz: &[f32],
+        d: Dims,
+        update: Option<Update<'_, f32>>,
+    ) {
+        let Dims { k, n } = d;
+        check_len("db", db.len(), n);
+        check_len("dW", dw.len(), k * n);
+        if n > 0 {
+            let batch = dz.len() / n;
+            check_len("A", a.len(), batch * k);
+            column_sums(db, dz, n);
+            self.sgemm(true, false, k, n, batch, a, dz, 0.0, dw);
+        }
+        if let Some(u) = update {
+            self.rmsprop(u.w, dw, u.v, u.opt);
+        }
+    }
+
+    /// `dA := (dZ W^T) * act'(A)`.
+    fn input_grad(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+        let Dims { k, n } = d;
+        check_len("W", w.len(), k * n);
+        check_len("dA", da.len(), a.len());
+        if k == 0 {
+            return;
+        }
+        let batch = a.len() / k;
+        check_len("dZ", dz.len(), batch * n);
+        self.sgemm(false, true, batch, k, n, dz, w, 0.0, da);
+        activation_backward(da, a, act);
+    }
+}
+
 impl Backend<f32> for Blas {
     fn name(&self) -> &'static str {
         "blas"
@@ -154,18 +211,59 @@ impl Backend<f32> for Blas {
         format!("blas: {}", describe())
     }
 
-    fn dense_relu_forward_u8(&self, h: &mut [f32], x: &[u8], rows: &[u32], w: &[f32], b: &[f32], d: Dims) {
-        let Dims { k, n } = d;
-        check_rows(x, rows, k);
-        check_len("H", h.len(), rows.len() * n);
-        check_len("W", w.len(), k * n);
-        check_len("b", b.len(), n);
-        broadcast(h, b);
-        self.sgemm(false, false, rows.len(), n, k, &gather(x, rows, k), w, 1.0, h);
-        h.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    fn input_forward(
+        &self,
+        h: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        w: &[f32],
+        b: &[f32],
+        d: Dims,
+        act: Activation,
+        _path: Layer1Path,
+    ) {
+        check_rows(x, rows, d.k);
+        check_len("H", h.len(), rows.len() * d.n);
+        self.forward(h, &gather(x, rows, d.k), w, b, d, act);
     }
 
-    fn dense_softmax_xent(
+    fn input_backward(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[f32],
+        d: Dims,
+        _path: Layer1Path,
+        update: Option<Update<'_, f32>>,
+    ) {
+        check_rows(x, rows, d.k);
+        check_len("dZ", dz.len(), rows.len() * d.n);
+        self.weight_grad(dw, db, &gather(x, rows, d.k), dz, d, update);
+    }
+
+    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+        self.forward(h, a, w, b, d, act);
+    }
+
+    fn hidden_backward(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        a: &[f32],
+        dz: &[f32],
+        d: Dims,
+        update: Option<Update<'_, f32>>,
+    ) {
+        self.weight_grad(dw, db, a, dz, d, update);
+    }
+
+    fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+        self.input_grad(da, dz, w, a, d, act);
+    }
+
+    fn output_softmax_xent(
         &self,
         p: &mut [f32],
         dz: &mut [f32],
@@ -186,36 +284,12 @@ impl Backend<f32> for Blas {
         softmax_xent_rows(p, dz, labels, rows, n)
     }
 
-    fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
-        let Dims { k, n } = d;
-        check_len("db", db.len(), n);
-        check_len("dW", dw.len(), k * n);
-        if n == 0 {
-            return;
-        }
-        let batch = dz.len() / n;
-        column_sums(db, dz, n);
-        self.sgemm(true, false, k, n, batch, h, dz, 0.0, dw);
+    fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+        self.weight_grad(dw, db, h, dz, d, None);
     }
 
-    fn dense_backward_u8(&self, dw: &mut [f32], db: &mut [f32], x: &[u8], rows: &[u32], dz: &[f32], d: Dims) {
-        let Dims { k, n } = d;
-        check_rows(x, rows, k);
-        check_len("dZ", dz.len(), rows.len() * n);
-        self.dense_backward(dw, db, &gather(x, rows, k), dz, d);
-    }
-
-    fn relu_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims) {
-        let Dims { k, n } = d;
-        check_len("dH", dh.len(), h.len());
-        if k == 0 {
-            return;
-        }
-        let batch = h.len() / k;
-        self.sgemm(false, true, batch, k, n, dz, w, 0.0, dh);
-        for (g, &hv) in dh.iter_mut().zip(h) {
-            *g = if hv > 0.0 { *g } else { 0.0 };
-        }
+    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
+        self.input_grad(dh, dz, w, h, d, act);
     }
 
     fn rmsprop(&self, w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {

@@ -38,20 +38,51 @@
 //! k-blocks start from the stored partial sum), whatever tile, block or
 //! thread computes it: results do not depend on the thread count.
 
+use crate::optim::{rmsprop_lanes, RmsPropV};
 use crate::params::{KC_MAX, MAX_TILE, MC};
 use crate::simd::Simd;
-use crate::small::{rmsprop_lanes, RmsPropV};
-use crate::RmsProp;
+use crate::Update;
 
-/// A fused RMSprop update of the weights whose gradient is being computed:
-/// `W` and its velocity `v`, in the same layout as the gradient.
-pub(crate) struct Update<'a> {
-    /// The weights, updated in place.
-    pub(crate) w: &'a mut [f32],
-    /// Their RMSprop velocities, updated in place.
-    pub(crate) v: &'a mut [f32],
-    /// The hyper-parameters.
-    pub(crate) opt: RmsProp,
+/// The left operand `X (m, K)` of a forward product.
+#[derive(Clone, Copy)]
+pub(crate) enum Lhs<'a> {
+    /// The input layer's batch: `X[i, k] = x[rows[i] * K + k] / 255`.
+    Pixels { x: &'a [u8], rows: &'a [u32] },
+    /// A hidden layer's input, `(m, K)` row-major.
+    Rows { a: &'a [f32], m: usize },
+}
+
+impl Lhs<'_> {
+    /// Rows `m` of `X`.
+    fn rows(&self) -> usize {
+        match self {
+            Lhs::Pixels { rows, .. } => rows.len(),
+            Lhs::Rows { m, .. } => *m,
+        }
+    }
+
+    /// Packs `X[i0 .. i0+MR, pc .. pc+kc]` into `dst` (`MR x kc`, row-major;
+    /// rows at or past `m` are zero).
+    ///
+    /// # Safety
+    /// The CPU runs `S`; the shapes were checked by the caller (every
+    /// `rows[i] * k + k <= x.len()`, or `a` holds `m * k` floats).
+    #[inline(always)]
+    unsafe fn pack<S: Simd, const MR: usize>(&self, dst: &mut [f32], i0: usize, (pc, kc, k): (usize, usize, usize)) {
+        match *self {
+            // SAFETY: forwarded contract.
+            Lhs::Pixels { x, rows } => unsafe { pack_x_rows::<S, MR>(dst, x, rows, i0, (pc, kc, k)) },
+            Lhs::Rows { a, m } => {
+                for (r, out) in dst.chunks_exact_mut(kc).enumerate().take(MR) {
+                    if i0 + r < m {
+                        out.copy_from_slice(&a[(i0 + r) * k + pc..(i0 + r) * k + pc + kc]);
+                    } else {
+                        out.fill(0.0);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The k-blocks of a reduction of length `k`: equal lengths no longer
@@ -151,8 +182,9 @@ unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile, acc: &m
     }
 }
 
-/// Stores accumulators into the tile, applying `relu(acc + bias)` first
-/// when `bias` is given (`bias` holds NR floats, one per tile column).
+/// Stores accumulators into the tile, applying `acc + bias` first when
+/// `bias` is given (`bias` holds NR floats, one per tile column), then ReLU
+/// when its flag is set.
 ///
 /// # Safety
 /// The CPU runs `S`; `t` upholds the [`Tile`] invariant.
@@ -160,17 +192,24 @@ unsafe fn load_tile<S: Simd, const MR: usize, const NV: usize>(t: &Tile, acc: &m
 unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
     t: &mut Tile,
     acc: &mut [[S::V; NV]; MR],
-    bias: Option<&[f32]>,
+    bias: Option<(&[f32], bool)>,
 ) {
     let nr = NV * S::LANES;
-    if let Some(bias) = bias {
+    if let Some((bias, relu)) = bias {
         assert!(bias.len() >= nr);
         for v in 0..NV {
             // SAFETY: bias holds NR floats (checked above).
             let bv = unsafe { S::load(bias.as_ptr().add(v * S::LANES)) };
             for row in acc.iter_mut() {
                 // SAFETY: S is present.
-                row[v] = unsafe { S::relu(S::add(row[v], bv)) };
+                row[v] = unsafe {
+                    let z = S::add(row[v], bv);
+                    if relu {
+                        S::relu(z)
+                    } else {
+                        z
+                    }
+                };
             }
         }
     }
@@ -256,37 +295,51 @@ pub(crate) fn pack_xt(dst: &mut [f32], mr: usize, x: &[u8], rows: &[u32], i0: us
     }
 }
 
-/// `pixel / 255` rounded once to f32, for every pixel value (the same
-/// table the scalar reference uses).
-fn pixel_table() -> [f32; 256] {
-    crate::scalar::pixel_table::<f32>()
+/// Packs the micro-panel of `A^T` that starts at column `i0` of a hidden
+/// layer's input `A (B, K)`, for the weight gradient: element `(i, b)` is
+/// `A[b, i]`; columns at or past `k` are zero. `dst` is `MR x B`, row-major.
+pub(crate) fn pack_at(dst: &mut [f32], mr: usize, a: &[f32], batch: usize, i0: usize, k: usize) {
+    let valid = mr.min(k - i0);
+    for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
+        for (r, &v) in arow[i0..i0 + valid].iter().enumerate() {
+            dst[r * batch + b] = v;
+        }
+    }
+    for r in valid..mr {
+        dst[r * batch..(r + 1) * batch].fill(0.0);
+    }
 }
 
-/// `H[:, panels jp0..jp1] := relu(X W + b)` (see the module docs): one
-/// task's share of columns, for every row. `h` points at the whole `(m, n)`
-/// row-major output; `w` is `(K, N)` in panels of `NR`; `bias` is padded to
-/// a whole number of panels.
+/// `pixel / 255` rounded once to f32, for every pixel value (the table
+/// every backend uses).
+fn pixel_table() -> [f32; 256] {
+    crate::shared::pixel_table::<f32>()
+}
+
+/// `H[:, panels jp0..jp1] := X W + b`, then ReLU when `relu` (see the
+/// module docs): one task's share of columns, for every row. `h` points at
+/// the whole `(m, n)` row-major output; `w` is `(K, N)` in panels of `NR`;
+/// `bias` is padded to a whole number of panels.
 ///
 /// # Safety
-/// The CPU runs `S`. `h` is valid for `rows.len() * n` floats and, while
-/// this runs, nothing else touches columns `jp0 * NR .. min(jp1 * NR, n)`
-/// of it. Shapes are checked by the caller: every `rows[i] * k + k <=
-/// x.len()`, `w` holds `panels * k * NR` and `bias` `panels * NR` floats.
+/// The CPU runs `S`. `h` is valid for `m * n` floats and, while this runs,
+/// nothing else touches columns `jp0 * NR .. min(jp1 * NR, n)` of it.
+/// Shapes are checked by the caller: `x` holds every row of `X` (see
+/// [`Lhs::pack`]), `w` holds `panels * k * NR` and `bias` `panels * NR`
+/// floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
     h: *mut f32,
     (jp0, jp1): (usize, usize),
-    x: &[u8],
-    rows: &[u32],
+    x: Lhs<'_>,
     w: &[f32],
     bias: &[f32],
-    k: usize,
-    n: usize,
+    (k, n, relu): (usize, usize, bool),
     apack: &mut Vec<f32>,
 ) {
     let nr = NV * S::LANES;
-    let m = rows.len();
+    let m = x.rows();
     let blocks: Vec<(usize, usize)> = k_blocks(k).collect();
     if blocks.is_empty() {
         // K = 0: the product is zero and only the epilogue remains.
@@ -294,7 +347,7 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
         for r in 0..m {
             for (c, &b) in bias.iter().enumerate().take(cols.end).skip(cols.start) {
                 // SAFETY: (r, c) is inside H and in this task's columns.
-                unsafe { *h.add(r * n + c) = if b < 0.0 { 0.0 } else { b } };
+                unsafe { *h.add(r * n + c) = if relu && b < 0.0 { 0.0 } else { b } };
             }
         }
         return;
@@ -308,8 +361,8 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
             let apanels = mc.div_ceil(MR);
             apack.resize(apanels * kc * MR, 0.0);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
-                // SAFETY: the CPU runs S; row indices checked by the caller.
-                unsafe { pack_x_rows::<S, MR>(dst, x, rows, ic + p * MR, (pc, kc, k)) };
+                // SAFETY: the CPU runs S; shapes checked by the caller.
+                unsafe { x.pack::<S, MR>(dst, ic + p * MR, (pc, kc, k)) };
             }
             // LOOP 2: this task's panels of NR columns of W (already packed).
             for jp in jp0..jp1 {
@@ -329,7 +382,7 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
                         microkernel::<S, MR, NV>(kc, kc, a, b, &mut acc);
-                        let epilogue = last.then(|| &bias[jp * nr..(jp + 1) * nr]);
+                        let epilogue = last.then(|| (&bias[jp * nr..(jp + 1) * nr], relu));
                         store_tile::<S, MR, NV>(&mut tile, &mut acc, epilogue);
                     }
                 }
@@ -362,7 +415,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     k: usize,
     n: usize,
     bpack: &mut Vec<f32>,
-    mut update: Option<Update<'_>>,
+    mut update: Option<Update<'_, f32>>,
 ) {
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
@@ -374,7 +427,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
         dw.fill(0.0);
         if let Some(u) = update {
             // SAFETY: the CPU runs S (caller); the gradient is all zeros.
-            unsafe { crate::small::rmsprop::<S>(u.w, dw, u.v, u.opt) };
+            unsafe { crate::optim::rmsprop::<S>(u.w, dw, u.v, u.opt) };
         }
         return;
     }

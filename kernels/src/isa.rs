@@ -7,14 +7,20 @@
 //! entry points are reachable only through [`SimdBackend`], which
 //! `crate::select` builds only after detecting the instruction set.
 
-use crate::scalar::{check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK};
+use crate::gemm::Lhs;
+use crate::shared::{
+    activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
+    UPDATE_CHUNK,
+};
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
-use crate::{gemm, peak, small, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, RmsProp, XentStats};
+use crate::{
+    gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, RmsProp, Update,
+    XentStats,
+};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Per-instruction-set entry points (see the module docs).
 ///
@@ -30,12 +36,10 @@ pub(crate) trait Isa: Simd {
     unsafe fn forward_panels(
         h: *mut f32,
         panels: (usize, usize),
-        x: &[u8],
-        rows: &[u32],
+        x: Lhs<'_>,
         w: &[f32],
         bias: &[f32],
-        k: usize,
-        n: usize,
+        knr: (usize, usize, bool),
         apack: &mut Vec<f32>,
     );
     #[allow(clippy::too_many_arguments)]
@@ -48,10 +52,10 @@ pub(crate) trait Isa: Simd {
         k: usize,
         n: usize,
         bpack: &mut Vec<f32>,
-        update: Option<gemm::Update<'_>>,
+        update: Option<Update<'_, f32>>,
     );
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
-    unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize);
+    unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
     unsafe fn fma_chains(iters: u64) -> f32;
@@ -63,6 +67,7 @@ pub(crate) trait Isa: Simd {
         w: &[f32],
         bias: &[f32],
         n: usize,
+        relu: bool,
         part: &mut Vec<f32>,
     );
     /// The non-zero pixels of one row (see `sparse::csr_row`).
@@ -75,7 +80,7 @@ pub(crate) trait Isa: Simd {
         dz: &[f32],
         n: usize,
         k: usize,
-        update: Option<gemm::Update<'_>>,
+        update: Option<Update<'_, f32>>,
         scratch: &mut Vec<f32>,
     );
 }
@@ -93,16 +98,14 @@ macro_rules! isa_entry_points {
             unsafe fn forward_panels(
                 h: *mut f32,
                 panels: (usize, usize),
-                x: &[u8],
-                rows: &[u32],
+                x: Lhs<'_>,
                 w: &[f32],
                 bias: &[f32],
-                k: usize,
-                n: usize,
+                knr: (usize, usize, bool),
                 apack: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { gemm::forward_panels::<Self, { $mr }, { $nv }>(h, panels, x, rows, w, bias, k, n, apack) }
+                unsafe { gemm::forward_panels::<Self, { $mr }, { $nv }>(h, panels, x, w, bias, knr, apack) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_panels(
@@ -114,7 +117,7 @@ macro_rules! isa_entry_points {
                 k: usize,
                 n: usize,
                 bpack: &mut Vec<f32>,
-                update: Option<gemm::Update<'_>>,
+                update: Option<Update<'_, f32>>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe {
@@ -127,9 +130,9 @@ macro_rules! isa_entry_points {
                 unsafe { small::logits::<Self>(p, h, wt, b, k, n) }
             }
             #[target_feature(enable = $features)]
-            unsafe fn relu_backward_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], k: usize, n: usize) {
+            unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool)) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { small::relu_backward_rows::<Self>(dh, dz, wt, h, k, n) }
+                unsafe { small::input_grad_rows::<Self>(dh, dz, wt, h, knm) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize) {
@@ -139,7 +142,7 @@ macro_rules! isa_entry_points {
             #[target_feature(enable = $features)]
             unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { small::rmsprop::<Self>(w, g, v, opt) }
+                unsafe { optim::rmsprop::<Self>(w, g, v, opt) }
             }
             #[target_feature(enable = $features)]
             unsafe fn fma_chains(iters: u64) -> f32 {
@@ -154,10 +157,11 @@ macro_rules! isa_entry_points {
                 w: &[f32],
                 bias: &[f32],
                 n: usize,
+                relu: bool,
                 part: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, part) }
+                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, relu, part) }
             }
             #[target_feature(enable = $features)]
             unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
@@ -172,7 +176,7 @@ macro_rules! isa_entry_points {
                 dz: &[f32],
                 n: usize,
                 k: usize,
-                update: Option<gemm::Update<'_>>,
+                update: Option<Update<'_, f32>>,
                 scratch: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
@@ -190,10 +194,9 @@ isa_entry_points!(crate::simd::Avx512, "avx512f", crate::params::AVX512_MR, crat
 isa_entry_points!(crate::simd::Neon, "neon", crate::params::NEON_MR, crate::params::NEON_NV, 2);
 
 /// The backend running instruction set `I`. Only `SimdBackend::new` makes
-/// one, and only when `I` is detected.
+/// one, and only when `I` is detected. It holds no state: every option
+/// (such as the input layer's path) comes with each call.
 pub(crate) struct SimdBackend<I> {
-    /// The `Layer1Path` in force, as its index in `PATHS`.
-    path: AtomicU8,
     _isa: PhantomData<I>,
 }
 
@@ -202,20 +205,17 @@ pub(crate) struct SimdBackend<I> {
 /// thread count.
 const LAYER2_ROWS: usize = 32;
 
-const PATHS: [Layer1Path; 3] = [Layer1Path::Auto, Layer1Path::Dense, Layer1Path::Sparse];
-
 impl<I: Isa> SimdBackend<I> {
     /// The backend, if this CPU runs `I`.
     pub(crate) fn new() -> Option<Self> {
-        I::detected().then_some(SimdBackend { path: AtomicU8::new(0), _isa: PhantomData })
+        I::detected().then_some(SimdBackend { _isa: PhantomData })
     }
     const NR: usize = I::NV * I::LANES;
 
-    /// Whether layer 1 should skip zero pixels for this batch: `build`
-    /// scans it for its non-zero pixels (unless the path is forced dense)
-    /// and returns how many there are.
-    fn sparse(&self, rows: &[u32], k: usize, build: impl FnOnce() -> usize) -> bool {
-        let path = PATHS[usize::from(self.path.load(Ordering::Relaxed))];
+    /// Whether the input layer should skip zero pixels for this batch:
+    /// `build` scans it for its non-zero pixels (unless the path is forced
+    /// dense) and returns how many there are.
+    fn sparse(path: Layer1Path, rows: &[u32], k: usize, build: impl FnOnce() -> usize) -> bool {
         if path == Layer1Path::Dense || rows.is_empty() || k == 0 || k > u32::MAX as usize {
             return false;
         }
@@ -227,7 +227,7 @@ impl<I: Isa> SimdBackend<I> {
 thread_local! {
     /// Packing buffers of the calling thread, kept between calls so that no
     /// step allocates or clears them again: per-task panels (`TASK`), and
-    /// the `X^T` a whole weight-gradient call shares (`SHARED`); the sparse
+    /// the `X^T` (or `W^T`) a whole call shares (`SHARED`); the sparse
     /// path's non-zero lists (`NONZEROS`).
     static TASK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -266,11 +266,10 @@ impl SharedOut {
 }
 
 /// `W (K, N)` transposed to `(N, K)`: row `j` of the result is column `j`
-/// of `W`, written in order (the reads stride over `W`, 20 KiB at layer 2's
-/// shape, which stays in L1). Cache-line aligned: at `K = 512` every row
-/// then starts a line, and no vector load of a row straddles two lines
-/// (with `Vec`'s 16-byte alignment each AVX-512 load did, and layer 2's
-/// products ran 20% slower than with AVX2).
+/// of `W`, written in order (the reads stride over `W`, 20 KiB at the
+/// tutorial's output shape, which stays in L1). Cache-line aligned: at
+/// `K = 512` every row then starts a line, and no vector load of a row
+/// straddles two lines.
 fn transpose(w: &[f32], k: usize, n: usize) -> AlignedVec<f32> {
     let mut t = AlignedVec::zeroed(k * n);
     for (j, col) in t.chunks_exact_mut(k.max(1)).enumerate() {
@@ -288,93 +287,121 @@ fn share(total: usize, unit: usize) -> usize {
     total.div_ceil(threads).div_ceil(unit).max(1) * unit
 }
 
+/// `f` on equal chunks of `out` and `a` in parallel (elementwise passes).
+fn par_zip(out: &mut [f32], a: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    out.par_chunks_mut(UPDATE_CHUNK).zip(a.par_chunks(UPDATE_CHUNK)).for_each(|(o, a)| f(o, a));
+}
+
+/// The activations the epilogues do not apply (see `shared::activate_rest`).
+fn finish_activation(h: &mut [f32], act: Activation) {
+    assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
+    if matches!(act, Activation::Sigmoid | Activation::Tanh) {
+        h.par_chunks_mut(UPDATE_CHUNK).for_each(|c| activate_rest(c, act));
+    }
+}
+
 impl<I: Isa> SimdBackend<I> {
-    /// `dW := X^T dZ`, `db`, optionally fused with RMSprop on `(W, v)`.
+    /// `H := X W + b` (+ ReLU when `relu`) over every panel, the panels split
+    /// evenly over the threads: the same split as the weight gradient's, so
+    /// each core reads the part of `W` that it updated itself. `sparse`
+    /// builds a task's non-zero lists and says whether it took the sparse
+    /// path (it then has written its panels itself).
     #[allow(clippy::too_many_arguments)]
-    fn weight_grad_u8(
+    fn forward(
         &self,
-        dw: &mut [f32],
-        mut update: Option<(&mut [f32], &mut [f32], RmsProp)>,
-        db: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[f32],
+        h: &mut [f32],
+        x: Lhs<'_>,
+        w: &[f32],
+        b: &[f32],
         d: Dims,
+        relu: bool,
+        sparse: impl Fn(*mut f32, (usize, usize), &[f32]) -> bool + Sync,
     ) {
         let Dims { k, n } = d;
-        let layout = self.w1_layout(k, n);
-        check_rows(x, rows, k);
-        check_len("dW (panel layout)", dw.len(), layout.len());
-        check_len("db", db.len(), n);
-        check_len("dZ", dz.len(), rows.len() * n);
-        if n == 0 {
+        let layout = self.weight_layout(k, n);
+        check_len("W (panel layout)", w.len(), layout.len());
+        check_len("b", b.len(), n);
+        if n == 0 || h.is_empty() {
             return;
         }
-        column_sums(db, dz, n);
-        if k == 0 {
-            return;
-        }
-        let batch = rows.len();
-        let chunk = share(layout.panels(), 1) * k * Self::NR;
-        // One parallel region: each task lists the batch's non-zero pixels
-        // by pixel itself (the same lists, so every task takes the same
-        // path) and then runs its panels; it returns whether it did.
-        let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
-            with_nonzeros(|_, csc| {
-                // SAFETY: I was detected (a SimdBackend<I> exists).
-                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-                if !self.sparse(rows, k, || {
-                    csc.build(x, rows, k, I::COMPRESSES.then_some(row));
-                    csc.nonzeros()
-                }) {
-                    return false;
-                }
-                // SAFETY: I was detected; shapes checked above; dwc (and W,
-                // v) hold whole panels; csc was built from this batch.
-                with_buffer(&TASK, |scratch| unsafe {
-                    I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
-                });
-                true
+        let mut bias = b.to_vec();
+        bias.resize(layout.panels() * Self::NR, 0.0);
+        let per_task = share(layout.panels(), 1);
+        let out = SharedOut(h.as_mut_ptr());
+        let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
+        let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
+        tasks.for_each(|t| {
+            if sparse(out.get(), panels_of(t), &bias) {
+                return;
+            }
+            // SAFETY: I was detected; shapes checked by the callers; `out`
+            // covers all of H, which outlives the loop, and tasks own
+            // disjoint panel ranges, so no column is shared.
+            with_buffer(&TASK, |apack| unsafe {
+                I::forward_panels(out.get(), panels_of(t), x, w, &bias, (k, n, relu), apack)
             })
-        };
-        let went_sparse: Vec<bool> = match &mut update {
-            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
-            Some((w, v, opt)) => dw
-                .par_chunks_mut(chunk)
-                .zip(w.par_chunks_mut(chunk))
-                .zip(v.par_chunks_mut(chunk))
-                .enumerate()
-                .map(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt: *opt })))
-                .collect(),
-        };
-        if went_sparse.iter().all(|&s| s) {
-            return;
-        }
-        assert!(!went_sparse.contains(&true), "tasks disagreed on the layer-1 path of one batch");
+        });
+    }
+
+    /// `dW := X^T dZ` over every panel from `xt`, the `X^T` micro-panels
+    /// `pack` writes (panel `p` into `dst`), optionally fused with RMSprop.
+    fn weight_grad_dense(
+        &self,
+        dw: &mut [f32],
+        update: Option<Update<'_, f32>>,
+        batch: usize,
+        dz: &[f32],
+        d: Dims,
+        pack: impl Fn(&mut [f32], usize) + Sync,
+    ) {
+        let Dims { k, n } = d;
+        let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
         with_buffer(&SHARED, |xt| {
-            // X^T, packed once for all tasks: micro-panels of MR pixels x B.
+            // X^T, packed once for all tasks: micro-panels of MR rows x B.
             xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
-            xt.par_chunks_mut((I::MR * batch).max(1))
-                .enumerate()
-                .for_each(|(p, dst)| gemm::pack_xt(dst, I::MR, x, rows, p * I::MR, k));
+            xt.par_chunks_mut((I::MR * batch).max(1)).enumerate().for_each(|(p, dst)| pack(dst, p * I::MR));
             let xt = &*xt;
-            let task = |t: usize, dwc: &mut [f32], update: Option<gemm::Update<'_>>| {
-                // SAFETY: I was detected; shapes checked above; dwc (and W,
-                // v) hold whole panels; xt was sized for k and the batch.
+            let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
+                // SAFETY: I was detected; shapes checked by the callers; dwc
+                // (and W, v) hold whole panels; xt was sized for k and B.
                 with_buffer(&TASK, |bpack| unsafe {
                     I::weight_grad_panels(dwc, t * chunk / (k * Self::NR), xt, dz, batch, k, n, bpack, update)
                 })
             };
             match update {
                 None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
-                Some((w, v, opt)) => dw
+                Some(Update { w, v, opt }) => dw
                     .par_chunks_mut(chunk)
                     .zip(w.par_chunks_mut(chunk))
                     .zip(v.par_chunks_mut(chunk))
                     .enumerate()
-                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(gemm::Update { w, v, opt }))),
+                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(Update { w, v, opt }))),
             }
         });
+    }
+
+    /// Checks the shapes of a weight gradient in the panel layout (with its
+    /// update) and writes `db`; returns whether there is a product left.
+    fn weight_grad_prologue(
+        &self,
+        dw: &[f32],
+        update: &Option<Update<'_, f32>>,
+        db: &mut [f32],
+        dz: &[f32],
+        d: Dims,
+    ) -> bool {
+        let Dims { k, n } = d;
+        check_len("dW (panel layout)", dw.len(), self.weight_layout(k, n).len());
+        check_len("db", db.len(), n);
+        if let Some(u) = update {
+            check_len("W", u.w.len(), dw.len());
+            check_len("v", u.v.len(), dw.len());
+        }
+        if n == 0 {
+            return false;
+        }
+        column_sums(db, dz, n);
+        k > 0
     }
 }
 
@@ -384,13 +411,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn describe(&self) -> String {
-        let path = PATHS[usize::from(self.path.load(Ordering::Relaxed))];
-        format!("{} ({}x{} register tiles, layer 1 {path:?})", I::NAME, I::MR, Self::NR)
-    }
-
-    fn set_layer1_path(&self, path: Layer1Path) {
-        let i = PATHS.iter().position(|&p| p == path).expect("a known path");
-        self.path.store(i as u8, Ordering::Relaxed);
+        format!("{} ({}x{} register tiles)", I::NAME, I::MR, Self::NR)
     }
 
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
@@ -407,57 +428,181 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
     }
 
-    fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {
+    fn weight_layout(&self, k: usize, n: usize) -> PanelLayout {
         PanelLayout::panels_of(k, n, Self::NR)
     }
 
-    fn dense_relu_forward_u8(&self, h: &mut [f32], x: &[u8], rows: &[u32], w: &[f32], b: &[f32], d: Dims) {
+    fn input_forward(
+        &self,
+        h: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        w: &[f32],
+        b: &[f32],
+        d: Dims,
+        act: Activation,
+        path: Layer1Path,
+    ) {
         let Dims { k, n } = d;
-        let layout = self.w1_layout(k, n);
         check_rows(x, rows, k);
         check_len("H", h.len(), rows.len() * n);
-        check_len("W (panel layout)", w.len(), layout.len());
-        check_len("b", b.len(), n);
-        if n == 0 || rows.is_empty() {
-            return;
-        }
-        let mut bias = b.to_vec();
-        bias.resize(layout.panels() * Self::NR, 0.0);
-        // Threads own columns (panels) of H, the same split as dW1's, so
-        // each core reads the part of W1 that it updated itself.
-        let per_task = share(layout.panels(), 1);
-        let out = SharedOut(h.as_mut_ptr());
-        let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
-        let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
-        // One parallel region: each task lists the non-zero pixels of the
-        // whole batch itself (the same lists, so every task takes the same
-        // path) and then runs its panels; no task waits on another's lists
-        // or reads them from another core's cache.
-        tasks.for_each(|t| {
+        let relu = act == Activation::Relu;
+        // Each task lists the non-zero pixels of the whole batch itself (the
+        // same lists, so every task takes the same path) and then runs its
+        // panels; no task waits on another's lists or reads them from
+        // another core's cache.
+        let sparse = |out: *mut f32, panels: (usize, usize), bias: &[f32]| {
             with_nonzeros(|csr, _| {
                 // SAFETY: I was detected (a SimdBackend<I> exists).
                 let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-                if self.sparse(rows, k, || {
+                if !Self::sparse(path, rows, k, || {
                     csr.build(x, rows, k, row);
                     csr.nonzeros()
                 }) {
-                    // SAFETY: I was detected; shapes checked above; `out`
-                    // covers all of H, which outlives the loop, and tasks
-                    // own disjoint panel ranges, so no column is shared.
-                    with_buffer(&TASK, |part| unsafe {
-                        I::forward_sparse(out.get(), panels_of(t), csr, w, &bias, n, part)
-                    })
-                } else {
-                    // SAFETY: as above.
-                    with_buffer(&TASK, |apack| unsafe {
-                        I::forward_panels(out.get(), panels_of(t), x, rows, w, &bias, k, n, apack)
-                    })
+                    return false;
                 }
+                // SAFETY: I was detected; shapes checked; `out` covers all
+                // of H and this task owns the panel range (see `forward`).
+                with_buffer(&TASK, |part| unsafe { I::forward_sparse(out, panels, csr, w, bias, n, relu, part) });
+                true
             })
-        });
+        };
+        self.forward(h, Lhs::Pixels { x, rows }, w, b, d, relu, sparse);
+        finish_activation(h, act);
     }
 
-    fn dense_softmax_xent(
+    fn input_backward(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[f32],
+        d: Dims,
+        path: Layer1Path,
+        mut update: Option<Update<'_, f32>>,
+    ) {
+        let Dims { k, n } = d;
+        check_rows(x, rows, k);
+        check_len("dZ", dz.len(), rows.len() * n);
+        if !self.weight_grad_prologue(dw, &update, db, dz, d) {
+            if let Some(u) = update {
+                dw.fill(0.0);
+                self.rmsprop(u.w, dw, u.v, u.opt);
+            }
+            return;
+        }
+        let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
+        // One parallel region: each task lists the batch's non-zero pixels
+        // by pixel itself (the same lists, so every task takes the same
+        // path) and then runs its panels; it returns whether it did.
+        let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
+            with_nonzeros(|_, csc| {
+                // SAFETY: I was detected (a SimdBackend<I> exists).
+                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+                if !Self::sparse(path, rows, k, || {
+                    csc.build(x, rows, k, I::COMPRESSES.then_some(row));
+                    csc.nonzeros()
+                }) {
+                    return false;
+                }
+                // SAFETY: I was detected; shapes checked above; dwc (and W,
+                // v) hold whole panels; csc was built from this batch.
+                with_buffer(&TASK, |scratch| unsafe {
+                    I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
+                });
+                true
+            })
+        };
+        let went_sparse: Vec<bool> = match &mut update {
+            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
+            Some(Update { w, v, opt }) => dw
+                .par_chunks_mut(chunk)
+                .zip(w.par_chunks_mut(chunk))
+                .zip(v.par_chunks_mut(chunk))
+                .enumerate()
+                .map(|(t, ((dwc, w), v))| task(t, dwc, Some(Update { w, v, opt: *opt })))
+                .collect(),
+        };
+        if went_sparse.iter().all(|&s| s) {
+            return;
+        }
+        assert!(!went_sparse.contains(&true), "tasks disagreed on the input layer's path of one batch");
+        self.weight_grad_dense(dw, update, rows.len(), dz, d, |dst, i0| gemm::pack_xt(dst, I::MR, x, rows, i0, k));
+    }
+
+    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+        let Dims { k, n } = d;
+        let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));
+        check_len("H", h.len(), batch * n);
+        check_len("A", a.len(), batch * k);
+        self.forward(h, Lhs::Rows { a, m: batch }, w, b, d, act == Activation::Relu, |_, _, _| false);
+        finish_activation(h, act);
+    }
+
+    fn hidden_backward(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        a: &[f32],
+        dz: &[f32],
+        d: Dims,
+        update: Option<Update<'_, f32>>,
+    ) {
+        let Dims { k, n } = d;
+        let batch = dz.len().checked_div(n).unwrap_or(a.len() / k.max(1));
+        check_len("dZ", dz.len(), batch * n);
+        check_len("A", a.len(), batch * k);
+        if !self.weight_grad_prologue(dw, &update, db, dz, d) {
+            if let Some(u) = update {
+                dw.fill(0.0);
+                self.rmsprop(u.w, dw, u.v, u.opt);
+            }
+            return;
+        }
+        self.weight_grad_dense(dw, update, batch, dz, d, |dst, i0| gemm::pack_at(dst, I::MR, a, batch, i0, k));
+    }
+
+    fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+        let Dims { k, n } = d;
+        let layout = self.weight_layout(k, n);
+        check_len("W (panel layout)", w.len(), layout.len());
+        check_len("dA", da.len(), a.len());
+        if k == 0 {
+            return;
+        }
+        let batch = a.len() / k;
+        check_len("A", a.len(), batch * k);
+        check_len("dZ", dz.len(), batch * n);
+        // dA = dZ W^T: W^T (N, K) into the panel layout of a (N, K) kernel,
+        // so that the forward product runs it with dZ as its left operand.
+        let wt_layout = self.weight_layout(n, k);
+        let nr = Self::NR;
+        with_buffer(&SHARED, |wt| {
+            wt.resize(wt_layout.len(), 0.0);
+            wt.par_chunks_mut((n * nr).max(1)).enumerate().for_each(|(q, panel)| {
+                // Panel q of W^T holds W's rows kk = q * NR .. as columns:
+                // element (j, c) is W[q * NR + c, j]. Copied as NR x NR
+                // block transposes, reading each of W's panel rows (NR
+                // contiguous floats) once; rows past K are zero.
+                panel.fill(0.0);
+                for c in 0..nr.min(k - q * nr) {
+                    let kk = q * nr + c;
+                    for p in 0..layout.panels() {
+                        let src = &w[p * k * nr + kk * nr..][..nr.min(n - p * nr)];
+                        for (jj, &v) in src.iter().enumerate() {
+                            panel[(p * nr + jj) * nr + c] = v;
+                        }
+                    }
+                }
+            });
+            let zero = vec![0.0; k];
+            self.forward(da, Lhs::Rows { a: dz, m: batch }, wt, &zero, Dims { k: n, n: k }, false, |_, _, _| false);
+        });
+        par_zip(da, a, |g, y| activation_backward(g, y, act));
+    }
+
+    fn output_softmax_xent(
         &self,
         p: &mut [f32],
         dz: &mut [f32],
@@ -508,7 +653,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         stats
     }
 
-    fn dense_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+    fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
         let Dims { k, n } = d;
         check_len("dW", dw.len(), k * n);
         check_len("db", db.len(), n);
@@ -529,28 +674,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         });
     }
 
-    fn dense_backward_u8(&self, dw: &mut [f32], db: &mut [f32], x: &[u8], rows: &[u32], dz: &[f32], d: Dims) {
-        self.weight_grad_u8(dw, None, db, x, rows, dz, d);
-    }
-
-    fn dense_backward_u8_rmsprop(
-        &self,
-        w: &mut [f32],
-        v: &mut [f32],
-        dw: &mut [f32],
-        db: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[f32],
-        d: Dims,
-        opt: RmsProp,
-    ) {
-        check_len("W", w.len(), dw.len());
-        check_len("v", v.len(), dw.len());
-        self.weight_grad_u8(dw, Some((w, v, opt)), db, x, rows, dz, d);
-    }
-
-    fn relu_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims) {
+    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
         let Dims { k, n } = d;
         check_len("W", w.len(), k * n);
         check_len("dH", dh.len(), h.len());
@@ -566,11 +690,15 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
         let wt = transpose(w, k, n);
         let chunk = share(batch, 1);
+        let mask = act == Activation::Relu;
         dh.par_chunks_mut(chunk * k).zip(h.par_chunks(chunk * k)).enumerate().for_each(|(t, (dhc, hc))| {
             let rows = dhc.len() / k;
             let dzc = &dz[t * chunk * n..(t * chunk + rows) * n];
             // SAFETY: I was detected; shapes checked above.
-            unsafe { I::relu_backward_rows(dhc, dzc, &wt, hc, k, n) }
+            unsafe { I::input_grad_rows(dhc, dzc, &wt, hc, (k, n, mask)) };
+            if !mask {
+                activation_backward(dhc, hc, act);
+            }
         });
     }
 

@@ -1,10 +1,11 @@
-//! Compute kernels for kiln's two-layer perceptron. This crate knows nothing of
+//! Compute kernels for kiln's dense networks. This crate knows nothing of
 //! MNIST or of files: it sees row-major matrices, row indices and labels.
 //!
 //! # Conventions (once, for every op)
 //!
 //! * Every matrix is **row-major** and densely packed: an `(M, N)` matrix `A`
-//!   is a slice of `M * N` elements and `A[i, j]` is `a[i * N + j]`.
+//!   is a slice of `M * N` elements and `A[i, j]` is `a[i * N + j]`; the one
+//!   exception is a kernel in a [`PanelLayout`] (below).
 //! * Dimensions are named once: `B` batch rows, `K` the inner (reduction)
 //!   dimension, `N` output columns, `R` rows of a whole dataset.
 //! * Products are written in BLAS order, `C := alpha * op(A) * op(B) + beta * C`.
@@ -20,17 +21,33 @@
 //!   an order that does not depend on how many threads run it, so results are
 //!   bit-identical for any thread count.
 //!
-//! # The ops of one training step
+//! # The ops of one training step, layer by layer
+//!
+//! A network is a stack of Dense layers: the **input** layer reads the u8
+//! pixels, **hidden** layers read the f32 activations of the layer below,
+//! and the **output** layer (few columns: the classes) is fused with
+//! softmax cross-entropy. `act` is the layer's [`Activation`]; `A` is the
+//! layer's input, `act(Z)` its output.
 //!
 //! | op | operation | shapes |
 //! |---|---|---|
-//! | [`Backend::dense_relu_forward_u8`] | `H := relu(X W + b)`, `X = x[rows] / 255` | `H (B,N)`, `x (R,K)`, `W (K,N)`, `b (N)` |
-//! | [`Backend::dense_softmax_xent`] | `P := softmax(H W + b)`; `loss = sum_i -ln clip(P[i, y_i])`; `dZ := (P - onehot(y)) / B` | `H (B,K)`, `W (K,N)`, `P, dZ (B,N)` |
-//! | [`Backend::dense_backward`] | `dW := H^T dZ`; `db := sum_i dZ[i, :]` | `H (B,K)`, `dZ (B,N)`, `dW (K,N)` |
-//! | [`Backend::dense_backward_u8`] | `dW := X^T dZ`; `db := sum_i dZ[i, :]`, `X = x[rows] / 255` | `x (R,K)`, `dZ (B,N)`, `dW (K,N)` |
-//! | [`Backend::relu_backward_input`] | `dH := (dZ W^T) * [H > 0]` | `dZ (B,N)`, `W (K,N)`, `H, dH (B,K)` |
+//! | [`Backend::input_forward`] | `H := act(X W + b)`, `X = x[rows] / 255` | `H (B,N)`, `x (R,K)`, `W (K,N)` in layout |
+//! | [`Backend::input_backward`] | `dW := X^T dZ`; `db := sum_i dZ[i, :]` (+ fused update) | `dW (K,N)` in layout |
+//! | [`Backend::hidden_forward`] | `H := act(A W + b)` | `A (B,K)`, `W (K,N)` in layout |
+//! | [`Backend::hidden_backward`] | `dW := A^T dZ`; `db` (+ fused update) | `dW (K,N)` in layout |
+//! | [`Backend::hidden_backward_input`] | `dA := (dZ W^T) * act'(A)` | `W (K,N)` in layout |
+//! | [`Backend::output_softmax_xent`] | `P := softmax(A W + b)`; `loss = sum_i -ln clip(P[i, y_i])`; `dZ := (P - onehot(y)) / B` | `W (K,N)` row-major |
+//! | [`Backend::output_backward`] | `dW := A^T dZ`; `db` | `dW (K,N)` row-major |
+//! | [`Backend::output_backward_input`] | `dA := (dZ W^T) * act'(A)` | `W (K,N)` row-major |
 //! | [`Backend::rmsprop`] | `v := rho v + (1 - rho) g^2`; `w := w - lr g / sqrt(v + eps)` | flat, elementwise |
-//! | [`Backend::dense_backward_u8_rmsprop`] | `dense_backward_u8`, then `rmsprop` on `(W, dW, v)`, bit-identical; may be fused | as above |
+//!
+//! `act'(A)` is the activation's derivative written in terms of its output,
+//! as TensorFlow writes it ([`Activation::backward`]). The input gradient
+//! of the input layer is never computed: nothing needs it.
+//!
+//! A fused update ([`Update`]) applies RMSprop to `(W, dW, v)` as the
+//! gradient is produced: the same result bit for bit as storing `dW` and
+//! calling [`Backend::rmsprop`], without a second pass over memory.
 //!
 //! The BLAS backend is the exception to `beta = 0` internally (it broadcasts
 //! the bias into `C` and calls `sgemm` with `beta = 1`), never in what it
@@ -39,45 +56,56 @@
 //! `clip` bounds a probability to `[1e-7, 1 - 1e-7]` as Keras does; the
 //! gradient `dZ` is taken from the unclipped probabilities.
 //!
-//! # Layer 1's weights live in the backend's layout
+//! # Kernels of the input and hidden layers live in the backend's layout
 //!
-//! Layer 1's kernel `W (K,N)` is read by every step and written by every
-//! update; repacking it for each product would cost a pass over memory each
-//! time. So the two u8 ops read `W` and write `dW` in the backend's
-//! [`PanelLayout`] ([`Backend::w1_layout`]): panels of `nr` columns, each a
-//! row-major `(K, nr)` block, zero-padded past column `N`. The model keeps
-//! `W1`, `dW1` and its RMSprop velocity in that layout (the update is
-//! elementwise and does not care) and converts only when saving, loading or
-//! comparing. With `nr >= N` the layout is plain row-major; the scalar
-//! backend uses that.
+//! Those kernels are read by every step and written by every update;
+//! repacking them for each product would cost a pass over memory each time.
+//! So their ops read `W` and write `dW` in the backend's [`PanelLayout`]
+//! ([`Backend::weight_layout`]): panels of `nr` columns, each a row-major
+//! `(K, nr)` block, zero-padded past column `N`. A model keeps those
+//! kernels, their gradients and their optimizer state in that layout (the
+//! update is elementwise and does not care) and converts only when saving,
+//! loading or comparing. With `nr >= N` the layout is plain row-major; the
+//! scalar and BLAS backends use that. The output layer's kernel is always
+//! row-major.
 //!
 //! # Zero pixels
 //!
-//! The SIMD backends can run layer 1's two products sparse, skipping zero
-//! pixels ([`Layer1Path`], `sparse.rs`); the results are bit-identical to
-//! the dense path, so this is purely a choice of speed.
+//! The SIMD backends can run the input layer's two products sparse,
+//! skipping zero pixels ([`Layer1Path`], chosen per call, `sparse.rs`); the
+//! results are bit-identical to the dense path, so this is purely a choice
+//! of speed.
 //!
 //! Every backend implements [`Backend`]; the model code only ever talks to a
 //! `&dyn Backend<T>`, so a new backend slots in without touching it.
 //! [`scalar`] is the plain reference every other backend is tested against;
 //! it is generic over [`Real`] so that the gradient checks run the very same
 //! formulas in `f64`.
+//!
+//! # Modules, bottom up
+//! `simd` (one vector type per instruction set) < `gemm`, `sparse`, `small`
+//! (generic kernel bodies), `optim` (the update's maths), `shared` (helpers
+//! every backend calls) < `isa` (the SIMD backends), `scalar`, `blas`.
 
 mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
 mod gemm;
 mod isa;
+mod optim;
 mod params;
 mod peak;
 mod prefetch;
 pub mod scalar;
+mod shared;
 mod simd;
 mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
+pub use optim::{rmsprop_serial, RmsProp};
 pub use prefetch::prefetch_rows;
+pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
 use std::fmt::Debug;
 
 /// The element type of the kernels: `f32` for training, `f64` for the
@@ -201,10 +229,11 @@ impl PanelLayout {
     }
 }
 
-/// How layer 1's two products treat zero pixels (SIMD backends).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the input layer's two products treat zero pixels (SIMD backends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layer1Path {
     /// Sparse when the batch's density of non-zero pixels is low, else dense.
+    #[default]
     Auto,
     /// Always the dense packed GEMM.
     Dense,
@@ -224,32 +253,115 @@ impl std::str::FromStr for Layer1Path {
     }
 }
 
-/// Hyper-parameters of the RMSprop update, in Keras's names. They are kept
-/// in `f64`, as Keras keeps them in Python floats, and rounded to the element
-/// type once per update ([`RmsProp::coefficients`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RmsProp {
-    /// Learning rate (Keras default 1e-3).
-    pub lr: f64,
-    /// Decay of the squared-gradient average (Keras default 0.9).
-    pub rho: f64,
-    /// Added under the square root (Keras default 1e-7).
-    pub eps: f64,
+/// The activation of a Dense layer, with Keras's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `z` (no activation).
+    Linear,
+    /// `max(0, z)`.
+    Relu,
+    /// `1 / (1 + exp(-z))`.
+    Sigmoid,
+    /// `tanh(z)`.
+    Tanh,
+    /// Softmax over the row; only for the output layer, where it is fused
+    /// with the categorical cross-entropy.
+    Softmax,
 }
 
-impl Default for RmsProp {
-    fn default() -> Self {
-        Self { lr: 1e-3, rho: 0.9, eps: 1e-7 }
+impl Activation {
+    /// Every activation, in the order errors list them.
+    pub const ALL: [Activation; 5] =
+        [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Linear, Activation::Softmax];
+
+    /// Keras's name (`relu`, `sigmoid`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// `act(z)` for one element (every activation but softmax, which needs
+    /// the whole row: `Softmax` returns `z`). ReLU keeps NaN and `-0.0` as
+    /// `if z < 0 { 0 } else { z }` does, like the SIMD epilogues.
+    ///
+    /// ```
+    /// use kiln_kernels::Activation;
+    /// assert_eq!(Activation::Relu.apply(-2.0f32), 0.0);
+    /// assert_eq!(Activation::Sigmoid.apply(0.0f32), 0.5);
+    /// ```
+    pub fn apply<T: Real>(self, z: T) -> T {
+        match self {
+            Activation::Linear | Activation::Softmax => z,
+            Activation::Relu => {
+                if z < T::zero() {
+                    T::zero()
+                } else {
+                    z
+                }
+            }
+            Activation::Sigmoid => T::one() / (T::one() + (-z).exp()),
+            Activation::Tanh => z.tanh(),
+        }
+    }
+
+    /// The gradient with respect to `z` from the gradient `g` with respect
+    /// to the output `y = act(z)`, in TensorFlow's order of operations:
+    /// ReLU `g * [y > 0]`, sigmoid `g * y * (1 - y)`, tanh `g * (1 - y * y)`,
+    /// linear `g`. (Softmax is never asked: its gradient is fused with the
+    /// cross-entropy; it returns `g`.)
+    ///
+    /// ```
+    /// use kiln_kernels::Activation;
+    /// assert_eq!(Activation::Tanh.backward(0.5f32, 2.0), 1.5);
+    /// ```
+    pub fn backward<T: Real>(self, y: T, g: T) -> T {
+        match self {
+            Activation::Linear | Activation::Softmax => g,
+            Activation::Relu => {
+                if y > T::zero() {
+                    g
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::Sigmoid => g * y * (T::one() - y),
+            Activation::Tanh => g * (T::one() - y * y),
+        }
     }
 }
 
-impl RmsProp {
-    /// `(lr, rho, 1 - rho, eps)` rounded to `T`; `1 - rho` is formed in `f64`
-    /// first, as Keras forms it in Python (in `f32`, `1 - 0.9f32` would be
-    /// one unit in the last place away from `0.1f32`).
-    pub fn coefficients<T: Real>(&self) -> (T, T, T, T) {
-        (T::from_f64(self.lr), T::from_f64(self.rho), T::from_f64(1.0 - self.rho), T::from_f64(self.eps))
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Activation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Activation::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown activation `{s}`; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// A fused optimizer update: the weights `w` whose gradient an op is
+/// producing and their RMSprop velocities `v`, in the same layout as the
+/// gradient, updated in place as each part of the gradient is finished.
+#[derive(Debug)]
+pub struct Update<'a, T> {
+    /// The weights, updated in place.
+    pub w: &'a mut [T],
+    /// Their RMSprop velocities, updated in place.
+    pub v: &'a mut [T],
+    /// The hyper-parameters.
+    pub opt: RmsProp,
 }
 
 /// One implementation of every op a training step needs (see the crate
@@ -258,16 +370,12 @@ impl RmsProp {
 /// Every method checks the lengths of its slices against the shapes and
 /// panics with a message on a mismatch: a mismatch is a bug in the caller,
 /// never a property of user input. Work may be split over the current rayon
-/// thread pool; results never depend on the number of threads.
+/// thread pool; results never depend on the number of threads. An op that
+/// takes an [`Update`] leaves its `dW` with unspecified contents when one is
+/// given (the backend may never store the gradient).
 pub trait Backend<T: Real>: Sync {
     /// The name shown to users (`scalar`, `avx2`, ...).
     fn name(&self) -> &'static str;
-
-    /// Chooses how layer 1 treats zero pixels from now on; backends without
-    /// a sparse path ignore it. Results are bit-identical either way.
-    fn set_layer1_path(&self, path: Layer1Path) {
-        let _ = path;
-    }
 
     /// One line for the train banner: the name and what runs behind it.
     fn describe(&self) -> String {
@@ -282,25 +390,66 @@ pub trait Backend<T: Real>: Sync {
         None
     }
 
-    /// The layout of `W` and `dW` in the two u8 ops for a `(K, N)` kernel
-    /// (see the crate docs); every other matrix is row-major.
-    fn w1_layout(&self, k: usize, n: usize) -> PanelLayout {
+    /// The layout of `W` and `dW` in the input and hidden ops for a `(K, N)`
+    /// kernel (see the crate docs); every other matrix is row-major.
+    fn weight_layout(&self, k: usize, n: usize) -> PanelLayout {
         PanelLayout::row_major(k, n)
     }
 
-    /// `H (B,N) := relu(X W + b)` with `X = x[rows] / 255` (`x` is `(R,K)`,
-    /// `W` in [`Backend::w1_layout`]).
-    fn dense_relu_forward_u8(&self, h: &mut [T], x: &[u8], rows: &[u32], w: &[T], b: &[T], d: Dims);
-
-    /// `P (B,N) := softmax(H W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
-    /// `y_i = labels[rows[i]]`; returns the summed clipped cross-entropy and
-    /// the number of correct predictions.
+    /// `H (B,N) := act(X W + b)` with `X = x[rows] / 255` (`x` is `(R,K)`,
+    /// `W` in [`Backend::weight_layout`]); `act` is not softmax. `path`
+    /// chooses how zero pixels are treated (backends without a sparse path
+    /// ignore it); results are bit-identical either way.
     #[allow(clippy::too_many_arguments)]
-    fn dense_softmax_xent(
+    fn input_forward(
+        &self,
+        h: &mut [T],
+        x: &[u8],
+        rows: &[u32],
+        w: &[T],
+        b: &[T],
+        d: Dims,
+        act: Activation,
+        path: Layer1Path,
+    );
+
+    /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`
+    /// (`dW` in [`Backend::weight_layout`], padding written as zero); with
+    /// `update`, RMSprop on `(W, dW, v)` as well.
+    #[allow(clippy::too_many_arguments)]
+    fn input_backward(
+        &self,
+        dw: &mut [T],
+        db: &mut [T],
+        x: &[u8],
+        rows: &[u32],
+        dz: &[T],
+        d: Dims,
+        path: Layer1Path,
+        update: Option<Update<'_, T>>,
+    );
+
+    /// `H (B,N) := act(A W + b)` (`A` is `(B,K)`, `W` in
+    /// [`Backend::weight_layout`]); `act` is not softmax.
+    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation);
+
+    /// `dW (K,N) := A^T dZ` (in [`Backend::weight_layout`]), `db (N) :=
+    /// column sums of dZ`; with `update`, RMSprop on `(W, dW, v)` as well.
+    fn hidden_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims, update: Option<Update<'_, T>>);
+
+    /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` in
+    /// [`Backend::weight_layout`], `A` the activation output `act` made).
+    fn hidden_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation);
+
+    /// `P (B,N) := softmax(A W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
+    /// `y_i = labels[rows[i]]` (`W` row-major); returns the summed clipped
+    /// cross-entropy and the number of correct predictions.
+    #[allow(clippy::too_many_arguments)]
+    fn output_softmax_xent(
         &self,
         p: &mut [T],
         dz: &mut [T],
-        h: &[T],
+        a: &[T],
         w: &[T],
         b: &[T],
         labels: &[u8],
@@ -308,38 +457,12 @@ pub trait Backend<T: Real>: Sync {
         d: Dims,
     ) -> XentStats<T>;
 
-    /// `dW (K,N) := H^T dZ`, `db (N) := column sums of dZ` (`H` is `(B,K)`).
-    fn dense_backward(&self, dw: &mut [T], db: &mut [T], h: &[T], dz: &[T], d: Dims);
+    /// `dW (K,N) := A^T dZ`, `db (N) := column sums of dZ` (`A` is `(B,K)`,
+    /// `dW` row-major).
+    fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims);
 
-    /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`
-    /// (`dW` in [`Backend::w1_layout`], padding written as zero).
-    #[allow(clippy::too_many_arguments)]
-    fn dense_backward_u8(&self, dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32], dz: &[T], d: Dims);
-
-    /// [`Backend::dense_backward_u8`] into `dW`, then [`Backend::rmsprop`] on
-    /// `(W, dW, v)`: the same result bit for bit. Backends may fuse the two
-    /// (updating each gradient tile while it is in registers, never storing
-    /// it); `dW` then holds unspecified values afterwards. `W`, `dW` and `v`
-    /// are in [`Backend::w1_layout`].
-    #[allow(clippy::too_many_arguments)]
-    fn dense_backward_u8_rmsprop(
-        &self,
-        w: &mut [T],
-        v: &mut [T],
-        dw: &mut [T],
-        db: &mut [T],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[T],
-        d: Dims,
-        opt: RmsProp,
-    ) {
-        self.dense_backward_u8(dw, db, x, rows, dz, d);
-        self.rmsprop(w, dw, v, opt);
-    }
-
-    /// `dH (B,K) := (dZ W^T) * [H > 0]` (`dZ` is `(B,N)`, `W` is `(K,N)`).
-    fn relu_backward_input(&self, dh: &mut [T], dz: &[T], w: &[T], h: &[T], d: Dims);
+    /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` row-major).
+    fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation);
 
     /// One RMSprop step over flat, equally long `w`, `g` and `v`.
     fn rmsprop(&self, w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp);

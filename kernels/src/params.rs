@@ -41,6 +41,7 @@ pub(crate) const NEON_NV: usize = 3;
 pub(crate) const MAX_TILE: usize = 12 * 32;
 
 /// Layer 1 takes the sparse path (`sparse.rs`) when at most this fraction
-/// of a batch's pixels is non-zero (`Layer1Path::Auto`). Measured crossover
-/// on the training shapes: see README ("Sparse layer 1").
+/// of a batch's pixels is non-zero (`Layer1Path::Auto`): below that, the
+/// skipped FMAs outweigh listing the non-zero pixels (README, "Sparse
+/// layer 1").
 pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.5;

@@ -1,8 +1,8 @@
 //! Software prefetch of a batch's rows.
 //!
 //! A batch gathers 128 random rows of a dataset far larger than the caches,
-//! and the first pass over them (layer 1's forward) used to wait on memory
-//! for each row in turn: about 70 us of a 600 us step. Asking for the next
+//! and the first pass over them (layer 1's forward) would wait on memory
+//! for each row in turn (measured: docs/performance-log.md). Asking for the next
 //! batch's rows one step ahead lets the memory system fetch them while the
 //! current step computes.
 

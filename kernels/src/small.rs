@@ -1,19 +1,17 @@
-//! Generic bodies of the ops around layer 2 (`N = 10`, the "small-n" case a
-//! packed GEMM would waste its tile on) and of the RMSprop update. Layer 2's
-//! kernel `W2 (K, N)` is transposed once per call into `W2^T (N, K)` so that
-//! every product runs along contiguous rows of length `K`, with all ten
+//! Generic bodies of the output layer's ops (`N` = the classes, 10 for
+//! MNIST: the "small-n" case a packed GEMM would waste its tile on). The
+//! kernel `W (K, N)` is transposed once per call into `W^T (N, K)` so that
+//! every product runs along contiguous rows of length `K`, with up to ten
 //! classes' accumulators in registers.
 //!
 //! Each function works on a slice of rows (or elements) that the caller
 //! picked; a row's result never depends on how rows are split over threads.
 
 use crate::simd::Simd;
-use crate::RmsProp;
 
-/// Accumulators the layer-2 products keep in registers: ten classes of one
-/// row, or five of each of two rows. (Measured at the training shape: two
-/// rows of ten classes each, 20 zmm accumulators, made the AVX-512 logits
-/// 30% slower than two rows of five.)
+/// Accumulators the output-layer products keep in registers: ten classes
+/// of one row, or five of each of two rows (two rows of ten each, 20 zmm
+/// accumulators, measured slower: docs/performance-log.md).
 const ACC: usize = 10;
 
 /// How many of the `left` remaining classes the layer-2 products take next
@@ -134,23 +132,23 @@ unsafe fn dots<S: Simd, const R: usize, const C: usize>(
     }
 }
 
-/// Vectors of a row handled together in `relu_backward_rows`.
+/// Vectors of a row handled together in `input_grad_rows`.
 const KB: usize = 4;
 
-/// `dH[i, :] = (dZ[i, :] W^T) * [H[i, :] > 0]` for rows of `dH (B, K)`, with
-/// `W^T (N, K)`. Each element is the chain `sum over c = 0, 1, .. of dZ[i, c]
-/// W^T[c, k]` in registers, `KB` vectors of the row at a time.
+/// `dH[i, :] = dZ[i, :] W^T`, times `[H[i, :] > 0]` when `mask` (ReLU's
+/// derivative), for rows of `dH (B, K)`, with `W^T (N, K)`. Each element is
+/// the chain `sum over c = 0, 1, .. of dZ[i, c] W^T[c, k]` in registers,
+/// `KB` vectors of the row at a time.
 ///
 /// # Safety
 /// The CPU runs `S`; `dh` and `h` are `(B, K)`, `dz` is `(B, N)`, `wt` is `(N, K)`.
 #[inline(always)]
-pub(crate) unsafe fn relu_backward_rows<S: Simd>(
+pub(crate) unsafe fn input_grad_rows<S: Simd>(
     dh: &mut [f32],
     dz: &[f32],
     wt: &[f32],
     h: &[f32],
-    k: usize,
-    n: usize,
+    (k, n, mask): (usize, usize, bool),
 ) {
     let l = S::LANES;
     let body = k / (l * KB) * (l * KB);
@@ -169,7 +167,8 @@ pub(crate) unsafe fn relu_backward_rows<S: Simd>(
                 }
                 for (u, &a) in acc.iter().enumerate() {
                     let at = kv + u * l;
-                    S::store(dhrow.as_mut_ptr().add(at), S::keep_where_positive(S::load(hrow.as_ptr().add(at)), a));
+                    let g = if mask { S::keep_where_positive(S::load(hrow.as_ptr().add(at)), a) } else { a };
+                    S::store(dhrow.as_mut_ptr().add(at), g);
                 }
             }
         }
@@ -178,7 +177,7 @@ pub(crate) unsafe fn relu_backward_rows<S: Simd>(
             for (c, &gc) in g.iter().enumerate() {
                 acc = gc.mul_add(wt[c * k + kk], acc);
             }
-            dhrow[kk] = if hrow[kk] > 0.0 { acc } else { 0.0 };
+            dhrow[kk] = if !mask || hrow[kk] > 0.0 { acc } else { 0.0 };
         }
     }
 }
@@ -306,119 +305,4 @@ unsafe fn grad_tile<S: Simd, const V: usize, const C: usize>(
             }
         }
     }
-}
-
-/// RMSprop's coefficients `(lr, rho, 1 - rho, eps)` in registers.
-#[derive(Clone, Copy)]
-pub(crate) struct RmsPropV<V> {
-    lr: V,
-    rho: V,
-    decay: V,
-    eps: V,
-    /// Whether `lr * 0` is `+0` (a finite `lr >= +0`).
-    zero_step: bool,
-}
-
-impl<V: Copy> RmsPropV<V> {
-    /// # Safety
-    /// The CPU runs `S`.
-    #[inline(always)]
-    pub(crate) unsafe fn new<S: Simd<V = V>>(opt: RmsProp) -> Self {
-        let (lr, rho, decay, eps) = opt.coefficients::<f32>();
-        // SAFETY: the CPU runs S (caller).
-        unsafe {
-            RmsPropV {
-                lr: S::splat(lr),
-                rho: S::splat(rho),
-                decay: S::splat(decay),
-                eps: S::splat(eps),
-                zero_step: (lr * 0.0).to_bits() == 0,
-            }
-        }
-    }
-}
-
-/// One RMSprop step of `LANES` parameters at `w` and velocities at `v` with
-/// gradient `g`, with the scalar reference's exact sequence of roundings
-/// (no FMA), so that every backend updates bit-identically.
-///
-/// # Safety
-/// The CPU runs `S`; `w` and `v` are valid for `LANES` reads and writes.
-#[inline(always)]
-pub(crate) unsafe fn rmsprop_lanes<S: Simd>(w: *mut f32, v: *mut f32, g: S::V, c: RmsPropV<S::V>) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let vn = update_velocity::<S>(v, g, c);
-        apply_step::<S>(w, g, vn, c);
-    }
-}
-
-/// `v := rho v + (1 - rho) g^2` on `LANES` velocities; returns the new `v`.
-///
-/// # Safety
-/// As [`rmsprop_lanes`].
-#[inline(always)]
-unsafe fn update_velocity<S: Simd>(v: *mut f32, g: S::V, c: RmsPropV<S::V>) -> S::V {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let vn = S::add(S::mul(c.rho, S::load(v)), S::mul(c.decay, S::mul(g, g)));
-        S::store(v, vn);
-        vn
-    }
-}
-
-/// `w -= lr g / sqrt(vn + eps)` on `LANES` weights, `vn` the new velocity.
-///
-/// # Safety
-/// As [`rmsprop_lanes`].
-#[inline(always)]
-unsafe fn apply_step<S: Simd>(w: *mut f32, g: S::V, vn: S::V, c: RmsPropV<S::V>) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let step = S::div(S::mul(c.lr, g), S::sqrt(S::add(vn, c.eps)));
-        S::store(w, S::sub(S::load(w), step));
-    }
-}
-
-/// [`rmsprop_lanes`] with a gradient of `+0` in every lane, bit for bit,
-/// but without touching `w` when that cannot change it: `v := rho v + 0`,
-/// and then the step `lr * 0 / sqrt(v + eps)` is `+0` wherever `lr * 0` is
-/// `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also for `-0`, infinities
-/// and quiet NaNs). Otherwise, the full formula runs. This is the update of
-/// a `W1` row whose pixel is dark in the whole batch: about a third of the
-/// rows of an MNIST batch, which so skip their `sqrt`, `div` and the memory
-/// traffic of their weights.
-///
-/// # Safety
-/// As [`rmsprop_lanes`].
-#[inline(always)]
-pub(crate) unsafe fn rmsprop_lanes_no_grad<S: Simd>(w: *mut f32, v: *mut f32, c: RmsPropV<S::V>) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let g = S::zero();
-        let vn = update_velocity::<S>(v, g, c);
-        if c.zero_step && S::all_positive(S::add(vn, c.eps)) {
-            return;
-        }
-        apply_step::<S>(w, g, vn, c);
-    }
-}
-
-/// One RMSprop step on a chunk (see [`rmsprop_lanes`]).
-///
-/// # Safety
-/// The CPU runs `S`; `w`, `g` and `v` have equal lengths.
-#[inline(always)]
-pub(crate) unsafe fn rmsprop<S: Simd>(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
-    let l = S::LANES;
-    let body = w.len() / l * l;
-    // SAFETY: every access covers LANES floats below `body <= len` of each
-    // of the three equal-length slices; the CPU runs S (caller).
-    unsafe {
-        let c = RmsPropV::new::<S>(opt);
-        for i in (0..body).step_by(l) {
-            rmsprop_lanes::<S>(w.as_mut_ptr().add(i), v.as_mut_ptr().add(i), S::load(g.as_ptr().add(i)), c);
-        }
-    }
-    crate::scalar::rmsprop_serial(&mut w[body..], &g[body..], &mut v[body..], opt);
 }

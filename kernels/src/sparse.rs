@@ -12,16 +12,16 @@
 //!   rows (the data stays zero-copy). Every task of a call builds the whole
 //!   list itself, on its own core: with 2 threads that cost less than
 //!   splitting the build, waiting for both halves and then reading the
-//!   other core's half from its cache (`cargo bench` at 2 threads: forward
-//!   193 -> 166 us, `dW1` 261 -> 245 us).
+//!   other core's half from its cache (measured: docs/performance-log.md).
 //! * `forward_sparse`: per sample, one axpy of a `W1` row per non-zero pixel
 //!   into `PG` panels' accumulators at once (independent FMA chains).
 //! * `weight_grad_sparse`: per pixel, one axpy of a `dH` row per sample in
 //!   which that pixel is lit; a pixel dark in the whole batch has a zero
 //!   gradient row, which (fused with RMSprop) only decays its velocity.
 
+use crate::optim::{rmsprop_lanes, rmsprop_lanes_no_grad, RmsPropV};
+use crate::simd::for_each_nonzero;
 use crate::simd::Simd;
-use crate::small::{rmsprop_lanes, rmsprop_lanes_no_grad, RmsPropV};
 
 /// Panels (of `NR` columns) accumulated together: `PG * NV` independent FMA
 /// chains hide the FMA latency.
@@ -30,9 +30,8 @@ pub(crate) const PG: usize = 4;
 /// Bytes of one sample's `dZ` slice in a group of `dW1` panels: 256, so
 /// that the group's `dZ` block (copied contiguous) fills the 32 KiB L1 at
 /// batch 128 and stays there while every pixel's samples hit it at random.
-/// That is 2 panels on AVX-512 (4 zmm chains), 4 on AVX2 (8 ymm chains).
-/// Measured single-threaded, dW1 at the training shape: AVX-512 with 2
-/// panels 304 us, with 4 372 us; AVX2 with 4 308 us, with 2 363 us.
+/// That is 2 panels on AVX-512 (4 zmm chains), 4 on AVX2 (8 ymm chains);
+/// the other group sizes measured slower (docs/performance-log.md).
 const GRAD_GROUP_BYTES: usize = 256;
 
 /// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA.
@@ -49,38 +48,6 @@ pub(crate) struct Csr {
     idx: Vec<u32>,
     /// `pixel / 255` of each entry.
     val: Vec<f32>,
-}
-
-/// Bit 7 of each byte of the result is set where that byte of `w` is
-/// non-zero, every other bit is clear. (Per byte, `(b & 0x7f) + 0x7f` sets
-/// bit 7 iff the low seven bits are not all zero, and never carries into
-/// the next byte; or-ing `b` adds its own bit 7.)
-fn nonzero_bytes(w: u64) -> u64 {
-    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    (((w & LO7) + LO7) | w) & !LO7
-}
-
-/// Calls `f(j, p)` for every non-zero byte `p` of `src`, at position `j`,
-/// ascending. Eight bytes at a time: most words of an MNIST row are 0, and
-/// in the others only the set bytes are visited.
-#[inline(always)]
-pub(crate) fn for_each_nonzero(src: &[u8], mut f: impl FnMut(usize, u8)) {
-    let mut words = src.chunks_exact(8);
-    let mut base = 0;
-    for wd in &mut words {
-        let mut t = nonzero_bytes(u64::from_le_bytes(wd.try_into().expect("8 bytes")));
-        while t != 0 {
-            let b = (t.trailing_zeros() / 8) as usize;
-            f(base + b, wd[b]);
-            t &= t - 1;
-        }
-        base += 8;
-    }
-    for (j, &p) in words.remainder().iter().enumerate() {
-        if p != 0 {
-            f(base + j, p);
-        }
-    }
 }
 
 impl Csr {
@@ -127,7 +94,7 @@ impl Csr {
 /// The CPU runs `S`.
 #[inline(always)]
 pub(crate) unsafe fn csr_row<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
-    let lut = crate::scalar::pixel_table::<f32>();
+    let lut = crate::shared::pixel_table::<f32>();
     let (k, l) = (src.len(), S::LANES);
     assert!(idx.len() >= k && val.len() >= k && k <= u32::MAX as usize);
     let body = k / l * l;
@@ -170,11 +137,10 @@ impl Csc {
     /// entries are filed straight from a scan of the bytes. The scan's loop
     /// over the set bytes of each word ends on a branch mispredicted about
     /// once a word, so listing first pays where `row` compresses in
-    /// registers ([`Simd::COMPRESSES`](crate::simd::Simd::COMPRESSES)):
-    /// build at batch 128, AVX-512 53 us listing first, 75 us scanning;
-    /// AVX2 94 us listing first (its `row` is the same scan).
+    /// registers ([`Simd::COMPRESSES`](crate::simd::Simd::COMPRESSES));
+    /// elsewhere the direct scan is faster (docs/performance-log.md).
     pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, row: Option<CsrRow>) {
-        let lut = crate::scalar::pixel_table::<f32>();
+        let lut = crate::shared::pixel_table::<f32>();
         let b = rows.len();
         self.samples = b;
         self.count.clear();
@@ -221,9 +187,9 @@ impl Csc {
 /// forward keeps in L1 while every sample of the batch passes over them.
 const FWD_BLOCK_BYTES: usize = 32 * 1024;
 
-/// Sparse `H[:, panels jp0..jp1] := relu(X W + b)` for one task, as the
-/// dense `forward_panels` computes it (see the module docs). `part` is
-/// scratch space for partial sums (resized here).
+/// Sparse `H[:, panels jp0..jp1] := X W + b`, then ReLU when `relu`, for
+/// one task, as the dense `forward_panels` computes it (see the module
+/// docs). `part` is scratch space for partial sums (resized here).
 ///
 /// # Safety
 /// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
@@ -239,17 +205,18 @@ pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
     w: &[f32],
     bias: &[f32],
     n: usize,
+    relu: bool,
     part: &mut Vec<f32>,
 ) {
     let mut jp = jp0;
     // SAFETY: forwarded contract.
     unsafe {
         while jp + PG <= jp1 {
-            forward_group::<S, NV, PG>(h, jp, csr, w, bias, n, part);
+            forward_group::<S, NV, PG>(h, jp, csr, w, bias, (n, relu), part);
             jp += PG;
         }
         while jp < jp1 {
-            forward_group::<S, NV, 1>(h, jp, csr, w, bias, n, part);
+            forward_group::<S, NV, 1>(h, jp, csr, w, bias, (n, relu), part);
             jp += 1;
         }
     }
@@ -261,7 +228,7 @@ pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
 /// LOOP pixel blocks p0..p1, ascending (W1[p0..p1, group] stays in L1)
 ///   LOOP samples i with a lit pixel in p0..p1
 ///     part[i] += x[i, j] * W1[j, group]  for i's lit j in p0..p1, ascending
-/// H[i, group] := relu(part[i] + b)
+/// H[i, group] := part[i] + b, then ReLU if asked
 /// ```
 /// Each output element is still one FMA chain over its sample's lit pixels
 /// in ascending order from zero (a partial sum is stored and reloaded as
@@ -276,7 +243,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     csr: &Csr,
     w: &[f32],
     bias: &[f32],
-    n: usize,
+    (n, relu): (usize, bool),
     part: &mut Vec<f32>,
 ) {
     let (nr, k, batch) = (NV * S::LANES, csr.k, csr.samples());
@@ -325,7 +292,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
             *next = c;
         }
     }
-    // Epilogue: bias + ReLU, then only the columns inside H are copied out.
+    // Epilogue: bias (+ ReLU), then only the columns inside H are copied out.
     let cols = width.min(n - jp * nr);
     for (i, pr) in part.chunks_exact_mut(width).enumerate() {
         // SAFETY: `pr` and the padded bias from column jp * NR on hold
@@ -334,7 +301,8 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
         unsafe {
             for o in (0..width).step_by(S::LANES) {
                 let b = S::load(bias.as_ptr().add(jp * nr + o));
-                S::store(pr.as_mut_ptr().add(o), S::relu(S::add(S::load(pr.as_ptr().add(o)), b)));
+                let z = S::add(S::load(pr.as_ptr().add(o)), b);
+                S::store(pr.as_mut_ptr().add(o), if relu { S::relu(z) } else { z });
             }
             std::ptr::copy_nonoverlapping(pr.as_ptr(), h.add(i * n + jp * nr), cols);
         }
@@ -363,7 +331,7 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
     dz: &[f32],
     n: usize,
     k: usize,
-    mut update: Option<crate::gemm::Update<'_>>,
+    mut update: Option<crate::Update<'_, f32>>,
     scratch: &mut Vec<f32>,
 ) {
     let nr = NV * S::LANES;
@@ -412,7 +380,7 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
     csc: &Csc,
     dzg: &[f32],
     k: usize,
-    update: &mut Option<crate::gemm::Update<'_>>,
+    update: &mut Option<crate::Update<'_, f32>>,
     coeffs: Option<RmsPropV<S::V>>,
 ) {
     let nr = NV * S::LANES;
@@ -457,50 +425,6 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
                         }
                     }
                 }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{for_each_nonzero, nonzero_bytes};
-
-    #[test]
-    fn nonzero_bytes_marks_exactly_the_nonzero_bytes() {
-        // Every value in every position, on a background of zeros and of
-        // 0xff (no borrow or carry may leak into a neighbour).
-        for background in [0u8, 0xff] {
-            for pos in 0..8 {
-                for v in 0..=255u8 {
-                    let mut b = [background; 8];
-                    b[pos] = v;
-                    let want = b.iter().enumerate().map(|(i, &x)| u64::from(x != 0) << (8 * i + 7)).sum::<u64>();
-                    assert_eq!(nonzero_bytes(u64::from_le_bytes(b)), want, "{b:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn for_each_nonzero_visits_the_nonzero_bytes_in_order() {
-        let mut s = 7u64;
-        for len in 0..70 {
-            for density in [0u64, 10, 50, 100] {
-                let src: Vec<u8> = (0..len)
-                    .map(|_| {
-                        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                        if (s >> 33) % 100 < density {
-                            (s >> 50) as u8 | 1
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                let mut seen = Vec::new();
-                for_each_nonzero(&src, |j, p| seen.push((j, p)));
-                let want: Vec<(usize, u8)> = src.iter().copied().enumerate().filter(|&(_, p)| p != 0).collect();
-                assert_eq!(seen, want, "{src:?}");
             }
         }
     }

@@ -12,12 +12,10 @@
 
 mod common;
 use common::Gen;
-use kiln_kernels::{scalar::Scalar, Backend, Dims, Layer1Path, PanelLayout, RmsProp};
-use std::sync::Mutex;
+use kiln_kernels::{scalar::Scalar, Activation, Backend, Dims, Layer1Path, PanelLayout, RmsProp, Update};
 
-/// Serializes the tests that switch a backend's layer-1 path (a property of
-/// the shared backend), so each really runs the path it asked for.
-static PATH_SWITCH: Mutex<()> = Mutex::new(());
+const AUTO: Layer1Path = Layer1Path::Auto;
+const RELU: Activation = Activation::Relu;
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
@@ -76,12 +74,10 @@ fn pixel(x: &[u8], rows: &[u32], k: usize, i: usize, kk: usize) -> f64 {
 
 #[test]
 fn layer1_forward_and_weight_gradient_match_scalar() {
-    let _guard = PATH_SWITCH.lock().unwrap();
     let mut g = Gen(11);
     for ((name, be), path) in
         backends_under_test().into_iter().flat_map(|b| [Layer1Path::Dense, Layer1Path::Sparse].map(move |p| (b, p)))
     {
-        be.set_layer1_path(path);
         let name = format!("{name} {path:?}");
         for &(b, k, n) in SHAPES {
             let r = b + 3;
@@ -89,14 +85,14 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             let rows: Vec<u32> = (0..b).map(|_| (g.next() % r as u64) as u32).collect();
             let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
             let d = Dims { k, n };
-            let layout = be.w1_layout(k, n);
+            let layout = be.weight_layout(k, n);
             let mut wp = vec![f32::NAN; layout.len()];
             layout.pack(&w, &mut wp);
 
             let mut want = vec![f32::NAN; b * n];
-            Scalar.dense_relu_forward_u8(&mut want, &x, &rows, &w, &bias, d);
+            Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, RELU, AUTO);
             let mut got = vec![f32::NAN; b * n];
-            be.dense_relu_forward_u8(&mut got, &x, &rows, &wp, &bias, d);
+            be.input_forward(&mut got, &x, &rows, &wp, &bias, d, RELU, path);
             let mag: Vec<f64> = (0..b * n)
                 .map(|e| {
                     let (i, j) = (e / n.max(1), e % n.max(1));
@@ -107,9 +103,9 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             assert_close(&format!("{name} forward {b}x{k}x{n}"), &got, &want, &mag, k);
 
             let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.dense_backward_u8(&mut dw_want, &mut db_want, &x, &rows, &dz, d);
+            Scalar.input_backward(&mut dw_want, &mut db_want, &x, &rows, &dz, d, AUTO, None);
             let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-            be.dense_backward_u8(&mut dwp, &mut db, &x, &rows, &dz, d);
+            be.input_backward(&mut dwp, &mut db, &x, &rows, &dz, d, path, None);
             let mut dw = vec![f32::NAN; k * n];
             layout.unpack(&dwp, &mut dw);
             let padding: Vec<f32> = (0..layout.len())
@@ -127,7 +123,6 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
             assert_close(&format!("{name} db1 {b}x{n}"), &db, &db_want, &dbmag, b);
         }
-        be.set_layer1_path(Layer1Path::Auto);
     }
 }
 
@@ -136,7 +131,6 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
 /// with RMSprop, at densities from empty to full.
 #[test]
 fn sparse_and_dense_layer1_are_bit_identical() {
-    let _guard = PATH_SWITCH.lock().unwrap();
     let mut g = Gen(16);
     for (name, be) in backends_under_test() {
         for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 257, 33), (128, 784, 512), (300, 784, 37)] {
@@ -148,7 +142,7 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                 let rows: Vec<u32> = (0..b).map(|_| (g.next() % r as u64) as u32).collect();
                 let (w, bias, dz) = (g.vec(k * n), g.vec(n), g.vec(b * n));
                 let d = Dims { k, n };
-                let layout = be.w1_layout(k, n);
+                let layout = be.weight_layout(k, n);
                 let mut wp = vec![0f32; layout.len()];
                 layout.pack(&w, &mut wp);
                 // Velocities of 0 with eps = 0 make a dark pixel's step 0 / 0
@@ -157,17 +151,21 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                     g.vec(layout.len()).iter().map(|v| if *v > 0.3 { 0.0 } else { v.abs() * 1e-3 }).collect();
                 let opts = [RmsProp::default(), RmsProp { eps: 0.0, ..RmsProp::default() }];
                 let run = |path| {
-                    be.set_layer1_path(path);
                     let mut h = vec![f32::NAN; b * n];
-                    be.dense_relu_forward_u8(&mut h, &x, &rows, &wp, &bias, d);
+                    be.input_forward(&mut h, &x, &rows, &wp, &bias, d, RELU, path);
+                    // The other epilogues (bias only, then tanh) too.
+                    let mut h_tanh = vec![f32::NAN; b * n];
+                    be.input_forward(&mut h_tanh, &x, &rows, &wp, &bias, d, Activation::Tanh, path);
+                    h.extend(h_tanh);
                     let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-                    be.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, d);
+                    be.input_backward(&mut dw, &mut db, &x, &rows, &dz, d, path, None);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     let (mut w1, mut v1) = (Vec::new(), Vec::new());
                     for opt in opts {
                         let (mut w, mut v, mut scratch, mut db1) =
                             (wp.clone(), v0.clone(), vec![0f32; layout.len()], vec![0f32; n]);
-                        be.dense_backward_u8_rmsprop(&mut w, &mut v, &mut scratch, &mut db1, &x, &rows, &dz, d, opt);
+                        let update = Some(Update { w: &mut w, v: &mut v, opt });
+                        be.input_backward(&mut scratch, &mut db1, &x, &rows, &dz, d, path, update);
                         w1.extend(bits(&w));
                         v1.extend(bits(&v));
                     }
@@ -175,7 +173,6 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                 };
                 let dense = run(Layer1Path::Dense);
                 let sparse = run(Layer1Path::Sparse);
-                be.set_layer1_path(Layer1Path::Auto);
                 assert!(dense.0 == sparse.0, "{name} {b}x{k}x{n} density {density}: forward differs");
                 assert!(dense.1 == sparse.1, "{name} {b}x{k}x{n} density {density}: dW1 differs");
                 assert!(dense.2 == sparse.2, "{name} {b}x{k}x{n} density {density}: db1 differs");
@@ -200,9 +197,9 @@ fn layer2_ops_match_scalar() {
 
             if n > 0 {
                 let (mut p0, mut dz0) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
-                let s0 = Scalar.dense_softmax_xent(&mut p0, &mut dz0, &h, &w, &bias, &labels, &rows, d);
+                let s0 = Scalar.output_softmax_xent(&mut p0, &mut dz0, &h, &w, &bias, &labels, &rows, d);
                 let (mut p1, mut dz1) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
-                let s1 = be.dense_softmax_xent(&mut p1, &mut dz1, &h, &w, &bias, &labels, &rows, d);
+                let s1 = be.output_softmax_xent(&mut p1, &mut dz1, &h, &w, &bias, &labels, &rows, d);
                 for i in 0..b {
                     // A probability moves by at most twice the largest logit
                     // error; each logit is a length-k dot product plus bias.
@@ -229,9 +226,9 @@ fn layer2_ops_match_scalar() {
             }
 
             let (mut dw0, mut db0) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.dense_backward(&mut dw0, &mut db0, &h, &dz, d);
+            Scalar.output_backward(&mut dw0, &mut db0, &h, &dz, d);
             let (mut dw1, mut db1) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            be.dense_backward(&mut dw1, &mut db1, &h, &dz, d);
+            be.output_backward(&mut dw1, &mut db1, &h, &dz, d);
             let mag: Vec<f64> = (0..k * n)
                 .map(|e| (0..b).map(|i| (f64::from(h[i * k + e / n]) * f64::from(dz[i * n + e % n])).abs()).sum())
                 .collect();
@@ -240,9 +237,9 @@ fn layer2_ops_match_scalar() {
             assert_close(&format!("{name} db2 {b}x{n}"), &db1, &db0, &dbmag, b);
 
             let mut dh0 = vec![f32::NAN; b * k];
-            Scalar.relu_backward_input(&mut dh0, &dz, &w, &h, d);
+            Scalar.output_backward_input(&mut dh0, &dz, &w, &h, d, RELU);
             let mut dh1 = vec![f32::NAN; b * k];
-            be.relu_backward_input(&mut dh1, &dz, &w, &h, d);
+            be.output_backward_input(&mut dh1, &dz, &w, &h, d, RELU);
             let mag: Vec<f64> = (0..b * k)
                 .map(|e| {
                     let (i, kk) = (e / k, e % k);
@@ -266,18 +263,18 @@ fn small_integer_inputs_are_exact() {
     let dz: Vec<f32> = (0..b * n).map(|i| (i % 5) as f32 - 2.0).collect();
     let d = Dims { k, n };
     let mut want = vec![0f32; b * n];
-    Scalar.dense_relu_forward_u8(&mut want, &x, &rows, &w, &bias, d);
+    Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, RELU, AUTO);
     let (mut dw_want, mut db_want) = (vec![0f32; k * n], vec![0f32; n]);
-    Scalar.dense_backward_u8(&mut dw_want, &mut db_want, &x, &rows, &dz, d);
+    Scalar.input_backward(&mut dw_want, &mut db_want, &x, &rows, &dz, d, AUTO, None);
     for (name, be) in backends_under_test() {
-        let layout = be.w1_layout(k, n);
+        let layout = be.weight_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
         layout.pack(&w, &mut wp);
         let mut got = vec![f32::NAN; b * n];
-        be.dense_relu_forward_u8(&mut got, &x, &rows, &wp, &bias, d);
+        be.input_forward(&mut got, &x, &rows, &wp, &bias, d, RELU, AUTO);
         assert_eq!(got, want, "{name}");
         let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-        be.dense_backward_u8(&mut dwp, &mut db, &x, &rows, &dz, d);
+        be.input_backward(&mut dwp, &mut db, &x, &rows, &dz, d, AUTO, None);
         let mut dw = vec![0f32; k * n];
         layout.unpack(&dwp, &mut dw);
         assert_eq!((dw, db), (dw_want.clone(), db_want.clone()), "{name}");
@@ -314,23 +311,23 @@ fn results_do_not_depend_on_the_thread_count() {
     let labels: Vec<u8> = (0..b).map(|_| (g.next() % 10) as u8).collect();
     let rows2: Vec<u32> = (0..b as u32).collect();
     for (name, be) in backends_under_test().into_iter().filter(|(n, _)| *n != "blas") {
-        let layout = be.w1_layout(k, n);
+        let layout = be.weight_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
         layout.pack(&w, &mut wp);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut h = vec![0f32; b * n];
-                be.dense_relu_forward_u8(&mut h, &x, &rows, &wp, &bias, Dims { k, n });
+                be.input_forward(&mut h, &x, &rows, &wp, &bias, Dims { k, n }, RELU, AUTO);
                 let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
-                be.dense_backward_u8(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
+                be.input_backward(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n }, AUTO, None);
                 let mut dh = vec![0f32; b * n];
-                be.relu_backward_input(&mut dh, &dz2, &w2, &h, Dims { k: n, n: 10 });
+                be.output_backward_input(&mut dh, &dz2, &w2, &h, Dims { k: n, n: 10 }, RELU);
                 let (mut p, mut dz_out) = (vec![0f32; b * 10], vec![0f32; b * 10]);
                 let stats =
-                    be.dense_softmax_xent(&mut p, &mut dz_out, &h, &w2, &b2, &labels, &rows2, Dims { k: n, n: 10 });
+                    be.output_softmax_xent(&mut p, &mut dz_out, &h, &w2, &b2, &labels, &rows2, Dims { k: n, n: 10 });
                 let (mut dw2, mut db2) = (vec![0f32; n * 10], vec![0f32; 10]);
-                be.dense_backward(&mut dw2, &mut db2, &h, &dz2, Dims { k: n, n: 10 });
+                be.output_backward(&mut dw2, &mut db2, &h, &dz2, Dims { k: n, n: 10 });
                 (h, dw, db, dh, (p, dz_out, stats.loss_sum.to_bits(), stats.correct), (dw2, db2))
             })
         };
@@ -364,4 +361,174 @@ fn forcing_a_missing_backend_is_an_error() {
     }
     assert!(kiln_kernels::select("gpu").err().unwrap().contains("unknown backend `gpu`"));
     assert_eq!(kiln_kernels::select("scalar").unwrap().name(), "scalar");
+}
+
+/// The activations the epilogues do not fuse (linear, sigmoid, tanh), on
+/// the input layer: each backend against the scalar reference, both paths.
+#[test]
+fn input_forward_matches_scalar_for_every_activation() {
+    let mut g = Gen(21);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 257, 33), (96, 784, 64)] {
+            let r = b + 3;
+            let x = g.pixels(r * k);
+            let rows: Vec<u32> = (0..b).map(|_| (g.next() % r as u64) as u32).collect();
+            let (w, bias) = (g.vec(k * n), g.vec(n));
+            let d = Dims { k, n };
+            let layout = be.weight_layout(k, n);
+            let mut wp = vec![f32::NAN; layout.len()];
+            layout.pack(&w, &mut wp);
+            let mag: Vec<f64> = (0..b * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    (0..k).map(|kk| (pixel(&x, &rows, k, i, kk) * f64::from(w[kk * n + j])).abs()).sum::<f64>()
+                        + f64::from(bias[j]).abs()
+                })
+                .collect();
+            for act in [Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+                let mut want = vec![f32::NAN; b * n];
+                Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, act, AUTO);
+                for path in [Layer1Path::Dense, Layer1Path::Sparse] {
+                    let mut got = vec![f32::NAN; b * n];
+                    be.input_forward(&mut got, &x, &rows, &wp, &bias, d, act, path);
+                    // |act'| <= 1, plus one rounding of the activation on each side.
+                    let what = format!("{name} {path:?} {act} {b}x{k}x{n}");
+                    assert_close_act(&what, &got, &want, &mag, k);
+                }
+            }
+        }
+    }
+}
+
+/// [`assert_close`] for an activation's output: the pre-activation bound
+/// (every activation here has `|act'| <= 1`) plus a few units in the last
+/// place of the output for the activation's own rounding on each side.
+fn assert_close_act(what: &str, got: &[f32], want: &[f32], mag: &[f64], k: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+        let bound = 2.0 * (k as f64 + 2.0) * U * m + 8.0 * U * f64::from(w).abs() + 1e-30;
+        let diff = (f64::from(g) - f64::from(w)).abs();
+        assert!(diff <= bound, "{what}[{i}]: got {g}, reference {w}, |diff| {diff:e} > bound {bound:e}");
+    }
+}
+
+/// (B, K, N) shapes of a hidden layer: degenerate, tiny, tile edges, and
+/// the 784-512-256-10 network's 512 -> 256 layer.
+const HIDDEN_SHAPES: &[(usize, usize, usize)] = &[
+    (0, 5, 7),
+    (1, 1, 1),
+    (3, 0, 5),
+    (2, 3, 0),
+    (5, 7, 11),
+    (6, 16, 16),
+    (7, 17, 15),
+    (13, 257, 32),
+    (9, 63, 33),
+    (25, 64, 32),
+    (128, 512, 256),
+];
+
+/// Hidden layers (f32 input, kernel in the backend's layout): forward with
+/// every activation, the weight gradient (and its fused update, bit-
+/// identical to gradient then update), and the input gradient with every
+/// activation's derivative, against the scalar reference.
+#[test]
+fn hidden_layer_ops_match_scalar() {
+    let mut g = Gen(22);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in HIDDEN_SHAPES {
+            let d = Dims { k, n };
+            let (a, w, bias, dz) = (g.vec(b * k), g.vec(k * n), g.vec(n), g.vec(b * n));
+            let layout = be.weight_layout(k, n);
+            let mut wp = vec![f32::NAN; layout.len()];
+            layout.pack(&w, &mut wp);
+            let fmag: Vec<f64> = (0..b * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    (0..k).map(|kk| (f64::from(a[i * k + kk]) * f64::from(w[kk * n + j])).abs()).sum::<f64>()
+                        + f64::from(bias[j]).abs()
+                })
+                .collect();
+            for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+                let mut want = vec![f32::NAN; b * n];
+                Scalar.hidden_forward(&mut want, &a, &w, &bias, d, act);
+                let mut got = vec![f32::NAN; b * n];
+                be.hidden_forward(&mut got, &a, &wp, &bias, d, act);
+                assert_close_act(&format!("{name} hidden forward {act} {b}x{k}x{n}"), &got, &want, &fmag, k);
+            }
+
+            let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
+            Scalar.hidden_backward(&mut dw_want, &mut db_want, &a, &dz, d, None);
+            let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+            be.hidden_backward(&mut dwp, &mut db, &a, &dz, d, None);
+            let mut dw = vec![f32::NAN; k * n];
+            layout.unpack(&dwp, &mut dw);
+            let mag: Vec<f64> = (0..k * n)
+                .map(|e| (0..b).map(|i| (f64::from(a[i * k + e / n]) * f64::from(dz[i * n + e % n])).abs()).sum())
+                .collect();
+            assert_close(&format!("{name} hidden dW {b}x{k}x{n}"), &dw, &dw_want, &mag, b);
+            let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
+            assert_close(&format!("{name} hidden db {b}x{n}"), &db, &db_want, &dbmag, b);
+            // Fused update = stored gradient, then the flat update, bit for bit.
+            let v0: Vec<f32> = g.vec(layout.len()).iter().map(|v| v.abs() * 1e-3).collect();
+            let (mut w1, mut v1) = (wp.clone(), v0.clone());
+            be.rmsprop(&mut w1, &dwp, &mut v1, RmsProp::default());
+            let (mut w2, mut v2, mut scratch, mut db2) =
+                (wp.clone(), v0.clone(), vec![f32::NAN; layout.len()], vec![0.0; n]);
+            let update = Some(Update { w: &mut w2, v: &mut v2, opt: RmsProp::default() });
+            be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, update);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&w1) == bits(&w2) && bits(&v1) == bits(&v2), "{name} fused hidden update {b}x{k}x{n}");
+
+            // The input gradient: `a` plays the layer input's activation output.
+            let imag: Vec<f64> = (0..b * k)
+                .map(|e| {
+                    let (i, kk) = (e / k.max(1), e % k.max(1));
+                    (0..n).map(|j| (f64::from(dz[i * n + j]) * f64::from(w[kk * n + j])).abs()).sum()
+                })
+                .collect();
+            for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+                let y: Vec<f32> = a.iter().map(|&v| act.apply(v)).collect();
+                let mut want = vec![f32::NAN; b * k];
+                Scalar.hidden_backward_input(&mut want, &dz, &w, &y, d, act);
+                let mut got = vec![f32::NAN; b * k];
+                be.hidden_backward_input(&mut got, &dz, &wp, &y, d, act);
+                // |act'(y)| <= 1 for all four, written in terms of y.
+                assert_close(&format!("{name} hidden dA {act} {b}x{k}x{n}"), &got, &want, &imag, n + 4);
+                let mut got = vec![f32::NAN; b * k];
+                if n <= 64 {
+                    be.output_backward_input(&mut got, &dz, &w, &y, d, act);
+                    assert_close(&format!("{name} output dA {act} {b}x{k}x{n}"), &got, &want, &imag, n + 4);
+                }
+            }
+        }
+    }
+}
+
+/// The hidden-layer ops give the same bits under 1, 2 and 3 threads.
+#[test]
+fn hidden_ops_do_not_depend_on_the_thread_count() {
+    let mut g = Gen(23);
+    let (b, k, n) = (128, 512, 256);
+    let (a, w, bias, dz) = (g.vec(b * k), g.vec(k * n), g.vec(n), g.vec(b * n));
+    for (name, be) in backends_under_test().into_iter().filter(|(n, _)| *n != "blas") {
+        let layout = be.weight_layout(k, n);
+        let mut wp = vec![0f32; layout.len()];
+        layout.pack(&w, &mut wp);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut h = vec![0f32; b * n];
+                be.hidden_forward(&mut h, &a, &wp, &bias, Dims { k, n }, Activation::Sigmoid);
+                let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
+                be.hidden_backward(&mut dw, &mut db, &a, &dz, Dims { k, n }, None);
+                let mut da = vec![0f32; b * k];
+                be.hidden_backward_input(&mut da, &dz, &wp, &a, Dims { k, n }, Activation::Relu);
+                (h, dw, db, da)
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2), "{name}: 2 threads differ from 1");
+        assert!(one == run(3), "{name}: 3 threads differ from 1");
+    }
 }

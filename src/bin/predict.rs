@@ -1,5 +1,5 @@
-//! `predict`: the digit in each input image (any common format, any size),
-//! or in images of an IDX file, with a model written by `train`.
+//! `predict`: the class (digit) of each input image (any common format, any
+//! size), or of images of an IDX file, with any model written by `train`.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -7,6 +7,7 @@ use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
 use kiln::idx::{self, Kind};
 use kiln::preprocess::{self, Invert, SIDE};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -52,8 +53,22 @@ fn main() -> ExitCode {
     kiln::exit_code(run(Args::parse()))
 }
 
-/// The 28x28 input of one image file.
-fn input_of(path: &Path, args: &Args) -> Result<[u8; SIDE * SIDE]> {
+/// The image shape a model reads: 28x28 for 784 inputs, else the shape
+/// `train` recorded (`image_shape` = `RxC`), else one row of its inputs.
+fn model_shape(inputs: usize, meta: &BTreeMap<String, String>) -> (usize, usize) {
+    let recorded = meta.get("image_shape").and_then(|s| {
+        let (r, c) = s.split_once('x')?;
+        Some((r.parse::<usize>().ok()?, c.parse::<usize>().ok()?))
+    });
+    match recorded {
+        Some((r, c)) if r * c == inputs => (r, c),
+        _ if inputs == SIDE * SIDE => (SIDE, SIDE),
+        _ => (1, inputs),
+    }
+}
+
+/// The input of one image file for a model reading `shape` images.
+fn input_of(path: &Path, args: &Args, shape: (usize, usize)) -> Result<Vec<u8>> {
     let (gray, h, w) = preprocess::load_gray(path)?;
     let invert = match (args.invert, args.no_invert) {
         (true, _) => Invert::Yes,
@@ -61,22 +76,32 @@ fn input_of(path: &Path, args: &Args) -> Result<[u8; SIDE * SIDE]> {
         _ => Invert::Guess,
     };
     if args.no_preprocess {
-        if (h, w) != (SIDE, SIDE) {
-            bail!("{}: --no-preprocess needs a 28x28 image, this one is {w}x{h}", path.display());
+        if (h, w) != shape {
+            bail!(
+                "{}: --no-preprocess needs a {}x{} image (the model's input), this one is {w}x{h}",
+                path.display(),
+                shape.1,
+                shape.0
+            );
         }
         let light = gray.iter().sum::<f32>() / gray.len() as f32 > 0.5;
         let flip = invert == Invert::Yes || (invert == Invert::Guess && light);
-        let mut out = [0u8; SIDE * SIDE];
-        for (o, &v) in out.iter_mut().zip(&gray) {
-            *o = ((if flip { 1.0 - v } else { v }) * 255.0).round() as u8;
-        }
-        return Ok(out);
+        return Ok(gray.iter().map(|&v| ((if flip { 1.0 - v } else { v }) * 255.0).round() as u8).collect());
     }
-    preprocess::to_mnist(&gray, h, w, invert).with_context(|| path.display().to_string())
+    if shape != (SIDE, SIDE) {
+        bail!(
+            "{}: the preprocessing makes 28x28 MNIST-style digits, but this model reads {}x{} images \
+             (pass --no-preprocess with images of that size, or --idx)",
+            path.display(),
+            shape.0,
+            shape.1
+        );
+    }
+    Ok(preprocess::to_mnist(&gray, h, w, invert).with_context(|| path.display().to_string())?.to_vec())
 }
 
-/// Images `range` of an IDX images file.
-fn idx_inputs(path: &Path, range: &str) -> Result<Vec<(String, [u8; SIDE * SIDE])>> {
+/// Images `range` of an IDX images file, which must hold images of `shape`.
+fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(String, Vec<u8>)>> {
     let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let bytes = if raw.starts_with(&[0x1F, 0x8B]) {
         let mut out = Vec::new();
@@ -87,15 +112,15 @@ fn idx_inputs(path: &Path, range: &str) -> Result<Vec<(String, [u8; SIDE * SIDE]
         raw
     };
     let header = idx::parse(&bytes, Kind::Images).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    // idx::parse no longer insists on 28x28 (the data layer takes any size),
-    // but this model does: the same check and message as before.
-    if (header.rows, header.cols) != (SIDE, SIDE) {
+    if (header.rows, header.cols) != shape && header.rows * header.cols != shape.0 * shape.1 {
         bail!(
-            "{}: the images are {}x{}; expected {SIDE}x{SIDE} (the network reads {} pixels per image)",
+            "{}: the images are {}x{}; expected {}x{} (the model reads {} pixels per image)",
             path.display(),
             header.rows,
             header.cols,
-            SIDE * SIDE
+            shape.0,
+            shape.1,
+            shape.0 * shape.1
         );
     }
     let (start, end) = match range.split_once("..") {
@@ -108,19 +133,15 @@ fn idx_inputs(path: &Path, range: &str) -> Result<Vec<(String, [u8; SIDE * SIDE]
     if start >= end || end > header.count {
         bail!("--index {range}: out of range for {} images in {}", header.count, path.display());
     }
+    let d = header.rows * header.cols;
     Ok((start..end)
         .map(|i| {
-            let mut a = [0u8; SIDE * SIDE];
-            a.copy_from_slice(&bytes[header.offset + i * SIDE * SIDE..header.offset + (i + 1) * SIDE * SIDE]);
-            (format!("{}[{i}]", path.display()), a)
+            (format!("{}[{i}]", path.display()), bytes[header.offset + i * d..header.offset + (i + 1) * d].to_vec())
         })
         .collect())
 }
 
 fn run(args: Args) -> Result<bool> {
-    if args.top == 0 || args.top > 10 {
-        bail!("--top must be between 1 and 10 (got {})", args.top);
-    }
     if args.images.is_empty() && args.idx.is_none() {
         bail!("no input: give image files, or --idx FILE --index I");
     }
@@ -130,13 +151,18 @@ fn run(args: Args) -> Result<bool> {
             args.model.display()
         );
     }
-    let (params, _) = checkpoint::load(&args.model)?;
+    let (params, meta) = checkpoint::load(&args.model)?;
+    let (inputs_n, classes) = (params.arch().inputs(), params.arch().classes());
+    if args.top == 0 || args.top > classes {
+        bail!("--top must be between 1 and {classes}, the model's classes (got {})", args.top);
+    }
+    let shape = model_shape(inputs_n, &meta);
     let be = kiln_kernels::select(&args.backend).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
-    let mut inputs: Vec<(String, Result<[u8; SIDE * SIDE]>)> =
-        args.images.iter().map(|p| (p.display().to_string(), input_of(p, &args))).collect();
+    let mut inputs: Vec<(String, Result<Vec<u8>>)> =
+        args.images.iter().map(|p| (p.display().to_string(), input_of(p, &args, shape))).collect();
     if let Some(path) = &args.idx {
         let range = args.index.as_deref().unwrap_or("0");
-        inputs.extend(idx_inputs(path, range)?.into_iter().map(|(n, a)| (n, Ok(a))));
+        inputs.extend(idx_inputs(path, range, shape)?.into_iter().map(|(n, a)| (n, Ok(a))));
     }
     let good: Vec<u8> = inputs.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
     let mut probs = kiln::model::predict(be, &params, &good).into_iter();
@@ -151,16 +177,18 @@ fn run(args: Args) -> Result<bool> {
             }
         };
         let p = probs.next().expect("one prediction per good input");
-        let mut order: Vec<usize> = (0..10).collect();
+        let mut order: Vec<usize> = (0..classes).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
         if args.json {
-            println!("{}", json!({"file": name, "digit": order[0], "probability": p[order[0]], "probabilities": p}));
+            let line = json!({"file": name, "digit": order[0], "probability": p[order[0]], "probabilities": p,
+                              "layers": params.arch().spec(), "inputs": inputs_n, "classes": classes});
+            println!("{line}");
         } else {
             let best: Vec<String> = order[..args.top].iter().map(|&d| format!("{d} ({:.1}%)", 100.0 * p[d])).collect();
             println!("{name}: {}", best.join(", "));
         }
         if args.show {
-            print!("{}", preprocess::render(pixels, SIDE));
+            print!("{}", preprocess::render(pixels, shape.1));
         }
     }
     Ok(all_ok)

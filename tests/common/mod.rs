@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use kiln::model::Params;
+use kiln::model::{Arch, Params};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
@@ -16,12 +16,33 @@ pub struct Golden {
 }
 
 impl Golden {
+    /// The tutorial network's file (64:relu, 10:softmax, RMSprop).
     pub fn load() -> Golden {
-        Golden { bytes: std::fs::read(test_data("keras-rmsprop-h64.safetensors")).expect("golden file") }
+        Golden::named("keras-rmsprop-h64")
+    }
+
+    /// `tests/data/NAME.safetensors`.
+    pub fn named(name: &str) -> Golden {
+        let path = test_data(&format!("{name}.safetensors"));
+        Golden { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
     }
 
     fn st(&self) -> SafeTensors<'_> {
         SafeTensors::deserialize(&self.bytes).expect("golden file parses")
+    }
+
+    fn meta(&self, key: &str) -> Option<String> {
+        let (_, header) = SafeTensors::read_metadata(&self.bytes).expect("golden header");
+        header.metadata().as_ref().and_then(|m| m.get(key).cloned())
+    }
+
+    /// The layers Keras trained (the older file names only its hidden width).
+    pub fn arch(&self) -> Arch {
+        let spec = match self.meta("layers") {
+            Some(l) => l,
+            None => format!("{}:relu,10:softmax", self.meta("hidden").expect("layers or hidden")),
+        };
+        Arch::parse(&spec, 784, 10).expect("golden layers")
     }
 
     /// An f32 tensor and its shape.
@@ -41,17 +62,26 @@ impl Golden {
         t.data().to_vec()
     }
 
-    /// The parameters after `step` updates, in kiln's arena order.
-    pub fn params(&self, step: usize) -> Params<f32> {
-        let (w2, shape) = self.f32(&format!("w2.step{step}"));
-        let mut p = Params::zeros(shape[0]);
-        let mut off = 0;
-        for name in ["w1", "b1", "w2", "b2"] {
-            let (v, _) = if name == "w2" { (w2.clone(), vec![]) } else { self.f32(&format!("{name}.step{step}")) };
-            p.data[off..off + v.len()].copy_from_slice(&v);
-            off += v.len();
+    /// The name of layer `l`'s kernel or bias after `step` updates.
+    fn tensor_name(&self, l: usize, bias: bool, step: usize) -> String {
+        let what = if bias { "bias" } else { "kernel" };
+        if self.meta("layers").is_some() {
+            format!("dense_{}.{what}.step{step}", l + 1)
+        } else {
+            format!("{}{}.step{step}", if bias { "b" } else { "w" }, l + 1)
         }
-        assert_eq!(off, p.data.len());
+    }
+
+    /// The parameters after `step` updates.
+    pub fn params(&self, step: usize) -> Params<f32> {
+        let arch = self.arch();
+        let mut p = Params::zeros(&arch);
+        for l in 0..arch.layers().len() {
+            let (k, _) = self.f32(&self.tensor_name(l, false, step));
+            let (b, _) = self.f32(&self.tensor_name(l, true, step));
+            p.kernel_mut(l).copy_from_slice(&k);
+            p.bias_mut(l).copy_from_slice(&b);
+        }
         p
     }
 }
