@@ -4,16 +4,25 @@ frameworks that are installed (Keras/TensorFlow, PyTorch, JAX), on the
 vendored MNIST, so their epoch times can be compared on one machine.
 
     python3 benches/peers.py [--epochs 5] [--threads 2] [--only keras,torch,jax]
+                             [--layers 512:relu,10:softmax]
 
-Each framework runs the tutorial network exactly as kiln does: Dense(784 ->
-512, ReLU) -> Dense(512 -> 10, softmax), categorical cross-entropy,
-RMSprop as Keras 3 runs it (v = 0.9 v + 0.1 g^2; w -= 1e-3 g / sqrt(v +
-1e-7), written out by hand for PyTorch and JAX, whose own RMSprop puts eps
-outside the square root), Glorot-uniform weights, zero biases, batch 128,
-shuffled every epoch. Prints one JSON line per framework with the mean epoch
-time (first epoch excluded, it includes compilation) and the test accuracy.
-Frameworks that are not installed are skipped; installing them is not part
-of kiln's tests.
+--layers is the stack of Dense layers in kiln's syntax and Keras order, input
+784 implied, output layer included: comma-separated UNITS:ACTIVATION, with
+ACTIVATION one of relu, sigmoid, tanh, linear, softmax (softmax only on the
+last layer, and with 10 units, one per digit). If the last layer given is not
+softmax, 10:softmax is appended. The default, 512:relu,10:softmax, is the
+tutorial network, Dense(784 -> 512, ReLU) -> Dense(512 -> 10, softmax);
+e.g. --layers 512:relu,256:relu builds Dense(784 -> 512, ReLU) -> Dense(512
+-> 256, ReLU) -> Dense(256 -> 10, softmax).
+
+Each framework builds exactly that stack and trains it as kiln does:
+categorical cross-entropy, RMSprop as Keras 3 runs it (v = 0.9 v + 0.1 g^2;
+w -= 1e-3 g / sqrt(v + 1e-7), written out by hand for PyTorch and JAX, whose
+own RMSprop puts eps outside the square root), Glorot-uniform kernels, zero
+biases, batch 128, shuffled every epoch. Prints one JSON line per framework
+with the layer list, the mean epoch time (first epoch excluded, it includes
+compilation) and the test accuracy. Frameworks that are not installed are
+skipped; installing them is not part of kiln's tests.
 """
 
 import argparse
@@ -26,6 +35,43 @@ import time
 import numpy as np
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "mnist"
+PIXELS, CLASSES = 784, 10
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear", "softmax")
+
+
+def parse_layers(spec):
+    """`512:relu,256:relu[,10:softmax]` -> [(512, "relu"), (256, "relu"), (10, "softmax")]."""
+    layers = []
+    items = [item.strip() for item in spec.split(",")]
+    for i, item in enumerate(items):
+        units, sep, act = item.partition(":")
+        act = act.strip().lower()
+        try:
+            n = int(units)
+        except ValueError:
+            n = 0
+        if not sep or n <= 0:
+            raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: expected UNITS:ACTIVATION, UNITS > 0")
+        if act not in ACTIVATIONS:
+            raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: activation must be one of {', '.join(ACTIVATIONS)}")
+        if act == "softmax" and i != len(items) - 1:
+            raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: softmax only on the last layer")
+        if act == "softmax" and n != CLASSES:
+            raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: the softmax layer has {CLASSES} units")
+        layers.append((n, act))
+    if layers[-1][1] != "softmax":
+        layers.append((CLASSES, "softmax"))
+    return layers
+
+
+def layers_str(layers):
+    return ",".join(f"{n}:{act}" for n, act in layers)
+
+
+def widths(layers):
+    """(fan_in, fan_out) of each layer."""
+    sizes = [PIXELS] + [n for n, _ in layers]
+    return list(zip(sizes[:-1], sizes[1:]))
 
 
 def idx(name):
@@ -46,18 +92,26 @@ def glorot(rng, fan_in, fan_out):
     return rng.uniform(-limit, limit, (fan_in, fan_out)).astype("float32")
 
 
-def report(name, epoch_times, acc):
+def init_params(rng, layers):
+    """[W1, b1, W2, b2, ...]: Glorot-uniform kernels drawn in layer order, zero biases."""
+    params = []
+    for fan_in, fan_out in widths(layers):
+        params += [glorot(rng, fan_in, fan_out), np.zeros(fan_out, "float32")]
+    return params
+
+
+def report(name, layers, epoch_times, acc):
     steady = epoch_times[1:] or epoch_times
-    print(json.dumps({"framework": name, "epoch_seconds": epoch_times,
+    print(json.dumps({"framework": name, "layers": layers_str(layers), "epoch_seconds": epoch_times,
                       "mean_epoch_seconds_after_first": sum(steady) / len(steady), "test_acc": acc}), flush=True)
 
 
-def run_keras(data, epochs):
+def run_keras(data, layers, epochs):
     import keras
 
     xtr, ytr, xte, yte = data
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(512, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    # Dense's defaults are the Glorot-uniform kernel and zero bias.
+    model = keras.Sequential([keras.Input((PIXELS,))] + [keras.layers.Dense(n, activation=act) for n, act in layers])
     model.compile(optimizer=keras.optimizers.RMSprop(), loss="categorical_crossentropy", metrics=["accuracy"])
     times = []
 
@@ -71,24 +125,27 @@ def run_keras(data, epochs):
     model.fit(xtr, keras.utils.to_categorical(ytr, 10), epochs=epochs, batch_size=128, verbose=0,
               callbacks=[Timer()])
     _, acc = model.evaluate(xte, keras.utils.to_categorical(yte, 10), verbose=0)
-    report("keras", times, float(acc))
+    report("keras", layers, times, float(acc))
 
 
-def run_torch(data, epochs, threads):
+def run_torch(data, layers, epochs, threads):
     import torch
 
     torch.set_num_threads(threads)
     xtr, ytr, xte, yte = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     ytr, yte = ytr.long(), yte.long()
     rng = np.random.default_rng(1)
-    params = [torch.from_numpy(glorot(rng, 784, 512)), torch.zeros(512),
-              torch.from_numpy(glorot(rng, 512, 10)), torch.zeros(10)]
+    params = [torch.from_numpy(p) for p in init_params(rng, layers)]
     for p in params:
         p.requires_grad_(True)
     vel = [torch.zeros_like(p) for p in params]
+    acts = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "linear": lambda z: z}
 
     def forward(x):
-        return torch.relu(x @ params[0] + params[1]) @ params[2] + params[3]
+        # Logits: the last layer's softmax is inside cross_entropy.
+        for i, (_, act) in enumerate(layers[:-1]):
+            x = acts[act](x @ params[2 * i] + params[2 * i + 1])
+        return x @ params[-2] + params[-1]
 
     times = []
     for _ in range(epochs):
@@ -105,20 +162,24 @@ def run_torch(data, epochs, threads):
         times.append(time.perf_counter() - t)
     with torch.no_grad():
         acc = (forward(xte).argmax(1) == yte).float().mean().item()
-    report("torch", times, acc)
+    report("torch", layers, times, acc)
 
 
-def run_jax(data, epochs):
+def run_jax(data, layers, epochs):
     import jax
     import jax.numpy as jnp
 
     xtr, ytr, xte, yte = data
     rng = np.random.default_rng(1)
-    params = [jnp.asarray(glorot(rng, 784, 512)), jnp.zeros(512), jnp.asarray(glorot(rng, 512, 10)), jnp.zeros(10)]
+    params = [jnp.asarray(p) for p in init_params(rng, layers)]
     vel = [jnp.zeros_like(p) for p in params]
+    acts = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "linear": lambda z: z}
 
     def forward(p, x):
-        return jax.nn.relu(x @ p[0] + p[1]) @ p[2] + p[3]
+        # Logits: the last layer's softmax is inside the loss's log_softmax.
+        for i, (_, act) in enumerate(layers[:-1]):
+            x = acts[act](x @ p[2 * i] + p[2 * i + 1])
+        return x @ p[-2] + p[-1]
 
     def loss(p, x, y):
         logp = jax.nn.log_softmax(forward(p, x))
@@ -141,7 +202,7 @@ def run_jax(data, epochs):
         jax.block_until_ready(params)
         times.append(time.perf_counter() - t)
     acc = float((forward(params, xte).argmax(1) == yte).mean())
-    report("jax", times, acc)
+    report("jax", layers, times, acc)
 
 
 def main():
@@ -149,6 +210,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="keras,torch,jax")
+    ap.add_argument("--layers", type=parse_layers, default="512:relu,10:softmax",
+                    help="Dense stack, Keras order, output included: UNITS:ACTIVATION,... (relu, sigmoid, tanh, "
+                         "linear, softmax last; 10:softmax appended if the last is not softmax) "
+                         "[default: 512:relu,10:softmax]")
     args = ap.parse_args()
     # Limit every framework to the same number of threads as kiln's run.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -156,8 +221,9 @@ def main():
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}"
     data = load()
-    runners = {"keras": lambda: run_keras(data, args.epochs), "torch": lambda: run_torch(data, args.epochs, args.threads),
-               "jax": lambda: run_jax(data, args.epochs)}
+    runners = {"keras": lambda: run_keras(data, args.layers, args.epochs),
+               "torch": lambda: run_torch(data, args.layers, args.epochs, args.threads),
+               "jax": lambda: run_jax(data, args.layers, args.epochs)}
     for name in args.only.split(","):
         try:
             runners[name]()

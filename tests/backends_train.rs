@@ -28,7 +28,7 @@ fn train(be: &dyn Backend<f32>, layers: &str) -> Params<f32> {
 
 #[test]
 fn twenty_steps_match_the_scalar_backend() {
-    for layers in ["100:relu", "64:relu,48:tanh,40:sigmoid,33:linear"] {
+    for layers in ["100:relu", "64:relu,48:tanh,40:sigmoid,33:linear", "10:softmax"] {
         let reference = train(kiln_kernels::select("scalar").unwrap(), layers);
         for name in backends_under_test() {
             let be = kiln_kernels::select(name).unwrap();
@@ -94,9 +94,13 @@ fn fused_update_is_bit_identical_to_gradient_then_update() {
     let (images, labels) = (g.u8("images"), g.u8("labels"));
     for name in backends_under_test() {
         let be = kiln_kernels::select(name).unwrap();
-        for (layers, batch) in
-            [("100:relu", 32), ("37:relu", 300), ("100:relu,37:tanh", 32), ("37:sigmoid,33:relu", 300)]
-        {
+        for (layers, batch) in [
+            ("100:relu", 32),
+            ("37:relu", 300),
+            ("100:relu,37:tanh", 32),
+            ("37:sigmoid,33:relu", 300),
+            ("10:softmax", 32),
+        ] {
             let rows: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 384).collect();
             let b = Batch { pixels: &images, labels: &labels, rows: &rows };
             let params = Params::glorot(&Arch::parse(layers, 784, 10).unwrap(), 3);
