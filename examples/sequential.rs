@@ -65,7 +65,7 @@ fn main() -> Result<()> {
     println!("test: loss {:.4} - accuracy {:.4}", eval.loss, eval.acc);
     anyhow::ensure!(eval.acc > 0.9, "the bars should be easy: test accuracy {}", eval.acc);
 
-    let probs = predict(be, &model.params(), &test_x[..SIDE * SIDE]);
+    let probs = predict(be, &model.params(), &test_x[..SIDE * SIDE])?;
     println!("image 0 (class {}): probabilities {:.3?}", test_y[0], probs[0]);
 
     let path = std::env::temp_dir().join("kiln-example-bars.safetensors");

@@ -92,6 +92,19 @@ write("model", "nan", safetensors({**good, "dense_2.bias": ("F32", [10], f32(10,
 write("model", "wrong_hidden", safetensors(good, {**meta, "hidden": "2"}))
 write("model", "no_format", safetensors(good, {"hidden": "1"}))
 write("model", "not_json", struct.pack("<Q", 8) + b"{nope!!}")
+seq_meta = {"format": "kiln-sequential-v1", "layers": "3:tanh,2:relu,4:softmax", "inputs": "5", "classes": "4"}
+seq = {
+    "dense_1.kernel": ("F32", [5, 3], f32(15)),
+    "dense_1.bias": ("F32", [3], f32(3)),
+    "dense_2.kernel": ("F32", [3, 2], f32(6)),
+    "dense_2.bias": ("F32", [2], f32(2)),
+    "dense_3.kernel": ("F32", [2, 4], f32(8)),
+    "dense_3.bias": ("F32", [4], f32(4)),
+}
+write("model", "good_seq3", safetensors(seq, seq_meta))
+write("model", "seq_not_chaining", safetensors({**seq, "dense_2.kernel": ("F32", [4, 2], f32(8))}, seq_meta))
+write("model", "seq_missing_layer", safetensors({k: v for k, v in seq.items() if not k.startswith("dense_2")}, seq_meta))
+write("model", "seq_bad_layers", safetensors(seq, {**seq_meta, "layers": "3:gelu,2:relu,4:softmax"}))
 
 
 def png(w, h, color_type, depth, rows):

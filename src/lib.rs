@@ -13,7 +13,8 @@
 //! let cfg = Config { epochs: 30, batch_size: 4, ..Config::default() };
 //! fit(&mut model, data, &cfg, |_| {}, |_| {}).unwrap();
 //! assert_eq!(evaluate(&mut model, data).unwrap().acc, 1.0);
-//! assert!(predict(be, &model.params(), &[250, 3])[0][1] > 0.5);
+//! assert!(predict(be, &model.params(), &[250, 3]).unwrap()[0][1] > 0.5);
+//! assert!(predict(be, &model.params(), &[250, 3, 7]).is_err()); // not whole images
 //! ```
 //!
 //! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated).

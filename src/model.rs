@@ -693,9 +693,15 @@ fn gather<T: Real>(out: &mut [T], batch: Batch<'_>, d: usize) {
 }
 
 /// Softmax probabilities `(N, C)` of `pixels` (`N` images of `D` u8 pixels,
-/// row-major), computed with `params` on `be`, one `Vec` of `C` per image.
-pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Vec<Vec<f32>> {
+/// row-major), computed with `params` on `be`, one `Vec` of `C` per image;
+/// an error when `pixels` is not a whole number of `D`-pixel images.
+pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Result<Vec<Vec<f32>>> {
     let d = params.arch.inputs;
+    ensure!(
+        pixels.len().is_multiple_of(d),
+        "{} pixels are not a whole number of images of {d} pixels (the model's input)",
+        pixels.len()
+    );
     let n = pixels.len() / d;
     let capacity = n.clamp(1, 1024);
     let mut model = Model::new(be, params, RmsProp::default(), capacity);
@@ -706,7 +712,7 @@ pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Ve
         model.forward(Batch { pixels, labels: &labels, rows: chunk });
         out.extend(model.probs(chunk.len()).chunks_exact(params.arch.classes()).map(<[f32]>::to_vec));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

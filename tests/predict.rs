@@ -57,7 +57,7 @@ fn png_round_trip_matches_idx_and_variants_stay_correct() {
     let pixels = &ds.test.pixels()[..n * 784];
     let labels = &ds.test.labels()[..n];
     let argmax = |p: &Vec<f32>| (0..10).fold(0, |b, j| if p[j] > p[b] { j } else { b });
-    let direct: Vec<usize> = predict(be, params, pixels).iter().map(argmax).collect();
+    let direct: Vec<usize> = predict(be, params, pixels).unwrap().iter().map(argmax).collect();
     let dir = tempfile::tempdir().unwrap();
     let (mut same, mut correct) = (0, [0usize; 3]);
     let mut inputs: [Vec<u8>; 3] = Default::default();
@@ -86,7 +86,7 @@ fn png_round_trip_matches_idx_and_variants_stay_correct() {
     }
     assert_eq!(same, n, "PNG round trip changed pixels");
     for (k, inp) in inputs.iter().enumerate() {
-        for (i, p) in predict(be, params, inp).iter().enumerate() {
+        for (i, p) in predict(be, params, inp).unwrap().iter().enumerate() {
             correct[k] += usize::from(argmax(p) == usize::from(labels[i]));
         }
     }
@@ -196,7 +196,7 @@ fn every_format_and_colour_type_gives_the_same_digit() {
             assert_eq!(input(ext, img), png, "image {i} as {ext}");
         }
         let jpeg = input("jpg", image::DynamicImage::ImageRgb8(dynamic.to_rgb8()));
-        let digits = predict(be, params, &[png, jpeg].concat());
+        let digits = predict(be, params, &[png, jpeg].concat()).unwrap();
         jpeg_agrees += usize::from(argmax(&digits[0]) == argmax(&digits[1]));
     }
     assert!(jpeg_agrees * 10 >= n * 9, "JPEG agreed with PNG on only {jpeg_agrees} of {n}");

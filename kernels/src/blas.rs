@@ -176,8 +176,7 @@ impl Blas {
         let Dims { k, n } = d;
         check_len("db", db.len(), n);
         check_len("dW", dw.len(), k * n);
-        if n > 0 {
-            let batch = dz.len() / n;
+        if let Some(batch) = dz.len().checked_div(n) {
             check_len("A", a.len(), batch * k);
             column_sums(db, dz, n);
             self.sgemm(true, false, k, n, batch, a, dz, 0.0, dw);

@@ -147,7 +147,7 @@ impl Real for f64 {
 /// cross-entropy, as Keras does (`keras.backend.epsilon()`).
 pub const CLIP: f64 = 1e-7;
 
-/// What [`Backend::dense_softmax_xent`] reports about a batch.
+/// What [`Backend::output_softmax_xent`] reports about a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct XentStats<T> {
     /// `sum_i -ln clip(P[i, y_i])` over the batch (not yet divided by `B`).

@@ -165,7 +165,7 @@ fn run(args: Args) -> Result<bool> {
         inputs.extend(idx_inputs(path, range, shape)?.into_iter().map(|(n, a)| (n, Ok(a))));
     }
     let good: Vec<u8> = inputs.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
-    let mut probs = kiln::model::predict(be, &params, &good).into_iter();
+    let mut probs = kiln::model::predict(be, &params, &good)?.into_iter();
     let mut all_ok = true;
     for (name, input) in &inputs {
         let pixels = match input {
