@@ -22,13 +22,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Pixels per MNIST image (28x28), the shape of the default data and of the
-/// current model's input; not a requirement of this loader (see
-/// [`Split::width`]).
-pub const PIXELS: usize = 28 * 28;
-/// MNIST's number of classes (digits 0-9), the current model's output
-/// width; not a requirement of this loader (see [`Split::classes`]).
-pub const CLASSES: usize = 10;
 /// Largest decompressed file kiln accepts from a `.gz` (a guard against
 /// decompression bombs; 8 GiB is ten million 28x28 images).
 const MAX_DECOMPRESSED: u64 = 8 << 30;

@@ -28,6 +28,8 @@
 //! * [`draw`]: PNG charts and digit pictures without system libraries.
 //! * [`fuzz_checks`]: the properties the fuzz targets check, shared with tests.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod draw;

@@ -156,6 +156,8 @@ pub struct EpochReport {
     pub epoch: usize,
     /// Steps in this epoch.
     pub steps: usize,
+    /// Images trained on in this epoch.
+    pub images: usize,
     /// Mean loss over the epoch's images, each batch measured before its update.
     pub loss: f64,
     /// Fraction of the epoch's images classified correctly, likewise.
@@ -307,6 +309,7 @@ pub fn fit(
         let report = EpochReport {
             epoch: e + 1,
             steps,
+            images: run.images,
             loss: run.mean_loss(),
             acc: run.acc(),
             seconds,
@@ -361,7 +364,42 @@ pub fn evaluate(model: &mut Model<'_, f32>, data: Samples<'_>) -> Result<Evaluat
 
 #[cfg(test)]
 mod tests {
-    use super::batches_with_next;
+    use super::{batches_with_next, evaluate, fit, Config, Samples};
+    use crate::model::{Arch, Model, Params};
+
+    #[test]
+    fn samples_that_do_not_fit_the_model_are_errors_naming_them() {
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("4:relu", 2, 3).unwrap();
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), Default::default(), 8);
+        let labels = [0u8, 5, 1];
+        let s = Samples::new(&[1, 2, 3, 4, 5, 6], &labels, 2).unwrap().named("labels.idx");
+        let e = evaluate(&mut model, s).unwrap_err().to_string();
+        assert!(e.contains("labels.idx: label 5 at index 1 is not below the output layer's width 3"), "{e}");
+        let e = fit(&mut model, s, &Config::default(), |_| {}, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("labels.idx: label 5"), "{e}");
+        let wide = Samples::new(&[0; 9], &[0, 1, 2], 3).unwrap().named("images.idx");
+        let e = evaluate(&mut model, wide).unwrap_err().to_string();
+        assert!(e.contains("images.idx: images of 3 pixels, but the model reads 2"), "{e}");
+        let e = fit(&mut model, s, &Config { steps_per_epoch: Some(0), ..Config::default() }, |_| {}, |_| {});
+        assert!(e.unwrap_err().to_string().contains("--steps-per-epoch must be at least 1"));
+    }
+
+    #[test]
+    fn steps_per_epoch_continues_where_the_last_epoch_stopped() {
+        // 10 images of batch 4: passes of 3 steps (4, 4, 2 images); epochs
+        // of 2 steps take 8, then 2 + 4 (a new pass), then 4 + 2 images.
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("3:relu", 2, 2).unwrap();
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), Default::default(), 4);
+        let pixels: Vec<u8> = (0..20).collect();
+        let labels: Vec<u8> = (0..10).map(|i| i % 2).collect();
+        let s = Samples::new(&pixels, &labels, 2).unwrap();
+        let cfg = Config { epochs: 3, batch_size: 4, steps_per_epoch: Some(2), shuffle: false, ..Config::default() };
+        let reports = fit(&mut model, s, &cfg, |_| {}, |_| {}).unwrap();
+        assert!(reports.iter().all(|r| r.steps == 2));
+        assert_eq!(reports.iter().map(|r| r.images).collect::<Vec<_>>(), [8, 6, 6]);
+    }
 
     #[test]
     fn batches_with_next_pairs_each_batch_with_the_following_one() {

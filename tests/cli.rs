@@ -484,13 +484,13 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
     assert_eq!(answers.len(), 3);
     assert_eq!(answers[0]["probabilities"].as_array().unwrap().len(), 26);
     assert_eq!(answers[0]["layers"], "40:relu,30:tanh,26:softmax");
-    // A label at or above an explicit output width is a clear error naming the file.
+    // An output width that is not the data's class count is a one-line error.
     let o = train(
         &[
             "--data",
             d.path().to_str().unwrap(),
             "--layers",
-            "40:relu,26:softmax",
+            "40:relu,20:softmax",
             "--epochs",
             "1",
             "--out",
@@ -498,7 +498,8 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
         ],
         d.path(),
     );
-    assert!(o.status.success(), "26 classes fit 26 outputs: {}", stderr(&o));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the output layer has 20 units, but the data has 26 classes"), "{}", stderr(&o));
 }
 
 /// Identical runs write identical bytes, whatever the thread count, for a

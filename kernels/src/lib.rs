@@ -87,6 +87,8 @@
 //! (generic kernel bodies), `optim` (the update's maths), `shared` (helpers
 //! every backend calls) < `isa` (the SIMD backends), `scalar`, `blas`.
 
+#![warn(missing_docs)]
+
 mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
