@@ -26,6 +26,7 @@
 //!   deterministically; `--init` files exported from Keras.
 //! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
 //! * [`draw`]: PNG charts and digit pictures without system libraries.
+//! * [`serve`]: the draw-a-digit page and its JSON API (axum on hyper and tokio).
 //! * [`fuzz_checks`]: the properties the fuzz targets check, shared with tests.
 
 #![warn(missing_docs)]
@@ -39,6 +40,7 @@ pub mod idx;
 pub mod model;
 pub mod preprocess;
 pub mod rng;
+pub mod serve;
 pub mod train;
 
 /// The exit of a command-line tool: success when `result` is `Ok(true)`;

@@ -1,0 +1,70 @@
+//! `serve`: the draw-a-digit page and its JSON API (see `kiln::serve`), for
+//! a model written by `train`.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
+use kiln::serve::{self, Config, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serve a page to draw a digit on, and a JSON API, with a model trained by `train`.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The model file written by `train`
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
+    model: PathBuf,
+    /// Address to listen on (port 0: any free port)
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Worker threads for connections and predictions [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Kernel backend, as for train
+    #[arg(long, value_name = "NAME", default_value = "auto")]
+    backend: String,
+    /// Seconds a client has to send its request headers, and its body
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    kiln::exit_code(run(Args::parse()).map(|()| true))
+}
+
+fn run(args: Args) -> Result<()> {
+    if !args.model.exists() {
+        bail!(
+            "{}: no such model file (hint: run `cargo run --release --bin train` first, or pass --model)",
+            args.model.display()
+        );
+    }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1 (got 0)");
+    }
+    if args.timeout == 0 {
+        bail!("--timeout must be at least 1 second (got 0)");
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (params, meta) = checkpoint::load(&args.model)?;
+    let be = kiln_kernels::select(&args.backend).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+    let timeout = Duration::from_secs(args.timeout);
+    let config = Config { header_timeout: timeout, body_timeout: timeout, ..Config::default() };
+    let layers = params.arch().spec();
+    let server = Server::new(be, params, meta, config).with_context(|| args.model.display().to_string())?;
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let (listener, local) = serve::bind(args.addr).await?;
+        eprintln!("kiln serve: model {} ({layers}), backend {}, {threads} thread(s)", args.model.display(), be.name());
+        println!("open http://{local}/ to draw a digit (API: POST /api/predict, GET /api/model, GET /healthz)");
+        serve::serve(listener, server).await
+    })
+}

@@ -1,0 +1,245 @@
+//! `serve`: the draw-a-digit page and a JSON API over HTTP/1.1, on axum
+//! (routing, extractors, JSON) running on hyper and tokio.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the page (embedded, self-contained) |
+//! | `POST /api/predict` | body: an image file in any format `predict` reads; JSON `digit`, `probability`, `probabilities` (one per class), `input` (the 28x28 the network saw, 784 values 0-255) |
+//! | `GET /api/model` | JSON: the layers and the model file's metadata |
+//! | `GET /healthz` | `ok` |
+//!
+//! The image goes through exactly `predict`'s preprocessing
+//! ([`crate::preprocess`]: decode, grayscale, invert guess, crop to the ink,
+//! 20 px box, centre of mass), so the page, the CLI and the API agree.
+//! Bad requests are answered, never crash or hang the server: a body over
+//! [`Config::max_body`] gets 413 as soon as its length is known (the rest
+//! is never read); an empty, corrupt, blank or oversized image 400 with a
+//! JSON `error` in `predict`'s words; a wrong method 405; an unknown path
+//! 404; a client that does not send its headers within
+//! [`Config::header_timeout`], or its body within [`Config::body_timeout`],
+//! is dropped (408 for a late body). Each request is logged on one line:
+//! method, path, status, microseconds.
+//!
+//! The model is loaded once; each prediction runs the kiln kernels through
+//! the library on a blocking thread, with a [`Model`] taken from a pool
+//! (so concurrent requests run in parallel and no request repacks the
+//! weights).
+
+use crate::model::{Batch, Model, Params};
+use crate::preprocess::{self, Invert, SIDE};
+use anyhow::{ensure, Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kiln_kernels::{Backend, RmsProp};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The page, embedded in the binary: no CDN, no web fonts, works offline.
+pub const PAGE: &str = include_str!("serve/page.html");
+
+/// Limits of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub max_body: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send its request body.
+    pub body_timeout: Duration,
+    /// Largest image accepted (width x height), against decompression bombs.
+    pub max_pixels: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_body: 10 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_pixels: preprocess::MAX_PIXELS,
+        }
+    }
+}
+
+/// What the server knows: the model, its metadata, the backend, a pool of
+/// models ready to run, and the limits.
+pub struct Server {
+    be: &'static dyn Backend<f32>,
+    params: Params<f32>,
+    meta: BTreeMap<String, String>,
+    pool: Mutex<Vec<Model<'static, f32>>>,
+    config: Config,
+}
+
+/// An error answer: a status and a JSON `{"error": ...}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl Server {
+    /// A server for `params` (a model reading 28x28 images) on `be`.
+    pub fn new(
+        be: &'static dyn Backend<f32>,
+        params: Params<f32>,
+        meta: BTreeMap<String, String>,
+        config: Config,
+    ) -> Result<Arc<Self>> {
+        ensure!(
+            params.arch().inputs() == SIDE * SIDE,
+            "the model reads {} pixels per image; serve's preprocessing makes 28x28 = 784 (train a model on 28x28 images)",
+            params.arch().inputs()
+        );
+        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(Vec::new()), config }))
+    }
+
+    /// The probabilities of one preprocessed 28x28 input.
+    fn predict(&self, pixels: &[u8]) -> Vec<f32> {
+        let mut model = self.pool.lock().expect("pool lock").pop().unwrap_or_else(|| {
+            // A model for single images: its own optimizer state is unused.
+            Model::new(self.be, &self.params, RmsProp::default(), 1)
+        });
+        let labels = [0u8];
+        model.forward(Batch { pixels, labels: &labels, rows: &[0] });
+        let probs = model.probs(1).to_vec();
+        self.pool.lock().expect("pool lock").push(model);
+        probs
+    }
+
+    /// The answer to an image file's bytes: preprocessing, then prediction.
+    fn answer(&self, body: &[u8]) -> Result<Value> {
+        let name = Path::new("request body");
+        let (gray, h, w) = preprocess::decode_gray(body, name, self.config.max_pixels)?;
+        let input = preprocess::to_mnist(&gray, h, w, Invert::Guess).context("request body")?;
+        let probs = self.predict(&input);
+        let digit = kiln_kernels::argmax(&probs);
+        Ok(json!({"digit": digit, "probability": probs[digit], "probabilities": probs, "input": input.to_vec()}))
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn model_info(State(s): State<Arc<Server>>) -> Json<Value> {
+    let arch = s.params.arch();
+    Json(json!({
+        "layers": arch.spec(),
+        "inputs": arch.inputs(),
+        "classes": arch.classes(),
+        "parameters": arch.parameters(),
+        "backend": s.be.name(),
+        "metadata": s.meta,
+    }))
+}
+
+async fn predict(
+    State(s): State<Arc<Server>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the {} bytes accepted", s.config.max_body),
+        )
+    };
+    // A declared length over the cap is refused before any of the body is read.
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.config.max_body as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(body, s.config.max_body);
+    let collected = tokio::time::timeout(s.config.body_timeout, http_body_util::BodyExt::collect(limited)).await;
+    let bytes: Bytes = match collected {
+        Err(_) => return Err(ApiError(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("cannot read the request body ({e})"))),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let server = Arc::clone(&s);
+    let answer = tokio::task::spawn_blocking(move || server.answer(&bytes))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the prediction failed ({e})")))?;
+    answer.map(Json).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no such resource: {method} {}", uri.path()))
+}
+
+/// Logs every request on one line: method, path, status, microseconds.
+async fn log(req: Request, next: Next) -> Response {
+    let (method, path, start) = (req.method().clone(), req.uri().path().to_string(), Instant::now());
+    let resp = next.run(req).await;
+    eprintln!("{method} {path} {} {}us", resp.status().as_u16(), start.elapsed().as_micros());
+    resp
+}
+
+/// The routes of the server (see the module docs).
+pub fn router(server: Arc<Server>) -> Router {
+    let max_body = server.config.max_body;
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/api/model", get(model_info))
+        .route("/api/predict", post(predict))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log))
+        .with_state(server)
+}
+
+/// Serves `server` on `listener` until the process ends: one task per
+/// connection, HTTP/1.1 with keep-alive, the header timeout of the config.
+pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Result<()> {
+    let header_timeout = server.config.header_timeout;
+    let app = router(server);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of file descriptors and the like: back off, keep serving.
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A client that goes away or stalls ends only its connection.
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Binds `addr` and returns the listener and the address bound (with port
+/// 0, the port the system chose).
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
