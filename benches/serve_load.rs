@@ -10,9 +10,9 @@
 //! override the 20,000 requests and 16 clients).
 
 use kiln::data::Dataset;
-use kiln::model::{Arch, Batch, Model, Params};
-use kiln::serve::{Config, Server};
-use kiln::train::epoch_order;
+use kiln::model::{Arch, Model, Params};
+use kiln::serve::Server;
+use kiln::train::{fit, Config, Samples};
 use kiln_kernels::RmsProp;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -52,10 +52,8 @@ fn main() {
     let be = kiln_kernels::select("auto").unwrap();
     let arch = Arch::parse("512:relu", 784, 10).unwrap();
     let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
-    for rows in epoch_order(ds.train.len(), 1, 0).chunks(128) {
-        m.train_step(Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows }).unwrap();
-    }
-    let server = Server::new(be, m.params(), Default::default(), Config::default()).unwrap();
+    fit(&mut m, Samples::from(&ds.train), &Config { epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
+    let server = Server::new(be, m.params(), Default::default(), Default::default()).unwrap();
     let png = {
         let pixels: Vec<u8> = ds.test.image(0).iter().map(|&p| 255 - p).collect();
         let mut v = Vec::new();
@@ -65,16 +63,7 @@ fn main() {
             .unwrap();
         v
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let (listener, addr) = kiln::serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-            tx.send(addr).unwrap();
-            kiln::serve::serve(listener, server).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = kiln::serve::spawn_local(server).unwrap();
     let head = format!(
         "POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
         png.len()

@@ -7,6 +7,8 @@
 #      forced ISA that silently did not run fails the build;
 #   3. the NEON backend, cross-built for aarch64 and run under qemu;
 #   4. bounded fuzzing of every parser (ci/fuzz.sh, cargo-fuzz on nightly);
+#      the draw-a-digit page in headless Chromium (tests/browser.rs) and a
+#      bounded load test of the server run with the suite;
 #   5. the epoch-time regression gate (ci/gate.sh) and its self-test.
 # Usage: bash ci/test.sh
 set -euo pipefail
@@ -17,7 +19,7 @@ has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok 
 
 step "system packages"
 need=()
-for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind; do
+for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind chromium chromium-driver; do
   has_pkg "$p" || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -29,7 +31,9 @@ if [ "${#need[@]}" -gt 0 ]; then
     exit 1
   fi
 fi
-echo "ok: libopenblas-dev, gcc-aarch64-linux-gnu, qemu-user, valgrind"
+echo "ok: libopenblas-dev, gcc-aarch64-linux-gnu, qemu-user, valgrind, chromium, chromium-driver"
+# The browser test of the draw-a-digit page must run here, not skip.
+export KILN_BROWSER_TEST=1
 
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
@@ -58,6 +62,9 @@ run_tests cargo test --workspace --release
 
 step "the library example (trains a small Sequential model on data it builds)"
 cargo run --release --quiet --example sequential
+
+step "the serve load test (benches/serve_load.rs: 20,000 requests, 16 clients; fails on any error)"
+cargo bench --quiet --bench serve_load 2>/dev/null
 
 step "tests with the BLAS backend (--features blas)"
 run_tests cargo test --workspace --release --features blas

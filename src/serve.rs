@@ -236,6 +236,31 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Re
     }
 }
 
+/// Serves `server` on an ephemeral port of 127.0.0.1 from a thread of its
+/// own (with its own runtime), for tests, benchmarks and programs that embed
+/// the server; returns the address. The server lives as long as the process.
+pub fn spawn_local(server: Arc<Server>) -> Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("kiln-serve".into()).spawn(move || {
+        let rt = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => return tx.send(Err(anyhow::anyhow!("cannot start the runtime: {e}"))).unwrap_or(()),
+        };
+        rt.block_on(async {
+            match bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+                Ok((listener, addr)) => {
+                    let _ = tx.send(Ok(addr));
+                    let _ = serve(listener, server).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    rx.recv().context("the server thread ended before it listened")?
+}
+
 /// Binds `addr` and returns the listener and the address bound (with port
 /// 0, the port the system chose).
 pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {

@@ -4,9 +4,9 @@
 //! files, a stalled client dropped, concurrent requests served.
 
 use kiln::data::Dataset;
-use kiln::model::{Arch, Batch, Model, Params};
-use kiln::serve::{Config, Server};
-use kiln::train::epoch_order;
+use kiln::model::{Arch, Model, Params};
+use kiln::serve::Server;
+use kiln::train::{fit, Config, Samples};
 use kiln_kernels::RmsProp;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -33,29 +33,18 @@ fn fixture() -> &'static Fixture {
         let be = kiln_kernels::select("auto").unwrap();
         let arch = Arch::parse("128:relu", 784, 10).unwrap();
         let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
-        for rows in epoch_order(ds.train.len(), 1, 0).chunks(128) {
-            m.train_step(Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows }).unwrap();
-        }
+        fit(&mut m, Samples::from(&ds.train), &Config { epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
         let model = dir.path().join("model.safetensors");
         kiln::checkpoint::save(&model, &m.params(), &Default::default()).unwrap();
         let (params, meta) = kiln::checkpoint::load(&model).unwrap();
-        let config = Config {
+        let config = kiln::serve::Config {
             max_body: 1 << 20,
             header_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),
-            ..Config::default()
+            ..Default::default()
         };
-        let server = Server::new(be, params, meta, config).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let (listener, addr) = kiln::serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-                tx.send(addr).unwrap();
-                kiln::serve::serve(listener, server).await.unwrap();
-            });
-        });
-        Fixture { addr: rx.recv().unwrap(), model, dir, test: ds }
+        let addr = kiln::serve::spawn_local(Server::new(be, params, meta, config).unwrap()).unwrap();
+        Fixture { addr, model, dir, test: ds }
     })
 }
 
