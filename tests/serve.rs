@@ -233,6 +233,8 @@ fn stalled_clients_are_dropped() {
     let mut headers = TcpStream::connect(addr).unwrap();
     headers.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     headers.write_all(b"POST /api/predict HTTP/1.1\r\nHost: local").unwrap();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut body = TcpStream::connect(addr).unwrap();
     body.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     body.write_all(b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789").unwrap();
@@ -242,6 +244,12 @@ fn stalled_clients_are_dropped() {
     let n = headers.read_to_end(&mut rest).unwrap_or(0);
     assert!(start.elapsed() < Duration::from_secs(8), "the stalled connection was not dropped");
     assert!(n == 0 || String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&rest));
+    // One that connects and never sends a byte is dropped too.
+    let dropped = match silent.read_to_end(&mut rest) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => false,
+        _ => true, // closed (or reset) by the server
+    };
+    assert!(dropped && start.elapsed() < Duration::from_secs(8), "the silent connection was not dropped");
     let (status, resp) = read_response(&mut body);
     assert_eq!(status, 408);
     assert!(json(&resp)["error"].as_str().unwrap().contains("did not arrive in time"));
