@@ -195,6 +195,23 @@ fn read_params(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Params<f32>
             arch.layers().len()
         )));
     }
+    // The kernels' shapes must be the architecture's before anything is
+    // allocated for it: the file's own size then bounds the allocation (a
+    // few bytes of metadata cannot ask for gigabytes).
+    for (l, &(i, o)) in shapes.iter().enumerate() {
+        let want = arch.kernel_shape(l);
+        if (i, o) != want {
+            let hint = if (o, i) == want { " (transposed? kernels are stored [in, out])" } else { "" };
+            bail!(fail(format!(
+                "tensor `dense_{}.kernel` has shape [{i}, {o}], expected [{}, {}] for the layers {} on {} inputs{hint}",
+                l + 1,
+                want.0,
+                want.1,
+                arch.spec(),
+                arch.inputs()
+            )));
+        }
+    }
     let mut params = Params::<f32>::zeros(arch);
     let named: Vec<(String, Vec<usize>)> = params.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
     let mut offset = 0;

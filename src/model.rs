@@ -66,6 +66,9 @@ impl Arch {
             if d.activation == Activation::Softmax && !last {
                 bail!("layer {} is softmax, which only the output layer may be (it is fused with the loss)", l + 1);
             }
+            if last && d.units > 256 {
+                bail!("the output layer has {} units; labels are bytes, so at most 256 classes", d.units);
+            }
             if last && d.activation != Activation::Softmax {
                 bail!(
                     "the output layer {} is {}; expected softmax (kiln trains with categorical cross-entropy)",
@@ -733,6 +736,8 @@ mod tests {
         assert!(err("64:relu,12:softmax").contains("has 12 units, but the data has 10 classes"));
         let huge = Arch::parse("4000000000:relu", 784, 10).unwrap_err().to_string();
         assert!(huge.contains("more than the 4294967296 kiln can hold"), "{huge}");
+        let wide = Arch::parse("64:relu,300:softmax", 784, 300).unwrap_err().to_string();
+        assert!(wide.contains("at most 256 classes"), "{wide}");
         let overflow = Arch::parse("18446744073709551615:relu", 784, 10).unwrap_err().to_string();
         assert!(overflow.contains("more than 2^64"), "{overflow}");
     }

@@ -21,9 +21,10 @@
 //! method, path, status, microseconds.
 //!
 //! The model is loaded once; each prediction runs the kiln kernels through
-//! the library on a blocking thread, with a [`Model`] taken from a pool
-//! (so concurrent requests run in parallel and no request repacks the
-//! weights).
+//! the library on a blocking thread, with a [`Model`] taken from a pool of
+//! [`Config::workers`] models built at start (so up to that many requests
+//! run in parallel, further ones wait for a model, memory stays bounded,
+//! and no request repacks the weights).
 
 use crate::model::{Batch, Model, Params};
 use crate::preprocess::{self, Invert, SIDE};
@@ -57,6 +58,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Largest image accepted (width x height), against decompression bombs.
     pub max_pixels: u64,
+    /// Predictions run at once (the size of the pool of models).
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_pixels: preprocess::MAX_PIXELS,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Server {
     params: Params<f32>,
     meta: BTreeMap<String, String>,
     pool: Mutex<Vec<Model<'static, f32>>>,
+    /// One permit per model of the pool: a request holds one while it predicts.
+    slots: Arc<tokio::sync::Semaphore>,
     config: Config,
 }
 
@@ -102,15 +108,17 @@ impl Server {
             "the model reads {} pixels per image; serve's preprocessing makes 28x28 = 784 (train a model on 28x28 images)",
             params.arch().inputs()
         );
-        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(Vec::new()), config }))
+        let workers = config.workers.max(1);
+        // Models for single images (their optimizer state is unused).
+        let pool = (0..workers).map(|_| Model::new(be, &params, RmsProp::default(), 1)).collect();
+        let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(pool), slots, config }))
     }
 
-    /// The probabilities of one preprocessed 28x28 input.
+    /// The probabilities of one preprocessed 28x28 input (the caller holds a
+    /// permit of `slots`, so a model is free).
     fn predict(&self, pixels: &[u8]) -> Vec<f32> {
-        let mut model = self.pool.lock().expect("pool lock").pop().unwrap_or_else(|| {
-            // A model for single images: its own optimizer state is unused.
-            Model::new(self.be, &self.params, RmsProp::default(), 1)
-        });
+        let mut model = self.pool.lock().expect("pool lock").pop().expect("a permit guarantees a free model");
         let labels = [0u8];
         model.forward(Batch { pixels, labels: &labels, rows: &[0] });
         let probs = model.probs(1).to_vec();
@@ -173,10 +181,15 @@ async fn predict(
         Ok(Err(e)) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("cannot read the request body ({e})"))),
         Ok(Ok(c)) => c.to_bytes(),
     };
+    let permit = Arc::clone(&s.slots).acquire_owned().await.expect("the semaphore is never closed");
     let server = Arc::clone(&s);
-    let answer = tokio::task::spawn_blocking(move || server.answer(&bytes))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the prediction failed ({e})")))?;
+    let answer = tokio::task::spawn_blocking(move || {
+        let answer = server.answer(&bytes);
+        drop(permit);
+        answer
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the prediction failed ({e})")))?;
     answer.map(Json).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))
 }
 

@@ -17,7 +17,9 @@ pub struct Samples<'a> {
     pixels: &'a [u8],
     labels: &'a [u8],
     width: usize,
+    /// Names the labels (and, unless `images` says otherwise, the images) in errors.
     name: &'a str,
+    images: Option<&'a str>,
 }
 
 impl<'a> Samples<'a> {
@@ -40,7 +42,7 @@ impl<'a> Samples<'a> {
             labels.len().saturating_mul(width)
         );
         ensure!(labels.len() <= u32::MAX as usize, "more than 2^32 images");
-        Ok(Samples { pixels, labels, width, name: "the labels" })
+        Ok(Samples { pixels, labels, width, name: "the labels", images: None })
     }
 
     /// The same samples, named `name` in errors (e.g. the labels file).
@@ -86,7 +88,7 @@ impl<'a> Samples<'a> {
         ensure!(
             self.width == arch.inputs(),
             "{}: images of {} pixels, but the model reads {}",
-            self.name,
+            self.images.unwrap_or(self.name),
             self.width,
             arch.inputs()
         );
@@ -110,7 +112,8 @@ impl<'a> Samples<'a> {
 impl<'a> From<&'a Split> for Samples<'a> {
     fn from(s: &'a Split) -> Self {
         let name = s.labels_path().to_str().unwrap_or("the labels file");
-        Samples { pixels: s.pixels(), labels: s.labels(), width: s.width(), name }
+        let images = s.images_path().to_str();
+        Samples { pixels: s.pixels(), labels: s.labels(), width: s.width(), name, images }
     }
 }
 
@@ -272,6 +275,12 @@ pub fn fit(
     ensure!(!data.is_empty(), "{}: no images to train on", data.name);
     data.check_fits(model)?;
     let n = data.len();
+    ensure!(
+        cfg.batch_size.min(n) <= model.batch_capacity(),
+        "batches of {} images do not fit a model built for batches of at most {} (Model::new's batch_capacity)",
+        cfg.batch_size.min(n),
+        model.batch_capacity()
+    );
     let per_pass = n.div_ceil(cfg.batch_size);
     let steps = cfg.steps_per_epoch.unwrap_or(per_pass);
     let mut passes = Passes { order: Passes::order(n, cfg, 0), pass: 0, at: 0 };
@@ -383,6 +392,12 @@ mod tests {
         assert!(e.contains("images.idx: images of 3 pixels, but the model reads 2"), "{e}");
         let e = fit(&mut model, s, &Config { steps_per_epoch: Some(0), ..Config::default() }, |_| {}, |_| {});
         assert!(e.unwrap_err().to_string().contains("--steps-per-epoch must be at least 1"));
+        let good = Samples::new(&[0; 40], &[0; 20], 2).unwrap();
+        let e = fit(&mut model, good, &Config { batch_size: 16, ..Config::default() }, |_| {}, |_| {});
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("batches of 16 images do not fit a model built for batches of at most 8"));
     }
 
     #[test]

@@ -472,3 +472,27 @@ fn load_init_rejects_missing_extra_and_misshapen_layers_and_bad_values() {
     t.push(tensor("dense_2.gamma", &[8], &[1.0; 8]));
     assert_contains(&init_error(&write(&t)), "unknown tensor `dense_2.gamma`");
 }
+
+/// A few hundred bytes whose metadata names a 4-billion-parameter model
+/// are refused from their tensors' shapes before anything of that size is
+/// allocated.
+#[test]
+fn tiny_files_cannot_ask_for_huge_allocations() {
+    let d = tempfile::tempdir().unwrap();
+    let tensors: Vec<Tensor> = vec![
+        ("dense_1.kernel".into(), Dtype::F32, vec![1, 1], f32_bytes(1, 0.5)),
+        ("dense_1.bias".into(), Dtype::F32, vec![1], f32_bytes(1, 0.0)),
+        ("dense_2.kernel".into(), Dtype::F32, vec![1, 10], f32_bytes(10, 0.5)),
+        ("dense_2.bias".into(), Dtype::F32, vec![10], f32_bytes(10, 0.0)),
+    ];
+    let meta = [
+        ("format", "kiln-sequential-v1"),
+        ("layers", "1000000:relu,10:softmax"),
+        ("inputs", "4000"),
+        ("classes", "10"),
+    ];
+    let p = write(d.path(), &tensors, Some(&meta));
+    assert!(std::fs::metadata(&p).unwrap().len() < 1000);
+    let e = error(&p);
+    assert!(e.contains("tensor `dense_1.kernel` has shape [1, 1], expected [4000, 1000000]"), "{e}");
+}

@@ -1,19 +1,23 @@
-//! The packed GEMM behind layer 1's two big products, generic over the
-//! vector instruction set `S` and the register tile `MR x NR` (`NR = NV x
-//! S::LANES`, see `params.rs`).
+//! The packed GEMM behind the big products of the input and hidden layers,
+//! generic over the vector instruction set `S` and the register tile `MR x
+//! NR` (`NR = NV x S::LANES`, see `params.rs`).
 //!
 //! # Contract
 //! `C := A B` (BLAS order with `alpha = 1`, `beta = 0`: **C is never read
 //! before it is written**, so it may hold NaN), optionally followed by the
-//! epilogue `C := relu(C + bias)`, applied once, on the last k-block. All
-//! matrices are row-major except where a panel layout is named.
+//! epilogue `C := C + bias`, then ReLU if asked, applied once, on the last
+//! k-block. All matrices are row-major except where a panel layout is named.
 //!
-//! * `forward_panels`: `H (m, N) = relu(X W + b)`, `X[i, k] = x[rows[i], k] / 255`
-//!   gathered from the mapped u8 data while packing A; `W (K, N)` already in
-//!   the panel layout, so B is never packed.
+//! * `forward_panels`: `H (m, N) = X W + b` (+ ReLU) where `X` ([`Lhs`]) is
+//!   the input layer's pixels, `X[i, k] = x[rows[i], k] / 255` gathered
+//!   from the mapped u8 data while packing A, or a hidden layer's f32 input
+//!   `(m, K)`; `W (K, N)` already in the panel layout, so B is never
+//!   packed. The input gradient of a hidden layer, `dZ W^T`, runs here too,
+//!   with `dZ` as `X` and `W^T` copied into a panel layout.
 //! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above, packed
-//!   once per call as `X^T` micro-panels (`pack_xt`) shared by all tasks;
-//!   `dW` is written straight into the panel layout, `dZ (B, N)` is packed.
+//!   once per call as `X^T` micro-panels (`pack_xt` from pixels, `pack_at`
+//!   from f32 rows) shared by all tasks; `dW` is written straight into the
+//!   panel layout, `dZ (B, N)` is packed.
 //!
 //! # Packed layouts
 //! ```text
@@ -393,9 +397,9 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
 
 /// `dW := X^T dZ` for the panels `jp0 .. jp0 + dw.len() / (k * NR)` of a
 /// `(K, N)` gradient in panels of `NR` (see the module docs); here `K` is
-/// the number of pixels per row and the reduction runs over the batch.
-/// `xt` is the whole `X^T` packed once by [`pack_xt`] and shared by every
-/// task: `ceil(K / MR)` micro-panels of `MR x B`. With `update`, each
+/// the layer's input width and the reduction runs over the batch. `xt` is
+/// the whole `X^T` packed once (by [`pack_xt`] or [`pack_at`]) and shared by
+/// every task: `ceil(K / MR)` micro-panels of `MR x B`. With `update`, each
 /// finished gradient tile instead updates `W` and `v` in place by RMSprop
 /// (bit-identical to storing `dW` and updating afterwards); `dw` then only
 /// holds partial sums between k-blocks and its final content is unspecified.

@@ -1,7 +1,7 @@
 //! The SIMD backends: one [`Backend`] implementation generic over the
 //! instruction set, and per instruction set the thin `#[target_feature]`
-//! entry points that instantiate the generic bodies of `gemm.rs` and
-//! `small.rs` with that set enabled.
+//! entry points that instantiate the generic bodies of `gemm.rs`,
+//! `sparse.rs`, `small.rs`, `optim.rs` and `peak.rs` with that set enabled.
 //!
 //! Shapes are checked here, in safe code, before any entry point runs; the
 //! entry points are reachable only through [`SimdBackend`], which
@@ -87,8 +87,8 @@ pub(crate) trait Isa: Simd {
 
 /// Implements [`Isa`] for `$isa`: each entry point is the generic body
 /// compiled with `$features` enabled (`$gv`: the `V` of
-/// `small::weight_grad_rows`). (A macro only because the six
-/// wrappers differ in nothing but the type and the feature string.)
+/// `small::weight_grad_rows`). (A macro only because the wrappers differ
+/// in nothing but the type and the feature string.)
 macro_rules! isa_entry_points {
     ($isa:ty, $features:literal, $mr:expr, $nv:expr, $gv:expr) => {
         impl Isa for $isa {

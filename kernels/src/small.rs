@@ -14,7 +14,7 @@ use crate::simd::Simd;
 /// accumulators, measured slower: docs/performance-log.md).
 const ACC: usize = 10;
 
-/// How many of the `left` remaining classes the layer-2 products take next
+/// How many of the `left` remaining classes the output-layer products take next
 /// with `rows` rows (or vectors) of accumulators: `ACC / rows` while that
 /// many are left, else 1.
 fn class_block(left: usize, rows: usize) -> usize {

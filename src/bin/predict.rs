@@ -61,7 +61,7 @@ fn model_shape(inputs: usize, meta: &BTreeMap<String, String>) -> (usize, usize)
         Some((r.parse::<usize>().ok()?, c.parse::<usize>().ok()?))
     });
     match recorded {
-        Some((r, c)) if r * c == inputs => (r, c),
+        Some((r, c)) if r.checked_mul(c) == Some(inputs) => (r, c),
         _ if inputs == SIDE * SIDE => (SIDE, SIDE),
         _ => (1, inputs),
     }
@@ -112,7 +112,7 @@ fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(St
         raw
     };
     let header = idx::parse(&bytes, Kind::Images).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if (header.rows, header.cols) != shape && header.rows * header.cols != shape.0 * shape.1 {
+    if (header.rows, header.cols) != shape && header.rows.checked_mul(header.cols) != Some(shape.0 * shape.1) {
         bail!(
             "{}: the images are {}x{}; expected {}x{} (the model reads {} pixels per image)",
             path.display(),

@@ -52,7 +52,7 @@ fn run(args: Args) -> Result<()> {
     let (params, meta) = checkpoint::load(&args.model)?;
     let be = kiln_kernels::select(&args.backend).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
     let timeout = Duration::from_secs(args.timeout);
-    let config = Config { header_timeout: timeout, body_timeout: timeout, ..Config::default() };
+    let config = Config { header_timeout: timeout, body_timeout: timeout, workers: threads, ..Config::default() };
     let layers = params.arch().spec();
     let server = Server::new(be, params, meta, config).with_context(|| args.model.display().to_string())?;
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
