@@ -381,27 +381,35 @@ impl<I: Isa> SimdBackend<I> {
     }
 
     /// Checks the shapes of a weight gradient in the panel layout (with its
-    /// update) and writes `db`; returns whether there is a product left.
-    fn weight_grad_prologue(
+    /// update) and writes `db`. When no product is left (`N` or `K` is 0)
+    /// it also finishes the call, applying the update of an all-zero `dW`,
+    /// and returns `None`; else it hands the update back.
+    fn weight_grad_prologue<'u>(
         &self,
-        dw: &[f32],
-        update: &Option<Update<'_, f32>>,
+        dw: &mut [f32],
+        update: Option<Update<'u, f32>>,
         db: &mut [f32],
         dz: &[f32],
         d: Dims,
-    ) -> bool {
+    ) -> Option<Option<Update<'u, f32>>> {
         let Dims { k, n } = d;
         check_len("dW (panel layout)", dw.len(), self.weight_layout(k, n).len());
         check_len("db", db.len(), n);
-        if let Some(u) = update {
+        if let Some(u) = &update {
             check_len("W", u.w.len(), dw.len());
             check_len("v", u.v.len(), dw.len());
         }
-        if n == 0 {
-            return false;
+        if n > 0 {
+            column_sums(db, dz, n);
+            if k > 0 {
+                return Some(update);
+            }
         }
-        column_sums(db, dz, n);
-        k > 0
+        if let Some(u) = update {
+            dw.fill(0.0);
+            self.rmsprop(u.w, dw, u.v, u.opt);
+        }
+        None
     }
 }
 
@@ -480,18 +488,14 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         dz: &[f32],
         d: Dims,
         path: Layer1Path,
-        mut update: Option<Update<'_, f32>>,
+        update: Option<Update<'_, f32>>,
     ) {
         let Dims { k, n } = d;
         check_rows(x, rows, k);
         check_len("dZ", dz.len(), rows.len() * n);
-        if !self.weight_grad_prologue(dw, &update, db, dz, d) {
-            if let Some(u) = update {
-                dw.fill(0.0);
-                self.rmsprop(u.w, dw, u.v, u.opt);
-            }
+        let Some(mut update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
-        }
+        };
         let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
         // One parallel region: each task lists the batch's non-zero pixels
         // by pixel itself (the same lists, so every task takes the same
@@ -553,13 +557,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let batch = dz.len().checked_div(n).unwrap_or(a.len() / k.max(1));
         check_len("dZ", dz.len(), batch * n);
         check_len("A", a.len(), batch * k);
-        if !self.weight_grad_prologue(dw, &update, db, dz, d) {
-            if let Some(u) = update {
-                dw.fill(0.0);
-                self.rmsprop(u.w, dw, u.v, u.opt);
-            }
+        let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
-        }
+        };
         self.weight_grad_dense(dw, update, batch, dz, d, |dst, i0| gemm::pack_at(dst, I::MR, a, batch, i0, k));
     }
 

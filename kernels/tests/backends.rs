@@ -39,9 +39,15 @@ fn backends_under_test() -> Vec<(&'static str, &'static dyn Backend<f32>)> {
 
 /// Asserts `|got - want| <= 2 (k + 2) U mag + tiny` elementwise.
 fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f64], k: usize) {
+    assert_within(what, got, want, mag, k, 0.0);
+}
+
+/// [`assert_close`] plus `ulps` units of `U` times `|want|` (the rounding
+/// of an activation applied to the result, on each side).
+fn assert_within(what: &str, got: &[f32], want: &[f32], mag: &[f64], k: usize, ulps: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
-        let bound = 2.0 * (k as f64 + 2.0) * U * m + 1e-30;
+        let bound = 2.0 * (k as f64 + 2.0) * U * m + ulps * U * f64::from(w).abs() + 1e-30;
         let diff = (f64::from(g) - f64::from(w)).abs();
         assert!(diff <= bound, "{what}[{i}]: got {g}, reference {w}, |diff| {diff:e} > bound {bound:e}");
     }
@@ -404,12 +410,7 @@ fn input_forward_matches_scalar_for_every_activation() {
 /// (every activation here has `|act'| <= 1`) plus a few units in the last
 /// place of the output for the activation's own rounding on each side.
 fn assert_close_act(what: &str, got: &[f32], want: &[f32], mag: &[f64], k: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
-        let bound = 2.0 * (k as f64 + 2.0) * U * m + 8.0 * U * f64::from(w).abs() + 1e-30;
-        let diff = (f64::from(g) - f64::from(w)).abs();
-        assert!(diff <= bound, "{what}[{i}]: got {g}, reference {w}, |diff| {diff:e} > bound {bound:e}");
-    }
+    assert_within(what, got, want, mag, k, 8.0);
 }
 
 /// (B, K, N) shapes of a hidden layer: degenerate, tiny, tile edges, and
