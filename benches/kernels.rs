@@ -16,7 +16,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::model::{Arch, Batch, Model, Params};
 use kiln::train::Samples;
-use kiln_kernels::{Activation, AlignedVec, Backend, Dims, Layer1Path, RmsProp, Update};
+use kiln_kernels::{Activation, Adam, AlignedVec, Backend, Dims, Layer1Path, Optimizer, RmsProp, Sgd, Update};
 use std::hint::black_box;
 
 const B: usize = 128;
@@ -69,6 +69,8 @@ fn inputs() -> Inputs {
 
 fn kernels(c: &mut Criterion) {
     let inp = inputs();
+    // The tutorial's optimizer, for the fused products.
+    let rmsprop = Optimizer::default().step(1, 1e-3f32);
     let backends = kiln_kernels::available_backends();
     println!("FMA peak of one core, measured now:");
     for name in &backends {
@@ -161,8 +163,7 @@ fn kernels(c: &mut Criterion) {
                 pool.install(|| {
                     bch.iter(|| {
                         let d = Dims { k: D, n: H };
-                        let opt = RmsProp::default();
-                        let update = Some(Update { w: &mut w, v: &mut v, opt });
+                        let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
                         be.input_backward(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, d, path, update)
                     })
                 })
@@ -253,7 +254,7 @@ fn kernels(c: &mut Criterion) {
                             be.hidden_forward(&mut out[..B * H2], &hidden, &w, &inp.b1[..H2], d, Activation::Relu)
                         }
                         "hidden_dw_rmsprop" => {
-                            let update = Some(Update { w: &mut w, v: &mut v, opt: RmsProp::default() });
+                            let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
                             be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, update)
                         }
                         _ => be.hidden_backward_input(&mut out, &dz_h, &w, &hidden, d, Activation::Relu),
@@ -264,19 +265,28 @@ fn kernels(c: &mut Criterion) {
         g.finish();
     }
 
+    // The flat update of every parameter of the tutorial network, per rule.
     let n_params = D * H + H + H * C + C;
-    let mut g = c.benchmark_group("rmsprop");
+    let mut g = c.benchmark_group("update");
     g.throughput(Throughput::Elements(n_params as u64));
     for name in &backends {
         let be = kiln_kernels::select(name).unwrap();
-        let (mut w, grad, mut v) = (
-            AlignedVec::from_slice(&vec![0.1f32; n_params]),
-            AlignedVec::from_slice(&vec![0.01f32; n_params]),
-            AlignedVec::<f32>::zeroed(n_params),
-        );
-        g.bench_function(BenchmarkId::new(*name, n_params), |bch| {
-            pool.install(|| bch.iter(|| be.rmsprop(&mut w, &grad, &mut v, RmsProp::default())))
-        });
+        let opts: [Optimizer; 3] =
+            [RmsProp::default().into(), Sgd { momentum: 0.9, ..Sgd::default() }.into(), Adam::default().into()];
+        for opt in opts {
+            let mut w = AlignedVec::from_slice(&vec![0.1f32; n_params]);
+            let grad = AlignedVec::from_slice(&vec![0.01f32; n_params]);
+            let mut state = opt.slots().map(|s| AlignedVec::<f32>::zeroed(if s.is_some() { n_params } else { 0 }));
+            let step = opt.step(1, opt.lr() as f32);
+            g.bench_function(BenchmarkId::new(*name, opt.name()), |bch| {
+                pool.install(|| {
+                    bch.iter(|| {
+                        let [a, b, c] = state.each_mut().map(|s| &mut s[..]);
+                        be.update(Update::new(&mut w, [a, b, c], step), &grad)
+                    })
+                })
+            });
+        }
     }
     g.finish();
 

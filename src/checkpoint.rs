@@ -317,3 +317,154 @@ pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
     }
     read_params(&c, arch, path)
 }
+
+/// The value of the `format` metadata key of a training checkpoint.
+pub const CHECKPOINT_FORMAT: &str = "kiln-checkpoint-v1";
+
+/// What a training checkpoint holds besides the run's description: with
+/// it, [`crate::train::fit_with`] continues a run exactly where it stopped.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// The weights at the end of the last epoch done.
+    pub params: Params<f32>,
+    /// The optimizer's state arrays, by name ([`crate::model::Model::optimizer_state`]).
+    pub state: Vec<(String, Params<f32>)>,
+    /// The optimizer's update count.
+    pub iterations: u64,
+    /// The epochs' reports, the position in the data, early stopping's state.
+    pub progress: crate::train::Progress,
+}
+
+impl Resume {
+    /// Puts the weights and the optimizer's state into `model`.
+    pub fn restore(&self, model: &mut crate::model::Model<'_, f32>) -> Result<()> {
+        model.set_params(&self.params);
+        model.set_optimizer_state(self.iterations, &self.state)
+    }
+}
+
+/// Writes a training checkpoint atomically (a run killed while writing
+/// leaves the previous checkpoint whole): `model`'s weights
+/// (`dense_K.kernel`, `dense_K.bias`), its optimizer's state
+/// (`optimizer.NAME.dense_K.*`), early stopping's best weights
+/// (`best.dense_K.*`), and in the metadata the update count, `progress`
+/// (JSON) and `run`, the settings a resumed run must share (JSON).
+pub fn save_resume(
+    path: &Path,
+    model: &crate::model::Model<'_, f32>,
+    progress: &crate::train::Progress,
+    run: &BTreeMap<String, String>,
+) -> Result<()> {
+    let arch = model.arch();
+    let params = model.params();
+    let state = model.optimizer_state();
+    let mut tensors = params.named_tensors();
+    for (name, p) in &state {
+        tensors.extend(p.named_tensors().into_iter().map(|(t, s, v)| (format!("optimizer.{name}.{t}"), s, v)));
+    }
+    if let Some(best) = &progress.stopping.best_weights {
+        tensors.extend(best.named_tensors().into_iter().map(|(t, s, v)| (format!("best.{t}"), s, v)));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
+    meta.insert("layers".into(), arch.spec());
+    meta.insert("inputs".into(), arch.inputs().to_string());
+    meta.insert("classes".into(), arch.classes().to_string());
+    meta.insert("iterations".into(), model.iterations().to_string());
+    meta.insert("progress".into(), serde_json::to_string(progress).context("progress as JSON")?);
+    meta.insert("run".into(), serde_json::to_string(run).context("run settings as JSON")?);
+    write_atomic(path, &serialize(&tensors, &meta))
+}
+
+/// Reads a checkpoint written by [`save_resume`] for a run of `arch` with
+/// the settings `run`; every mismatch (other layers, optimizer, data or
+/// fit options; a truncated or corrupt file) is a one-line error naming
+/// the file and what differs.
+pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> Result<Resume> {
+    let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
+    let c = parse(&bytes, path)?;
+    if c.meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        bail!(fail(format!(
+            "metadata `format` is {:?}, expected \"{CHECKPOINT_FORMAT}\" (a checkpoint written by train --checkpoint)",
+            c.meta.get("format")
+        )));
+    }
+    let meta = |key: &str| c.meta.get(key).ok_or_else(|| fail(format!("metadata `{key}` is missing")));
+    let theirs = (meta("layers")?.as_str(), meta("inputs")?.as_str(), meta("classes")?.as_str());
+    let ours = (arch.spec(), arch.inputs().to_string(), arch.classes().to_string());
+    if theirs != (ours.0.as_str(), ours.1.as_str(), ours.2.as_str()) {
+        bail!(fail(format!(
+            "the checkpoint is of the layers {} on {} inputs, {} classes, but this run trains {} on {} inputs, {} classes",
+            theirs.0, theirs.1, theirs.2, ours.0, ours.1, ours.2
+        )));
+    }
+    let saved: BTreeMap<String, String> =
+        serde_json::from_str(meta("run")?).map_err(|e| fail(format!("metadata `run` is not a JSON map ({e})")))?;
+    for key in saved.keys().chain(run.keys()) {
+        let (a, b) = (saved.get(key), run.get(key));
+        if a != b {
+            let show = |v: Option<&String>| v.map_or("(nothing)".to_string(), |v| v.clone());
+            bail!(fail(format!(
+                "the checkpoint was made with {key} {}, but this run has {key} {}; resume with the same settings",
+                show(a),
+                show(b)
+            )));
+        }
+    }
+    let iterations: u64 =
+        meta("iterations")?.parse().map_err(|_| fail("metadata `iterations` is not a whole number".into()))?;
+    let mut progress: crate::train::Progress = serde_json::from_str(meta("progress")?)
+        .map_err(|e| fail(format!("metadata `progress` is not what train writes ({e})")))?;
+    // Which groups of tensors the file must hold: the weights, the
+    // optimizer's slots (read from the names), the best weights if any.
+    let mut groups: Vec<String> = vec![String::new()];
+    for name in c.st.names() {
+        if let Some(rest) = name.strip_prefix("optimizer.") {
+            let slot = rest.split('.').next().unwrap_or_default();
+            let group = format!("optimizer.{slot}.");
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        } else if name.starts_with("best.") && !groups.iter().any(|g| g == "best.") {
+            groups.push("best.".into());
+        }
+    }
+    let mut expected = std::collections::HashSet::new();
+    let mut read = |prefix: &str| -> Result<Params<f32>> {
+        let mut p = Params::<f32>::zeros(arch);
+        let names: Vec<(String, Vec<usize>)> = p.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+        let mut offset = 0;
+        for (name, shape) in names {
+            let full = format!("{prefix}{name}");
+            let t = c.st.tensor(&full).map_err(|_| fail(format!("tensor `{full}` is missing")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() {
+                bail!(fail(format!("tensor `{full}` is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
+            }
+            let dst = &mut p.values_mut()[offset..offset + t.data().len() / 4];
+            for (d, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
+                bail!(fail(format!("tensor `{full}` holds a non-finite value ({}) at flat index {i}", dst[i])));
+            }
+            offset += dst.len();
+            expected.insert(full);
+        }
+        Ok(p)
+    };
+    let params = read("")?;
+    let mut state = Vec::new();
+    let mut best = None;
+    for g in &groups[1..] {
+        match g.strip_prefix("optimizer.").and_then(|s| s.strip_suffix('.')) {
+            Some(slot) => state.push((slot.to_string(), read(g)?)),
+            None => best = Some(read(g)?),
+        }
+    }
+    if let Some(extra) = c.st.names().into_iter().find(|n| !expected.contains(*n)) {
+        bail!(fail(format!("unknown tensor `{extra}` in a checkpoint")));
+    }
+    progress.stopping.best_weights = best;
+    Ok(Resume { params, state, iterations, progress })
+}

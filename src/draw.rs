@@ -168,7 +168,8 @@ impl Canvas {
 
 /// The training chart: loss (left axis, blue) and accuracy (right axis,
 /// orange) per epoch, with the test accuracy as a dashed line.
-pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], test_acc: f64) -> Result<()> {
+pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], val: (&[f64], &[f64]), test_acc: f64) -> Result<()> {
+    let (val_loss, val_acc) = val;
     let (w, h) = (720i64, 420i64);
     let (l, r, t, b) = (80i64, 80i64, 50i64, 60i64);
     let mut c = Canvas::new(w as u32, h as u32, WHITE);
@@ -179,9 +180,9 @@ pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], test_acc: f64) -> 
     c.line((l, t + ph), (l + pw, t + ph), 2, BLACK);
     c.line((l + pw, t), (l + pw, t + ph), 2, BLACK);
     let n = loss.len().max(1);
-    let max_loss = loss.iter().cloned().fold(0f64, f64::max).max(1e-9) * 1.1;
+    let max_loss = loss.iter().chain(val_loss).cloned().fold(0f64, f64::max).max(1e-9) * 1.1;
     let (acc_lo, acc_hi) = {
-        let lo = acc.iter().cloned().chain([test_acc]).fold(1f64, f64::min);
+        let lo = acc.iter().chain(val_acc).cloned().chain([test_acc]).fold(1f64, f64::min);
         ((lo - 0.02).max(0.0), 1.0)
     };
     let px = |i: usize| l + if n == 1 { pw / 2 } else { i as i64 * pw / (n as i64 - 1) };
@@ -214,6 +215,24 @@ pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], test_acc: f64) -> 
             }
             c.rect(px(i) - 4, py(series[i]) - 4, 9, 9, col);
         }
+    }
+    // Validation curves: dashed, with hollow markers.
+    for (series, py, col) in [(val_loss, &py_loss as &dyn Fn(f64) -> i64, BLUE), (val_acc, &py_acc, ORANGE)] {
+        for i in 0..series.len() {
+            if i + 1 < series.len() {
+                let (a, b) = ((px(i), py(series[i])), (px(i + 1), py(series[i + 1])));
+                let dashes = 8;
+                for d in (0..dashes).step_by(2) {
+                    let at = |f: i64| (a.0 + (b.0 - a.0) * f / dashes, a.1 + (b.1 - a.1) * f / dashes);
+                    c.line(at(d), at(d + 1), 2, col);
+                }
+            }
+            c.rect(px(i) - 5, py(series[i]) - 5, 11, 11, col);
+            c.rect(px(i) - 3, py(series[i]) - 3, 7, 7, WHITE);
+        }
+    }
+    if !val_loss.is_empty() {
+        c.text(l + pw - Canvas::text_width("DASHED: VALIDATION", 2), t + 6, "DASHED: VALIDATION", 2, BLACK);
     }
     c.save(path)
 }

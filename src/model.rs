@@ -19,7 +19,7 @@
 
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
-use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real, RmsProp, Update, XentStats};
+use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, Optimizer, PanelLayout, Real, Update, XentStats, MAX_SLOTS};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -430,22 +430,27 @@ fn part<'a, T>(v: &'a mut [T], r: &Range<usize>) -> &'a mut [T] {
 pub struct Model<'b, T: Real> {
     be: &'b dyn Backend<T>,
     arch: Arch,
-    opt: RmsProp,
+    opt: Optimizer,
+    /// Updates applied so far (Keras's `optimizer.iterations`).
+    iterations: u64,
     path: Layer1Path,
     slots: Vec<Slot>,
     /// Start of `[W_L | b_0 .. b_L]`, updated by one flat pass.
     tail: usize,
     params: AlignedVec<T>,
     grads: AlignedVec<T>,
-    velocity: AlignedVec<T>,
+    /// The optimizer's state arrays by slot (empty where unused).
+    state: [AlignedVec<T>; MAX_SLOTS],
     times: PhaseTimes,
     ws: Workspace<T>,
 }
 
 impl<'b, T: Real> Model<'b, T> {
-    /// A model running on `be`, starting from `params`, updated by `opt`,
-    /// for batches of at most `batch_capacity` rows (at least 1).
-    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: RmsProp, batch_capacity: usize) -> Self {
+    /// A model running on `be`, starting from `params`, updated by `opt`
+    /// (its state at zero, no update done yet), for batches of at most
+    /// `batch_capacity` rows (at least 1).
+    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: impl Into<Optimizer>, batch_capacity: usize) -> Self {
+        let opt = opt.into();
         let arch = params.arch.clone();
         let last = arch.layers.len() - 1;
         let mut slots = Vec::new();
@@ -461,14 +466,16 @@ impl<'b, T: Real> Model<'b, T> {
             s.bias = at..at + s.dims.n;
             at += s.dims.n;
         }
+        let state = opt.slots().map(|used| AlignedVec::zeroed(if used.is_some() { at } else { 0 }));
         let mut model = Model {
             be,
             opt,
+            iterations: 0,
             path: Layer1Path::Auto,
             tail,
             params: AlignedVec::zeroed(at),
             grads: AlignedVec::zeroed(at),
-            velocity: AlignedVec::zeroed(at),
+            state,
             times: PhaseTimes {
                 forward: vec![Duration::ZERO; last + 1],
                 backward: vec![Duration::ZERO; last + 1],
@@ -499,9 +506,14 @@ impl<'b, T: Real> Model<'b, T> {
         self.be
     }
 
-    /// The optimizer's hyper-parameters.
-    pub fn optimizer(&self) -> RmsProp {
+    /// The optimizer and its hyper-parameters.
+    pub fn optimizer(&self) -> Optimizer {
         self.opt
+    }
+
+    /// Updates applied so far (Keras's `optimizer.iterations`).
+    pub fn iterations(&self) -> u64 {
+        self.iterations
     }
 
     /// The input layer's path.
@@ -539,9 +551,36 @@ impl<'b, T: Real> Model<'b, T> {
         self.export(&self.grads)
     }
 
-    /// RMSprop's running mean of squared gradients, row-major.
-    pub fn velocity(&self) -> Params<T> {
-        self.export(&self.velocity)
+    /// The optimizer's state arrays, row-major, by Keras's names (e.g.
+    /// RMSprop's `velocity`, Adam's `momentum` and `velocity`).
+    pub fn optimizer_state(&self) -> Vec<(&'static str, Params<T>)> {
+        let names = self.opt.slots();
+        names.iter().zip(&self.state).filter_map(|(name, s)| name.map(|n| (n, self.export(s)))).collect()
+    }
+
+    /// Restores the optimizer's state (as [`Model::optimizer_state`] gives
+    /// it) and its update count, e.g. to resume training exactly; an error
+    /// when a state array is missing, unknown or of another architecture.
+    pub fn set_optimizer_state(&mut self, iterations: u64, state: &[(String, Params<T>)]) -> Result<()> {
+        let names = self.opt.slots();
+        for (name, p) in state {
+            ensure!(names.contains(&Some(name.as_str())), "{} keeps no state called `{name}`", self.opt.name());
+            ensure!(p.arch == self.arch, "optimizer state `{name}` belongs to the layers {}", p.arch.spec());
+        }
+        for name in names.iter().flatten() {
+            ensure!(state.iter().any(|(n, _)| n == name), "optimizer state `{name}` is missing");
+        }
+        for (slot, name) in names.iter().enumerate() {
+            if let Some(p) = name.and_then(|n| state.iter().find(|(m, _)| m == n)).map(|(_, p)| p) {
+                let arena = &mut self.state[slot];
+                for (l, s) in self.slots.iter().enumerate() {
+                    s.layout.pack(p.kernel(l), &mut arena[s.kernel.clone()]);
+                    arena[s.bias.clone()].copy_from_slice(p.bias(l));
+                }
+            }
+        }
+        self.iterations = iterations;
+        Ok(())
     }
 
     /// Replaces the weights (the optimizer state is kept). Panics when
@@ -604,15 +643,16 @@ impl<'b, T: Real> Model<'b, T> {
     }
 
     /// The backward pass of the last [`Model::forward`] on `batch`, from the
-    /// output layer down. With `update`, it also applies RMSprop: each
-    /// kernel below the output layer is updated inside its gradient product
-    /// (after its input gradient used the old weights), then the rest of
-    /// the arena in one flat pass.
+    /// output layer down. With `update`, it also applies the optimizer's
+    /// next step: each kernel below the output layer is updated inside its
+    /// gradient product (after its input gradient used the old weights),
+    /// then the rest of the arena in one flat pass.
     fn backward(&mut self, batch: Batch<'_>, update: bool) {
         let b = batch.rows.len();
         let last = self.slots.len() - 1;
-        let (be, opt, path, ws, times) = (self.be, self.opt, self.path, &mut self.ws, &mut self.times);
-        let (w, g, v) = (&mut self.params[..], &mut self.grads[..], &mut self.velocity[..]);
+        let step = self.next_step();
+        let (be, path, ws, times) = (self.be, self.path, &mut self.ws, &mut self.times);
+        let (w, g, state) = (&mut self.params[..], &mut self.grads[..], &mut self.state);
         let acts = |l: usize, width: usize| &ws.acts[l][..b * width];
         let mut t = Instant::now();
         // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
@@ -636,8 +676,7 @@ impl<'b, T: Real> Model<'b, T> {
             let a = &ws.acts[l - 1][..b * s.dims.k];
             be.hidden_backward_input(&mut lower[l - 1][..b * s.dims.k], dz, &w[s.kernel.clone()], a, s.dims, act_below);
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            let fused = update.then(|| Update { w: part(w, &s.kernel), v: part(v, &s.kernel), opt });
-            be.hidden_backward(gk, gb, a, dz, s.dims, fused);
+            be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)));
             lap(&mut t, &mut times.backward[l]);
         }
         // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
@@ -645,23 +684,32 @@ impl<'b, T: Real> Model<'b, T> {
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            let fused = update.then(|| Update { w: part(w, &s.kernel), v: part(v, &s.kernel), opt });
-            be.input_backward(gk, gb, batch.pixels, batch.rows, dz, s.dims, path, fused);
+            let u = update.then(|| fused(w, state, &s.kernel, step));
+            be.input_backward(gk, gb, batch.pixels, batch.rows, dz, s.dims, path, u);
             lap(&mut t, &mut times.backward[0]);
         }
         if update {
-            let tail = self.tail;
-            be.rmsprop(&mut w[tail..], &g[tail..], &mut v[tail..], opt);
+            let tail = self.tail..w.len();
+            be.update(fused(w, state, &tail, step), &g[tail]);
             lap(&mut t, &mut times.update);
+            self.iterations += 1;
         }
     }
 
-    /// One RMSprop update of every parameter from the gradients (after
+    /// The coefficients of the next update (number `iterations + 1`).
+    fn next_step(&self) -> kiln_kernels::Step<T> {
+        self.opt.step(self.iterations + 1, T::from_f64(self.opt.lr()))
+    }
+
+    /// One optimizer step of every parameter from the gradients (after
     /// [`Model::forward_backward`]).
     pub fn update(&mut self) {
         let mut t = Instant::now();
-        self.be.rmsprop(&mut self.params, &self.grads, &mut self.velocity, self.opt);
+        let step = self.next_step();
+        let all = 0..self.params.len();
+        self.be.update(fused(&mut self.params, &mut self.state, &all, step), &self.grads);
         lap(&mut t, &mut self.times.update);
+        self.iterations += 1;
     }
 
     /// A whole training step on `batch`: forward, backward, update (the
@@ -675,6 +723,18 @@ impl<'b, T: Real> Model<'b, T> {
         self.backward(batch, true);
         Ok(stats)
     }
+}
+
+/// The update of the range `r` of the arena `w`, with `r` of each used
+/// state slot.
+fn fused<'a, T: Real>(
+    w: &'a mut [T],
+    state: &'a mut [AlignedVec<T>; MAX_SLOTS],
+    r: &Range<usize>,
+    step: kiln_kernels::Step<T>,
+) -> Update<'a, T> {
+    let slots = state.each_mut().map(|s| if s.is_empty() { &mut [][..] } else { &mut s[r.clone()] });
+    Update::new(part(w, r), slots, step)
 }
 
 /// The disjoint ranges `a` (a kernel) and `b` (a bias, after it) of `v`.
@@ -707,7 +767,7 @@ pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Re
     );
     let n = pixels.len() / d;
     let capacity = n.clamp(1, 1024);
-    let mut model = Model::new(be, params, RmsProp::default(), capacity);
+    let mut model = Model::new(be, params, Optimizer::default(), capacity);
     let labels = vec![0u8; n];
     let rows: Vec<u32> = (0..n as u32).collect();
     let mut out = Vec::with_capacity(n);

@@ -104,6 +104,53 @@ impl<'a> Samples<'a> {
         Ok(())
     }
 
+    /// Keras's `validation_split`: the last `fraction` of the samples, as
+    /// stored (before any shuffling), held out as `(train, validation)`;
+    /// the split is at `floor(R * (1 - fraction))`, as Keras computes it.
+    ///
+    /// ```
+    /// use kiln::train::Samples;
+    /// let labels = [0u8; 10];
+    /// let s = Samples::new(&[0; 20], &labels, 2).unwrap();
+    /// let (train, val) = s.validation_split(0.3).unwrap();
+    /// assert_eq!((train.len(), val.len()), (7, 3));
+    /// assert!(s.validation_split(1.0).is_err());
+    /// ```
+    pub fn validation_split(&self, fraction: f64) -> Result<(Samples<'a>, Samples<'a>)> {
+        ensure!(
+            fraction.is_finite() && fraction > 0.0 && fraction < 1.0,
+            "--validation-split must be a fraction in (0, 1) (got {fraction})"
+        );
+        let at = (self.len() as f64 * (1.0 - fraction)).floor() as usize;
+        ensure!(
+            at > 0 && at < self.len(),
+            "{}: --validation-split {fraction} of {} images leaves {} to train on and {} to validate on; \
+             both need at least one",
+            self.name,
+            self.len(),
+            at,
+            self.len() - at
+        );
+        let cut = |r: std::ops::Range<usize>| Samples {
+            pixels: &self.pixels[r.start * self.width..r.end * self.width],
+            labels: &self.labels[r],
+            ..*self
+        };
+        Ok((cut(0..at), cut(at..self.len())))
+    }
+
+    /// A short digest of the samples (width, labels and pixels), to tell
+    /// whether a checkpoint was made on the same data.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.width as u64).to_le_bytes());
+        h.update((self.len() as u64).to_le_bytes());
+        h.update(self.labels);
+        h.update(self.pixels);
+        h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn batch(&self, rows: &'a [u32]) -> Batch<'a> {
         Batch { pixels: self.pixels, labels: self.labels, rows }
     }
@@ -133,12 +180,26 @@ pub struct Config {
     /// the next one goes on from the following batch (a new pass starts
     /// when one runs out), as Keras's epoch iterator does.
     pub steps_per_epoch: Option<usize>,
+    /// Keras's `EarlyStopping` on `val_loss` (needs validation data).
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { epochs: 5, batch_size: 128, seed: 0, shuffle: true, steps_per_epoch: None }
+        Config { epochs: 5, batch_size: 128, seed: 0, shuffle: true, steps_per_epoch: None, early_stopping: None }
     }
+}
+
+/// Keras's `EarlyStopping(monitor="val_loss", min_delta=0, patience=...,
+/// restore_best_weights=...)`: stop when `val_loss` has not improved for
+/// `patience` epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// At the end of training, go back to the weights of the epoch with the
+    /// lowest `val_loss`.
+    pub restore_best: bool,
 }
 
 impl Config {
@@ -148,12 +209,16 @@ impl Config {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1 (got 0)");
         ensure!(self.batch_size <= u32::MAX as usize, "--batch-size {} is too large", self.batch_size);
         ensure!(self.steps_per_epoch != Some(0), "--steps-per-epoch must be at least 1 (got 0)");
+        ensure!(
+            self.early_stopping.is_none_or(|e| e.patience > 0),
+            "--early-stopping must be at least 1 epoch (got 0)"
+        );
         Ok(())
     }
 }
 
 /// Keras's per-epoch log line.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochReport {
     /// 1-based epoch number.
     pub epoch: usize,
@@ -169,6 +234,10 @@ pub struct EpochReport {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// Mean loss on the validation data after the epoch, if any.
+    pub val_loss: Option<f64>,
+    /// Accuracy on the validation data after the epoch, if any.
+    pub val_acc: Option<f64>,
 }
 
 /// Progress inside an epoch, reported after every step.
@@ -260,6 +329,49 @@ impl Passes {
     }
 }
 
+/// Where a [`fit_with`] run is, besides the model: with the model's
+/// weights and optimizer state, everything needed to continue it exactly
+/// (`checkpoint::save_resume` writes both).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The reports of the epochs done so far.
+    pub reports: Vec<EpochReport>,
+    /// The pass over the data the next batch comes from (its shuffle).
+    pub pass: u32,
+    /// Where in that pass the next batch starts.
+    pub at: usize,
+    /// Early stopping's state.
+    pub stopping: Stopping,
+}
+
+/// Early stopping's state (Keras's `EarlyStopping` attributes).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stopping {
+    /// The lowest `val_loss` so far.
+    pub best: Option<f64>,
+    /// The 1-based epoch it was reached in (Keras: `best_epoch + 1`).
+    pub best_epoch: usize,
+    /// Epochs since the last improvement.
+    pub wait: usize,
+    /// The epoch after which training stopped early, if it did.
+    pub stopped_epoch: Option<usize>,
+    /// With `restore_best`, the weights of the best epoch (row-major values).
+    #[serde(skip)]
+    pub best_weights: Option<crate::model::Params<f32>>,
+}
+
+impl Progress {
+    /// Epochs done so far.
+    pub fn epochs_done(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Whether early stopping ended the run.
+    pub fn stopped_early(&self) -> bool {
+        self.stopping.stopped_epoch.is_some()
+    }
+}
+
 /// Trains `model` on `data` for `cfg.epochs` epochs, calling `on_step` after
 /// every step and `on_epoch` after every epoch. Stops with an error naming
 /// the epoch, step and rows when a batch's loss is not finite; the model's
@@ -268,12 +380,45 @@ pub fn fit(
     model: &mut Model<'_, f32>,
     data: Samples<'_>,
     cfg: &Config,
-    mut on_step: impl FnMut(StepProgress),
+    on_step: impl FnMut(StepProgress),
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Vec<EpochReport>> {
+    let mut progress = Progress::default();
+    fit_with(model, data, None, cfg, &mut progress, on_step, |r, _, _| {
+        on_epoch(r);
+        Ok(())
+    })?;
+    Ok(progress.reports)
+}
+
+/// [`fit`] with Keras's other `fit` options: `validation` data evaluated
+/// after every epoch (Keras's `validation_data`, or the held-out part of
+/// [`Samples::validation_split`]), early stopping on its loss
+/// ([`Config::early_stopping`]), and a start from `progress` (a fresh
+/// [`Progress::default`], or one saved with the model's state to resume a
+/// run exactly). `on_epoch` sees each epoch's report, the model and the
+/// progress after it (to save a checkpoint); an error from it stops
+/// training. With `restore_best`, the best epoch's weights are put back at
+/// the end, as Keras does.
+pub fn fit_with(
+    model: &mut Model<'_, f32>,
+    data: Samples<'_>,
+    validation: Option<Samples<'_>>,
+    cfg: &Config,
+    progress: &mut Progress,
+    mut on_step: impl FnMut(StepProgress),
+    mut on_epoch: impl FnMut(&EpochReport, &Model<'_, f32>, &Progress) -> Result<()>,
+) -> Result<()> {
     cfg.validate()?;
     ensure!(!data.is_empty(), "{}: no images to train on", data.name);
     data.check_fits(model)?;
+    if let Some(v) = &validation {
+        v.check_fits(model)?;
+    }
+    ensure!(
+        cfg.early_stopping.is_none() || validation.is_some(),
+        "early stopping watches val_loss and needs validation data (--validation-split or --validate-on-test)"
+    );
     let n = data.len();
     ensure!(
         cfg.batch_size.min(n) <= model.batch_capacity(),
@@ -281,11 +426,12 @@ pub fn fit(
         cfg.batch_size.min(n),
         model.batch_capacity()
     );
+    ensure!(progress.at <= n, "the progress is {} images into a pass over {n}", progress.at);
     let per_pass = n.div_ceil(cfg.batch_size);
     let steps = cfg.steps_per_epoch.unwrap_or(per_pass);
-    let mut passes = Passes { order: Passes::order(n, cfg, 0), pass: 0, at: 0 };
-    let mut reports = Vec::with_capacity(cfg.epochs);
-    for e in 0..cfg.epochs {
+    let mut passes = Passes { order: Passes::order(n, cfg, progress.pass), pass: progress.pass, at: progress.at };
+    while progress.epochs_done() < cfg.epochs && !progress.stopped_early() {
+        let e = progress.epochs_done();
         let start = Instant::now();
         let mut run = Running::default();
         for s in 0..steps {
@@ -315,6 +461,10 @@ pub fn fit(
             on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() });
         }
         let seconds = start.elapsed().as_secs_f64();
+        let val = match validation {
+            Some(v) => Some(evaluate(model, v)?),
+            None => None,
+        };
         let report = EpochReport {
             epoch: e + 1,
             steps,
@@ -323,11 +473,47 @@ pub fn fit(
             acc: run.acc(),
             seconds,
             images_per_sec: run.images as f64 / seconds,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_acc: val.as_ref().map(|v| v.acc),
         };
-        on_epoch(&report);
-        reports.push(report);
+        if let (Some(es), Some(val_loss)) = (cfg.early_stopping, report.val_loss) {
+            progress.stopping.observe(es, e + 1, val_loss, model);
+        }
+        (progress.pass, progress.at) = (passes.pass, passes.at);
+        progress.reports.push(report);
+        on_epoch(&report, model, progress)?;
     }
-    Ok(reports)
+    if let (Some(EarlyStopping { restore_best: true, .. }), Some(best)) =
+        (cfg.early_stopping, &progress.stopping.best_weights)
+    {
+        model.set_params(best);
+    }
+    Ok(())
+}
+
+impl Stopping {
+    /// Keras's `EarlyStopping.on_epoch_end` for the 1-based `epoch` that
+    /// ended with `val_loss` (min_delta 0: any decrease is an improvement).
+    fn observe(&mut self, es: EarlyStopping, epoch: usize, val_loss: f64, model: &Model<'_, f32>) {
+        if es.restore_best && self.best_weights.is_none() {
+            self.best_weights = Some(model.params());
+            self.best_epoch = epoch;
+        }
+        self.wait += 1;
+        if self.best.is_none_or(|best| val_loss < best) {
+            self.best = Some(val_loss);
+            self.best_epoch = epoch;
+            if es.restore_best {
+                self.best_weights = Some(model.params());
+            }
+            self.wait = 0;
+            return;
+        }
+        // Keras's `epoch > 0`: never after the first epoch.
+        if self.wait >= es.patience && epoch > 1 {
+            self.stopped_epoch = Some(epoch);
+        }
+    }
 }
 
 /// What [`evaluate`] measures on a split.
@@ -380,7 +566,7 @@ mod tests {
     fn samples_that_do_not_fit_the_model_are_errors_naming_them() {
         let be = kiln_kernels::select("scalar").unwrap();
         let arch = Arch::parse("4:relu", 2, 3).unwrap();
-        let mut model = Model::new(be, &Params::glorot(&arch, 1), Default::default(), 8);
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default(), 8);
         let labels = [0u8, 5, 1];
         let s = Samples::new(&[1, 2, 3, 4, 5, 6], &labels, 2).unwrap().named("labels.idx");
         let e = evaluate(&mut model, s).unwrap_err().to_string();
@@ -406,7 +592,7 @@ mod tests {
         // of 2 steps take 8, then 2 + 4 (a new pass), then 4 + 2 images.
         let be = kiln_kernels::select("scalar").unwrap();
         let arch = Arch::parse("3:relu", 2, 2).unwrap();
-        let mut model = Model::new(be, &Params::glorot(&arch, 1), Default::default(), 4);
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default(), 4);
         let pixels: Vec<u8> = (0..20).collect();
         let labels: Vec<u8> = (0..10).map(|i| i % 2).collect();
         let s = Samples::new(&pixels, &labels, 2).unwrap();

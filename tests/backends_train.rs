@@ -6,7 +6,7 @@
 mod common;
 use common::{backends_under_test, rel_err, Golden};
 use kiln::model::{Arch, Batch, Model, Params};
-use kiln_kernels::{Backend, RmsProp};
+use kiln_kernels::{Adam, Backend, Optimizer, RmsProp, Sgd};
 
 const STEPS: usize = 20;
 const BATCH: usize = 32;
@@ -87,7 +87,8 @@ fn weights_are_bit_identical_for_any_thread_count() {
 /// `train_step` (which fuses layer 1's update into its gradient product on
 /// the SIMD backends) gives the same weights, bit for bit, as computing all
 /// gradients first and updating afterwards; also for a batch larger than one
-/// k-block (300 > 256) and a hidden width that is not a whole panel.
+/// k-block (300 > 256) and a hidden width that is not a whole panel; for
+/// every optimizer.
 #[test]
 fn fused_update_is_bit_identical_to_gradient_then_update() {
     let g = Golden::load();
@@ -104,19 +105,32 @@ fn fused_update_is_bit_identical_to_gradient_then_update() {
             let rows: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 384).collect();
             let b = Batch { pixels: &images, labels: &labels, rows: &rows };
             let params = Params::glorot(&Arch::parse(layers, 784, 10).unwrap(), 3);
-            let mut fused = Model::new(be, &params, RmsProp::default(), batch);
-            let mut split = Model::new(be, &params, RmsProp::default(), batch);
-            for _ in 0..3 {
-                fused.train_step(b).unwrap();
-                split.forward_backward(b);
-                split.update();
+            for opt in optimizers() {
+                let mut fused = Model::new(be, &params, opt, batch);
+                let mut split = Model::new(be, &params, opt, batch);
+                for _ in 0..3 {
+                    fused.train_step(b).unwrap();
+                    split.forward_backward(b);
+                    split.update();
+                }
+                let what = format!("{name}: {}, {layers}, batch {batch}", opt.describe());
+                assert_eq!(first_difference(&fused.params(), &split.params()), None, "{what}");
+                assert_eq!((fused.iterations(), split.iterations()), (3, 3), "{what}");
+                for ((n1, s1), (n2, s2)) in fused.optimizer_state().iter().zip(&split.optimizer_state()) {
+                    assert_eq!(n1, n2);
+                    assert_eq!(first_difference(s1, s2), None, "{what}: state {n1}");
+                }
             }
-            assert_eq!(first_difference(&fused.params(), &split.params()), None, "{name}: {layers}, batch {batch}");
-            assert_eq!(
-                first_difference(&fused.velocity(), &split.velocity()),
-                None,
-                "{name}: velocities, {layers}, batch {batch}"
-            );
         }
     }
+}
+
+/// Each kind of update rule (the kernels' own tests cover every variant).
+fn optimizers() -> [Optimizer; 4] {
+    [
+        RmsProp { momentum: 0.5, centered: true, ..RmsProp::default() }.into(),
+        RmsProp::default().into(),
+        Sgd { momentum: 0.9, nesterov: true, ..Sgd::default() }.into(),
+        Adam::adamw().into(),
+    ]
 }

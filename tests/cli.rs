@@ -107,11 +107,36 @@ fn invalid_flags_are_clear_errors_and_write_nothing() {
         ("--layers", "64:relu,7:softmax", "the output layer has 7 units, but the data has 10 classes"),
         ("--layers", "99999999999:relu", "kiln can hold in memory"),
         ("--steps-per-epoch", "0", "--steps-per-epoch must be at least 1"),
+        ("--optimizer", "lion", "unknown optimizer `lion`; expected one of rmsprop, sgd, adam, adamw"),
+        ("--momentum", "-0.5", "--momentum must be in [0, 1)"),
+        ("--weight-decay", "0.1", "--weight-decay is not an argument of --optimizer rmsprop (it belongs to adamw)"),
+        ("--beta-1", "0.5", "--beta-1 is not an argument of --optimizer rmsprop (it belongs to adam, adamw)"),
+        ("--nesterov", "--seed=1", "--nesterov is not an argument of --optimizer rmsprop (it belongs to sgd)"),
+        ("--validation-split", "1.5", "--validation-split must be a fraction in (0, 1)"),
+        ("--early-stopping", "3", "--early-stopping watches val_loss: add --validation-split F or --validate-on-test"),
+        ("--restore-best", "--seed=1", "the following required arguments were not provided"),
+        ("--resume", "missing.ckpt", "missing.ckpt: cannot read the checkpoint"),
     ] {
         let o = train(&[flag, value, "--out", out_s], d.path());
         assert!(!o.status.success(), "{flag} {value} was accepted");
         assert!(stderr(&o).contains(want), "{flag} {value}: expected {want:?} in {}", stderr(&o));
         assert!(!out.exists(), "{flag} {value} wrote a model");
+    }
+    // Arguments another optimizer takes, and bad values of its own.
+    for (args, want) in [
+        (&["--optimizer", "sgd", "--eps", "1e-8"][..], "--eps is not an argument of --optimizer sgd"),
+        (&["--optimizer", "sgd", "--rho", "0.5"], "--rho is not an argument of --optimizer sgd"),
+        (&["--optimizer", "sgd", "--nesterov"], "--nesterov needs a momentum above 0"),
+        (&["--optimizer", "adam", "--momentum", "0.9"], "--momentum is not an argument of --optimizer adam"),
+        (&["--optimizer", "adam", "--beta-2", "1"], "--beta-2 must be in [0, 1) (got 1) (--optimizer adam)"),
+        (&["--optimizer", "adam", "--weight-decay", "0.1"], "--weight-decay is not an argument of --optimizer adam"),
+        (&["--optimizer", "adamw", "--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
+        (&["--optimizer", "rmsprop", "--centered", "--momentum", "1"], "--momentum must be in [0, 1)"),
+    ] {
+        let o = train(&[args, &["--out", out_s]].concat(), d.path());
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(stderr(&o).contains(want), "{args:?}: expected {want:?} in {}", stderr(&o));
+        assert!(!out.exists(), "{args:?} wrote a model");
     }
 }
 

@@ -11,7 +11,7 @@
 //! splits are its own), unlike kiln's own backends.
 
 use crate::shared::{activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
-use crate::{scalar, Activation, Backend, Dims, Layer1Path, RmsProp, Update, XentStats};
+use crate::{scalar, Activation, Backend, Dims, Layer1Path, Update, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,7 +182,7 @@ impl Blas {
             self.sgemm(true, false, k, n, batch, a, dz, 0.0, dw);
         }
         if let Some(u) = update {
-            self.rmsprop(u.w, dw, u.v, u.opt);
+            scalar::update(u, dw);
         }
     }
 
@@ -291,7 +291,7 @@ impl Backend<f32> for Blas {
         self.input_grad(dh, dz, w, h, d, act);
     }
 
-    fn rmsprop(&self, w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
-        scalar::rmsprop(w, g, v, opt);
+    fn update(&self, u: Update<'_, f32>, g: &[f32]) {
+        scalar::update(u, g);
     }
 }

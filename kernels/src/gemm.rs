@@ -42,7 +42,7 @@
 //! k-blocks start from the stored partial sum), whatever tile, block or
 //! thread computes it: results do not depend on the thread count.
 
-use crate::optim::{rmsprop_lanes, RmsPropV};
+use crate::optim::{lanes, StepV};
 use crate::params::{KC_MAX, MAX_TILE, MC};
 use crate::simd::Simd;
 use crate::Update;
@@ -400,8 +400,8 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
 /// the layer's input width and the reduction runs over the batch. `xt` is
 /// the whole `X^T` packed once (by [`pack_xt`] or [`pack_at`]) and shared by
 /// every task: `ceil(K / MR)` micro-panels of `MR x B`. With `update`, each
-/// finished gradient tile instead updates `W` and `v` in place by RMSprop
-/// (bit-identical to storing `dW` and updating afterwards); `dw` then only
+/// finished gradient tile instead updates `W` and the optimizer's state in
+/// place (bit-identical to storing `dW` and updating afterwards); `dw` then only
 /// holds partial sums between k-blocks and its final content is unspecified.
 ///
 /// # Safety
@@ -424,19 +424,19 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
     if let Some(u) = &update {
-        assert!(u.w.len() == dw.len() && u.v.len() == dw.len(), "W and v must match dW");
+        assert!(u.len() == dw.len(), "W must match dW");
     }
     assert!(xt.len() >= k.div_ceil(MR) * MR * batch && dz.len() >= batch * n);
     if batch == 0 {
         dw.fill(0.0);
         if let Some(u) = update {
             // SAFETY: the CPU runs S (caller); the gradient is all zeros.
-            unsafe { crate::optim::rmsprop::<S>(u.w, dw, u.v, u.opt) };
+            unsafe { crate::optim::update::<S>(u, dw) };
         }
         return;
     }
     // SAFETY: the CPU runs S (caller).
-    let coeffs = update.as_ref().map(|u| unsafe { RmsPropV::new::<S>(u.opt) });
+    let coeffs = update.as_ref().map(|u| unsafe { StepV::new::<S>(u.step()) });
     let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
     // LOOP 4: k-blocks of the batch, in order.
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
@@ -467,7 +467,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                     let mut tile = Tile { c: dw[off..end].as_mut_ptr(), rsc: nr, rows: rows_here, cols: nr };
                     // SAFETY: the CPU runs S (caller); `a` holds MR rows of
                     // stride B from column pc on, `b` kc x NR floats; the
-                    // W and v tiles are the same rows_here x NR as dW's.
+                    // W and state tiles are the same rows_here x NR as dW's.
                     unsafe {
                         let mut acc = [[S::zero(); NV]; MR];
                         if !first {
@@ -476,13 +476,12 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                         microkernel::<S, MR, NV>(kc, batch, a, b, &mut acc);
                         match (&mut update, coeffs) {
                             (Some(u), Some(c)) if last => {
-                                // Fused RMSprop: the finished gradient tile
-                                // updates W and v and is never stored.
-                                let (w, v) = (&mut u.w[off..end], &mut u.v[off..end]);
+                                // The fused update: the finished gradient
+                                // tile updates W and the state, never stored.
+                                let p = u.range(off..end).ptrs();
                                 for (r, row) in acc.iter().enumerate().take(rows_here) {
                                     for (j, &g) in row.iter().enumerate() {
-                                        let at = r * nr + j * S::LANES;
-                                        rmsprop_lanes::<S>(w.as_mut_ptr().add(at), v.as_mut_ptr().add(at), g, c);
+                                        lanes::<S>(&c, p.at(r * nr + j * S::LANES), g);
                                     }
                                 }
                             }

@@ -15,8 +15,7 @@ use crate::shared::{
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
 use crate::{
-    gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, RmsProp, Update,
-    XentStats,
+    gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Update, XentStats,
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -57,7 +56,7 @@ pub(crate) trait Isa: Simd {
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
-    unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp);
+    unsafe fn update(u: Update<'_, f32>, g: &[f32]);
     unsafe fn fma_chains(iters: u64) -> f32;
     #[allow(clippy::too_many_arguments)]
     unsafe fn forward_sparse(
@@ -140,9 +139,9 @@ macro_rules! isa_entry_points {
                 unsafe { small::weight_grad_rows::<Self, { $gv }>(dw, k0, h, dz, k, n) }
             }
             #[target_feature(enable = $features)]
-            unsafe fn rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
+            unsafe fn update(u: Update<'_, f32>, g: &[f32]) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { optim::rmsprop::<Self>(w, g, v, opt) }
+                unsafe { optim::update::<Self>(u, g) }
             }
             #[target_feature(enable = $features)]
             unsafe fn fma_chains(iters: u64) -> f32 {
@@ -344,7 +343,7 @@ impl<I: Isa> SimdBackend<I> {
     }
 
     /// `dW := X^T dZ` over every panel from `xt`, the `X^T` micro-panels
-    /// `pack` writes (panel `p` into `dst`), optionally fused with RMSprop.
+    /// `pack` writes (panel `p` into `dst`), optionally fused with an update.
     fn weight_grad_dense(
         &self,
         dw: &mut [f32],
@@ -363,19 +362,18 @@ impl<I: Isa> SimdBackend<I> {
             let xt = &*xt;
             let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
                 // SAFETY: I was detected; shapes checked by the callers; dwc
-                // (and W, v) hold whole panels; xt was sized for k and B.
+                // (and W, its state) hold whole panels; xt was sized for k and B.
                 with_buffer(&TASK, |bpack| unsafe {
                     I::weight_grad_panels(dwc, t * chunk / (k * Self::NR), xt, dz, batch, k, n, bpack, update)
                 })
             };
             match update {
                 None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
-                Some(Update { w, v, opt }) => dw
+                Some(u) => dw
                     .par_chunks_mut(chunk)
-                    .zip(w.par_chunks_mut(chunk))
-                    .zip(v.par_chunks_mut(chunk))
+                    .zip(u.into_chunks(chunk))
                     .enumerate()
-                    .for_each(|(t, ((dwc, w), v))| task(t, dwc, Some(Update { w, v, opt }))),
+                    .for_each(|(t, (dwc, u))| task(t, dwc, Some(u))),
             }
         });
     }
@@ -396,8 +394,7 @@ impl<I: Isa> SimdBackend<I> {
         check_len("dW (panel layout)", dw.len(), self.weight_layout(k, n).len());
         check_len("db", db.len(), n);
         if let Some(u) = &update {
-            check_len("W", u.w.len(), dw.len());
-            check_len("v", u.v.len(), dw.len());
+            check_len("W", u.len(), dw.len());
         }
         if n > 0 {
             column_sums(db, dz, n);
@@ -407,7 +404,7 @@ impl<I: Isa> SimdBackend<I> {
         }
         if let Some(u) = update {
             dw.fill(0.0);
-            self.rmsprop(u.w, dw, u.v, u.opt);
+            self.update(u, dw);
         }
         None
     }
@@ -511,7 +508,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
                     return false;
                 }
                 // SAFETY: I was detected; shapes checked above; dwc (and W,
-                // v) hold whole panels; csc was built from this batch.
+                // its state) hold whole panels; csc was built from this batch.
                 with_buffer(&TASK, |scratch| unsafe {
                     I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
                 });
@@ -520,12 +517,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         let went_sparse: Vec<bool> = match &mut update {
             None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
-            Some(Update { w, v, opt }) => dw
+            Some(u) => dw
                 .par_chunks_mut(chunk)
-                .zip(w.par_chunks_mut(chunk))
-                .zip(v.par_chunks_mut(chunk))
+                .zip(u.reborrow().into_chunks(chunk))
                 .enumerate()
-                .map(|(t, ((dwc, w), v))| task(t, dwc, Some(Update { w, v, opt: *opt })))
+                .map(|(t, (dwc, u))| task(t, dwc, Some(u)))
                 .collect(),
         };
         if went_sparse.iter().all(|&s| s) {
@@ -702,14 +698,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         });
     }
 
-    fn rmsprop(&self, w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
-        check_len("g", g.len(), w.len());
-        check_len("v", v.len(), w.len());
-        w.par_chunks_mut(UPDATE_CHUNK).zip(g.par_chunks(UPDATE_CHUNK)).zip(v.par_chunks_mut(UPDATE_CHUNK)).for_each(
-            |((w, g), v)| {
-                // SAFETY: I was detected; the three chunks have equal lengths.
-                unsafe { I::rmsprop(w, g, v, opt) }
-            },
-        );
+    fn update(&self, u: Update<'_, f32>, g: &[f32]) {
+        check_len("g", g.len(), u.len());
+        u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| {
+            // SAFETY: I was detected; the chunks have equal lengths.
+            unsafe { I::update(u, g) }
+        });
     }
 }

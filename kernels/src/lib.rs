@@ -39,15 +39,16 @@
 //! | [`Backend::output_softmax_xent`] | `P := softmax(A W + b)`; `loss = sum_i -ln clip(P[i, y_i])`; `dZ := (P - onehot(y)) / B` | `W (K,N)` row-major |
 //! | [`Backend::output_backward`] | `dW := A^T dZ`; `db` | `dW (K,N)` row-major |
 //! | [`Backend::output_backward_input`] | `dA := (dZ W^T) * act'(A)` | `W (K,N)` row-major |
-//! | [`Backend::rmsprop`] | `v := rho v + (1 - rho) g^2`; `w := w - lr g / sqrt(v + eps)` | flat, elementwise |
+//! | [`Backend::update`] | one optimizer step ([`Optimizer`]: RMSprop, SGD, Adam, AdamW) of `w` with gradient `g` | flat, elementwise |
 //!
 //! `act'(A)` is the activation's derivative written in terms of its output,
 //! as TensorFlow writes it ([`Activation::backward`]). The input gradient
 //! of the input layer is never computed: nothing needs it.
 //!
-//! A fused update ([`Update`]) applies RMSprop to `(W, dW, v)` as the
-//! gradient is produced: the same result bit for bit as storing `dW` and
-//! calling [`Backend::rmsprop`], without a second pass over memory.
+//! A fused update ([`Update`]: the weights, the optimizer's state arrays and
+//! the step's coefficients) applies the optimizer to `W` as its gradient is
+//! produced: the same result bit for bit as storing `dW` and calling
+//! [`Backend::update`], without a second pass over memory.
 //!
 //! The BLAS backend is the exception to `beta = 0` internally (it broadcasts
 //! the bias into `C` and calls `sgemm` with `beta = 1`), never in what it
@@ -105,7 +106,7 @@ mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
-pub use optim::{rmsprop_serial, RmsProp};
+pub use optim::{update_serial, Adam, Optimizer, RmsProp, Sgd, Step, Update, MAX_SLOTS};
 pub use prefetch::prefetch_rows;
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
 use std::fmt::Debug;
@@ -353,19 +354,6 @@ impl std::str::FromStr for Activation {
     }
 }
 
-/// A fused optimizer update: the weights `w` whose gradient an op is
-/// producing and their RMSprop velocities `v`, in the same layout as the
-/// gradient, updated in place as each part of the gradient is finished.
-#[derive(Debug)]
-pub struct Update<'a, T> {
-    /// The weights, updated in place.
-    pub w: &'a mut [T],
-    /// Their RMSprop velocities, updated in place.
-    pub v: &'a mut [T],
-    /// The hyper-parameters.
-    pub opt: RmsProp,
-}
-
 /// One implementation of every op a training step needs (see the crate
 /// documentation for the exact contract of each).
 ///
@@ -417,7 +405,7 @@ pub trait Backend<T: Real>: Sync {
 
     /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`
     /// (`dW` in [`Backend::weight_layout`], padding written as zero); with
-    /// `update`, RMSprop on `(W, dW, v)` as well.
+    /// `update`, the optimizer's step on `W` with `dW` as well.
     #[allow(clippy::too_many_arguments)]
     fn input_backward(
         &self,
@@ -436,7 +424,8 @@ pub trait Backend<T: Real>: Sync {
     fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation);
 
     /// `dW (K,N) := A^T dZ` (in [`Backend::weight_layout`]), `db (N) :=
-    /// column sums of dZ`; with `update`, RMSprop on `(W, dW, v)` as well.
+    /// column sums of dZ`; with `update`, the optimizer's step on `W` with
+    /// `dW` as well.
     fn hidden_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims, update: Option<Update<'_, T>>);
 
     /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` in
@@ -466,8 +455,9 @@ pub trait Backend<T: Real>: Sync {
     /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` row-major).
     fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation);
 
-    /// One RMSprop step over flat, equally long `w`, `g` and `v`.
-    fn rmsprop(&self, w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp);
+    /// One optimizer step of `u`'s weights with the gradient `g` (flat,
+    /// as long as the weights).
+    fn update(&self, u: Update<'_, T>, g: &[T]);
 }
 
 /// Every backend name [`select`] knows, fastest first (the order `auto`

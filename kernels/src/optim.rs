@@ -1,163 +1,655 @@
-//! The optimizer's maths: RMSprop's hyper-parameters, the scalar formula
-//! (the reference every backend's update is bit-identical to), and the
-//! vector form the SIMD kernels fuse into their weight-gradient products.
+//! The optimizers' maths: Keras's hyper-parameters ([`Optimizer`]), one
+//! step's coefficients ([`Step`]), the fused update's operands
+//! ([`Update`]), the scalar formulas (the reference every backend's update
+//! is bit-identical to), and the vector form the SIMD kernels fuse into
+//! their weight-gradient products.
 //!
-//! Keras 3 runs RMSprop as `v = rho v + (1 - rho) g^2; w -= lr g / sqrt(v +
-//! eps)`, in f32, in that order of operations; so does every function here
-//! (no FMA contraction, so that every backend rounds identically).
+//! Every formula is Keras 3's `update_step`, in f32, in its order of
+//! operations (`../shared/keras-golden/README.md` writes them out), with no
+//! FMA contraction, so that every backend rounds identically:
+//!
+//! * RMSprop: `v = rho v + (1 - rho) g^2`; centered: `a = rho a + (1 - rho)
+//!   g`, `den = (v - a^2) + eps`, else `den = v + eps`; `inc = lr g /
+//!   sqrt(den)`; with momentum `m = momentum m + inc; w -= m`, else `w -= inc`.
+//! * SGD: with momentum `m = m momentum - g lr`, then nesterov `w += m
+//!   momentum - g lr`, else `w += m`; without, `w -= g lr`.
+//! * Adam: `m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2); w -= m
+//!   alpha / (sqrt(v) + eps)` with `alpha = lr sqrt(1 - beta_2^t) / (1 -
+//!   beta_1^t)` formed once per step in f32; AdamW first decays `w -= w wd lr`.
+//!
+//! Constants Keras writes as Python expressions (`1 - rho`) are formed in
+//! f64 and rounded once, as Python forms them before TensorFlow casts.
 
 use crate::simd::Simd;
 use crate::Real;
 
-/// Hyper-parameters of the RMSprop update, in Keras's names. They are kept
-/// in `f64`, as Keras keeps them in Python floats, and rounded to the element
-/// type once per update ([`RmsProp::coefficients`]).
+/// State arrays an optimizer may keep per parameter (each as long as the
+/// parameters, in their layout).
+pub const MAX_SLOTS: usize = 3;
+
+/// RMSprop's hyper-parameters, Keras's names and defaults. Kept in `f64`,
+/// as Keras keeps them in Python floats.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RmsProp {
-    /// Learning rate (Keras default 1e-3).
+    /// Learning rate (default 1e-3).
     pub lr: f64,
-    /// Decay of the squared-gradient average (Keras default 0.9).
+    /// Decay of the squared-gradient average (default 0.9).
     pub rho: f64,
-    /// Added under the square root (Keras default 1e-7).
+    /// Momentum of the increments (default 0: none).
+    pub momentum: f64,
+    /// Added under the square root (default 1e-7).
     pub eps: f64,
+    /// Normalise by the gradient's estimated variance (default false).
+    pub centered: bool,
 }
 
 impl Default for RmsProp {
     fn default() -> Self {
-        Self { lr: 1e-3, rho: 0.9, eps: 1e-7 }
+        Self { lr: 1e-3, rho: 0.9, momentum: 0.0, eps: 1e-7, centered: false }
     }
 }
 
-impl RmsProp {
-    /// `(lr, rho, 1 - rho, eps)` rounded to `T`; `1 - rho` is formed in `f64`
-    /// first, as Keras forms it in Python (in `f32`, `1 - 0.9f32` would be
-    /// one unit in the last place away from `0.1f32`).
-    pub fn coefficients<T: Real>(&self) -> (T, T, T, T) {
-        (T::from_f64(self.lr), T::from_f64(self.rho), T::from_f64(1.0 - self.rho), T::from_f64(self.eps))
+/// SGD's hyper-parameters, Keras's names and defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    /// Learning rate (default 0.01).
+    pub lr: f64,
+    /// Momentum (default 0: plain gradient descent).
+    pub momentum: f64,
+    /// Nesterov momentum (default false).
+    pub nesterov: bool,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Self { lr: 0.01, momentum: 0.0, nesterov: false }
     }
 }
 
-/// One RMSprop step on a chunk, on the calling thread, exactly as Keras 3
-/// computes it: `v = rho * v + (1 - rho) * g^2; w = w - (lr * g) / sqrt(v + eps)`.
-pub fn rmsprop_serial<T: Real>(w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp) {
-    let (lr, rho, decay, eps) = opt.coefficients::<T>();
-    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-        *v = rho * *v + decay * (g * g);
-        *w = *w - (lr * g) / (*v + eps).sqrt();
+/// Adam's hyper-parameters, Keras's names and defaults; with a weight
+/// decay it is AdamW (Keras's AdamW default decay: 0.004).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adam {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Decay of the gradient average (default 0.9).
+    pub beta_1: f64,
+    /// Decay of the squared-gradient average (default 0.999).
+    pub beta_2: f64,
+    /// Added to the square root (default 1e-7).
+    pub eps: f64,
+    /// AdamW's decoupled weight decay; `None` for Adam.
+    pub weight_decay: Option<f64>,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Self { lr: 1e-3, beta_1: 0.9, beta_2: 0.999, eps: 1e-7, weight_decay: None }
     }
 }
 
-/// RMSprop's coefficients `(lr, rho, 1 - rho, eps)` in registers.
-#[derive(Clone, Copy)]
-pub(crate) struct RmsPropV<V> {
-    lr: V,
-    rho: V,
-    decay: V,
-    eps: V,
-    /// Whether `lr * 0` is `+0` (a finite `lr >= +0`).
-    zero_step: bool,
+impl Adam {
+    /// Keras's AdamW defaults (Adam's, with weight decay 0.004).
+    pub fn adamw() -> Self {
+        Self { weight_decay: Some(0.004), ..Self::default() }
+    }
 }
 
-impl<V: Copy> RmsPropV<V> {
-    /// # Safety
-    /// The CPU runs `S`.
+/// One of Keras's optimizers with its hyper-parameters.
+///
+/// ```
+/// use kiln_kernels::{Adam, Optimizer, Sgd};
+/// let opt = Optimizer::Sgd(Sgd { momentum: 0.9, nesterov: true, ..Sgd::default() });
+/// assert_eq!((opt.name(), opt.lr(), opt.slots()), ("sgd", 0.01, [Some("momentum"), None, None]));
+/// assert_eq!(Optimizer::Adam(Adam::adamw()).name(), "adamw");
+/// assert!(Optimizer::Sgd(Sgd { lr: -1.0, ..Sgd::default() }).check().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// `keras.optimizers.RMSprop`.
+    RmsProp(RmsProp),
+    /// `keras.optimizers.SGD`.
+    Sgd(Sgd),
+    /// `keras.optimizers.Adam`, or `AdamW` with a weight decay.
+    Adam(Adam),
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer::RmsProp(RmsProp::default())
+    }
+}
+
+impl From<RmsProp> for Optimizer {
+    fn from(o: RmsProp) -> Self {
+        Optimizer::RmsProp(o)
+    }
+}
+
+impl From<Sgd> for Optimizer {
+    fn from(o: Sgd) -> Self {
+        Optimizer::Sgd(o)
+    }
+}
+
+impl From<Adam> for Optimizer {
+    fn from(o: Adam) -> Self {
+        Optimizer::Adam(o)
+    }
+}
+
+impl Optimizer {
+    /// Keras's name: `rmsprop`, `sgd`, `adam` or `adamw`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::RmsProp(_) => "rmsprop",
+            Optimizer::Sgd(_) => "sgd",
+            Optimizer::Adam(a) if a.weight_decay.is_some() => "adamw",
+            Optimizer::Adam(_) => "adam",
+        }
+    }
+
+    /// The (initial) learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Optimizer::RmsProp(o) => o.lr,
+            Optimizer::Sgd(o) => o.lr,
+            Optimizer::Adam(o) => o.lr,
+        }
+    }
+
+    /// The state arrays this optimizer keeps, by position (Keras's names;
+    /// `None` where the position is unused).
+    pub fn slots(&self) -> [Option<&'static str>; MAX_SLOTS] {
+        match self {
+            Optimizer::RmsProp(o) => {
+                [Some("velocity"), (o.momentum > 0.0).then_some("momentum"), o.centered.then_some("average_gradient")]
+            }
+            Optimizer::Sgd(o) => [(o.momentum != 0.0).then_some("momentum"), None, None],
+            Optimizer::Adam(_) => [Some("momentum"), Some("velocity"), None],
+        }
+    }
+
+    /// Keras's constructor call, e.g. `Adam(learning_rate=0.001, beta_1=0.9, ...)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Optimizer::RmsProp(o) => format!(
+                "RMSprop(learning_rate={}, rho={}, momentum={}, epsilon={}, centered={})",
+                o.lr,
+                o.rho,
+                o.momentum,
+                o.eps,
+                py_bool(o.centered)
+            ),
+            Optimizer::Sgd(o) => {
+                format!("SGD(learning_rate={}, momentum={}, nesterov={})", o.lr, o.momentum, py_bool(o.nesterov))
+            }
+            Optimizer::Adam(o) => {
+                let wd = o.weight_decay.map_or(String::new(), |wd| format!(", weight_decay={wd}"));
+                let name = if o.weight_decay.is_some() { "AdamW" } else { "Adam" };
+                format!(
+                    "{name}(learning_rate={}, beta_1={}, beta_2={}, epsilon={}{wd})",
+                    o.lr, o.beta_1, o.beta_2, o.eps
+                )
+            }
+        }
+    }
+
+    /// Rejects hyper-parameters that cannot train; the message begins with
+    /// the argument's Keras name (`learning_rate`, `rho`, `momentum`,
+    /// `epsilon`, `nesterov`, `beta_1`, `beta_2`, `weight_decay`).
+    pub fn check(&self) -> Result<(), String> {
+        fn need(ok: bool, what: &str, v: f64) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{what} (got {v})"))
+            }
+        }
+        let lr = self.lr();
+        need(lr.is_finite() && lr > 0.0, "learning_rate must be a positive number", lr)?;
+        let unit = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        match *self {
+            Optimizer::RmsProp(o) => {
+                need(unit(o.rho), "rho must be in [0, 1)", o.rho)?;
+                need(unit(o.momentum), "momentum must be in [0, 1)", o.momentum)?;
+                need(positive(o.eps), "epsilon must be a positive number", o.eps)
+            }
+            Optimizer::Sgd(o) => {
+                // Keras allows a momentum of exactly 1.
+                need(
+                    o.momentum.is_finite() && (0.0..=1.0).contains(&o.momentum),
+                    "momentum must be in [0, 1]",
+                    o.momentum,
+                )?;
+                need(!o.nesterov || o.momentum > 0.0, "nesterov needs a momentum above 0", o.momentum)
+            }
+            Optimizer::Adam(o) => {
+                need(unit(o.beta_1), "beta_1 must be in [0, 1)", o.beta_1)?;
+                need(unit(o.beta_2), "beta_2 must be in [0, 1)", o.beta_2)?;
+                need(positive(o.eps), "epsilon must be a positive number", o.eps)?;
+                let wd = o.weight_decay.unwrap_or(0.0);
+                need(wd.is_finite() && wd >= 0.0, "weight_decay must be a number >= 0", wd)
+            }
+        }
+    }
+
+    /// The coefficients of update number `t` (1, 2, ...; Keras's
+    /// `iterations + 1`) at learning rate `lr` (the constant learning rate
+    /// rounded to `T`, or a schedule's value at this step).
+    pub fn step<T: Real>(&self, t: u64, lr: T) -> Step<T> {
+        let f = T::from_f64;
+        let rule = match *self {
+            Optimizer::RmsProp(o) => Rule::RmsProp {
+                lr,
+                rho: f(o.rho),
+                decay: f(1.0 - o.rho),
+                eps: f(o.eps),
+                momentum: (o.momentum > 0.0).then(|| f(o.momentum)),
+                centered: o.centered,
+            },
+            Optimizer::Sgd(o) => {
+                Rule::Sgd { lr, momentum: (o.momentum != 0.0).then(|| f(o.momentum)), nesterov: o.nesterov }
+            }
+            Optimizer::Adam(o) => {
+                // Keras: `pow(cast(beta, f32), cast(t, f32))`, all in f32.
+                let step = T::from_f64(t as f64);
+                let (p1, p2) = (f(o.beta_1).powf(step), f(o.beta_2).powf(step));
+                Rule::Adam {
+                    alpha: lr * (T::one() - p2).sqrt() / (T::one() - p1),
+                    keep_m: f(1.0 - o.beta_1),
+                    keep_v: f(1.0 - o.beta_2),
+                    eps: f(o.eps),
+                    decay: o.weight_decay.map(|wd| (f(wd), lr)),
+                }
+            }
+        };
+        Step { rule }
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// The coefficients of one update step, rounded to `T` as Keras rounds them
+/// (see [`Optimizer::step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step<T> {
+    rule: Rule<T>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rule<T> {
+    /// Slots: velocity, momentum (if any), average gradient (if centered).
+    RmsProp { lr: T, rho: T, decay: T, eps: T, momentum: Option<T>, centered: bool },
+    /// Slot: momentum (if any).
+    Sgd { lr: T, momentum: Option<T>, nesterov: bool },
+    /// Slots: momentum, velocity. `keep_m`, `keep_v` are `1 - beta`;
+    /// `decay` is AdamW's `(wd, lr)`.
+    Adam { alpha: T, keep_m: T, keep_v: T, eps: T, decay: Option<(T, T)> },
+}
+
+impl<T: Real> Step<T> {
+    /// Which state slots this step reads and writes.
+    pub fn uses(&self) -> [bool; MAX_SLOTS] {
+        match self.rule {
+            Rule::RmsProp { momentum, centered, .. } => [true, momentum.is_some(), centered],
+            Rule::Sgd { momentum, .. } => [momentum.is_some(), false, false],
+            Rule::Adam { .. } => [true, true, false],
+        }
+    }
+
+    /// The update of parameter `i` with gradient `g`, in Keras's order.
     #[inline(always)]
-    pub(crate) unsafe fn new<S: Simd<V = V>>(opt: RmsProp) -> Self {
-        let (lr, rho, decay, eps) = opt.coefficients::<f32>();
-        // SAFETY: the CPU runs S (caller).
-        unsafe {
-            RmsPropV {
-                lr: S::splat(lr),
-                rho: S::splat(rho),
-                decay: S::splat(decay),
-                eps: S::splat(eps),
-                zero_step: (lr * 0.0).to_bits() == 0,
+    fn element(&self, w: &mut [T], s: &mut [&mut [T]; MAX_SLOTS], i: usize, g: T) {
+        match self.rule {
+            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => {
+                let v = rho * s[0][i] + decay * (g * g);
+                s[0][i] = v;
+                let den = if centered {
+                    let a = rho * s[2][i] + decay * g;
+                    s[2][i] = a;
+                    v - a * a + eps
+                } else {
+                    v + eps
+                };
+                let inc = (lr * g) / den.sqrt();
+                match momentum {
+                    Some(mu) => {
+                        let m = mu * s[1][i] + inc;
+                        s[1][i] = m;
+                        w[i] = w[i] - m;
+                    }
+                    None => w[i] = w[i] - inc,
+                }
+            }
+            Rule::Sgd { lr, momentum: Some(mu), nesterov } => {
+                let m = s[0][i] * mu - g * lr;
+                s[0][i] = m;
+                w[i] = if nesterov { w[i] + (m * mu - g * lr) } else { w[i] + m };
+            }
+            Rule::Sgd { lr, momentum: None, .. } => w[i] = w[i] - g * lr,
+            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => {
+                if let Some((wd, lr)) = decay {
+                    w[i] = w[i] - w[i] * wd * lr;
+                }
+                let m = s[0][i] + (g - s[0][i]) * keep_m;
+                let v = s[1][i] + (g * g - s[1][i]) * keep_v;
+                s[0][i] = m;
+                s[1][i] = v;
+                w[i] = w[i] - (m * alpha) / (v.sqrt() + eps);
             }
         }
     }
 }
 
-/// One RMSprop step of `LANES` parameters at `w` and velocities at `v` with
-/// gradient `g`, with the scalar reference's exact sequence of roundings
-/// (no FMA), so that every backend updates bit-identically.
-///
-/// # Safety
-/// The CPU runs `S`; `w` and `v` are valid for `LANES` reads and writes.
-#[inline(always)]
-pub(crate) unsafe fn rmsprop_lanes<S: Simd>(w: *mut f32, v: *mut f32, g: S::V, c: RmsPropV<S::V>) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let vn = update_velocity::<S>(v, g, c);
-        apply_step::<S>(w, g, vn, c);
+/// A fused optimizer update: the weights whose gradient an op produces,
+/// the optimizer's state arrays for them (same layout) and the step's
+/// coefficients; applied in place as each part of the gradient is done.
+#[derive(Debug)]
+pub struct Update<'a, T> {
+    w: &'a mut [T],
+    state: [&'a mut [T]; MAX_SLOTS],
+    step: Step<T>,
+}
+
+impl<'a, T: Real> Update<'a, T> {
+    /// The update of `w` with `state` (slot `k` as long as `w` where
+    /// `step.uses()[k]`, else empty) by `step`. Panics on other lengths:
+    /// that is a bug in the caller.
+    ///
+    /// ```
+    /// use kiln_kernels::{Optimizer, Sgd, Update};
+    /// let opt = Optimizer::Sgd(Sgd { lr: 0.5, momentum: 0.5, nesterov: false });
+    /// let (mut w, mut m) = (vec![1.0f32; 2], vec![0.0f32; 2]);
+    /// let u = Update::new(&mut w, [&mut m, &mut [], &mut []], opt.step(1, 0.5));
+    /// kiln_kernels::scalar::update(u, &[1.0, -2.0]);
+    /// assert_eq!((w, m), (vec![0.5, 2.0], vec![-0.5, 1.0]));
+    /// ```
+    pub fn new(w: &'a mut [T], state: [&'a mut [T]; MAX_SLOTS], step: Step<T>) -> Self {
+        for (k, (s, used)) in state.iter().zip(step.uses()).enumerate() {
+            let want = if used { w.len() } else { 0 };
+            assert_eq!(s.len(), want, "optimizer state slot {k}: {} values for {} weights", s.len(), w.len());
+        }
+        Update { w, state, step }
+    }
+
+    /// How many weights it updates.
+    pub fn len(&self) -> usize {
+        self.w.len()
+    }
+
+    /// Whether it updates nothing.
+    pub fn is_empty(&self) -> bool {
+        self.w.is_empty()
+    }
+
+    /// The step's coefficients.
+    pub fn step(&self) -> Step<T> {
+        self.step
+    }
+
+    /// Splits off the first `mid` weights (and their state).
+    pub fn split_at(self, mid: usize) -> (Update<'a, T>, Update<'a, T>) {
+        let (w0, w1) = self.w.split_at_mut(mid);
+        let [a, b, c] = self.state.map(|s| if s.is_empty() { (&mut [][..], s) } else { s.split_at_mut(mid) });
+        let (lo, hi) = ([a.0, b.0, c.0], [a.1, b.1, c.1]);
+        (Update { w: w0, state: lo, step: self.step }, Update { w: w1, state: hi, step: self.step })
+    }
+
+    /// Consecutive parts of `size` weights each (the last may be shorter).
+    pub fn into_chunks(self, size: usize) -> Vec<Update<'a, T>> {
+        let size = size.max(1);
+        let mut out = Vec::with_capacity(self.len().div_ceil(size));
+        let mut rest = self;
+        while rest.len() > size {
+            let (head, tail) = rest.split_at(size);
+            out.push(head);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        out
+    }
+
+    /// All of it, reborrowed.
+    pub(crate) fn reborrow(&mut self) -> Update<'_, T> {
+        let n = self.len();
+        self.range(0..n)
+    }
+
+    /// The weights `r` (and their state), reborrowed.
+    pub(crate) fn range(&mut self, r: std::ops::Range<usize>) -> Update<'_, T> {
+        let step = self.step;
+        let w = &mut self.w[r.clone()];
+        let state = self.state.each_mut().map(|s| if s.is_empty() { &mut [][..] } else { &mut s[r.clone()] });
+        Update { w, state, step }
+    }
+
+    /// Pointers to the weights and the state slots (dangling for unused
+    /// slots, which no rule dereferences).
+    pub(crate) fn ptrs(&mut self) -> Ptrs<T> {
+        Ptrs { w: self.w.as_mut_ptr(), s: self.state.each_mut().map(|s| s.as_mut_ptr()) }
     }
 }
 
-/// `v := rho v + (1 - rho) g^2` on `LANES` velocities; returns the new `v`.
-///
-/// # Safety
-/// As [`rmsprop_lanes`].
-#[inline(always)]
-unsafe fn update_velocity<S: Simd>(v: *mut f32, g: S::V, c: RmsPropV<S::V>) -> S::V {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let vn = S::add(S::mul(c.rho, S::load(v)), S::mul(c.decay, S::mul(g, g)));
-        S::store(v, vn);
-        vn
+/// Raw views of an [`Update`]'s arrays, for the vector kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct Ptrs<T> {
+    w: *mut T,
+    s: [*mut T; MAX_SLOTS],
+}
+
+impl<T> Ptrs<T> {
+    /// The same arrays from element `at` on. Unused slots' pointers only
+    /// move by `wrapping_add` and are never dereferenced.
+    #[inline(always)]
+    pub(crate) fn at(self, at: usize) -> Self {
+        Ptrs { w: self.w.wrapping_add(at), s: self.s.map(|p| p.wrapping_add(at)) }
     }
 }
 
-/// `w -= lr g / sqrt(vn + eps)` on `LANES` weights, `vn` the new velocity.
-///
-/// # Safety
-/// As [`rmsprop_lanes`].
-#[inline(always)]
-unsafe fn apply_step<S: Simd>(w: *mut f32, g: S::V, vn: S::V, c: RmsPropV<S::V>) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let step = S::div(S::mul(c.lr, g), S::sqrt(S::add(vn, c.eps)));
-        S::store(w, S::sub(S::load(w), step));
+/// One update over `u`'s weights with gradient `g` (as long as them),
+/// element by element on the calling thread: the reference formula.
+pub fn update_serial<T: Real>(u: Update<'_, T>, g: &[T]) {
+    assert_eq!(g.len(), u.w.len(), "gradient and weights differ in length");
+    let Update { w, mut state, step } = u;
+    for (i, &g) in g.iter().enumerate() {
+        step.element(w, &mut state, i, g);
     }
 }
 
-/// [`rmsprop_lanes`] with a gradient of `+0` in every lane, bit for bit,
-/// but without touching `w` when that cannot change it: `v := rho v + 0`,
-/// and then the step `lr * 0 / sqrt(v + eps)` is `+0` wherever `lr * 0` is
-/// `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also for `-0`, infinities
-/// and quiet NaNs). Otherwise, the full formula runs. This is the update of
-/// a `W1` row whose pixel is dark in the whole batch: about a third of the
-/// rows of an MNIST batch, which so skip their `sqrt`, `div` and the memory
-/// traffic of their weights.
+/// A step's coefficients in registers.
+#[derive(Clone, Copy)]
+pub(crate) struct StepV<V> {
+    rule: Rule<V>,
+    /// Whether a zero gradient's step is `+0` and so leaves `w` as it is
+    /// (see [`lanes_no_grad`]).
+    zero_step: bool,
+}
+
+impl<V: Copy> StepV<V> {
+    /// # Safety
+    /// The CPU runs `S`.
+    #[inline(always)]
+    pub(crate) unsafe fn new<S: Simd<V = V>>(step: Step<f32>) -> Self {
+        // SAFETY: the CPU runs S (caller).
+        let v = |x: f32| unsafe { S::splat(x) };
+        let (rule, zero_step) = match step.rule {
+            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => (
+                Rule::RmsProp {
+                    lr: v(lr),
+                    rho: v(rho),
+                    decay: v(decay),
+                    eps: v(eps),
+                    momentum: momentum.map(v),
+                    centered,
+                },
+                (lr * 0.0).to_bits() == 0,
+            ),
+            Rule::Sgd { lr, momentum, nesterov } => {
+                (Rule::Sgd { lr: v(lr), momentum: momentum.map(v), nesterov }, (0.0 * lr).to_bits() == 0)
+            }
+            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => (
+                Rule::Adam {
+                    alpha: v(alpha),
+                    keep_m: v(keep_m),
+                    keep_v: v(keep_v),
+                    eps: v(eps),
+                    decay: decay.map(|(wd, lr)| (v(wd), v(lr))),
+                },
+                false,
+            ),
+        };
+        StepV { rule, zero_step }
+    }
+}
+
+/// One update of `LANES` parameters at `p` with gradient `g`, with the
+/// scalar reference's exact sequence of roundings (no FMA).
 ///
 /// # Safety
-/// As [`rmsprop_lanes`].
+/// The CPU runs `S`; `p`'s weights and used slots are valid for `LANES`
+/// reads and writes.
 #[inline(always)]
-pub(crate) unsafe fn rmsprop_lanes_no_grad<S: Simd>(w: *mut f32, v: *mut f32, c: RmsPropV<S::V>) {
+pub(crate) unsafe fn lanes<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>, g: S::V) {
+    // SAFETY: forwarded contract; only used slots are dereferenced.
+    unsafe {
+        match c.rule {
+            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => {
+                let v = rmsprop_velocity::<S>(p, g, rho, decay);
+                let den = if centered {
+                    let a = S::add(S::mul(rho, S::load(p.s[2])), S::mul(decay, g));
+                    S::store(p.s[2], a);
+                    S::add(S::sub(v, S::mul(a, a)), eps)
+                } else {
+                    S::add(v, eps)
+                };
+                let inc = S::div(S::mul(lr, g), S::sqrt(den));
+                let step = match momentum {
+                    Some(mu) => {
+                        let m = S::add(S::mul(mu, S::load(p.s[1])), inc);
+                        S::store(p.s[1], m);
+                        m
+                    }
+                    None => inc,
+                };
+                S::store(p.w, S::sub(S::load(p.w), step));
+            }
+            Rule::Sgd { lr, momentum: Some(mu), nesterov } => {
+                let m = S::sub(S::mul(S::load(p.s[0]), mu), S::mul(g, lr));
+                S::store(p.s[0], m);
+                let step = if nesterov { S::sub(S::mul(m, mu), S::mul(g, lr)) } else { m };
+                S::store(p.w, S::add(S::load(p.w), step));
+            }
+            Rule::Sgd { lr, momentum: None, .. } => S::store(p.w, S::sub(S::load(p.w), S::mul(g, lr))),
+            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => {
+                let mut w = S::load(p.w);
+                if let Some((wd, lr)) = decay {
+                    w = S::sub(w, S::mul(S::mul(w, wd), lr));
+                }
+                let m0 = S::load(p.s[0]);
+                let v0 = S::load(p.s[1]);
+                let m = S::add(m0, S::mul(S::sub(g, m0), keep_m));
+                let v = S::add(v0, S::mul(S::sub(S::mul(g, g), v0), keep_v));
+                S::store(p.s[0], m);
+                S::store(p.s[1], v);
+                S::store(p.w, S::sub(w, S::div(S::mul(m, alpha), S::add(S::sqrt(v), eps))));
+            }
+        }
+    }
+}
+
+/// RMSprop's `v := rho v + (1 - rho) g^2` on slot 0; returns the new `v`.
+///
+/// # Safety
+/// As [`lanes`].
+#[inline(always)]
+unsafe fn rmsprop_velocity<S: Simd>(p: Ptrs<f32>, g: S::V, rho: S::V, decay: S::V) -> S::V {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let v = S::add(S::mul(rho, S::load(p.s[0])), S::mul(decay, S::mul(g, g)));
+        S::store(p.s[0], v);
+        v
+    }
+}
+
+/// [`lanes`] with a gradient of `+0` in every lane, bit for bit, skipping
+/// only what is exactly a no-op. This is the update of a `W1` row whose
+/// pixel is dark in the whole batch (about a third of an MNIST batch's):
+///
+/// * plain RMSprop: `v` decays; the step `lr * 0 / sqrt(v + eps)` is `+0`
+///   where `lr * 0` is `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also
+///   for `-0`, infinities and quiet NaNs), so `w` is not touched then;
+/// * SGD without momentum: `w - 0 * lr` is `w` when `0 * lr` is `+0`:
+///   nothing at all to do;
+/// * every other rule moves `w` (momentum, Adam's `m` and `v`, AdamW's
+///   decay, a centered denominator that may not be positive): the full
+///   formula runs with `g = 0`.
+///
+/// # Safety
+/// As [`lanes`].
+#[inline(always)]
+pub(crate) unsafe fn lanes_no_grad<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>) {
     // SAFETY: forwarded contract.
     unsafe {
         let g = S::zero();
-        let vn = update_velocity::<S>(v, g, c);
-        if c.zero_step && S::all_positive(S::add(vn, c.eps)) {
-            return;
+        match c.rule {
+            Rule::RmsProp { rho, decay, eps, momentum: None, centered: false, .. } if c.zero_step => {
+                let v = rmsprop_velocity::<S>(p, g, rho, decay);
+                if !S::all_positive(S::add(v, eps)) {
+                    lanes_rest_rmsprop::<S>(c, p, v);
+                }
+            }
+            Rule::Sgd { momentum: None, .. } if c.zero_step => {}
+            _ => lanes::<S>(c, p, g),
         }
-        apply_step::<S>(w, g, vn, c);
     }
 }
 
-/// One RMSprop step on a chunk (see [`rmsprop_lanes`]).
+/// The rest of plain RMSprop with `g = +0` after `v` was updated to `v`:
+/// `w -= lr * 0 / sqrt(v + eps)`.
 ///
 /// # Safety
-/// The CPU runs `S`; `w`, `g` and `v` have equal lengths.
+/// As [`lanes`]; `c` is plain RMSprop.
 #[inline(always)]
-pub(crate) unsafe fn rmsprop<S: Simd>(w: &mut [f32], g: &[f32], v: &mut [f32], opt: RmsProp) {
-    let l = S::LANES;
-    let body = w.len() / l * l;
-    // SAFETY: every access covers LANES floats below `body <= len` of each
-    // of the three equal-length slices; the CPU runs S (caller).
-    unsafe {
-        let c = RmsPropV::new::<S>(opt);
-        for i in (0..body).step_by(l) {
-            rmsprop_lanes::<S>(w.as_mut_ptr().add(i), v.as_mut_ptr().add(i), S::load(g.as_ptr().add(i)), c);
+unsafe fn lanes_rest_rmsprop<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>, v: S::V) {
+    if let Rule::RmsProp { lr, eps, .. } = c.rule {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let step = S::div(S::mul(lr, S::zero()), S::sqrt(S::add(v, eps)));
+            S::store(p.w, S::sub(S::load(p.w), step));
         }
     }
-    rmsprop_serial(&mut w[body..], &g[body..], &mut v[body..], opt);
+}
+
+/// One update over a chunk (see [`lanes`]); the tail that fills no whole
+/// vector runs the scalar formula, which rounds identically.
+///
+/// # Safety
+/// The CPU runs `S`; `g` is as long as `u`'s weights.
+#[inline(always)]
+pub(crate) unsafe fn update<S: Simd>(mut u: Update<'_, f32>, g: &[f32]) {
+    assert_eq!(g.len(), u.len(), "gradient and weights differ in length");
+    let l = S::LANES;
+    let body = u.len() / l * l;
+    // SAFETY: every access covers LANES floats below `body <= len` of the
+    // weights, the used slots (as long, by `Update::new`) and `g`; the CPU
+    // runs S (caller).
+    unsafe {
+        let c = StepV::new::<S>(u.step);
+        let p = u.ptrs();
+        for i in (0..body).step_by(l) {
+            lanes::<S>(&c, p.at(i), S::load(g.as_ptr().add(i)));
+        }
+    }
+    let n = u.len();
+    update_serial(u.range(body..n), &g[body..]);
 }

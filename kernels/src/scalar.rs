@@ -9,11 +9,11 @@
 //! Every kernel is row-major here (the panel width is `N`), so the hidden
 //! and output ops are the same functions.
 
-use crate::optim::rmsprop_serial;
+use crate::optim::update_serial;
 use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows, UPDATE_CHUNK,
 };
-use crate::{Activation, Backend, Dims, Layer1Path, Real, RmsProp, Update, XentStats};
+use crate::{Activation, Backend, Dims, Layer1Path, Real, Update, XentStats};
 use rayon::prelude::*;
 
 /// Rows of `H` computed together in the forward products, so that each row
@@ -178,20 +178,17 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims
     });
 }
 
-/// One RMSprop step, exactly as Keras 3 computes it (see `rmsprop_serial`).
-pub fn rmsprop<T: Real>(w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp) {
-    check_len("g", g.len(), w.len());
-    check_len("v", v.len(), w.len());
-    w.par_chunks_mut(UPDATE_CHUNK)
-        .zip(g.par_chunks(UPDATE_CHUNK))
-        .zip(v.par_chunks_mut(UPDATE_CHUNK))
-        .for_each(|((w, g), v)| rmsprop_serial(w, g, v, opt));
+/// One optimizer step of `u`'s weights with gradient `g`, exactly as
+/// Keras 3 computes it (see `update_serial`), in parallel chunks.
+pub fn update<T: Real>(u: Update<'_, T>, g: &[T]) {
+    check_len("g", g.len(), u.len());
+    u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| update_serial(u, g));
 }
 
 /// Applies a fused update after the gradient `dw` was stored.
-fn apply<T: Real>(dw: &[T], update: Option<Update<'_, T>>) {
-    if let Some(u) = update {
-        rmsprop(u.w, dw, u.v, u.opt);
+fn apply<T: Real>(dw: &[T], u: Option<Update<'_, T>>) {
+    if let Some(u) = u {
+        update(u, dw);
     }
 }
 
@@ -255,7 +252,7 @@ impl<T: Real> Backend<T> for Scalar {
     fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
         backward_input(da, dz, w, a, d, act);
     }
-    fn rmsprop(&self, w: &mut [T], g: &[T], v: &mut [T], opt: RmsProp) {
-        rmsprop(w, g, v, opt);
+    fn update(&self, u: Update<'_, T>, g: &[T]) {
+        update(u, g);
     }
 }

@@ -19,7 +19,7 @@
 //!   which that pixel is lit; a pixel dark in the whole batch has a zero
 //!   gradient row, which (fused with RMSprop) only decays its velocity.
 
-use crate::optim::{rmsprop_lanes, rmsprop_lanes_no_grad, RmsPropV};
+use crate::optim::{lanes, lanes_no_grad, StepV};
 use crate::simd::for_each_nonzero;
 use crate::simd::Simd;
 
@@ -310,7 +310,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
 }
 
 /// Sparse `dW := X^T dZ` for one task's panels `jp0 ..` (its slices of the
-/// panel layout: `dw`, and with `update` also `W` and `v`), as the dense
+/// panel layout: `dw`, and with `update` also `W` and its state), as the dense
 /// `weight_grad_panels` computes it. `dz` is `(B, n)`.
 ///
 /// Each group of panels first copies its columns of `dZ` into `scratch`,
@@ -320,7 +320,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
 /// of the L1 cache, which then holds a fraction of what it could.
 ///
 /// # Safety
-/// The CPU runs `S`; `dw` (and `W`, `v`) hold whole panels of `k * NR`
+/// The CPU runs `S`; `dw` (and `W`, its state) hold whole panels of `k * NR`
 /// floats; `csc` was built from a batch of `dz`'s rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -339,10 +339,10 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
     let b = csc.samples;
     assert!(csc.count.len() == k && (jp0 + panels) * nr < n + nr && dz.len() == b * n);
     if let Some(u) = &update {
-        assert!(u.w.len() == dw.len() && u.v.len() == dw.len(), "W and v must match dW");
+        assert!(u.len() == dw.len(), "W must match dW");
     }
     // SAFETY: the CPU runs S (caller).
-    let coeffs = update.as_ref().map(|u| unsafe { RmsPropV::new::<S>(u.opt) });
+    let coeffs = update.as_ref().map(|u| unsafe { StepV::new::<S>(u.step()) });
     let full = (GRAD_GROUP_BYTES / (4 * nr)).clamp(1, 4);
     let mut p = 0;
     while p < panels {
@@ -381,7 +381,7 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
     dzg: &[f32],
     k: usize,
     update: &mut Option<crate::Update<'_, f32>>,
-    coeffs: Option<RmsPropV<S::V>>,
+    coeffs: Option<StepV<S::V>>,
 ) {
     let nr = NV * S::LANES;
     let width = G * nr;
@@ -389,7 +389,7 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
     for j in 0..k {
         let (samples, vals) = csc.pixel(j);
         // SAFETY: each dZ load reads NR floats of row `b < B` of dzg, at
-        // column g * NR + v * LANES < width (checked above); dW / W / v
+        // column g * NR + v * LANES < width (checked above); dW / W / state
         // accesses are at row j < k of local panels p + g, inside the
         // task's slices; the CPU runs S (caller).
         unsafe {
@@ -405,18 +405,18 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
             }
             for (g, a_row) in acc.iter().enumerate() {
                 let at = (p + g) * k * nr + j * nr;
-                match (update.as_mut(), coeffs) {
+                match (update.as_mut(), &coeffs) {
                     // A pixel dark in the whole batch: a zero gradient row.
                     (Some(u), Some(c)) if samples.is_empty() => {
+                        let p = u.ptrs().at(at);
                         for v in 0..NV {
-                            let o = at + v * S::LANES;
-                            rmsprop_lanes_no_grad::<S>(u.w.as_mut_ptr().add(o), u.v.as_mut_ptr().add(o), c);
+                            lanes_no_grad::<S>(c, p.at(v * S::LANES));
                         }
                     }
                     (Some(u), Some(c)) => {
+                        let p = u.ptrs().at(at);
                         for (v, &a) in a_row.iter().enumerate() {
-                            let o = at + v * S::LANES;
-                            rmsprop_lanes::<S>(u.w.as_mut_ptr().add(o), u.v.as_mut_ptr().add(o), a, c);
+                            lanes::<S>(c, p.at(v * S::LANES), a);
                         }
                     }
                     _ => {

@@ -11,8 +11,8 @@
 //! notice when one silently did not run.
 
 mod common;
-use common::Gen;
-use kiln_kernels::{scalar::Scalar, Activation, Backend, Dims, Layer1Path, PanelLayout, RmsProp, Update};
+use common::{optimizers, state_for, update_bits, update_of, Gen};
+use kiln_kernels::{scalar::Scalar, Activation, Backend, Dims, Layer1Path, PanelLayout};
 
 const AUTO: Layer1Path = Layer1Path::Auto;
 const RELU: Activation = Activation::Relu;
@@ -151,11 +151,8 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                 let layout = be.weight_layout(k, n);
                 let mut wp = vec![0f32; layout.len()];
                 layout.pack(&w, &mut wp);
-                // Velocities of 0 with eps = 0 make a dark pixel's step 0 / 0
-                // = NaN: the sparse path must not skip that update.
-                let v0: Vec<f32> =
-                    g.vec(layout.len()).iter().map(|v| if *v > 0.3 { 0.0 } else { v.abs() * 1e-3 }).collect();
-                let opts = [RmsProp::default(), RmsProp { eps: 0.0, ..RmsProp::default() }];
+                // Every update rule (see `optimizers`), from state with zeros.
+                let states: Vec<_> = optimizers().iter().map(|o| (*o, state_for(o, layout.len(), &mut g))).collect();
                 let run = |path| {
                     let mut h = vec![f32::NAN; b * n];
                     be.input_forward(&mut h, &x, &rows, &wp, &bias, d, RELU, path);
@@ -166,24 +163,24 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                     let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
                     be.input_backward(&mut dw, &mut db, &x, &rows, &dz, d, path, None);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    let (mut w1, mut v1) = (Vec::new(), Vec::new());
-                    for opt in opts {
-                        let (mut w, mut v, mut scratch, mut db1) =
-                            (wp.clone(), v0.clone(), vec![0f32; layout.len()], vec![0f32; n]);
-                        let update = Some(Update { w: &mut w, v: &mut v, opt });
+                    let mut fused = Vec::new();
+                    for (opt, state) in &states {
+                        let (mut w, mut state, mut scratch, mut db1) =
+                            (wp.clone(), state.clone(), vec![0f32; layout.len()], vec![0f32; n]);
+                        let update = Some(update_of(opt, 2, &mut w, &mut state));
                         be.input_backward(&mut scratch, &mut db1, &x, &rows, &dz, d, path, update);
-                        w1.extend(bits(&w));
-                        v1.extend(bits(&v));
+                        fused.push((opt.describe(), update_bits(&w, &state)));
                     }
-                    (bits(&h), bits(&dw), bits(&db), w1, v1)
+                    (bits(&h), bits(&dw), bits(&db), fused)
                 };
                 let dense = run(Layer1Path::Dense);
                 let sparse = run(Layer1Path::Sparse);
                 assert!(dense.0 == sparse.0, "{name} {b}x{k}x{n} density {density}: forward differs");
                 assert!(dense.1 == sparse.1, "{name} {b}x{k}x{n} density {density}: dW1 differs");
                 assert!(dense.2 == sparse.2, "{name} {b}x{k}x{n} density {density}: db1 differs");
-                assert!(dense.3 == sparse.3, "{name} {b}x{k}x{n} density {density}: fused W1 differs");
-                assert!(dense.4 == sparse.4, "{name} {b}x{k}x{n} density {density}: fused v differs");
+                for (d3, s3) in dense.3.iter().zip(&sparse.3) {
+                    assert!(d3 == s3, "{name} {b}x{k}x{n} density {density}: fused {} differs", d3.0);
+                }
             }
         }
     }
@@ -288,19 +285,18 @@ fn small_integer_inputs_are_exact() {
 }
 
 #[test]
-fn rmsprop_is_bit_identical_to_scalar() {
+fn every_update_rule_is_bit_identical_to_scalar() {
     let mut g = Gen(13);
     for (name, be) in backends_under_test() {
-        for len in [0usize, 1, 7, 17, 100_003] {
-            let gr = g.vec(len);
-            let v0: Vec<f32> = g.vec(len).iter().map(|v| v.abs() * 1e-3).collect();
-            let w0 = g.vec(len);
-            let opt = RmsProp { lr: 0.01, rho: 0.8, eps: 1e-6 };
-            let (mut w1, mut v1) = (w0.clone(), v0.clone());
-            Scalar.rmsprop(&mut w1, &gr, &mut v1, opt);
-            let (mut w2, mut v2) = (w0.clone(), v0.clone());
-            be.rmsprop(&mut w2, &gr, &mut v2, opt);
-            assert_eq!((w1, v1), (w2, v2), "{name} len {len}");
+        for opt in optimizers() {
+            for len in [0usize, 1, 7, 17, 100_003] {
+                let (gr, w0, s0) = (g.vec(len), g.vec(len), state_for(&opt, len, &mut g));
+                let (mut w1, mut s1) = (w0.clone(), s0.clone());
+                Scalar.update(update_of(&opt, 3, &mut w1, &mut s1), &gr);
+                let (mut w2, mut s2) = (w0.clone(), s0.clone());
+                be.update(update_of(&opt, 3, &mut w2, &mut s2), &gr);
+                assert!(update_bits(&w1, &s1) == update_bits(&w2, &s2), "{name} {} len {len}", opt.describe());
+            }
         }
     }
 }
@@ -470,16 +466,21 @@ fn hidden_layer_ops_match_scalar() {
             assert_close(&format!("{name} hidden dW {b}x{k}x{n}"), &dw, &dw_want, &mag, b);
             let dbmag: Vec<f64> = (0..n).map(|j| (0..b).map(|i| f64::from(dz[i * n + j]).abs()).sum()).collect();
             assert_close(&format!("{name} hidden db {b}x{n}"), &db, &db_want, &dbmag, b);
-            // Fused update = stored gradient, then the flat update, bit for bit.
-            let v0: Vec<f32> = g.vec(layout.len()).iter().map(|v| v.abs() * 1e-3).collect();
-            let (mut w1, mut v1) = (wp.clone(), v0.clone());
-            be.rmsprop(&mut w1, &dwp, &mut v1, RmsProp::default());
-            let (mut w2, mut v2, mut scratch, mut db2) =
-                (wp.clone(), v0.clone(), vec![f32::NAN; layout.len()], vec![0.0; n]);
-            let update = Some(Update { w: &mut w2, v: &mut v2, opt: RmsProp::default() });
-            be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, update);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert!(bits(&w1) == bits(&w2) && bits(&v1) == bits(&v2), "{name} fused hidden update {b}x{k}x{n}");
+            // Fused update = stored gradient, then the flat update, bit for
+            // bit, for every rule.
+            for opt in optimizers() {
+                let s0 = state_for(&opt, layout.len(), &mut g);
+                let (mut w1, mut s1) = (wp.clone(), s0.clone());
+                be.update(update_of(&opt, 1, &mut w1, &mut s1), &dwp);
+                let (mut w2, mut s2, mut scratch, mut db2) =
+                    (wp.clone(), s0.clone(), vec![f32::NAN; layout.len()], vec![0.0; n]);
+                be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, Some(update_of(&opt, 1, &mut w2, &mut s2)));
+                assert!(
+                    update_bits(&w1, &s1) == update_bits(&w2, &s2),
+                    "{name} fused hidden update {} {b}x{k}x{n}",
+                    opt.describe()
+                );
+            }
 
             // The input gradient: `a` plays the layer input's activation output.
             let imag: Vec<f64> = (0..b * k)

@@ -5,7 +5,7 @@
 //! `beta = 0` never reads them, and identical under any thread count.
 
 use kiln_kernels::scalar::{self, Scalar};
-use kiln_kernels::{Activation, Backend, Dims, Layer1Path, RmsProp};
+use kiln_kernels::{Activation, Backend, Dims, Layer1Path, Optimizer};
 
 mod common;
 use common::Gen;
@@ -204,18 +204,65 @@ fn backward_products_match_naive() {
     }
 }
 
+/// Each rule, element by element, against Keras's `update_step` written
+/// out here in f32 (the constants as Python forms them: `1 - rho` in f64).
 #[test]
-fn rmsprop_is_keras_formula_elementwise() {
+fn every_update_rule_is_keras_formula_elementwise() {
     let mut g = Gen(4);
-    for len in [0usize, 1, 7, 100_003] {
-        let (mut w, gr, mut v) = (g.vec(len), g.vec(len), g.vec(len).iter().map(|x| x.abs()).collect::<Vec<_>>());
-        let (w0, v0) = (w.clone(), v.clone());
-        let opt = RmsProp::default();
-        scalar::rmsprop(&mut w, &gr, &mut v, opt);
-        for i in 0..len {
-            let vi = 0.9f32 * v0[i] + 0.1f32 * (gr[i] * gr[i]);
-            assert_eq!(v[i], vi);
-            assert_eq!(w[i], w0[i] - (1e-3f32 * gr[i]) / (vi + 1e-7f32).sqrt());
+    for opt in common::optimizers() {
+        for len in [0usize, 1, 7, 1000] {
+            let (w0, gr) = (g.vec(len), g.vec(len));
+            let s0 = common::state_for(&opt, len, &mut g);
+            let (mut w, mut st) = (w0.clone(), s0.clone());
+            let t = 5;
+            scalar::update(common::update_of(&opt, t, &mut w, &mut st), &gr);
+            for i in 0..len {
+                let (gi, wi) = (gr[i], w0[i]);
+                let (want_w, want_s): (f32, [f32; 3]) = match opt {
+                    Optimizer::RmsProp(o) => {
+                        let (lr, rho, decay, eps) = (o.lr as f32, o.rho as f32, (1.0 - o.rho) as f32, o.eps as f32);
+                        let v = rho * s0[0][i] + decay * (gi * gi);
+                        let (den, a) = if o.centered {
+                            let a = rho * s0[2][i] + decay * gi;
+                            (v - a * a + eps, a)
+                        } else {
+                            (v + eps, 0.0)
+                        };
+                        let inc = lr * gi / den.sqrt();
+                        if o.momentum > 0.0 {
+                            let m = o.momentum as f32 * s0[1][i] + inc;
+                            (wi - m, [v, m, a])
+                        } else {
+                            (wi - inc, [v, 0.0, a])
+                        }
+                    }
+                    Optimizer::Sgd(o) => {
+                        let (lr, mu) = (o.lr as f32, o.momentum as f32);
+                        if o.momentum == 0.0 {
+                            (wi - gi * lr, [0.0; 3])
+                        } else {
+                            let m = s0[0][i] * mu - gi * lr;
+                            (if o.nesterov { wi + (m * mu - gi * lr) } else { wi + m }, [m, 0.0, 0.0])
+                        }
+                    }
+                    Optimizer::Adam(o) => {
+                        let lr = o.lr as f32;
+                        let tf = t as f32;
+                        let alpha = lr * (1.0 - (o.beta_2 as f32).powf(tf)).sqrt() / (1.0 - (o.beta_1 as f32).powf(tf));
+                        let wd = o.weight_decay.map_or(wi, |wd| wi - wi * wd as f32 * lr);
+                        let m = s0[0][i] + (gi - s0[0][i]) * (1.0 - o.beta_1) as f32;
+                        let v = s0[1][i] + (gi * gi - s0[1][i]) * (1.0 - o.beta_2) as f32;
+                        (wd - m * alpha / (v.sqrt() + o.eps as f32), [m, v, 0.0])
+                    }
+                };
+                let what = format!("{} element {i}", opt.describe());
+                assert_eq!(w[i].to_bits(), want_w.to_bits(), "{what}: w");
+                for (k, used) in opt.slots().iter().enumerate() {
+                    if used.is_some() {
+                        assert_eq!(st[k][i].to_bits(), want_s[k].to_bits(), "{what}: slot {k}");
+                    }
+                }
+            }
         }
     }
 }

@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
 use kiln::data::{self, Dataset};
 use kiln::model::{Arch, Model, Params};
-use kiln::train::{self, Config, EpochReport, Samples};
-use kiln_kernels::{Backend, Layer1Path, RmsProp};
+use kiln::train::{self, Config, EarlyStopping, EpochReport, Progress, Samples};
+use kiln_kernels::{Adam, Backend, Layer1Path, Optimizer, RmsProp, Sgd};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Train a Sequential stack of Dense layers with RMSprop, as Keras does.
+/// Train a Sequential stack of Dense layers as Keras does.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -51,15 +51,55 @@ struct Args {
     /// Stop each epoch after N steps (Keras steps_per_epoch); the next epoch goes on from there
     #[arg(long, value_name = "N")]
     steps_per_epoch: Option<usize>,
-    /// RMSprop learning rate
-    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
-    lr: f64,
-    /// RMSprop decay of the squared-gradient average
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    rho: f64,
-    /// RMSprop epsilon, added under the square root
-    #[arg(long, default_value_t = 1e-7, allow_negative_numbers = true)]
-    eps: f64,
+    /// The optimizer, as Keras runs it: rmsprop, sgd, adam, adamw
+    #[arg(long, value_name = "NAME", default_value = "rmsprop")]
+    optimizer: String,
+    /// Learning rate [default: 0.01 for sgd, 0.001 for the others]
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// rmsprop: decay of the squared-gradient average [default: 0.9]
+    #[arg(long, allow_negative_numbers = true)]
+    rho: Option<f64>,
+    /// sgd, rmsprop: momentum [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// sgd: Nesterov momentum
+    #[arg(long)]
+    nesterov: bool,
+    /// rmsprop: normalise by the gradient's estimated variance
+    #[arg(long)]
+    centered: bool,
+    /// adam, adamw: decay of the gradient average [default: 0.9]
+    #[arg(long = "beta-1", allow_negative_numbers = true)]
+    beta_1: Option<f64>,
+    /// adam, adamw: decay of the squared-gradient average [default: 0.999]
+    #[arg(long = "beta-2", allow_negative_numbers = true)]
+    beta_2: Option<f64>,
+    /// rmsprop, adam, adamw: epsilon [default: 1e-7]
+    #[arg(long, allow_negative_numbers = true)]
+    eps: Option<f64>,
+    /// adamw: decoupled weight decay [default: 0.004]
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// Hold out the last fraction F of the training images, before shuffling, to validate on
+    /// after every epoch (Keras validation_split)
+    #[arg(long, value_name = "F", conflicts_with = "validate_on_test")]
+    validation_split: Option<f64>,
+    /// Validate on the test split after every epoch (Keras validation_data=(x_test, y_test))
+    #[arg(long)]
+    validate_on_test: bool,
+    /// Stop when val_loss has not improved for N epochs (Keras EarlyStopping, min_delta 0)
+    #[arg(long, value_name = "N")]
+    early_stopping: Option<usize>,
+    /// With --early-stopping: end with the weights of the epoch of the lowest val_loss
+    #[arg(long, requires = "early_stopping")]
+    restore_best: bool,
+    /// Write everything needed to resume to PATH, atomically, after every epoch
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run whose checkpoint is PATH (same settings; --epochs may grow)
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
     /// Seed of the initial weights and of the shuffles
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -114,13 +154,70 @@ fn main() -> ExitCode {
     kiln::exit_code(run(Args::parse()).map(|()| true))
 }
 
-/// Rejects RMSprop settings that cannot train, naming the flag.
-fn check_optimizer(opt: &RmsProp) -> Result<()> {
-    let RmsProp { lr, rho, eps } = *opt;
-    ensure!(lr.is_finite() && lr > 0.0, "--lr must be a positive number (got {lr})");
-    ensure!(rho.is_finite() && (0.0..1.0).contains(&rho), "--rho must be in [0, 1) (got {rho})");
-    ensure!(eps.is_finite() && eps > 0.0, "--eps must be a positive number (got {eps})");
-    Ok(())
+/// The optimizer the flags ask for, with Keras's defaults for the rest; a
+/// flag the optimizer does not take, or a value it cannot train with, is
+/// an error naming it.
+fn optimizer_from(args: &Args) -> Result<Optimizer> {
+    let name = args.optimizer.as_str();
+    let given = [
+        ("--rho", args.rho.is_some(), &["rmsprop"][..]),
+        ("--momentum", args.momentum.is_some(), &["rmsprop", "sgd"]),
+        ("--nesterov", args.nesterov, &["sgd"]),
+        ("--centered", args.centered, &["rmsprop"]),
+        ("--beta-1", args.beta_1.is_some(), &["adam", "adamw"]),
+        ("--beta-2", args.beta_2.is_some(), &["adam", "adamw"]),
+        ("--eps", args.eps.is_some(), &["rmsprop", "adam", "adamw"]),
+        ("--weight-decay", args.weight_decay.is_some(), &["adamw"]),
+    ];
+    for (flag, set, takers) in given {
+        ensure!(
+            !set || takers.contains(&name) || !["rmsprop", "sgd", "adam", "adamw"].contains(&name),
+            "{flag} is not an argument of --optimizer {name} (it belongs to {})",
+            takers.join(", ")
+        );
+    }
+    let opt = match name {
+        "rmsprop" => {
+            let d = RmsProp::default();
+            Optimizer::RmsProp(RmsProp {
+                lr: args.lr.unwrap_or(d.lr),
+                rho: args.rho.unwrap_or(d.rho),
+                momentum: args.momentum.unwrap_or(d.momentum),
+                eps: args.eps.unwrap_or(d.eps),
+                centered: args.centered,
+            })
+        }
+        "sgd" => {
+            let d = Sgd::default();
+            Optimizer::Sgd(Sgd {
+                lr: args.lr.unwrap_or(d.lr),
+                momentum: args.momentum.unwrap_or(d.momentum),
+                nesterov: args.nesterov,
+            })
+        }
+        "adam" | "adamw" => {
+            let d = if name == "adamw" { Adam::adamw() } else { Adam::default() };
+            Optimizer::Adam(Adam {
+                lr: args.lr.unwrap_or(d.lr),
+                beta_1: args.beta_1.unwrap_or(d.beta_1),
+                beta_2: args.beta_2.unwrap_or(d.beta_2),
+                eps: args.eps.unwrap_or(d.eps),
+                weight_decay: d.weight_decay.map(|wd| args.weight_decay.unwrap_or(wd)),
+            })
+        }
+        other => anyhow::bail!("--optimizer: unknown optimizer `{other}`; expected one of rmsprop, sgd, adam, adamw"),
+    };
+    opt.check().map_err(|e| {
+        // Keras's argument names, as this command's flags.
+        let (arg, rest) = e.split_once(' ').unwrap_or((&e, ""));
+        let flag = match arg {
+            "learning_rate" => "--lr".to_string(),
+            "epsilon" => "--eps".to_string(),
+            other => format!("--{}", other.replace('_', "-")),
+        };
+        anyhow::anyhow!("{flag} {rest} (--optimizer {name})")
+    })?;
+    Ok(opt)
 }
 
 /// What a run trains: the layers, the optimizer, the fit options.
@@ -128,9 +225,22 @@ struct Plan {
     arch: Arch,
     init: Params<f32>,
     init_from: String,
-    opt: RmsProp,
+    opt: Optimizer,
     cfg: Config,
     layer1: Layer1Path,
+    validation: Validation,
+    checkpoint: Option<PathBuf>,
+    resume: Option<PathBuf>,
+}
+
+/// What a run validates on after every epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Validation {
+    None,
+    /// The last fraction of the training split (Keras validation_split).
+    Split(f64),
+    /// The test split (Keras validation_data).
+    Test,
 }
 
 fn run(args: Args) -> Result<()> {
@@ -140,10 +250,19 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         shuffle: !args.no_shuffle,
         steps_per_epoch: args.steps_per_epoch,
+        early_stopping: args.early_stopping.map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
     };
     cfg.validate()?;
-    let opt = RmsProp { lr: args.lr, rho: args.rho, eps: args.eps };
-    check_optimizer(&opt)?;
+    let opt = optimizer_from(&args)?;
+    let validation = match (args.validation_split, args.validate_on_test) {
+        (Some(f), _) => Validation::Split(f),
+        (None, true) => Validation::Test,
+        (None, false) => Validation::None,
+    };
+    ensure!(
+        args.early_stopping.is_none() || validation != Validation::None,
+        "--early-stopping watches val_loss: add --validation-split F or --validate-on-test"
+    );
     ensure!(args.hidden != Some(0), "--hidden must be at least 1 (got 0)");
     let threads = match args.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1 (got 0)"),
@@ -154,6 +273,7 @@ fn run(args: Args) -> Result<()> {
         [("--out", Some(&args.out)), ("--metrics", args.metrics.as_ref()), ("--chart", args.chart.as_ref())]
             .into_iter()
             .chain([("--confusion", args.confusion.as_ref()), ("--errors", args.errors.as_ref())])
+            .chain([("--checkpoint", args.checkpoint.as_ref()), ("--resume", args.resume.as_ref())])
     {
         if let Some(p) = p {
             ensure!(!p.is_dir(), "{flag} {}: is a directory; expected a file path", p.display());
@@ -191,7 +311,8 @@ fn run(args: Args) -> Result<()> {
         errors: args.errors,
         model: args.out,
     };
-    let plan = Plan { arch, init, init_from, opt, cfg, layer1 };
+    let plan =
+        Plan { arch, init, init_from, opt, cfg, layer1, validation, checkpoint: args.checkpoint, resume: args.resume };
     pool.install(|| train_and_save(&plan, be, threads, &data, &outputs, args.json, args.profile))
 }
 
@@ -204,7 +325,7 @@ fn train_and_save(
     json: bool,
     profile: bool,
 ) -> Result<()> {
-    let Plan { arch, init, init_from, opt, cfg, layer1 } = plan;
+    let Plan { arch, init, init_from, opt, cfg, layer1, validation, checkpoint, resume } = plan;
     let out = outputs.model.as_path();
     let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
     if cfg!(debug_assertions) {
@@ -219,27 +340,86 @@ fn train_and_save(
     say(format!("model: Sequential, --layers {}", arch.spec()));
     say(arch.summary());
     let steps_note = cfg.steps_per_epoch.map_or(String::new(), |n| format!(", {n} steps per epoch"));
+    let all_train = Samples::from(&data.train);
+    let (train_data, val_data) = match *validation {
+        Validation::None => (all_train, None),
+        Validation::Split(f) => {
+            let (t, v) = all_train.validation_split(f)?;
+            (t, Some(v))
+        }
+        Validation::Test => (all_train, Some(Samples::from(&data.test))),
+    };
+    let val_note = match (*validation, &val_data) {
+        (Validation::Split(f), Some(v)) => {
+            format!("; validation: the last {} training images (--validation-split {f})", v.len())
+        }
+        (Validation::Test, Some(v)) => format!("; validation: the {} test images", v.len()),
+        _ => String::new(),
+    };
+    let stop_note = cfg.early_stopping.map_or(String::new(), |e| {
+        format!(
+            "; early stopping: patience {} on val_loss{}",
+            e.patience,
+            if e.restore_best { ", restoring the best epoch's weights" } else { "" }
+        )
+    });
     say(format!(
-        "RMSprop(lr={}, rho={}, eps={}); batch {}, {} epochs{steps_note}, {}; weights: {init_from}",
-        opt.lr,
-        opt.rho,
-        opt.eps,
+        "{}; batch {}, {} epochs{steps_note}, {}; {} training images{val_note}{stop_note}; weights: {init_from}",
+        opt.describe(),
         cfg.batch_size,
         cfg.epochs,
-        if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() }
+        if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() },
+        train_data.len()
     ));
     let capacity = cfg.batch_size.max(1000).min(data.train.len().max(data.test.len()));
     let mut model = Model::new(be, init, *opt, capacity).with_layer1_path(*layer1);
+    // What a resumed run must share with the checkpoint it resumes.
+    let run_settings = || -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("--optimizer".into(), opt.describe());
+        m.insert("--batch-size".into(), cfg.batch_size.to_string());
+        m.insert("--seed".into(), cfg.seed.to_string());
+        m.insert("--no-shuffle".into(), (!cfg.shuffle).to_string());
+        m.insert("--steps-per-epoch".into(), format!("{:?}", cfg.steps_per_epoch));
+        m.insert("--init".into(), init_from.clone());
+        m.insert("validation".into(), format!("{validation:?}"));
+        m.insert("--early-stopping".into(), format!("{:?}", cfg.early_stopping));
+        m.insert("training data".into(), train_data.fingerprint());
+        if let Some(v) = &val_data {
+            m.insert("validation data".into(), v.fingerprint());
+        }
+        m
+    };
+    let run = if checkpoint.is_some() || resume.is_some() { run_settings() } else { BTreeMap::new() };
+    let mut progress = Progress::default();
+    if let Some(path) = resume {
+        let r = checkpoint::load_resume(path, arch, &run)?;
+        r.restore(&mut model).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        progress = r.progress;
+        say(format!(
+            "resumed from {}: {} epochs done, {} updates{}",
+            path.display(),
+            progress.epochs_done(),
+            model.iterations(),
+            if progress.stopped_early() { " (it had stopped early)" } else { "" }
+        ));
+        for r in &progress.reports {
+            say(epoch_line(r));
+        }
+    }
     let interactive = !json && std::io::stdout().is_terminal();
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
     let style = ProgressStyle::with_template("{pos:>4}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} - {msg}")
         .expect("valid template")
         .progress_chars("=> ");
     let start = Instant::now();
-    let reports = train::fit(
+    let resumed_at = progress.epochs_done();
+    train::fit_with(
         &mut model,
-        Samples::from(&data.train),
+        train_data,
+        val_data,
         cfg,
+        &mut progress,
         |p| {
             if !interactive {
                 return;
@@ -252,30 +432,43 @@ fn train_and_save(
             b.set_position(p.step as u64);
             b.set_message(format!("loss: {:.4} - accuracy: {:.4}", p.loss, p.acc));
         },
-        |r: &EpochReport| {
+        |r: &EpochReport, model: &Model<'_, f32>, progress: &Progress| {
             if let Some(b) = bar.borrow_mut().take() {
                 b.finish_and_clear();
             }
             if json {
-                let line = json!({"epoch": r.epoch, "loss": r.loss, "acc": r.acc,
-                                  "seconds": r.seconds, "images_per_sec": r.images_per_sec});
-                println!("{line}");
+                println!("{}", epoch_json(r));
             } else {
                 if !interactive {
                     println!("Epoch {}/{}", r.epoch, cfg.epochs);
                 }
-                println!(
-                    "{} steps - {:.2}s - {:.0} images/s - loss: {:.4} - accuracy: {:.4}",
-                    r.steps, r.seconds, r.images_per_sec, r.loss, r.acc
-                );
+                println!("{}", epoch_line(r));
             }
+            if let Some(path) = checkpoint {
+                checkpoint::save_resume(path, model, progress, &run)?;
+            }
+            Ok(())
         },
     )?;
+    let reports = &progress.reports;
+    let st = &progress.stopping;
+    if let Some(e) = st.stopped_epoch {
+        say(format!(
+            "Epoch {e}: early stopping (val_loss has not improved for {} epochs; the best, {:.4}, was epoch {})",
+            cfg.early_stopping.map_or(0, |e| e.patience),
+            st.best.unwrap_or(f64::NAN),
+            st.best_epoch
+        ));
+    }
+    if cfg.early_stopping.is_some_and(|e| e.restore_best) && st.best_weights.is_some() {
+        say(format!("Restoring model weights from the end of the best epoch: {}.", st.best_epoch));
+    }
+    ensure!(!reports.is_empty(), "no epoch was trained");
     let train_seconds = start.elapsed().as_secs_f64();
     let phases = model.times().named();
     let data_seconds = train_seconds - phases.iter().map(|(_, s)| s).sum::<f64>();
     if profile {
-        let epochs = cfg.epochs as f64;
+        let epochs = (reports.len() - resumed_at).max(1) as f64;
         let rows = phases.iter().cloned().chain(std::iter::once(("data_and_loop".to_string(), data_seconds)));
         if json {
             let mut o = serde_json::Map::new();
@@ -299,9 +492,7 @@ fn train_and_save(
         ("epochs", cfg.epochs.to_string()),
         ("batch_size", cfg.batch_size.to_string()),
         ("shuffle", cfg.shuffle.to_string()),
-        ("lr", opt.lr.to_string()),
-        ("rho", opt.rho.to_string()),
-        ("eps", opt.eps.to_string()),
+        ("optimizer", opt.describe()),
         ("init", init_from.clone()),
         ("image_shape", format!("{}x{}", data.train.shape().0, data.train.shape().1)),
         ("backend", be.name().to_string()),
@@ -314,17 +505,25 @@ fn train_and_save(
     if let Some(n) = cfg.steps_per_epoch {
         meta.insert("steps_per_epoch".into(), n.to_string());
     }
+    match validation {
+        Validation::Split(f) => drop(meta.insert("validation_split".into(), f.to_string())),
+        Validation::Test => drop(meta.insert("validation".into(), "test".into())),
+        Validation::None => {}
+    }
+    if let Some(e) = cfg.early_stopping {
+        meta.insert("early_stopping".into(), format!("patience {}, restore best {}", e.patience, e.restore_best));
+        meta.insert("epochs_trained".into(), reports.len().to_string());
+    }
     checkpoint::save(out, &model.params(), &meta)?;
     let mut lines = String::new();
-    for r in &reports {
-        let line = json!({"epoch": r.epoch, "loss": r.loss, "acc": r.acc, "seconds": r.seconds,
-                          "images_per_sec": r.images_per_sec});
-        lines.push_str(&format!("{line}\n"));
+    for r in reports {
+        lines.push_str(&format!("{}\n", epoch_json(r)));
     }
     lines.push_str(&format!("{}\n", json!({"test_loss": test_loss, "test_acc": test_acc, "confusion": confusion})));
     kiln::fsutil::write_atomic(&outputs.metrics, lines.as_bytes())?;
     let (losses, accs): (Vec<f64>, Vec<f64>) = reports.iter().map(|r| (r.loss, r.acc)).unzip();
-    kiln::draw::training_chart(&outputs.chart, &losses, &accs, test_acc)?;
+    let (val_losses, val_accs): (Vec<f64>, Vec<f64>) = reports.iter().filter_map(|r| r.val_loss.zip(r.val_acc)).unzip();
+    kiln::draw::training_chart(&outputs.chart, &losses, &accs, (&val_losses, &val_accs), test_acc)?;
     if let Some(p) = &outputs.confusion {
         kiln::draw::confusion_heatmap(p, &confusion)?;
     }
@@ -336,7 +535,8 @@ fn train_and_save(
             .collect();
         kiln::draw::digit_grid(p, &wrong, data.test.shape(), 10)?;
     }
-    let mean_epoch = reports.iter().map(|r| r.seconds).sum::<f64>() / reports.len() as f64;
+    let timed = &reports[resumed_at.min(reports.len() - 1)..];
+    let mean_epoch = timed.iter().map(|r| r.seconds).sum::<f64>() / timed.len() as f64;
     if json {
         let line = json!({"test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_seconds,
                           "mean_epoch_seconds": mean_epoch, "backend": be.name(), "threads": threads,
@@ -357,4 +557,27 @@ fn train_and_save(
         println!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
     }
     Ok(())
+}
+
+/// An epoch's log line, as Keras prints it.
+fn epoch_line(r: &EpochReport) -> String {
+    let val = match (r.val_loss, r.val_acc) {
+        (Some(l), Some(a)) => format!(" - val_loss: {l:.4} - val_accuracy: {a:.4}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} steps - {:.2}s - {:.0} images/s - loss: {:.4} - accuracy: {:.4}{val}",
+        r.steps, r.seconds, r.images_per_sec, r.loss, r.acc
+    )
+}
+
+/// An epoch's JSON line (stdout with --json, and the metrics file).
+fn epoch_json(r: &EpochReport) -> serde_json::Value {
+    let mut line = json!({"epoch": r.epoch, "steps": r.steps, "loss": r.loss, "acc": r.acc, "seconds": r.seconds,
+                          "images_per_sec": r.images_per_sec});
+    if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
+        line["val_loss"] = json!(l);
+        line["val_acc"] = json!(a);
+    }
+    line
 }

@@ -45,6 +45,36 @@ impl Golden {
         Arch::parse(&spec, 784, 10).expect("golden layers")
     }
 
+    /// The optimizer Keras trained with, from its config in the metadata
+    /// (the older file has none: RMSprop with Keras's defaults).
+    pub fn optimizer(&self) -> kiln_kernels::Optimizer {
+        use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
+        let Some(json) = self.meta("optimizer") else { return Optimizer::default() };
+        let c: serde_json::Value = serde_json::from_str(&json).expect("optimizer config is JSON");
+        let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("optimizer config lacks {k}"));
+        let b = |k: &str| c[k].as_bool().unwrap_or_else(|| panic!("optimizer config lacks {k}"));
+        // Keras stores the learning rate as the f32 it trains with, widened.
+        let lr = f("learning_rate");
+        match c["name"].as_str().expect("optimizer name") {
+            "rm_sprop" | "rmsprop" => Optimizer::RmsProp(RmsProp {
+                lr,
+                rho: f("rho"),
+                momentum: f("momentum"),
+                eps: f("epsilon"),
+                centered: b("centered"),
+            }),
+            "sgd" => Optimizer::Sgd(Sgd { lr, momentum: f("momentum"), nesterov: b("nesterov") }),
+            name @ ("adam" | "adam_w") => Optimizer::Adam(Adam {
+                lr,
+                beta_1: f("beta_1"),
+                beta_2: f("beta_2"),
+                eps: f("epsilon"),
+                weight_decay: (name == "adam_w").then(|| f("weight_decay")),
+            }),
+            other => panic!("optimizer {other} is not one kiln runs"),
+        }
+    }
+
     /// An f32 tensor and its shape.
     pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let st = self.st();
