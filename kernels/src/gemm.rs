@@ -42,7 +42,7 @@
 //! k-blocks start from the stored partial sum), whatever tile, block or
 //! thread computes it: results do not depend on the thread count.
 
-use crate::optim::{lanes, StepV};
+use crate::optim::LaneRule;
 use crate::params::{KC_MAX, MAX_TILE, MC};
 use crate::simd::Simd;
 use crate::Update;
@@ -410,7 +410,7 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
 /// `ceil(k / MR) * MR * B` floats.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usize, R: LaneRule<S>>(
     dw: &mut [f32],
     jp0: usize,
     xt: &[f32],
@@ -419,10 +419,14 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     k: usize,
     n: usize,
     bpack: &mut Vec<f32>,
-    mut update: Option<Update<'_, f32>>,
+    update: Option<(Update<'_, f32>, R)>,
 ) {
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
+    let (mut update, coeffs) = match update {
+        Some((u, r)) => (Some(u), Some(r)),
+        None => (None, None),
+    };
     if let Some(u) = &update {
         assert!(u.len() == dw.len(), "W must match dW");
     }
@@ -435,8 +439,6 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
         }
         return;
     }
-    // SAFETY: the CPU runs S (caller).
-    let coeffs = update.as_ref().map(|u| unsafe { StepV::new::<S>(u.step()) });
     let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
     // LOOP 4: k-blocks of the batch, in order.
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
@@ -481,7 +483,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                                 let p = u.range(off..end).ptrs();
                                 for (r, row) in acc.iter().enumerate().take(rows_here) {
                                     for (j, &g) in row.iter().enumerate() {
-                                        lanes::<S>(&c, p.at(r * nr + j * S::LANES), g);
+                                        c.apply(p.at(r * nr + j * S::LANES), g);
                                     }
                                 }
                             }

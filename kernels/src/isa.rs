@@ -118,9 +118,11 @@ macro_rules! isa_entry_points {
                 bpack: &mut Vec<f32>,
                 update: Option<Update<'_, f32>>,
             ) {
-                // SAFETY: forwarded contract (trait docs).
+                // SAFETY: forwarded contract (trait docs); the CPU runs Self.
                 unsafe {
-                    gemm::weight_grad_panels::<Self, { $mr }, { $nv }>(dw, jp0, xt, dz, batch, k, n, bpack, update)
+                    optim::with_rule!(Self, update, |u| gemm::weight_grad_panels::<Self, { $mr }, { $nv }, _>(
+                        dw, jp0, xt, dz, batch, k, n, bpack, u
+                    ))
                 }
             }
             #[target_feature(enable = $features)]
@@ -179,7 +181,11 @@ macro_rules! isa_entry_points {
                 scratch: &mut Vec<f32>,
             ) {
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { sparse::weight_grad_sparse::<Self, { $nv }>(dw, jp0, csc, dz, n, k, update, scratch) }
+                unsafe {
+                    optim::with_rule!(Self, update, |u| sparse::weight_grad_sparse::<Self, { $nv }, _>(
+                        dw, jp0, csc, dz, n, k, u, scratch
+                    ))
+                }
             }
         }
     };

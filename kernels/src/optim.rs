@@ -630,6 +630,168 @@ unsafe fn lanes_rest_rmsprop<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>, v: S::V) {
     }
 }
 
+/// The vector update the fused kernels call per finished gradient vector,
+/// as a type: the kernels are instantiated per rule ([`with_rule!`]), so
+/// the common rules run without a branch on the rule or coefficients
+/// reloaded from memory inside their loops. Every implementation rounds
+/// exactly as [`lanes`] and [`lanes_no_grad`] do (tested bit for bit).
+pub(crate) trait LaneRule<S: Simd>: Copy {
+    /// [`lanes`].
+    ///
+    /// # Safety
+    /// As [`lanes`].
+    unsafe fn apply(&self, p: Ptrs<f32>, g: S::V);
+    /// [`lanes_no_grad`].
+    ///
+    /// # Safety
+    /// As [`lanes`].
+    unsafe fn apply_no_grad(&self, p: Ptrs<f32>);
+}
+
+impl<S: Simd> LaneRule<S> for StepV<S::V> {
+    #[inline(always)]
+    unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
+        // SAFETY: forwarded contract.
+        unsafe { lanes::<S>(self, p, g) }
+    }
+    #[inline(always)]
+    unsafe fn apply_no_grad(&self, p: Ptrs<f32>) {
+        // SAFETY: forwarded contract.
+        unsafe { lanes_no_grad::<S>(self, p) }
+    }
+}
+
+/// Plain RMSprop (no momentum, not centered): the tutorial's optimizer.
+#[derive(Clone, Copy)]
+pub(crate) struct RmsPropLanes<V> {
+    lr: V,
+    rho: V,
+    decay: V,
+    eps: V,
+    zero_step: bool,
+}
+
+impl<S: Simd> LaneRule<S> for RmsPropLanes<S::V> {
+    #[inline(always)]
+    unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let v = rmsprop_velocity::<S>(p, g, self.rho, self.decay);
+            let step = S::div(S::mul(self.lr, g), S::sqrt(S::add(v, self.eps)));
+            S::store(p.w, S::sub(S::load(p.w), step));
+        }
+    }
+    #[inline(always)]
+    unsafe fn apply_no_grad(&self, p: Ptrs<f32>) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let v = rmsprop_velocity::<S>(p, S::zero(), self.rho, self.decay);
+            // See `lanes_no_grad`: w stays unless the step may not be +0.
+            if !(self.zero_step && S::all_positive(S::add(v, self.eps))) {
+                let step = S::div(S::mul(self.lr, S::zero()), S::sqrt(S::add(v, self.eps)));
+                S::store(p.w, S::sub(S::load(p.w), step));
+            }
+        }
+    }
+}
+
+/// Adam and AdamW.
+#[derive(Clone, Copy)]
+pub(crate) struct AdamLanes<V> {
+    alpha: V,
+    keep_m: V,
+    keep_v: V,
+    eps: V,
+    decay: Option<(V, V)>,
+}
+
+impl<S: Simd> LaneRule<S> for AdamLanes<S::V> {
+    #[inline(always)]
+    unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let mut w = S::load(p.w);
+            if let Some((wd, lr)) = self.decay {
+                w = S::sub(w, S::mul(S::mul(w, wd), lr));
+            }
+            let (m0, v0) = (S::load(p.s[0]), S::load(p.s[1]));
+            let m = S::add(m0, S::mul(S::sub(g, m0), self.keep_m));
+            let v = S::add(v0, S::mul(S::sub(S::mul(g, g), v0), self.keep_v));
+            S::store(p.s[0], m);
+            S::store(p.s[1], v);
+            S::store(p.w, S::sub(w, S::div(S::mul(m, self.alpha), S::add(S::sqrt(v), self.eps))));
+        }
+    }
+    #[inline(always)]
+    unsafe fn apply_no_grad(&self, p: Ptrs<f32>) {
+        // SAFETY: forwarded contract. Every Adam state moves with g = 0.
+        unsafe { LaneRule::<S>::apply(self, p, S::zero()) }
+    }
+}
+
+/// Which specialised [`LaneRule`] a step runs as.
+pub(crate) enum Specialised<V> {
+    RmsProp(RmsPropLanes<V>),
+    Adam(AdamLanes<V>),
+    Other(StepV<V>),
+}
+
+/// The step's coefficients in registers, in the most specialised form.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn specialise<S: Simd>(step: Step<f32>) -> Specialised<S::V> {
+    // SAFETY: the CPU runs S (caller).
+    let v = |x: f32| unsafe { S::splat(x) };
+    match step.rule {
+        Rule::RmsProp { lr, rho, decay, eps, momentum: None, centered: false } => {
+            let zero_step = (lr * 0.0).to_bits() == 0;
+            Specialised::RmsProp(RmsPropLanes { lr: v(lr), rho: v(rho), decay: v(decay), eps: v(eps), zero_step })
+        }
+        Rule::Adam { alpha, keep_m, keep_v, eps, decay } => Specialised::Adam(AdamLanes {
+            alpha: v(alpha),
+            keep_m: v(keep_m),
+            keep_v: v(keep_v),
+            eps: v(eps),
+            decay: decay.map(|(wd, lr)| (v(wd), v(lr))),
+        }),
+        // SAFETY: the CPU runs S (caller).
+        _ => Specialised::Other(unsafe { StepV::new::<S>(step) }),
+    }
+}
+
+/// Runs `$call` with `$u` bound to the update (an `Option<Update>`) paired
+/// with its step's [`LaneRule`], instantiating the call once per
+/// specialised rule (`$s` is the instruction set; the CPU must run it, and
+/// the macro must be expanded inside an `unsafe` block).
+macro_rules! with_rule {
+    ($s:ty, $update:expr, |$u:ident| $call:expr) => {{
+        let update: Option<$crate::Update<'_, f32>> = $update;
+        // Expanded inside the caller's `unsafe` block, whose SAFETY covers
+        // that the CPU runs $s.
+        match update.as_ref().map(|u| $crate::optim::specialise::<$s>(u.step())) {
+            Some($crate::optim::Specialised::RmsProp(r)) => {
+                let $u = update.map(|u| (u, r));
+                $call
+            }
+            Some($crate::optim::Specialised::Adam(r)) => {
+                let $u = update.map(|u| (u, r));
+                $call
+            }
+            Some($crate::optim::Specialised::Other(r)) => {
+                let $u = update.map(|u| (u, r));
+                $call
+            }
+            None => {
+                let $u: Option<($crate::Update<'_, f32>, $crate::optim::StepV<<$s as $crate::simd::Simd>::V>)> = None;
+                $call
+            }
+        }
+    }};
+}
+pub(crate) use with_rule;
+
 /// One update over a chunk (see [`lanes`]); the tail that fills no whole
 /// vector runs the scalar formula, which rounds identically.
 ///

@@ -19,7 +19,7 @@
 //!   which that pixel is lit; a pixel dark in the whole batch has a zero
 //!   gradient row, which (fused with RMSprop) only decays its velocity.
 
-use crate::optim::{lanes, lanes_no_grad, StepV};
+use crate::optim::LaneRule;
 use crate::simd::for_each_nonzero;
 use crate::simd::Simd;
 
@@ -324,16 +324,20 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
 /// floats; `csc` was built from a batch of `dz`'s rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
+pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>>(
     dw: &mut [f32],
     jp0: usize,
     csc: &Csc,
     dz: &[f32],
     n: usize,
     k: usize,
-    mut update: Option<crate::Update<'_, f32>>,
+    update: Option<(crate::Update<'_, f32>, R)>,
     scratch: &mut Vec<f32>,
 ) {
+    let (mut update, coeffs) = match update {
+        Some((u, r)) => (Some(u), Some(r)),
+        None => (None, None),
+    };
     let nr = NV * S::LANES;
     let panels = dw.len() / (k * nr).max(1);
     let b = csc.samples;
@@ -341,8 +345,6 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
     if let Some(u) = &update {
         assert!(u.len() == dw.len(), "W must match dW");
     }
-    // SAFETY: the CPU runs S (caller).
-    let coeffs = update.as_ref().map(|u| unsafe { StepV::new::<S>(u.step()) });
     let full = (GRAD_GROUP_BYTES / (4 * nr)).clamp(1, 4);
     let mut p = 0;
     while p < panels {
@@ -358,10 +360,10 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
         // SAFETY: forwarded contract; scratch holds B rows of g * NR.
         unsafe {
             match g {
-                4 => grad_group::<S, NV, 4>(dw, p, csc, scratch, k, &mut update, coeffs),
-                2 => grad_group::<S, NV, 2>(dw, p, csc, scratch, k, &mut update, coeffs),
-                3 => grad_group::<S, NV, 3>(dw, p, csc, scratch, k, &mut update, coeffs),
-                _ => grad_group::<S, NV, 1>(dw, p, csc, scratch, k, &mut update, coeffs),
+                4 => grad_group::<S, NV, 4, R>(dw, p, csc, scratch, k, &mut update, coeffs),
+                2 => grad_group::<S, NV, 2, R>(dw, p, csc, scratch, k, &mut update, coeffs),
+                3 => grad_group::<S, NV, 3, R>(dw, p, csc, scratch, k, &mut update, coeffs),
+                _ => grad_group::<S, NV, 1, R>(dw, p, csc, scratch, k, &mut update, coeffs),
             }
         }
         p += g;
@@ -374,14 +376,14 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize>(
 /// # Safety
 /// As [`weight_grad_sparse`].
 #[inline(always)]
-unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
+unsafe fn grad_group<S: Simd, const NV: usize, const G: usize, R: LaneRule<S>>(
     dw: &mut [f32],
     p: usize,
     csc: &Csc,
     dzg: &[f32],
     k: usize,
     update: &mut Option<crate::Update<'_, f32>>,
-    coeffs: Option<StepV<S::V>>,
+    coeffs: Option<R>,
 ) {
     let nr = NV * S::LANES;
     let width = G * nr;
@@ -410,13 +412,13 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize>(
                     (Some(u), Some(c)) if samples.is_empty() => {
                         let p = u.ptrs().at(at);
                         for v in 0..NV {
-                            lanes_no_grad::<S>(c, p.at(v * S::LANES));
+                            c.apply_no_grad(p.at(v * S::LANES));
                         }
                     }
                     (Some(u), Some(c)) => {
                         let p = u.ptrs().at(at);
                         for (v, &a) in a_row.iter().enumerate() {
-                            lanes::<S>(c, p.at(v * S::LANES), a);
+                            c.apply(p.at(v * S::LANES), a);
                         }
                     }
                     _ => {
