@@ -1,15 +1,16 @@
 //! kiln as a library, without the CLI and without IDX files: builds a small
 //! dataset in memory (8x8 images of a bar in one of four orientations and
 //! places, with noise), builds a Keras-style Sequential model, trains it
-//! with `fit`, evaluates it, predicts one image and saves the model.
+//! with Adam, validating on the last 10% of the training images with early
+//! stopping, evaluates it, predicts one image and saves the model.
 //!
 //! `cargo run --release --example sequential`
 
 use anyhow::Result;
 use kiln::model::{predict, Activation, Model, Params, Sequential};
 use kiln::rng::{Rng, Stream};
-use kiln::train::{evaluate, fit, Config, Samples};
-use kiln_kernels::RmsProp;
+use kiln::train::{evaluate, fit_with, Config, EarlyStopping, Progress, Samples};
+use kiln_kernels::Adam;
 
 const SIDE: usize = 8;
 
@@ -39,7 +40,8 @@ fn dataset(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
 fn main() -> Result<()> {
     let (train_x, train_y) = dataset(2000, 1);
     let (test_x, test_y) = dataset(400, 2);
-    let train = Samples::new(&train_x, &train_y, SIDE * SIDE)?;
+    // Keras's validation_split=0.1: the last 200 images, never trained on.
+    let (train, val) = Samples::new(&train_x, &train_y, SIDE * SIDE)?.validation_split(0.1)?;
     let test = Samples::new(&test_x, &test_y, SIDE * SIDE)?;
 
     // Sequential([Dense(32, relu), Dense(16, tanh), Dense(4, softmax)])
@@ -51,15 +53,29 @@ fn main() -> Result<()> {
     println!("{}", arch.summary());
 
     let be = kiln_kernels::select("auto").map_err(anyhow::Error::msg)?;
-    let mut model = Model::new(be, &Params::glorot(&arch, 7), RmsProp::default(), 400);
-    let cfg = Config { epochs: 8, batch_size: 32, seed: 7, ..Config::default() };
-    fit(
+    let mut model = Model::new(be, &Params::glorot(&arch, 7), Adam::default(), 400);
+    let early_stopping = Some(EarlyStopping { patience: 3, restore_best: true });
+    let cfg = Config { epochs: 12, batch_size: 32, seed: 7, early_stopping, ..Config::default() };
+    let mut progress = Progress::default();
+    fit_with(
         &mut model,
         train,
+        Some(val),
         &cfg,
+        &mut progress,
         |_| {},
-        |r| println!("epoch {}: loss {:.4} - accuracy {:.4}", r.epoch, r.loss, r.acc),
+        |r, _, _| {
+            let (vl, va) = (r.val_loss.unwrap_or(f64::NAN), r.val_acc.unwrap_or(f64::NAN));
+            println!(
+                "epoch {}: loss {:.4} - accuracy {:.4} - val_loss {vl:.4} - val_accuracy {va:.4}",
+                r.epoch, r.loss, r.acc
+            );
+            Ok(())
+        },
     )?;
+    if let Some(e) = progress.stopping.stopped_epoch {
+        println!("stopped early after epoch {e}; kept epoch {}", progress.stopping.best_epoch);
+    }
 
     let eval = evaluate(&mut model, test)?;
     println!("test: loss {:.4} - accuracy {:.4}", eval.loss, eval.acc);

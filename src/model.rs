@@ -19,7 +19,9 @@
 
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
-use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, Optimizer, PanelLayout, Real, Update, XentStats, MAX_SLOTS};
+use kiln_kernels::{
+    AlignedVec, Backend, Dims, Layer1Path, Optimizer, PanelLayout, Real, Schedule, Update, XentStats, MAX_SLOTS,
+};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -431,6 +433,7 @@ pub struct Model<'b, T: Real> {
     be: &'b dyn Backend<T>,
     arch: Arch,
     opt: Optimizer,
+    schedule: Schedule,
     /// Updates applied so far (Keras's `optimizer.iterations`).
     iterations: u64,
     path: Layer1Path,
@@ -470,6 +473,7 @@ impl<'b, T: Real> Model<'b, T> {
         let mut model = Model {
             be,
             opt,
+            schedule: Schedule::Constant,
             iterations: 0,
             path: Layer1Path::Auto,
             tail,
@@ -494,6 +498,18 @@ impl<'b, T: Real> Model<'b, T> {
     pub fn with_layer1_path(mut self, path: Layer1Path) -> Self {
         self.path = path;
         self
+    }
+
+    /// The same model, its learning rate following `schedule` (Keras's
+    /// `learning_rate=` a schedule) from the optimizer's learning rate.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
     }
 
     /// The architecture.
@@ -696,9 +712,10 @@ impl<'b, T: Real> Model<'b, T> {
         }
     }
 
-    /// The coefficients of the next update (number `iterations + 1`).
+    /// The coefficients of the next update (number `iterations + 1`, at
+    /// the schedule's learning rate after `iterations` updates).
     fn next_step(&self) -> kiln_kernels::Step<T> {
-        self.opt.step(self.iterations + 1, T::from_f64(self.opt.lr()))
+        self.opt.step(self.iterations + 1, self.schedule.lr(self.opt.lr(), self.iterations))
     }
 
     /// One optimizer step of every parameter from the gradients (after
@@ -809,6 +826,35 @@ mod tests {
         assert!(s.contains("dense_1 (Dense, relu)") && s.contains("(None, 512)") && s.contains("401920"), "{s}");
         assert!(s.contains("dense_3 (Dense, softmax)") && s.contains("2570"), "{s}");
         assert!(s.contains("Total params: 535818"), "{s}");
+    }
+
+    #[test]
+    fn a_schedule_sets_each_updates_learning_rate() {
+        // SGD keeps no state, so a scheduled model's second update must
+        // equal one constant-rate update at the schedule's second rate.
+        use kiln_kernels::Sgd;
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("8:relu", 4, 3).unwrap();
+        let params = Params::<f32>::glorot(&arch, 2);
+        let pixels: Vec<u8> = (0..40).map(|i| (i * 37 % 256) as u8).collect();
+        let labels: Vec<u8> = (0..10).map(|i| i % 3).collect();
+        let rows: Vec<u32> = (0..10).collect();
+        let batch = Batch { pixels: &pixels, labels: &labels, rows: &rows };
+        let sgd = |lr| Optimizer::Sgd(Sgd { lr, ..Sgd::default() });
+        let sched = Schedule::Exponential { decay_steps: 1, rate: 0.5 };
+        let mut scheduled = Model::new(be, &params, sgd(0.1), 10).with_schedule(sched);
+        let mut constant = Model::new(be, &params, sgd(0.1), 10);
+        scheduled.train_step(batch).unwrap();
+        constant.train_step(batch).unwrap();
+        assert_eq!(scheduled.params().values(), constant.params().values(), "step 0 runs at the initial rate");
+        let second_rate = f64::from(sched.lr::<f32>(0.1, 1));
+        assert_eq!(second_rate, f64::from(0.1f32 * 0.5));
+        let mut by_hand = Model::new(be, &constant.params(), sgd(second_rate), 10);
+        scheduled.train_step(batch).unwrap();
+        by_hand.train_step(batch).unwrap();
+        constant.train_step(batch).unwrap();
+        assert_eq!(scheduled.params().values(), by_hand.params().values());
+        assert_ne!(scheduled.params().values(), constant.params().values());
     }
 
     #[test]

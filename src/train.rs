@@ -399,7 +399,35 @@ pub fn fit(
 /// run exactly). `on_epoch` sees each epoch's report, the model and the
 /// progress after it (to save a checkpoint); an error from it stops
 /// training. With `restore_best`, the best epoch's weights are put back at
-/// the end, as Keras does.
+/// the end of the call, as Keras's `on_train_end` does (so a run resumed
+/// exactly starts from what `on_epoch` saved, not from a model restored
+/// that way).
+///
+/// ```
+/// use kiln::model::{Activation, Model, Params, Sequential};
+/// use kiln::train::{fit_with, Config, EarlyStopping, Progress, Samples};
+/// use kiln_kernels::Adam;
+/// let pixels: Vec<u8> = (0..400).map(|i| (i * 97 % 256) as u8).collect();
+/// let labels: Vec<u8> = (0..100).map(|i| (i % 3) as u8).collect();
+/// let (train, val) = Samples::new(&pixels, &labels, 4).unwrap().validation_split(0.2).unwrap();
+/// assert_eq!((train.len(), val.len()), (80, 20));
+/// let arch = Sequential::new(4).dense(16, Activation::Tanh).dense(3, Activation::Softmax).build().unwrap();
+/// let be = kiln_kernels::select("auto").unwrap();
+/// let init = Params::glorot(&arch, 1);
+/// let stop = Some(EarlyStopping { patience: 2, restore_best: false });
+/// let cfg = |epochs| Config { epochs, batch_size: 16, early_stopping: stop, ..Config::default() };
+/// // Four epochs in one go ...
+/// let mut whole = Model::new(be, &init, Adam::default(), 16);
+/// let mut p = Progress::default();
+/// fit_with(&mut whole, train, Some(val), &cfg(4), &mut p, |_| {}, |_, _, _| Ok(())).unwrap();
+/// assert!(p.reports.iter().all(|r| r.val_loss.is_some()));
+/// // ... or two, then two more from where they stopped: the same weights.
+/// let mut split = Model::new(be, &init, Adam::default(), 16);
+/// let mut q = Progress::default();
+/// fit_with(&mut split, train, Some(val), &cfg(2), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
+/// fit_with(&mut split, train, Some(val), &cfg(4), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
+/// assert_eq!(whole.params(), split.params());
+/// ```
 pub fn fit_with(
     model: &mut Model<'_, f32>,
     data: Samples<'_>,
@@ -477,7 +505,7 @@ pub fn fit_with(
             val_acc: val.as_ref().map(|v| v.acc),
         };
         if let (Some(es), Some(val_loss)) = (cfg.early_stopping, report.val_loss) {
-            progress.stopping.observe(es, e + 1, val_loss, model);
+            progress.stopping.observe(es, e + 1, val_loss, || model.params());
         }
         (progress.pass, progress.at) = (passes.pass, passes.at);
         progress.reports.push(report);
@@ -494,9 +522,15 @@ pub fn fit_with(
 impl Stopping {
     /// Keras's `EarlyStopping.on_epoch_end` for the 1-based `epoch` that
     /// ended with `val_loss` (min_delta 0: any decrease is an improvement).
-    fn observe(&mut self, es: EarlyStopping, epoch: usize, val_loss: f64, model: &Model<'_, f32>) {
+    fn observe(
+        &mut self,
+        es: EarlyStopping,
+        epoch: usize,
+        val_loss: f64,
+        weights: impl Fn() -> crate::model::Params<f32>,
+    ) {
         if es.restore_best && self.best_weights.is_none() {
-            self.best_weights = Some(model.params());
+            self.best_weights = Some(weights());
             self.best_epoch = epoch;
         }
         self.wait += 1;
@@ -504,7 +538,7 @@ impl Stopping {
             self.best = Some(val_loss);
             self.best_epoch = epoch;
             if es.restore_best {
-                self.best_weights = Some(model.params());
+                self.best_weights = Some(weights());
             }
             self.wait = 0;
             return;
@@ -559,7 +593,7 @@ pub fn evaluate(model: &mut Model<'_, f32>, data: Samples<'_>) -> Result<Evaluat
 
 #[cfg(test)]
 mod tests {
-    use super::{batches_with_next, evaluate, fit, Config, Samples};
+    use super::{batches_with_next, evaluate, fit, Config, EarlyStopping, Samples, Stopping};
     use crate::model::{Arch, Model, Params};
 
     #[test]
@@ -600,6 +634,62 @@ mod tests {
         let reports = fit(&mut model, s, &cfg, |_| {}, |_| {}).unwrap();
         assert!(reports.iter().all(|r| r.steps == 2));
         assert_eq!(reports.iter().map(|r| r.images).collect::<Vec<_>>(), [8, 6, 6]);
+    }
+
+    #[test]
+    fn early_stopping_counts_epochs_as_keras_does() {
+        // Keras: wait resets on any decrease; stop once wait >= patience.
+        let arch = Arch::parse("2:relu", 2, 2).unwrap();
+        let es = EarlyStopping { patience: 2, restore_best: true };
+        let mut st = Stopping::default();
+        let mut stopped_after = None;
+        for (e, loss) in [1.0, 0.8, 0.9, 0.8, 0.95, 0.5].into_iter().enumerate() {
+            st.observe(es, e + 1, loss, || Params::glorot(&arch, e as u64));
+            if st.stopped_epoch.is_some() {
+                stopped_after = Some(e + 1);
+                break;
+            }
+        }
+        // 0.8 again at epoch 4 is no improvement (min_delta 0, strict).
+        assert_eq!((stopped_after, st.best, st.best_epoch, st.wait), (Some(4), Some(0.8), 2, 2));
+        assert_eq!(st.best_weights, Some(Params::glorot(&arch, 1)), "the weights of epoch 2");
+    }
+
+    #[test]
+    fn restore_best_ends_with_the_best_epochs_weights() {
+        // Validation labels unrelated to the images: val_loss soon rises.
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("16:relu", 4, 2).unwrap();
+        let pixels: Vec<u8> = (0..480).map(|i| (i * 53 % 256) as u8).collect();
+        let labels: Vec<u8> =
+            (0..120).map(|i| if i < 100 { u8::from(pixels[i * 4] > 127) } else { (i % 2) as u8 }).collect();
+        let (train, val) = Samples::new(&pixels, &labels, 4).unwrap().validation_split(1.0 / 6.0).unwrap();
+        let opt = kiln_kernels::RmsProp { lr: 0.05, ..Default::default() };
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), opt, 20);
+        let es = Some(EarlyStopping { patience: 3, restore_best: true });
+        let cfg = Config { epochs: 40, batch_size: 20, early_stopping: es, ..Config::default() };
+        let mut progress = super::Progress::default();
+        let mut seen = Vec::new();
+        super::fit_with(
+            &mut model,
+            train,
+            Some(val),
+            &cfg,
+            &mut progress,
+            |_| {},
+            |r, m, _| {
+                seen.push((r.val_loss.unwrap(), m.params()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let stopped = progress.stopping.stopped_epoch.expect("val_loss rose: training stopped early");
+        assert!(stopped < 40 && seen.len() == stopped);
+        let best = (0..seen.len()).min_by(|&a, &b| seen[a].0.total_cmp(&seen[b].0)).unwrap();
+        assert_eq!(progress.stopping.best_epoch, best + 1);
+        assert_eq!(stopped, best + 1 + 3, "three epochs without improvement after the best");
+        assert_eq!(model.params(), seen[best].1, "the model holds the best epoch's weights");
+        assert_ne!(model.params(), seen[seen.len() - 1].1);
     }
 
     #[test]

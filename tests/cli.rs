@@ -561,3 +561,37 @@ fn model_files_are_byte_identical_for_any_thread_count() {
     }
     assert!(files[0] == files[1] && files[0] == files[2], "model files differ between 1, 2 and 3 threads");
 }
+
+/// `--validation-split 0.1` on MNIST trains on the first 54,000 images (422
+/// steps an epoch) and reports val_loss and val_acc in every JSON line and
+/// the metrics file; `--validate-on-test` validates on the 10,000 test images.
+#[test]
+fn validation_split_holds_out_the_last_tenth_and_reports_val_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.safetensors");
+    for (flags, val_images) in [(&["--validation-split", "0.1"][..], 6000), (&["--validate-on-test"], 10000)] {
+        let args =
+            [flags, &["--epochs", "2", "--layers", "32:relu", "--json", "--out", out.to_str().unwrap()]].concat();
+        let o = train(&args, d.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let banner = stderr(&o);
+        let train_images = if val_images == 6000 { 54000 } else { 60000 };
+        assert!(banner.contains(&format!("{train_images} training images")), "{banner}");
+        assert!(banner.contains(&format!("{val_images}")), "{banner}");
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        let epochs: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["epoch"].is_u64())
+            .collect();
+        assert_eq!(epochs.len(), 2, "{stdout}");
+        let steps = if val_images == 6000 { 422 } else { 469 };
+        for e in &epochs {
+            assert_eq!(e["steps"], steps, "{e}");
+            let (l, a) = (e["val_loss"].as_f64().unwrap(), e["val_acc"].as_f64().unwrap());
+            assert!(l.is_finite() && l > 0.0 && a > 0.8 && a <= 1.0, "{e}");
+        }
+        let metrics = std::fs::read_to_string(d.path().join("m.metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().filter(|l| l.contains("\"val_loss\"")).count(), 2, "{metrics}");
+    }
+}

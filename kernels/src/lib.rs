@@ -106,7 +106,7 @@ mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
-pub use optim::{update_serial, Adam, Optimizer, RmsProp, Sgd, Step, Update, MAX_SLOTS};
+pub use optim::{update_serial, Adam, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use prefetch::prefetch_rows;
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
 use std::fmt::Debug;

@@ -269,6 +269,96 @@ impl Optimizer {
     }
 }
 
+/// A learning-rate schedule, as Keras defines it (`keras.optimizers.schedules`),
+/// evaluated at the optimizer's update count before each update (Keras's
+/// `learning_rate(iterations)`), in f32 as Keras computes it.
+///
+/// ```
+/// use kiln_kernels::Schedule;
+/// let s = Schedule::Exponential { decay_steps: 10, rate: 0.5 };
+/// assert_eq!(s.lr::<f32>(1e-3, 0), 1e-3);
+/// assert_eq!(s.lr::<f32>(1e-3, 20), 1e-3 * 0.25);
+/// assert_eq!(Schedule::Cosine { decay_steps: 10 }.lr::<f32>(1e-3, 10), 0.0);
+/// assert_eq!("exponential:100:0.96".parse::<Schedule>().unwrap(), Schedule::Exponential { decay_steps: 100, rate: 0.96 });
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Schedule {
+    /// The optimizer's learning rate throughout.
+    #[default]
+    Constant,
+    /// `ExponentialDecay(lr, decay_steps, rate, staircase=False)`:
+    /// `lr * rate^(step / decay_steps)`.
+    Exponential {
+        /// Steps per factor of `rate`.
+        decay_steps: u64,
+        /// The factor.
+        rate: f64,
+    },
+    /// `CosineDecay(lr, decay_steps, alpha=0)`: `lr * 0.5 (1 + cos(pi
+    /// min(step, decay_steps) / decay_steps))`.
+    Cosine {
+        /// Steps to decay to 0 over.
+        decay_steps: u64,
+    },
+}
+
+impl Schedule {
+    /// The learning rate of the update after `step` updates, from the
+    /// initial learning rate `initial`.
+    pub fn lr<T: Real>(&self, initial: f64, step: u64) -> T {
+        let f = T::from_f64;
+        let lr = f(initial);
+        match *self {
+            Schedule::Constant => lr,
+            Schedule::Exponential { decay_steps, rate } => {
+                let p = f(step as f64) / f(decay_steps as f64);
+                lr * f(rate).powf(p)
+            }
+            Schedule::Cosine { decay_steps } => {
+                let steps = f(decay_steps as f64);
+                let done = f(step as f64).min(steps) / steps;
+                let cosine = f(0.5) * (T::one() + (f(std::f64::consts::PI) * done).cos());
+                lr * cosine
+            }
+        }
+    }
+
+    /// As `train --lr-schedule` spells it (`constant`,
+    /// `exponential:DECAY_STEPS:RATE`, `cosine:DECAY_STEPS`).
+    pub fn spec(&self) -> String {
+        match self {
+            Schedule::Constant => "constant".into(),
+            Schedule::Exponential { decay_steps, rate } => format!("exponential:{decay_steps}:{rate}"),
+            Schedule::Cosine { decay_steps } => format!("cosine:{decay_steps}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let steps = |p: &str| -> Result<u64, String> {
+            p.parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("`{p}` is not a positive number of decay steps"))
+        };
+        match parts.as_slice() {
+            ["constant"] => Ok(Schedule::Constant),
+            ["exponential", n, r] => {
+                let rate = r.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0);
+                let rate = rate.ok_or_else(|| format!("`{r}` is not a positive decay rate"))?;
+                Ok(Schedule::Exponential { decay_steps: steps(n)?, rate })
+            }
+            ["cosine", n] => Ok(Schedule::Cosine { decay_steps: steps(n)? }),
+            _ => Err(format!(
+                "`{s}` is not a schedule; expected constant, exponential:DECAY_STEPS:RATE or cosine:DECAY_STEPS"
+            )),
+        }
+    }
+}
+
 fn py_bool(b: bool) -> &'static str {
     if b {
         "True"

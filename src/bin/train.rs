@@ -9,7 +9,7 @@ use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
 use kiln::data::{self, Dataset};
 use kiln::model::{Arch, Model, Params};
 use kiln::train::{self, Config, EarlyStopping, EpochReport, Progress, Samples};
-use kiln_kernels::{Adam, Backend, Layer1Path, Optimizer, RmsProp, Sgd};
+use kiln_kernels::{Adam, Backend, Layer1Path, Optimizer, RmsProp, Schedule, Sgd};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -81,6 +81,10 @@ struct Args {
     /// adamw: decoupled weight decay [default: 0.004]
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
+    /// Learning-rate schedule (Keras's, from --lr): exponential:DECAY_STEPS:RATE (ExponentialDecay),
+    /// cosine:DECAY_STEPS (CosineDecay, alpha 0), or constant
+    #[arg(long, value_name = "SPEC", default_value = "constant")]
+    lr_schedule: String,
     /// Hold out the last fraction F of the training images, before shuffling, to validate on
     /// after every epoch (Keras validation_split)
     #[arg(long, value_name = "F", conflicts_with = "validate_on_test")]
@@ -229,6 +233,7 @@ struct Plan {
     cfg: Config,
     layer1: Layer1Path,
     validation: Validation,
+    schedule: Schedule,
     checkpoint: Option<PathBuf>,
     resume: Option<PathBuf>,
 }
@@ -254,6 +259,7 @@ fn run(args: Args) -> Result<()> {
     };
     cfg.validate()?;
     let opt = optimizer_from(&args)?;
+    let schedule = args.lr_schedule.parse::<Schedule>().map_err(|e| anyhow::anyhow!("--lr-schedule: {e}"))?;
     let validation = match (args.validation_split, args.validate_on_test) {
         (Some(f), _) => Validation::Split(f),
         (None, true) => Validation::Test,
@@ -311,8 +317,18 @@ fn run(args: Args) -> Result<()> {
         errors: args.errors,
         model: args.out,
     };
-    let plan =
-        Plan { arch, init, init_from, opt, cfg, layer1, validation, checkpoint: args.checkpoint, resume: args.resume };
+    let plan = Plan {
+        arch,
+        init,
+        init_from,
+        opt,
+        cfg,
+        layer1,
+        validation,
+        schedule,
+        checkpoint: args.checkpoint,
+        resume: args.resume,
+    };
     pool.install(|| train_and_save(&plan, be, threads, &data, &outputs, args.json, args.profile))
 }
 
@@ -325,7 +341,7 @@ fn train_and_save(
     json: bool,
     profile: bool,
 ) -> Result<()> {
-    let Plan { arch, init, init_from, opt, cfg, layer1, validation, checkpoint, resume } = plan;
+    let Plan { arch, init, init_from, opt, cfg, layer1, validation, schedule, checkpoint, resume } = plan;
     let out = outputs.model.as_path();
     let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
     if cfg!(debug_assertions) {
@@ -363,8 +379,11 @@ fn train_and_save(
             if e.restore_best { ", restoring the best epoch's weights" } else { "" }
         )
     });
+    let schedule_note =
+        if *schedule == Schedule::Constant { String::new() } else { format!(", --lr-schedule {}", schedule.spec()) };
     say(format!(
-        "{}; batch {}, {} epochs{steps_note}, {}; {} training images{val_note}{stop_note}; weights: {init_from}",
+        "{}{schedule_note}; batch {}, {} epochs{steps_note}, {}; {} training images{val_note}{stop_note}; \
+         weights: {init_from}",
         opt.describe(),
         cfg.batch_size,
         cfg.epochs,
@@ -372,11 +391,12 @@ fn train_and_save(
         train_data.len()
     ));
     let capacity = cfg.batch_size.max(1000).min(data.train.len().max(data.test.len()));
-    let mut model = Model::new(be, init, *opt, capacity).with_layer1_path(*layer1);
+    let mut model = Model::new(be, init, *opt, capacity).with_layer1_path(*layer1).with_schedule(*schedule);
     // What a resumed run must share with the checkpoint it resumes.
     let run_settings = || -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("--optimizer".into(), opt.describe());
+        m.insert("--lr-schedule".into(), schedule.spec());
         m.insert("--batch-size".into(), cfg.batch_size.to_string());
         m.insert("--seed".into(), cfg.seed.to_string());
         m.insert("--no-shuffle".into(), (!cfg.shuffle).to_string());
@@ -493,6 +513,7 @@ fn train_and_save(
         ("batch_size", cfg.batch_size.to_string()),
         ("shuffle", cfg.shuffle.to_string()),
         ("optimizer", opt.describe()),
+        ("lr_schedule", schedule.spec()),
         ("init", init_from.clone()),
         ("image_shape", format!("{}x{}", data.train.shape().0, data.train.shape().1)),
         ("backend", be.name().to_string()),
