@@ -469,7 +469,6 @@ impl<'b, T: Real> Model<'b, T> {
             s.bias = at..at + s.dims.n;
             at += s.dims.n;
         }
-        let state = opt.slots().map(|used| AlignedVec::zeroed(if used.is_some() { at } else { 0 }));
         let mut model = Model {
             be,
             opt,
@@ -479,7 +478,7 @@ impl<'b, T: Real> Model<'b, T> {
             tail,
             params: AlignedVec::zeroed(at),
             grads: AlignedVec::zeroed(at),
-            state,
+            state: opt.slots().map(|used| AlignedVec::zeroed(if used.is_some() { at } else { 0 })),
             times: PhaseTimes {
                 forward: vec![Duration::ZERO; last + 1],
                 backward: vec![Duration::ZERO; last + 1],

@@ -5,6 +5,16 @@
 //! from glibc at a page + 16 bytes), which makes every AVX-512 load of such
 //! a buffer straddle two cache lines. [`AlignedVec`] keeps its elements in
 //! whole cache lines instead and is viewed as a slice, without `unsafe`.
+//!
+//! Large buffers (64 KiB and up: weights, optimizer state, activations) are
+//! also placed at a fixed offset within a 4 KiB page, a different cache line
+//! for each buffer made: where glibc puts a large block depends on every
+//! allocation before it, and the relative placement of buffers the kernels
+//! stream together (`W1` and its optimizer state; in the forward, `W1` and
+//! the partial sums) decides whether their accesses collide mod 4 KiB
+//! (store-to-load false dependencies, L1 set conflicts). Unplaced, two
+//! builds that differed in an unrelated string trained the tutorial network
+//! up to 10% apart (docs/performance-log.md).
 
 use bytemuck::{Pod, Zeroable};
 use std::marker::PhantomData;
@@ -16,18 +26,36 @@ use std::ops::{Deref, DerefMut};
 struct Line([u8; 64]);
 
 /// `len` elements of `T`, the first on a 64-byte boundary. Derefs to `[T]`.
-#[derive(Clone)]
 pub struct AlignedVec<T> {
     lines: Vec<Line>,
+    /// The line the elements start at (the placement within a page).
+    start: usize,
     len: usize,
     _t: PhantomData<T>,
 }
 
+/// Buffers at least this large are placed within a page (module docs).
+const PLACED_BYTES: usize = 64 << 10;
+const LINES_PER_PAGE: usize = 4096 / 64;
+
 impl<T: Pod> AlignedVec<T> {
     /// `len` elements whose bytes are all zero (`0.0` for floats).
     pub fn zeroed(len: usize) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Counts placed buffers: each gets the next line of the page
+        /// (stepping by 7 lines, coprime to 64, so consecutive buffers are
+        /// far apart within the page).
+        static PLACED: AtomicUsize = AtomicUsize::new(0);
         let bytes = len.checked_mul(size_of::<T>()).expect("buffer size overflows");
-        AlignedVec { lines: vec![Line::zeroed(); bytes.div_ceil(64)], len, _t: PhantomData }
+        let n = bytes.div_ceil(64);
+        if bytes < PLACED_BYTES {
+            return AlignedVec { lines: vec![Line::zeroed(); n], start: 0, len, _t: PhantomData };
+        }
+        let lines = vec![Line::zeroed(); n + LINES_PER_PAGE];
+        let want = PLACED.fetch_add(1, Ordering::Relaxed) * 7 % LINES_PER_PAGE;
+        let at = (lines.as_ptr() as usize / 64) % LINES_PER_PAGE;
+        let start = (want + LINES_PER_PAGE - at) % LINES_PER_PAGE;
+        AlignedVec { lines, start, len, _t: PhantomData }
     }
 
     /// A copy of `src`.
@@ -41,13 +69,20 @@ impl<T: Pod> AlignedVec<T> {
 impl<T: Pod> Deref for AlignedVec<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &bytemuck::cast_slice::<Line, T>(&self.lines)[..self.len]
+        &bytemuck::cast_slice::<Line, T>(&self.lines[self.start..])[..self.len]
     }
 }
 
 impl<T: Pod> DerefMut for AlignedVec<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut bytemuck::cast_slice_mut::<Line, T>(&mut self.lines)[..self.len]
+        &mut bytemuck::cast_slice_mut::<Line, T>(&mut self.lines[self.start..])[..self.len]
+    }
+}
+
+impl<T: Pod> Clone for AlignedVec<T> {
+    /// A copy, placed anew (the copy's page offset is its own).
+    fn clone(&self) -> Self {
+        Self::from_slice(self)
     }
 }
 
@@ -97,5 +132,15 @@ mod tests {
             assert!(w.iter().enumerate().all(|(i, &x)| x == i as f64));
             assert_eq!(w.clone(), w);
         }
+    }
+
+    #[test]
+    fn large_buffers_start_on_distinct_lines_of_a_page() {
+        let bufs: Vec<AlignedVec<f32>> = (0..8).map(|_| AlignedVec::zeroed(100_000)).collect();
+        let lines: Vec<usize> = bufs.iter().map(|b| b.as_ptr() as usize % 4096 / 64).collect();
+        for (i, a) in lines.iter().enumerate() {
+            assert!(lines[i + 1..].iter().all(|b| b != a), "two buffers on line {a} of their pages: {lines:?}");
+        }
+        assert!(bufs.iter().all(|b| b.len() == 100_000 && b.iter().all(|&x| x == 0.0)));
     }
 }
