@@ -134,3 +134,75 @@ fn optimizers() -> [Optimizer; 4] {
         Adam::adamw().into(),
     ]
 }
+
+/// Subnormals are flushed to zero, as TensorFlow flushes them: the state of
+/// pixels lit in the first batch only decays by half a step (rho, beta_1 or
+/// momentum 0.5) through the whole float range, and at no step of 200 does
+/// any optimizer state hold a subnormal value; the decaying state does get
+/// within a few halvings of the subnormal range (so without flushing the
+/// next steps would be subnormal) and ends at 0 or at the bottom of the
+/// normal range. Every backend, both input-layer paths, 1 and 2 threads.
+#[test]
+fn no_optimizer_state_ever_holds_a_subnormal() {
+    use kiln_kernels::Layer1Path;
+    let (n, d) = (64usize, 784usize);
+    let mut pixels = vec![0u8; n * d];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for (i, img) in pixels.chunks_exact_mut(d).enumerate() {
+        for (p, v) in img.iter_mut().enumerate() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Pixels 0..100 are lit in images 0..16 only (the first batch).
+            let lit = if p < 100 { i < 16 } else { seed.is_multiple_of(7) };
+            *v = if lit { 60 + (seed >> 20) as u8 % 190 } else { 0 };
+        }
+    }
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let rows: Vec<u32> = (0..n as u32).collect();
+    let arch = Arch::parse("24:relu", d, 10).unwrap();
+    let opts: [Optimizer; 3] = [
+        RmsProp { rho: 0.5, ..RmsProp::default() }.into(),
+        Adam { beta_1: 0.5, ..Adam::default() }.into(),
+        Sgd { momentum: 0.5, ..Sgd::default() }.into(),
+    ];
+    for name in backends_under_test() {
+        let be = kiln_kernels::select(name).unwrap();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for path in [Layer1Path::Dense, Layer1Path::Sparse] {
+                for opt in opts {
+                    let what = format!("{name}, {threads} threads, {path:?}, {}", opt.describe());
+                    let mut m = Model::new(be, &Params::glorot(&arch, 3), opt, 16).with_layer1_path(path);
+                    let mut smallest = f32::INFINITY;
+                    for s in 0..200 {
+                        let r = if s == 0 { &rows[..16] } else { &rows[16 + (s % 3) * 16..32 + (s % 3) * 16] };
+                        pool.install(|| m.train_step(Batch { pixels: &pixels, labels: &labels, rows: r }).unwrap());
+                        for (slot, st) in m.optimizer_state() {
+                            if let Some(v) = st.values().iter().find(|v| v.is_subnormal()) {
+                                panic!("{what}: step {s}: {slot} holds the subnormal {v:e}");
+                            }
+                            // The first kernel's rows 0..100: the decaying pixels.
+                            let decaying = &st.kernel(0)[..100 * 24];
+                            let tiny =
+                                decaying.iter().map(|v| v.abs()).filter(|&v| v > 0.0).fold(f32::INFINITY, f32::min);
+                            if slot == "momentum" || opt.name() == "rmsprop" {
+                                smallest = smallest.min(tiny);
+                            }
+                        }
+                    }
+                    assert!(
+                        smallest < 1e-36,
+                        "{what}: the decaying state never came near the subnormal range ({smallest:e})"
+                    );
+                    let end = m.optimizer_state();
+                    let (_, st) = end.iter().find(|(s, _)| *s == "momentum" || opt.name() == "rmsprop").unwrap();
+                    let left = st.kernel(0)[..100 * 24].iter().fold(0f32, |m, v| m.max(v.abs()));
+                    // Zero, or stuck a few units above the normal minimum
+                    // (Adam's `m + (0 - m) / 2` once `m / 2` flushes to 0).
+                    assert!(left < 1e-37, "{what}: the state did not decay ({left:e})");
+                }
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! current rayon pool's size. Its results may depend on that number (its
 //! splits are its own), unlike kiln's own backends.
 
+use crate::denormals::Flushed;
 use crate::shared::{activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
 use crate::{scalar, Activation, Backend, Dims, Layer1Path, Update, XentStats};
 use cblas::{Layout, Transpose};
@@ -221,6 +222,7 @@ impl Backend<f32> for Blas {
         act: Activation,
         _path: Layer1Path,
     ) {
+        let _flushed = Flushed::new();
         check_rows(x, rows, d.k);
         check_len("H", h.len(), rows.len() * d.n);
         self.forward(h, &gather(x, rows, d.k), w, b, d, act);
@@ -237,12 +239,14 @@ impl Backend<f32> for Blas {
         _path: Layer1Path,
         update: Option<Update<'_, f32>>,
     ) {
+        let _flushed = Flushed::new();
         check_rows(x, rows, d.k);
         check_len("dZ", dz.len(), rows.len() * d.n);
         self.weight_grad(dw, db, &gather(x, rows, d.k), dz, d, update);
     }
 
     fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         self.forward(h, a, w, b, d, act);
     }
 
@@ -255,10 +259,12 @@ impl Backend<f32> for Blas {
         d: Dims,
         update: Option<Update<'_, f32>>,
     ) {
+        let _flushed = Flushed::new();
         self.weight_grad(dw, db, a, dz, d, update);
     }
 
     fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         self.input_grad(da, dz, w, a, d, act);
     }
 
@@ -273,6 +279,7 @@ impl Backend<f32> for Blas {
         rows: &[u32],
         d: Dims,
     ) -> XentStats<f32> {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let batch = rows.len();
         check_len("P", p.len(), batch * n);
@@ -284,14 +291,17 @@ impl Backend<f32> for Blas {
     }
 
     fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+        let _flushed = Flushed::new();
         self.weight_grad(dw, db, h, dz, d, None);
     }
 
     fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         self.input_grad(dh, dz, w, h, d, act);
     }
 
     fn update(&self, u: Update<'_, f32>, g: &[f32]) {
+        let _flushed = Flushed::new();
         scalar::update(u, g);
     }
 }

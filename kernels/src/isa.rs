@@ -7,6 +7,7 @@
 //! entry points are reachable only through [`SimdBackend`], which
 //! `crate::select` builds only after detecting the instruction set.
 
+use crate::denormals::Flushed;
 use crate::gemm::Lhs;
 use crate::shared::{
     activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
@@ -103,6 +104,8 @@ macro_rules! isa_entry_points {
                 knr: (usize, usize, bool),
                 apack: &mut Vec<f32>,
             ) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { gemm::forward_panels::<Self, { $mr }, { $nv }>(h, panels, x, w, bias, knr, apack) }
             }
@@ -118,6 +121,8 @@ macro_rules! isa_entry_points {
                 bpack: &mut Vec<f32>,
                 update: Option<Update<'_, f32>>,
             ) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs); the CPU runs Self.
                 unsafe {
                     optim::with_rule!(Self, update, |u| gemm::weight_grad_panels::<Self, { $mr }, { $nv }, _>(
@@ -127,21 +132,29 @@ macro_rules! isa_entry_points {
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { small::logits::<Self>(p, h, wt, b, k, n) }
             }
             #[target_feature(enable = $features)]
             unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool)) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { small::input_grad_rows::<Self>(dh, dz, wt, h, knm) }
             }
             #[target_feature(enable = $features)]
             unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { small::weight_grad_rows::<Self, { $gv }>(dw, k0, h, dz, k, n) }
             }
             #[target_feature(enable = $features)]
             unsafe fn update(u: Update<'_, f32>, g: &[f32]) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { optim::update::<Self>(u, g) }
             }
@@ -161,6 +174,8 @@ macro_rules! isa_entry_points {
                 relu: bool,
                 part: &mut Vec<f32>,
             ) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, relu, part) }
             }
@@ -180,6 +195,8 @@ macro_rules! isa_entry_points {
                 update: Option<Update<'_, f32>>,
                 scratch: &mut Vec<f32>,
             ) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
                 unsafe {
                     optim::with_rule!(Self, update, |u| sparse::weight_grad_sparse::<Self, { $nv }, _>(
@@ -454,6 +471,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         act: Activation,
         path: Layer1Path,
     ) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_rows(x, rows, k);
         check_len("H", h.len(), rows.len() * n);
@@ -493,6 +511,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         path: Layer1Path,
         update: Option<Update<'_, f32>>,
     ) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_rows(x, rows, k);
         check_len("dZ", dz.len(), rows.len() * n);
@@ -538,6 +557,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));
         check_len("H", h.len(), batch * n);
@@ -555,6 +575,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         d: Dims,
         update: Option<Update<'_, f32>>,
     ) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let batch = dz.len().checked_div(n).unwrap_or(a.len() / k.max(1));
         check_len("dZ", dz.len(), batch * n);
@@ -566,6 +587,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let layout = self.weight_layout(k, n);
         check_len("W (panel layout)", w.len(), layout.len());
@@ -615,6 +637,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         rows: &[u32],
         d: Dims,
     ) -> XentStats<f32> {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let batch = rows.len();
         check_len("H", h.len(), batch * k);
@@ -656,6 +679,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_len("dW", dw.len(), k * n);
         check_len("db", db.len(), n);
@@ -677,6 +701,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_len("W", w.len(), k * n);
         check_len("dH", dh.len(), h.len());
@@ -705,6 +730,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn update(&self, u: Update<'_, f32>, g: &[f32]) {
+        let _flushed = Flushed::new();
         check_len("g", g.len(), u.len());
         u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| {
             // SAFETY: I was detected; the chunks have equal lengths.

@@ -20,6 +20,11 @@
 //! * A kernel reduces along `K` (or along the batch for weight gradients) in
 //!   an order that does not depend on how many threads run it, so results are
 //!   bit-identical for any thread count.
+//! * Subnormal floats are flushed to zero (inputs and results), as
+//!   TensorFlow's and JAX's compute threads flush them: every op runs under a
+//!   [`Flushed`] guard on the calling thread and on each thread that runs one
+//!   of its parallel tasks, and the caller's thread gets its own mode back
+//!   when the op returns (`denormals.rs`).
 //!
 //! # The ops of one training step, layer by layer
 //!
@@ -84,7 +89,8 @@
 //! formulas in `f64`.
 //!
 //! # Modules, bottom up
-//! `simd` (one vector type per instruction set) < `gemm`, `sparse`, `small`
+//! `simd` (one vector type per instruction set), `denormals` (the
+//! floating-point mode) < `gemm`, `sparse`, `small`
 //! (generic kernel bodies), `optim` (the update's maths), `shared` (helpers
 //! every backend calls) < `isa` (the SIMD backends), `scalar`, `blas`.
 
@@ -93,6 +99,7 @@
 mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
+mod denormals;
 mod gemm;
 mod isa;
 mod optim;
@@ -106,6 +113,7 @@ mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
+pub use denormals::{flushing, Flushed};
 pub use optim::{update_serial, Adam, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use prefetch::prefetch_rows;
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};

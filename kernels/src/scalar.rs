@@ -9,6 +9,7 @@
 //! Every kernel is row-major here (the panel width is `N`), so the hidden
 //! and output ops are the same functions.
 
+use crate::denormals::Flushed;
 use crate::optim::update_serial;
 use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows, UPDATE_CHUNK,
@@ -42,6 +43,7 @@ where
         return;
     }
     h.par_chunks_mut(FORWARD_ROWS * n).enumerate().for_each(|(blk, hb)| {
+        let _flushed = Flushed::new();
         // hb: (rows of this block, N), accumulates A W.
         let i0 = blk * FORWARD_ROWS;
         hb.fill(T::zero());
@@ -106,6 +108,7 @@ where
 {
     let Dims { k: _, n } = d;
     dw.par_chunks_mut(DW_ROWS * n).enumerate().for_each(|(blk, dwb)| {
+        let _flushed = Flushed::new();
         // dwb: rows k0 .. k0 + dwb.len() / n of dW.
         let k0 = blk * DW_ROWS;
         dwb.fill(T::zero());
@@ -166,6 +169,7 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims
         return;
     }
     da.par_chunks_mut(k).zip(a.par_chunks(k)).enumerate().for_each(|(i, (darow, arow))| {
+        let _flushed = Flushed::new();
         let dzrow = &dz[i * n..(i + 1) * n];
         for (g, wrow) in darow.iter_mut().zip(w.chunks_exact(n.max(1))) {
             let mut acc = T::zero();
@@ -182,7 +186,10 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims
 /// Keras 3 computes it (see `update_serial`), in parallel chunks.
 pub fn update<T: Real>(u: Update<'_, T>, g: &[T]) {
     check_len("g", g.len(), u.len());
-    u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| update_serial(u, g));
+    u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| {
+        let _flushed = Flushed::new();
+        update_serial(u, g)
+    });
 }
 
 /// Applies a fused update after the gradient `dw` was stored.
@@ -207,6 +214,7 @@ impl<T: Real> Backend<T> for Scalar {
         act: Activation,
         _path: Layer1Path,
     ) {
+        let _flushed = Flushed::new();
         input_forward(h, x, rows, w, b, d, act);
     }
     fn input_backward(
@@ -220,17 +228,21 @@ impl<T: Real> Backend<T> for Scalar {
         _path: Layer1Path,
         update: Option<Update<'_, T>>,
     ) {
+        let _flushed = Flushed::new();
         input_backward(dw, db, x, rows, dz, d);
         apply(dw, update);
     }
     fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         hidden_forward(h, a, w, b, d, act);
     }
     fn hidden_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims, update: Option<Update<'_, T>>) {
+        let _flushed = Flushed::new();
         dense_backward(dw, db, a, dz, d);
         apply(dw, update);
     }
     fn hidden_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         backward_input(da, dz, w, a, d, act);
     }
     fn output_softmax_xent(
@@ -244,15 +256,19 @@ impl<T: Real> Backend<T> for Scalar {
         rows: &[u32],
         d: Dims,
     ) -> XentStats<T> {
+        let _flushed = Flushed::new();
         output_softmax_xent(p, dz, a, w, b, labels, rows, d)
     }
     fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims) {
+        let _flushed = Flushed::new();
         dense_backward(dw, db, a, dz, d);
     }
     fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
+        let _flushed = Flushed::new();
         backward_input(da, dz, w, a, d, act);
     }
     fn update(&self, u: Update<'_, T>, g: &[T]) {
+        let _flushed = Flushed::new();
         update(u, g);
     }
 }

@@ -37,6 +37,8 @@ pub(crate) fn check_len(what: &str, len: usize, want: usize) {
 
 /// `db (N) := sum_i dZ[i, :]`, summed in row order.
 pub(crate) fn column_sums<T: Real>(db: &mut [T], dz: &[T], n: usize) {
+    // Also on rayon's worker threads (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     db.fill(T::zero());
     for dzrow in dz.chunks_exact(n.max(1)) {
         for (acc, &g) in db.iter_mut().zip(dzrow) {
@@ -49,6 +51,8 @@ pub(crate) fn column_sums<T: Real>(db: &mut [T], dz: &[T], n: usize) {
 /// added): every row through [`softmax_xent_row`], with `y_i =
 /// labels[rows[i]]`, losses summed in row order.
 pub fn softmax_xent_rows<T: Real>(p: &mut [T], dz: &mut [T], labels: &[u8], rows: &[u32], n: usize) -> XentStats<T> {
+    // Also on rayon's worker threads (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     let batch_t = T::from_f64(rows.len() as f64);
     let mut loss_sum = T::zero();
     let mut correct = 0;
@@ -108,6 +112,8 @@ pub fn argmax<T: Real>(v: &[T]) -> usize {
 /// (sigmoid, tanh: one libm call each, identical on every backend); a no-op
 /// for `Linear` and `Relu`, which the epilogues apply themselves.
 pub(crate) fn activate_rest<T: Real>(h: &mut [T], act: Activation) {
+    // Also on rayon's worker threads (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     if matches!(act, Activation::Sigmoid | Activation::Tanh) {
         for v in h.iter_mut() {
             *v = act.apply(*v);
@@ -118,6 +124,8 @@ pub(crate) fn activate_rest<T: Real>(h: &mut [T], act: Activation) {
 /// `da := act'(a) * da` elementwise, `a` the activation's output (see
 /// [`Activation::backward`]); ReLU's mask included.
 pub(crate) fn activation_backward<T: Real>(da: &mut [T], a: &[T], act: Activation) {
+    // Also on rayon's worker threads (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     if act == Activation::Linear {
         return;
     }
