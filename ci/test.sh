@@ -81,6 +81,9 @@ for isa in avx2 avx512; do
   fi
 done
 
+step "kernel tests with another CPU's cache-derived blocking (KILN_CACHES=48K,2M, Sapphire Rapids' L1d and L2)"
+KILN_CACHES=48K,2M run_tests cargo test --release -p kiln-kernels --test backends
+
 step "NEON backend on aarch64 under qemu"
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
   -p kiln-kernels --test backends --test scalar_reference

@@ -595,3 +595,39 @@ fn validation_split_holds_out_the_last_tenth_and_reports_val_metrics() {
         assert_eq!(metrics.lines().filter(|l| l.contains("\"val_loss\"")).count(), 2, "{metrics}");
     }
 }
+
+/// The cache-derived blocking never changes a bit: a run that pretends to
+/// have Sapphire Rapids' caches (`KILN_CACHES=48K,2M`: other GEMM k- and
+/// row blocks, sparse forward blocks and dW1 groups) or a small core's
+/// writes the same model file as one with this machine's, on both input
+/// paths; the banner names the parameters and where they came from.
+#[test]
+fn blocking_from_other_caches_gives_identical_model_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    for layer1 in ["dense", "sparse"] {
+        let mut files = Vec::new();
+        for caches in [None, Some("48K,2M"), Some("16K,256K")] {
+            let out = d.path().join(format!("m-{layer1}-{}.safetensors", files.len()));
+            let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+            c.args(["--data", d.path().to_str().unwrap(), "--epochs", "2", "--layers", "40:relu,24:tanh"])
+                .args(["--batch-size", "300", "--layer1", layer1, "--out", out.to_str().unwrap()])
+                .env("KILN_CACHE_DIR", d.path())
+                .env_remove("KILN_BACKEND")
+                .env_remove("KILN_CACHES");
+            if let Some(spec) = caches {
+                c.env("KILN_CACHES", spec);
+            }
+            let o = c.output().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            let banner = String::from_utf8_lossy(&o.stdout).into_owned();
+            let simd = !banner.contains("backend scalar");
+            if let (Some(spec), true) = (caches, simd) {
+                let l1 = spec.split(',').next().unwrap().trim_end_matches('K');
+                assert!(banner.contains(&format!("L1d {l1} KiB")) && banner.contains("(KILN_CACHES)"), "{banner}");
+            }
+            files.push(std::fs::read(&out).unwrap());
+        }
+        assert!(files.iter().all(|f| *f == files[0]), "{layer1}: the blocking changed the model bytes");
+    }
+}

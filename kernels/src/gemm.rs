@@ -42,8 +42,9 @@
 //! k-blocks start from the stored partial sum), whatever tile, block or
 //! thread computes it: results do not depend on the thread count.
 
+use crate::caches::blocking;
 use crate::optim::LaneRule;
-use crate::params::{KC_MAX, MAX_TILE, MC};
+use crate::params::MAX_TILE;
 use crate::simd::Simd;
 use crate::Update;
 
@@ -90,9 +91,9 @@ impl Lhs<'_> {
 }
 
 /// The k-blocks of a reduction of length `k`: equal lengths no longer
-/// than `KC_MAX` (loop 4).
+/// than the machine's `kc_max` (loop 4; `caches.rs`).
 fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
-    let kc = k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1);
+    let kc = k.div_ceil(k.div_ceil(blocking().kc_max).max(1)).max(1);
     (0..k).step_by(kc).map(move |pc| (pc, kc.min(k - pc)))
 }
 
@@ -360,8 +361,9 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
         let (first, last) = (bi == 0, bi + 1 == blocks.len());
         // LOOP 3: blocks of MC rows of A, packed (gathered and converted).
-        for ic in (0..m).step_by(MC) {
-            let mc = MC.min(m - ic);
+        let mc_max = blocking().mc;
+        for ic in (0..m).step_by(mc_max) {
+            let mc = mc_max.min(m - ic);
             let apanels = mc.div_ceil(MR);
             apack.resize(apanels * kc * MR, 0.0);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
@@ -455,8 +457,9 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
             }
         }
         // LOOP 3: blocks of MC pixels (rows of dW).
-        for ic in (0..k).step_by(MC) {
-            let apanels = MC.min(k - ic).div_ceil(MR);
+        let mc_max = blocking().mc;
+        for ic in (0..k).step_by(mc_max) {
+            let apanels = mc_max.min(k - ic).div_ceil(MR);
             // LOOP 2: our panels of dZ / dW.
             for (p, b) in bpack.chunks_exact(kc * nr).enumerate() {
                 // LOOP 1: MR-pixel micro-panels.

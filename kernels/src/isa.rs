@@ -439,7 +439,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({}x{} register tiles)", I::NAME, I::MR, Self::NR)
+        format!("{} ({}x{} register tiles; {})", I::NAME, I::MR, Self::NR, crate::caches::blocking().describe())
     }
 
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {

@@ -99,6 +99,7 @@
 mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
+mod caches;
 mod denormals;
 mod gemm;
 mod isa;
@@ -113,6 +114,7 @@ mod small;
 mod sparse;
 
 pub use aligned::AlignedVec;
+pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
 pub use optim::{update_serial, Adam, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use prefetch::prefetch_rows;

@@ -1,17 +1,10 @@
-//! Blocking parameters of the packed GEMM (`gemm.rs`), each documented with
-//! the loop it cuts. `MR x NR` is the register tile of the microkernel:
+//! Register tiles of the packed GEMM (`gemm.rs`) and the sparse path's
+//! threshold, each documented with what it decides. `MR x NR` is the register tile of the microkernel:
 //! `MR` rows of A broadcast against `NV` vectors (`NR = NV * LANES` columns)
 //! of B, `MR * NV` accumulators live in registers.
 
-/// Largest `KC` (loop 4, the k-block): one packed `MR x KC` panel of A and
-/// one `KC x NR` panel of B stay in L1 while the microkernel runs. The k
-/// range is cut into equal blocks no longer than this (784 = 4 x 196).
-pub(crate) const KC_MAX: usize = 256;
-
-/// `MC` (loop 3): rows of A packed at a time, `MC x KC` floats (up to
-/// 144 KiB) kept in L2 while every panel of B passes over them. A multiple of
-/// every `MR` below.
-pub(crate) const MC: usize = 144;
+// The cache-dependent blocks (the GEMM's `KC` and `MC`, the sparse
+// kernels' blocks) are derived from the machine's caches: `caches.rs`.
 
 /// AVX2 + FMA (16 `ymm`): a 6 x 16 tile, 12 accumulators + 2 B vectors + 1
 /// broadcast = 15 registers.

@@ -27,12 +27,12 @@ use crate::simd::Simd;
 /// chains hide the FMA latency.
 pub(crate) const PG: usize = 4;
 
-/// Bytes of one sample's `dZ` slice in a group of `dW1` panels: 256, so
-/// that the group's `dZ` block (copied contiguous) fills the 32 KiB L1 at
-/// batch 128 and stays there while every pixel's samples hit it at random.
-/// That is 2 panels on AVX-512 (4 zmm chains), 4 on AVX2 (8 ymm chains);
-/// the other group sizes measured slower (docs/performance-log.md).
-const GRAD_GROUP_BYTES: usize = 256;
+// Bytes of one sample's `dZ` slice in a group of `dW1` panels
+// (`Blocking::grad_group_bytes`, from the L1d: 256 on a 32 KiB L1): the
+// group's `dZ` block (copied contiguous) then fills L1 at batch 128 and
+// stays there while every pixel's samples hit it at random. That is 2
+// panels on AVX-512 (4 zmm chains), 4 on AVX2 (8 ymm chains) at 32 KiB; the
+// other group sizes measured slower there (docs/performance-log.md).
 
 /// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA.
 pub(crate) type CsrRow = fn(&[u8], &mut [u32], &mut [f32]) -> usize;
@@ -183,9 +183,9 @@ impl Csc {
     }
 }
 
-/// Bytes of `W1` rows (`kb` rows of `G * NR` floats) the blocked sparse
-/// forward keeps in L1 while every sample of the batch passes over them.
-const FWD_BLOCK_BYTES: usize = 32 * 1024;
+// The blocked sparse forward keeps `Blocking::fwd_block_bytes` of `W1`
+// rows (`kb` rows of `G * NR` floats) in L1 while every sample of the
+// batch passes over them.
 
 /// Sparse `H[:, panels jp0..jp1] := X W + b`, then ReLU when `relu`, for
 /// one task, as the dense `forward_panels` computes it (see the module
@@ -254,7 +254,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     part.resize(batch * width, 0.0);
     // Each sample's next entry not yet added.
     let mut cursor = vec![0usize; batch];
-    let kb = (FWD_BLOCK_BYTES / (4 * width)).max(1);
+    let kb = (crate::caches::blocking().fwd_block_bytes / (4 * width)).max(1);
     for p1 in (kb..k + kb).step_by(kb).map(|p| p.min(k)) {
         for (i, next) in cursor.iter_mut().enumerate() {
             let (idx, val) = csr.sample(i);
@@ -345,7 +345,7 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
     if let Some(u) = &update {
         assert!(u.len() == dw.len(), "W must match dW");
     }
-    let full = (GRAD_GROUP_BYTES / (4 * nr)).clamp(1, 4);
+    let full = (crate::caches::blocking().grad_group_bytes / (4 * nr)).clamp(1, 4);
     let mut p = 0;
     while p < panels {
         let g = if p + full <= panels { full } else { 1 };
