@@ -42,6 +42,7 @@
 //! k-blocks start from the stored partial sum), whatever tile, block or
 //! thread computes it: results do not depend on the thread count.
 
+use crate::aligned::window;
 use crate::caches::blocking;
 use crate::optim::LaneRule;
 use crate::params::MAX_TILE;
@@ -365,7 +366,7 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
         for ic in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - ic);
             let apanels = mc.div_ceil(MR);
-            apack.resize(apanels * kc * MR, 0.0);
+            let apack = window(apack, apanels * kc * MR, false);
             for (p, dst) in apack.chunks_exact_mut(kc * MR).enumerate() {
                 // SAFETY: the CPU runs S; shapes checked by the caller.
                 unsafe { x.pack::<S, MR>(dst, ic + p * MR, (pc, kc, k)) };
@@ -446,7 +447,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
         let (first, last) = (bi == 0, bi + 1 == blocks.len());
         // Pack this k-block of dZ's columns for our panels (zero past N).
-        bpack.resize(panels * kc * nr, 0.0);
+        let bpack = window(bpack, panels * kc * nr, false);
         for (p, dst) in bpack.chunks_exact_mut(kc * nr).enumerate() {
             let c0 = (jp0 + p) * nr;
             let valid = nr.min(n.saturating_sub(c0));

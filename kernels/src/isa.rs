@@ -380,7 +380,7 @@ impl<I: Isa> SimdBackend<I> {
         let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
         with_buffer(&SHARED, |xt| {
             // X^T, packed once for all tasks: micro-panels of MR rows x B.
-            xt.resize(k.div_ceil(I::MR) * I::MR * batch, 0.0);
+            let xt = crate::aligned::window(xt, k.div_ceil(I::MR) * I::MR * batch, false);
             xt.par_chunks_mut((I::MR * batch).max(1)).enumerate().for_each(|(p, dst)| pack(dst, p * I::MR));
             let xt = &*xt;
             let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
@@ -603,7 +603,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let wt_layout = self.weight_layout(n, k);
         let nr = Self::NR;
         with_buffer(&SHARED, |wt| {
-            wt.resize(wt_layout.len(), 0.0);
+            let wt = crate::aligned::window(wt, wt_layout.len(), false);
             wt.par_chunks_mut((n * nr).max(1)).enumerate().for_each(|(q, panel)| {
                 // Panel q of W^T holds W's rows kk = q * NR .. as columns:
                 // element (j, c) is W[q * NR + c, j]. Copied as NR x NR

@@ -250,8 +250,7 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     let width = G * nr;
     assert!(w.len() >= (jp + G) * k * nr && bias.len() >= (jp + G) * nr && jp * nr < n);
     // Partial sums, one row of `width` per sample, starting from zero.
-    part.clear();
-    part.resize(batch * width, 0.0);
+    let part = crate::aligned::window(part, batch * width, true);
     // Each sample's next entry not yet added.
     let mut cursor = vec![0usize; batch];
     let kb = (crate::caches::blocking().fwd_block_bytes / (4 * width)).max(1);
@@ -352,8 +351,7 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
         // The group's columns of dZ, contiguous, zero past column n.
         let (c0, width) = ((jp0 + p) * nr, g * nr);
         let cols = width.min(n - c0);
-        scratch.clear();
-        scratch.resize(b * width, 0.0);
+        let scratch = crate::aligned::window(scratch, b * width, true);
         for (dst, src) in scratch.chunks_exact_mut(width).zip(dz.chunks_exact(n)) {
             dst[..cols].copy_from_slice(&src[c0..c0 + cols]);
         }
