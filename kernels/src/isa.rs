@@ -661,6 +661,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             .zip(rows.par_chunks(LAYER2_ROWS))
             .zip(per_row.par_chunks_mut(LAYER2_ROWS))
             .for_each(|((((pc, dzc), hc), rc), out)| {
+                // The softmax's exponentials underflow: flushed here too.
+                let _flushed = Flushed::new();
                 // SAFETY: I was detected; the blocks are whole rows of the
                 // shapes checked above.
                 unsafe { I::logits(pc, hc, &wt, b, k, n) };

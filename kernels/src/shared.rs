@@ -70,6 +70,8 @@ pub fn softmax_xent_rows<T: Real>(p: &mut [T], dz: &mut [T], labels: &[u8], rows
 /// writes its logit gradient `(p - onehot(y)) / batch` into `dz`, and returns
 /// the clipped cross-entropy `-ln clip(p[y])` and whether `argmax p == y`.
 pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) -> (T, bool) {
+    // exp underflows for logits far below the row's maximum (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
     let max = p.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
     let mut sum = T::zero();
