@@ -560,8 +560,8 @@ pub fn update_serial<T: Real>(u: Update<'_, T>, g: &[T]) {
 #[derive(Clone, Copy)]
 pub(crate) struct StepV<V> {
     rule: Rule<V>,
-    /// Whether a zero gradient's step is `+0` and so leaves `w` as it is
-    /// (see [`lanes_no_grad`]).
+    /// Whether SGD's `0 * lr` is `+0`, so that a zero gradient leaves `w`
+    /// as it is (see [`lanes_no_grad`]; other rules do not use it).
     zero_step: bool,
 }
 
@@ -582,7 +582,7 @@ impl<V: Copy> StepV<V> {
                     momentum: momentum.map(v),
                     centered,
                 },
-                (lr * 0.0).to_bits() == 0,
+                false,
             ),
             Rule::Sgd { lr, momentum, nesterov } => {
                 (Rule::Sgd { lr: v(lr), momentum: momentum.map(v), nesterov }, (0.0 * lr).to_bits() == 0)
@@ -675,14 +675,14 @@ unsafe fn rmsprop_velocity<S: Simd>(p: Ptrs<f32>, g: S::V, rho: S::V, decay: S::
 /// only what is exactly a no-op. This is the update of a `W1` row whose
 /// pixel is dark in the whole batch (about a third of an MNIST batch's):
 ///
-/// * plain RMSprop: `v` decays; the step `lr * 0 / sqrt(v + eps)` is `+0`
-///   where `lr * 0` is `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also
-///   for `-0`, infinities and quiet NaNs), so `w` is not touched then;
 /// * SGD without momentum: `w - 0 * lr` is `w` when `0 * lr` is `+0`:
 ///   nothing at all to do;
 /// * every other rule moves `w` (momentum, Adam's `m` and `v`, AdamW's
 ///   decay, a centered denominator that may not be positive): the full
 ///   formula runs with `g = 0`.
+///
+/// Plain RMSprop never comes here: [`specialise`] gives it
+/// [`RmsPropLanes`], whose `apply_no_grad` skips the write of `w`.
 ///
 /// # Safety
 /// As [`lanes`].
@@ -690,32 +690,9 @@ unsafe fn rmsprop_velocity<S: Simd>(p: Ptrs<f32>, g: S::V, rho: S::V, decay: S::
 pub(crate) unsafe fn lanes_no_grad<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>) {
     // SAFETY: forwarded contract.
     unsafe {
-        let g = S::zero();
         match c.rule {
-            Rule::RmsProp { rho, decay, eps, momentum: None, centered: false, .. } if c.zero_step => {
-                let v = rmsprop_velocity::<S>(p, g, rho, decay);
-                if !S::all_positive(S::add(v, eps)) {
-                    lanes_rest_rmsprop::<S>(c, p, v);
-                }
-            }
             Rule::Sgd { momentum: None, .. } if c.zero_step => {}
-            _ => lanes::<S>(c, p, g),
-        }
-    }
-}
-
-/// The rest of plain RMSprop with `g = +0` after `v` was updated to `v`:
-/// `w -= lr * 0 / sqrt(v + eps)`.
-///
-/// # Safety
-/// As [`lanes`]; `c` is plain RMSprop.
-#[inline(always)]
-unsafe fn lanes_rest_rmsprop<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>, v: S::V) {
-    if let Rule::RmsProp { lr, eps, .. } = c.rule {
-        // SAFETY: forwarded contract.
-        unsafe {
-            let step = S::div(S::mul(lr, S::zero()), S::sqrt(S::add(v, eps)));
-            S::store(p.w, S::sub(S::load(p.w), step));
+            _ => lanes::<S>(c, p, S::zero()),
         }
     }
 }
@@ -776,7 +753,9 @@ impl<S: Simd> LaneRule<S> for RmsPropLanes<S::V> {
         // SAFETY: forwarded contract.
         unsafe {
             let v = rmsprop_velocity::<S>(p, S::zero(), self.rho, self.decay);
-            // See `lanes_no_grad`: w stays unless the step may not be +0.
+            // The step `lr * 0 / sqrt(v + eps)` is `+0` where `lr * 0` is
+            // `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also for `-0`,
+            // infinities and quiet NaNs): w stays unless that may not hold.
             if !(self.zero_step && S::all_positive(S::add(v, self.eps))) {
                 let step = S::div(S::mul(self.lr, S::zero()), S::sqrt(S::add(v, self.eps)));
                 S::store(p.w, S::sub(S::load(p.w), step));
