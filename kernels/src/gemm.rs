@@ -304,15 +304,82 @@ pub(crate) fn pack_xt(dst: &mut [f32], mr: usize, x: &[u8], rows: &[u32], i0: us
 /// Packs the micro-panel of `A^T` that starts at column `i0` of a hidden
 /// layer's input `A (B, K)`, for the weight gradient: element `(i, b)` is
 /// `A[b, i]`; columns at or past `k` are zero. `dst` is `MR x B`, row-major.
-pub(crate) fn pack_at(dst: &mut [f32], mr: usize, a: &[f32], batch: usize, i0: usize, k: usize) {
-    let valid = mr.min(k - i0);
-    for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
-        for (r, &v) in arow[i0..i0 + valid].iter().enumerate() {
-            dst[r * batch + b] = v;
+/// Copied as 8 x 8 block transposes where the block is at least 8 wide
+/// and tall: a last partial block is placed to end at the edge, overlapping
+/// the one before it (writing the same values twice).
+///
+/// # Safety
+/// The CPU runs `S`; `dst` holds `MR * B` floats, `a` `B * k`; `i0 < k`.
+#[inline(always)]
+pub(crate) unsafe fn pack_at<S: Simd, const MR: usize>(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
+    assert!(dst.len() == MR * batch && a.len() >= batch * k && i0 < k);
+    let valid = MR.min(k - i0);
+    // Block origins covering 0..len with 8-wide blocks (none when len < 8).
+    let starts = |len: usize| (0..len / 8).map(|t| t * 8).chain((len % 8 != 0 && len >= 8).then(|| len - 8));
+    if valid >= 8 && batch >= 8 {
+        for b0 in starts(batch) {
+            for r0 in starts(valid) {
+                // SAFETY: rows b0 .. b0 + 8 <= batch of A at columns i0 + r0
+                // .. + 8 <= k, and rows r0 .. + 8 <= MR of dst at columns b0
+                // .. + 8 <= batch; the CPU runs S (caller).
+                unsafe {
+                    S::transpose8(a.as_ptr().add(b0 * k + i0 + r0), k, dst.as_mut_ptr().add(r0 * batch + b0), batch)
+                };
+            }
+        }
+    } else {
+        for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
+            for (r, &v) in arow[i0..i0 + valid].iter().enumerate() {
+                dst[r * batch + b] = v;
+            }
         }
     }
-    for r in valid..mr {
+    for r in valid..MR {
         dst[r * batch..(r + 1) * batch].fill(0.0);
+    }
+}
+
+/// Panel `q` of `W^T (N, K)` in the panel layout, from `W (K, N)` in its
+/// own (`NR` columns a panel), for a hidden layer's input gradient `dZ W^T`.
+/// Block `p` of the result (its rows `p * NR ..`) is the transpose of the
+/// contiguous `NR x NR` block of `W`'s panel `p` at rows `q * NR ..`, so
+/// the copy is a sequence of in-cache block transposes, 8 x 8 at a time
+/// in registers; columns past `K` are zero.
+///
+/// # Safety
+/// The CPU runs `S`; `panel` holds `n * NR` floats and `w` `ceil(n / NR) *
+/// k * NR`; `q * NR < k`.
+#[inline(always)]
+pub(crate) unsafe fn pack_wt<S: Simd, const NV: usize>(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize) {
+    let nr = NV * S::LANES;
+    let panels = n.div_ceil(nr);
+    assert!(panel.len() == n * nr && w.len() >= panels * k * nr && q * nr < k);
+    let rows = nr.min(k - q * nr);
+    if rows < nr {
+        panel.fill(0.0);
+    }
+    for p in 0..panels {
+        let cols = nr.min(n - p * nr);
+        // src[c * NR + j] = W[q * NR + c, p * NR + j]; dst[j * NR + c] is
+        // the same element of W^T.
+        let src = &w[p * k * nr + q * nr * nr..][..rows * nr];
+        let dst = &mut panel[p * nr * nr..][..cols * nr];
+        let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+        for c0 in (0..r8).step_by(8) {
+            for j0 in (0..c8).step_by(8) {
+                // SAFETY: rows c0 .. c0 + 8 <= rows and columns j0 .. j0 + 8
+                // <= cols of src (row stride NR), and the transposed block
+                // of dst; the CPU runs S (caller).
+                unsafe { S::transpose8(src.as_ptr().add(c0 * nr + j0), nr, dst.as_mut_ptr().add(j0 * nr + c0), nr) };
+            }
+        }
+        // The edges the 8 x 8 blocks leave: rows r8.. and columns c8...
+        for c in 0..rows {
+            let from = if c < r8 { c8 } else { 0 };
+            for j in from..cols {
+                dst[j * nr + c] = src[c * nr + j];
+            }
+        }
     }
 }
 

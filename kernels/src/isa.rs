@@ -54,6 +54,8 @@ pub(crate) trait Isa: Simd {
         bpack: &mut Vec<f32>,
         update: Option<Update<'_, f32>>,
     );
+    unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize);
+    unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
@@ -129,6 +131,16 @@ macro_rules! isa_entry_points {
                         dw, jp0, xt, dz, batch, k, n, bpack, u
                     ))
                 }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::pack_wt::<Self, { $nv }>(panel, q, w, k, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::pack_at::<Self, { $mr }>(dst, a, batch, i0, k) }
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
@@ -583,7 +595,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
         };
-        self.weight_grad_dense(dw, update, batch, dz, d, |dst, i0| gemm::pack_at(dst, I::MR, a, batch, i0, k));
+        self.weight_grad_dense(dw, update, batch, dz, d, |dst, i0| {
+            // SAFETY: I was detected; dst is one MR x B micro-panel, A was
+            // checked to be (B, K), and i0 < K (a panel per MR columns).
+            unsafe { I::pack_at(dst, a, batch, i0, k) }
+        });
     }
 
     fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
@@ -604,22 +620,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let nr = Self::NR;
         with_buffer(&SHARED, |wt| {
             let wt = crate::aligned::window(wt, wt_layout.len(), false);
-            wt.par_chunks_mut((n * nr).max(1)).enumerate().for_each(|(q, panel)| {
-                // Panel q of W^T holds W's rows kk = q * NR .. as columns:
-                // element (j, c) is W[q * NR + c, j]. Copied as NR x NR
-                // block transposes, reading each of W's panel rows (NR
-                // contiguous floats) once; rows past K are zero.
-                panel.fill(0.0);
-                for c in 0..nr.min(k - q * nr) {
-                    let kk = q * nr + c;
-                    for p in 0..layout.panels() {
-                        let src = &w[p * k * nr + kk * nr..][..nr.min(n - p * nr)];
-                        for (jj, &v) in src.iter().enumerate() {
-                            panel[(p * nr + jj) * nr + c] = v;
-                        }
-                    }
-                }
-            });
+            // SAFETY: I was detected; each panel holds N * NR floats, W was
+            // checked against the layout, and q * NR < K for every panel.
+            wt.par_chunks_mut((n * nr).max(1))
+                .enumerate()
+                .for_each(|(q, panel)| unsafe { I::pack_wt(panel, q, w, k, n) });
             let zero = vec![0.0; k];
             self.forward(da, Lhs::Rows { a: dz, m: batch }, wt, &zero, Dims { k: n, n: k }, false, |_, _, _| false);
         });

@@ -48,6 +48,20 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn all_positive(v: Self::V) -> bool;
     /// The sum of the lanes (a fixed order per instruction set).
     unsafe fn hsum(v: Self::V) -> f32;
+    /// Transposes the 8 x 8 block at `src` (rows `lds` floats apart) into
+    /// `dst` (rows `ldd` apart): `dst[c * ldd + r] = src[r * lds + c]`.
+    /// `src` must be valid for reading and `dst` for writing 8 rows of 8
+    /// floats; the blocks do not overlap. This default copies element by
+    /// element; x86 shuffles in registers.
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        for r in 0..8 {
+            for c in 0..8 {
+                // SAFETY: r, c < 8: inside both blocks (contract above).
+                unsafe { *dst.add(c * ldd + r) = *src.add(r * lds + c) };
+            }
+        }
+    }
     /// The non-zero bytes among the `LANES` at `src`, in order: pixel
     /// index `base + lane` to `idx`, and `byte / 255` (rounded once, as
     /// `pixel_table`) to `val`, packed from their start; returns how many.
@@ -168,6 +182,12 @@ mod x86 {
             unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_setzero_ps())) == 0xff }
         }
         #[inline(always)]
+        unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            // SAFETY: AVX is present (implied by this instruction set); the
+            // blocks as the trait requires (caller).
+            unsafe { transpose8_avx(src, lds, dst, ldd) }
+        }
+        #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
             // SAFETY: AVX is present (module contract).
             unsafe {
@@ -175,6 +195,49 @@ mod x86 {
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
                 _mm_cvtss_f32(s)
+            }
+        }
+    }
+
+    /// [`Simd::transpose8`] in `ymm` registers: unpack pairs of rows, then
+    /// pairs of pairs, then swap 128-bit halves (24 shuffles for 64 floats).
+    ///
+    /// # Safety
+    /// AVX is present; as [`Simd::transpose8`].
+    #[inline(always)]
+    unsafe fn transpose8_avx(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        // SAFETY: AVX is present; every load and store covers one of the 8
+        // rows of 8 floats of its block (caller).
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, &v) in out.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * ldd), v);
             }
         }
     }
@@ -276,6 +339,12 @@ mod x86 {
                 _mm512_storeu_ps(val, _mm512_maskz_compress_ps(lit, values));
                 lit.count_ones() as usize
             }
+        }
+        #[inline(always)]
+        unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            // SAFETY: AVX is present (implied by this instruction set); the
+            // blocks as the trait requires (caller).
+            unsafe { transpose8_avx(src, lds, dst, ldd) }
         }
         #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {
