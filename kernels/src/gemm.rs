@@ -315,7 +315,7 @@ pub(crate) unsafe fn pack_at<S: Simd, const MR: usize>(dst: &mut [f32], a: &[f32
     assert!(dst.len() == MR * batch && a.len() >= batch * k && i0 < k);
     let valid = MR.min(k - i0);
     // Block origins covering 0..len with 8-wide blocks (none when len < 8).
-    let starts = |len: usize| (0..len / 8).map(|t| t * 8).chain((len % 8 != 0 && len >= 8).then(|| len - 8));
+    let starts = |len: usize| (0..len / 8).map(|t| t * 8).chain((!len.is_multiple_of(8) && len >= 8).then(|| len - 8));
     if valid >= 8 && batch >= 8 {
         for b0 in starts(batch) {
             for r0 in starts(valid) {
