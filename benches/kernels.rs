@@ -224,15 +224,33 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 
     // The hidden layer of the 784-512-256-10 network: 512 -> 256, forward
-    // with its ReLU epilogue, the weight gradient with RMSprop fused, and
-    // the input gradient (dA = dZ W^T * [A > 0]).
+    // with its ReLU epilogue, the weight gradient (alone, and with RMSprop
+    // fused), and the input gradient (dA = dZ W^T * [A > 0]). Its input A
+    // is a ReLU's output and dZ went through the ReLU above, each with
+    // HIDDEN_DENSITY of its values non-zero (about what training sees after
+    // the first epoch); `-dense` runs the dense GEMMs on them (real FLOPs),
+    // `-sparse` skips the zeros (its rate counts the dense FLOPs).
     const H2: usize = 256;
-    let hidden = inp.h.clone();
-    let (w_h, dz_h): (AlignedVec<f32>, AlignedVec<f32>) =
-        (inp.w1[..H * H2].iter().copied().collect(), inp.dz1[..B * H2].iter().copied().collect());
-    for (group, (m, k, n)) in
-        [("hidden_forward", (B, H, H2)), ("hidden_dw_rmsprop", (H, B, H2)), ("hidden_da", (B, H2, H))]
-    {
+    const HIDDEN_DENSITY: f32 = 0.35;
+    let keep = |v: f32, u: f32| if u.abs() < HIDDEN_DENSITY { v } else { 0.0 };
+    // Values and masks from independent parts of the random inputs.
+    let hidden: AlignedVec<f32> = inp.dz1.iter().zip(&inp.w1[..B * H]).map(|(&v, &u)| keep(v.abs(), u * 2.0)).collect();
+    let w_h: AlignedVec<f32> = inp.w1[..H * H2].iter().copied().collect();
+    let (values, masks) = (&inp.w1[B * H..B * H + B * H2], &inp.w1[2 * B * H..2 * B * H + B * H2]);
+    let dz_h: AlignedVec<f32> = values.iter().zip(masks).map(|(&v, &u)| keep(v, u * 2.0)).collect();
+    let hidden_variants = |name: &'static str| -> Vec<(String, Layer1Path)> {
+        if ["scalar", "blas"].contains(&name) {
+            vec![(name.to_string(), Layer1Path::Auto)]
+        } else {
+            vec![(format!("{name}-dense"), Layer1Path::Dense), (format!("{name}-sparse"), Layer1Path::Sparse)]
+        }
+    };
+    for (group, (m, k, n)) in [
+        ("hidden_forward", (B, H, H2)),
+        ("hidden_dw", (H, B, H2)),
+        ("hidden_dw_rmsprop", (H, B, H2)),
+        ("hidden_da", (B, H2, H)),
+    ] {
         let mut g = c.benchmark_group(group);
         g.throughput(flops(m, k, n));
         for name in &backends {
@@ -247,20 +265,24 @@ fn kernels(c: &mut Criterion) {
                 AlignedVec::<f32>::zeroed(H2),
             );
             let d = Dims { k: H, n: H2 };
-            g.bench_function(BenchmarkId::new(*name, format!("{m}x{k}x{n}")), |bch| {
-                pool.install(|| {
-                    bch.iter(|| match group {
-                        "hidden_forward" => {
-                            be.hidden_forward(&mut out[..B * H2], &hidden, &w, &inp.b1[..H2], d, Activation::Relu)
-                        }
-                        "hidden_dw_rmsprop" => {
-                            let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
-                            be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, update)
-                        }
-                        _ => be.hidden_backward_input(&mut out, &dz_h, &w, &hidden, d, Activation::Relu),
+            for (id, path) in hidden_variants(name) {
+                g.bench_function(BenchmarkId::new(id, format!("{m}x{k}x{n}")), |bch| {
+                    pool.install(|| {
+                        bch.iter(|| match group {
+                            "hidden_forward" => {
+                                let h = &mut out[..B * H2];
+                                be.hidden_forward(h, &hidden, &w, &inp.b1[..H2], d, Activation::Relu, path)
+                            }
+                            "hidden_dw" => be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, None, path),
+                            "hidden_dw_rmsprop" => {
+                                let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
+                                be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, update, path)
+                            }
+                            _ => be.hidden_backward_input(&mut out, &dz_h, &w, &hidden, d, Activation::Relu, path),
+                        })
                     })
-                })
-            });
+                });
+            }
         }
         g.finish();
     }

@@ -492,8 +492,10 @@ impl<'b, T: Real> Model<'b, T> {
         model
     }
 
-    /// The same model, with the input layer's treatment of zero pixels
-    /// chosen (results are bit-identical for every choice).
+    /// The same model, with the treatment of zero inputs chosen: the input
+    /// layer's zero pixels, and the hidden layers' zero activations (and
+    /// the zeros a ReLU leaves in their gradients). Results are
+    /// bit-identical for every choice.
     pub fn with_layer1_path(mut self, path: Layer1Path) -> Self {
         self.path = path;
         self
@@ -531,7 +533,7 @@ impl<'b, T: Real> Model<'b, T> {
         self.iterations
     }
 
-    /// The input layer's path.
+    /// The path chosen by [`Model::with_layer1_path`].
     pub fn layer1_path(&self) -> Layer1Path {
         self.path
     }
@@ -637,7 +639,7 @@ impl<'b, T: Real> Model<'b, T> {
             if l == 0 {
                 be.input_forward(h, batch.pixels, batch.rows, kernel, bias, s.dims, act, self.path);
             } else {
-                be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act);
+                be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act, self.path);
             }
             lap(&mut t, &mut times.forward[l]);
         }
@@ -689,9 +691,10 @@ impl<'b, T: Real> Model<'b, T> {
             let (lower, upper) = ws.grads.split_at_mut(l);
             let dz = &upper[0][..b * s.dims.n];
             let a = &ws.acts[l - 1][..b * s.dims.k];
-            be.hidden_backward_input(&mut lower[l - 1][..b * s.dims.k], dz, &w[s.kernel.clone()], a, s.dims, act_below);
+            let da = &mut lower[l - 1][..b * s.dims.k];
+            be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)));
+            be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)), path);
             lap(&mut t, &mut times.backward[l]);
         }
         // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).

@@ -245,7 +245,7 @@ impl Backend<f32> for Blas {
         self.weight_grad(dw, db, &gather(x, rows, d.k), dz, d, update);
     }
 
-    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation, _: Layer1Path) {
         let _flushed = Flushed::new();
         self.forward(h, a, w, b, d, act);
     }
@@ -258,12 +258,22 @@ impl Backend<f32> for Blas {
         dz: &[f32],
         d: Dims,
         update: Option<Update<'_, f32>>,
+        _: Layer1Path,
     ) {
         let _flushed = Flushed::new();
         self.weight_grad(dw, db, a, dz, d, update);
     }
 
-    fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+    fn hidden_backward_input(
+        &self,
+        da: &mut [f32],
+        dz: &[f32],
+        w: &[f32],
+        a: &[f32],
+        d: Dims,
+        act: Activation,
+        _: Layer1Path,
+    ) {
         let _flushed = Flushed::new();
         self.input_grad(da, dz, w, a, d, act);
     }

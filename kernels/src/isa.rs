@@ -9,6 +9,7 @@
 
 use crate::denormals::Flushed;
 use crate::gemm::Lhs;
+use crate::params::{HIDDEN_SPARSE_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
     activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
     UPDATE_CHUNK,
@@ -74,6 +75,8 @@ pub(crate) trait Isa: Simd {
     );
     /// The non-zero pixels of one row (see `sparse::csr_row`).
     unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize;
+    /// The non-zero values of one f32 row (see `sparse::csr_row_f32`).
+    unsafe fn csr_row_f32(src: &[f32], idx: &mut [u32], val: &mut [f32]) -> usize;
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_grad_sparse(
         dw: &mut [f32],
@@ -197,6 +200,11 @@ macro_rules! isa_entry_points {
                 unsafe { sparse::csr_row::<Self>(src, idx, val) }
             }
             #[target_feature(enable = $features)]
+            unsafe fn csr_row_f32(src: &[f32], idx: &mut [u32], val: &mut [f32]) -> usize {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { sparse::csr_row_f32::<Self>(src, idx, val) }
+            }
+            #[target_feature(enable = $features)]
             unsafe fn weight_grad_sparse(
                 dw: &mut [f32],
                 jp0: usize,
@@ -246,15 +254,103 @@ impl<I: Isa> SimdBackend<I> {
     }
     const NR: usize = I::NV * I::LANES;
 
-    /// Whether the input layer should skip zero pixels for this batch:
-    /// `build` scans it for its non-zero pixels (unless the path is forced
-    /// dense) and returns how many there are.
-    fn sparse(path: Layer1Path, rows: &[u32], k: usize, build: impl FnOnce() -> usize) -> bool {
-        if path == Layer1Path::Dense || rows.is_empty() || k == 0 || k > u32::MAX as usize {
+    /// Whether a product should skip the zeros of its left operand (`m`
+    /// rows of `k`): `build` lists its non-zeros (unless the path is forced
+    /// dense) and returns how many there are; `auto` skips them at a
+    /// density of at most `max_density`.
+    fn sparse(path: Layer1Path, (m, k): (usize, usize), max_density: f64, build: impl FnOnce() -> usize) -> bool {
+        if path == Layer1Path::Dense || m == 0 || k == 0 || k > u32::MAX as usize {
             return false;
         }
         let nonzeros = build();
-        path == Layer1Path::Sparse || (nonzeros as f64) <= crate::params::SPARSE_MAX_DENSITY * (rows.len() * k) as f64
+        path == Layer1Path::Sparse || (nonzeros as f64) <= max_density * (m * k) as f64
+    }
+
+    /// The sparse path of a forward product whose left operand is `a` (`m`
+    /// rows of `k` floats) and right `w` (`(k, n)`, panels), for
+    /// [`Self::forward`]: each task lists `a`'s non-zeros itself, as the
+    /// input layer's forward does with pixels.
+    fn sparse_rows<'a>(
+        a: &'a [f32],
+        m: usize,
+        k: usize,
+        w: &'a [f32],
+        n: usize,
+        relu: bool,
+        path: Layer1Path,
+    ) -> impl Fn(*mut f32, (usize, usize), &[f32]) -> bool + Sync + 'a {
+        move |out: *mut f32, panels: (usize, usize), bias: &[f32]| {
+            with_nonzeros(|csr, _| {
+                // SAFETY: I was detected (a SimdBackend<I> exists).
+                let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
+                if !Self::sparse(path, (m, k), HIDDEN_SPARSE_MAX_DENSITY, || {
+                    csr.build_f32(a, m, k, row);
+                    csr.nonzeros()
+                }) {
+                    return false;
+                }
+                // SAFETY: I was detected; the callers checked the shapes;
+                // `out` covers all of the output and this task owns the panel
+                // range (see `forward`).
+                with_buffer(&TASK, |part| unsafe { I::forward_sparse(out, panels, csr, w, bias, n, relu, part) });
+                true
+            })
+        }
+    }
+
+    /// `dW := X^T dZ` (with its fused update) for the left operand whose
+    /// non-zeros `build` files by column into a task's lists, sparse or
+    /// dense as `path` and `max_density` decide (see [`Self::sparse`]);
+    /// `pack` packs `X^T` for the dense product. `db` and the shapes were
+    /// done by [`Self::weight_grad_prologue`].
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad(
+        &self,
+        dw: &mut [f32],
+        mut update: Option<Update<'_, f32>>,
+        batch: usize,
+        dz: &[f32],
+        d: Dims,
+        (path, max_density): (Layer1Path, f64),
+        build: impl Fn(&mut Csc) + Sync,
+        pack: impl Fn(&mut [f32], usize) + Sync,
+    ) {
+        let Dims { k, n } = d;
+        let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
+        // One parallel region: each task lists the non-zeros by column
+        // itself (the same lists, so every task takes the same path) and
+        // then runs its panels; it returns whether it did.
+        let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
+            with_nonzeros(|_, csc| {
+                if !Self::sparse(path, (batch, k), max_density, || {
+                    build(csc);
+                    csc.nonzeros()
+                }) {
+                    return false;
+                }
+                // SAFETY: I was detected; shapes checked by the callers;
+                // dwc (and W, its state) hold whole panels; csc was built
+                // from this batch.
+                with_buffer(&TASK, |scratch| unsafe {
+                    I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
+                });
+                true
+            })
+        };
+        let went_sparse: Vec<bool> = match &mut update {
+            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
+            Some(u) => dw
+                .par_chunks_mut(chunk)
+                .zip(u.reborrow().into_chunks(chunk))
+                .enumerate()
+                .map(|(t, (dwc, u))| task(t, dwc, Some(u)))
+                .collect(),
+        };
+        if went_sparse.iter().all(|&s| s) {
+            return;
+        }
+        assert!(!went_sparse.contains(&true), "tasks disagreed on the path of one batch");
+        self.weight_grad_dense(dw, update, batch, dz, d, pack);
     }
 }
 
@@ -496,7 +592,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             with_nonzeros(|csr, _| {
                 // SAFETY: I was detected (a SimdBackend<I> exists).
                 let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-                if !Self::sparse(path, rows, k, || {
+                if !Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
                     csr.build(x, rows, k, row);
                     csr.nonzeros()
                 }) {
@@ -527,54 +623,34 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let Dims { k, n } = d;
         check_rows(x, rows, k);
         check_len("dZ", dz.len(), rows.len() * n);
-        let Some(mut update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
+        let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
         };
-        let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
-        // One parallel region: each task lists the batch's non-zero pixels
-        // by pixel itself (the same lists, so every task takes the same
-        // path) and then runs its panels; it returns whether it did.
-        let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
-            with_nonzeros(|_, csc| {
-                // SAFETY: I was detected (a SimdBackend<I> exists).
-                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-                if !Self::sparse(path, rows, k, || {
-                    csc.build(x, rows, k, I::COMPRESSES.then_some(row));
-                    csc.nonzeros()
-                }) {
-                    return false;
-                }
-                // SAFETY: I was detected; shapes checked above; dwc (and W,
-                // its state) hold whole panels; csc was built from this batch.
-                with_buffer(&TASK, |scratch| unsafe {
-                    I::weight_grad_sparse(dwc, t * chunk / (k * Self::NR), csc, dz, n, k, update, scratch)
-                });
-                true
-            })
-        };
-        let went_sparse: Vec<bool> = match &mut update {
-            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
-            Some(u) => dw
-                .par_chunks_mut(chunk)
-                .zip(u.reborrow().into_chunks(chunk))
-                .enumerate()
-                .map(|(t, (dwc, u))| task(t, dwc, Some(u)))
-                .collect(),
-        };
-        if went_sparse.iter().all(|&s| s) {
-            return;
-        }
-        assert!(!went_sparse.contains(&true), "tasks disagreed on the input layer's path of one batch");
-        self.weight_grad_dense(dw, update, rows.len(), dz, d, |dst, i0| gemm::pack_xt(dst, I::MR, x, rows, i0, k));
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let build = |csc: &mut Csc| csc.build(x, rows, k, I::COMPRESSES.then_some(row));
+        self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
+            gemm::pack_xt(dst, I::MR, x, rows, i0, k)
+        });
     }
 
-    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation) {
+    fn hidden_forward(
+        &self,
+        h: &mut [f32],
+        a: &[f32],
+        w: &[f32],
+        b: &[f32],
+        d: Dims,
+        act: Activation,
+        path: Layer1Path,
+    ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));
         check_len("H", h.len(), batch * n);
         check_len("A", a.len(), batch * k);
-        self.forward(h, Lhs::Rows { a, m: batch }, w, b, d, act == Activation::Relu, |_, _, _| false);
+        let relu = act == Activation::Relu;
+        self.forward(h, Lhs::Rows { a, m: batch }, w, b, d, relu, Self::sparse_rows(a, batch, k, w, n, relu, path));
         finish_activation(h, act);
     }
 
@@ -586,6 +662,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         dz: &[f32],
         d: Dims,
         update: Option<Update<'_, f32>>,
+        path: Layer1Path,
     ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
@@ -595,14 +672,26 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
         };
-        self.weight_grad_dense(dw, update, batch, dz, d, |dst, i0| {
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
+        let build = |csc: &mut Csc| csc.build_f32(a, batch, k, row);
+        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_SPARSE_MAX_DENSITY), build, |dst, i0| {
             // SAFETY: I was detected; dst is one MR x B micro-panel, A was
             // checked to be (B, K), and i0 < K (a panel per MR columns).
             unsafe { I::pack_at(dst, a, batch, i0, k) }
         });
     }
 
-    fn hidden_backward_input(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+    fn hidden_backward_input(
+        &self,
+        da: &mut [f32],
+        dz: &[f32],
+        w: &[f32],
+        a: &[f32],
+        d: Dims,
+        act: Activation,
+        path: Layer1Path,
+    ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let layout = self.weight_layout(k, n);
@@ -615,7 +704,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_len("A", a.len(), batch * k);
         check_len("dZ", dz.len(), batch * n);
         // dA = dZ W^T: W^T (N, K) into the panel layout of a (N, K) kernel,
-        // so that the forward product runs it with dZ as its left operand.
+        // so that the forward product runs it with dZ as its left operand
+        // (skipping dZ's zeros, which a ReLU above leaves, when sparse).
         let wt_layout = self.weight_layout(n, k);
         let nr = Self::NR;
         with_buffer(&SHARED, |wt| {
@@ -625,8 +715,10 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             wt.par_chunks_mut((n * nr).max(1))
                 .enumerate()
                 .for_each(|(q, panel)| unsafe { I::pack_wt(panel, q, w, k, n) });
+            let wt = &*wt;
             let zero = vec![0.0; k];
-            self.forward(da, Lhs::Rows { a: dz, m: batch }, wt, &zero, Dims { k: n, n: k }, false, |_, _, _| false);
+            let sparse = Self::sparse_rows(dz, batch, n, wt, k, false, path);
+            self.forward(da, Lhs::Rows { a: dz, m: batch }, wt, &zero, Dims { k: n, n: k }, false, sparse);
         });
         par_zip(da, a, |g, y| activation_backward(g, y, act));
     }

@@ -430,17 +430,43 @@ pub trait Backend<T: Real>: Sync {
     );
 
     /// `H (B,N) := act(A W + b)` (`A` is `(B,K)`, `W` in
-    /// [`Backend::weight_layout`]); `act` is not softmax.
-    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation);
+    /// [`Backend::weight_layout`]); `act` is not softmax. `path` chooses
+    /// how the zeros of `A` are treated (as the input layer's zero pixels;
+    /// backends without a sparse path ignore it); results are
+    /// bit-identical either way.
+    #[allow(clippy::too_many_arguments)]
+    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation, path: Layer1Path);
 
     /// `dW (K,N) := A^T dZ` (in [`Backend::weight_layout`]), `db (N) :=
     /// column sums of dZ`; with `update`, the optimizer's step on `W` with
-    /// `dW` as well.
-    fn hidden_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims, update: Option<Update<'_, T>>);
+    /// `dW` as well. `path`: the zeros of `A`, as in
+    /// [`Backend::hidden_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn hidden_backward(
+        &self,
+        dw: &mut [T],
+        db: &mut [T],
+        a: &[T],
+        dz: &[T],
+        d: Dims,
+        update: Option<Update<'_, T>>,
+        path: Layer1Path,
+    );
 
     /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` in
     /// [`Backend::weight_layout`], `A` the activation output `act` made).
-    fn hidden_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation);
+    /// `path`: the zeros of `dZ`, as in [`Backend::hidden_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn hidden_backward_input(
+        &self,
+        da: &mut [T],
+        dz: &[T],
+        w: &[T],
+        a: &[T],
+        d: Dims,
+        act: Activation,
+        path: Layer1Path,
+    );
 
     /// `P (B,N) := softmax(A W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
     /// `y_i = labels[rows[i]]` (`W` row-major); returns the summed clipped

@@ -38,3 +38,9 @@ pub(crate) const MAX_TILE: usize = 12 * 32;
 /// skipped FMAs outweigh listing the non-zero pixels (README, "Sparse
 /// layer 1").
 pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.5;
+
+/// The hidden layers' products skip their left operand's zeros (a ReLU's,
+/// or those a ReLU above leaves in a gradient) when at most this fraction
+/// of it is non-zero (`Layer1Path::Auto`); results are bit-identical
+/// either way (README, "Sparse hidden layers").
+pub(crate) const HIDDEN_SPARSE_MAX_DENSITY: f64 = 0.5;

@@ -232,16 +232,34 @@ impl<T: Real> Backend<T> for Scalar {
         input_backward(dw, db, x, rows, dz, d);
         apply(dw, update);
     }
-    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation) {
+    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation, _path: Layer1Path) {
         let _flushed = Flushed::new();
         hidden_forward(h, a, w, b, d, act);
     }
-    fn hidden_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims, update: Option<Update<'_, T>>) {
+    fn hidden_backward(
+        &self,
+        dw: &mut [T],
+        db: &mut [T],
+        a: &[T],
+        dz: &[T],
+        d: Dims,
+        update: Option<Update<'_, T>>,
+        _path: Layer1Path,
+    ) {
         let _flushed = Flushed::new();
         dense_backward(dw, db, a, dz, d);
         apply(dw, update);
     }
-    fn hidden_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
+    fn hidden_backward_input(
+        &self,
+        da: &mut [T],
+        dz: &[T],
+        w: &[T],
+        a: &[T],
+        d: Dims,
+        act: Activation,
+        _path: Layer1Path,
+    ) {
         let _flushed = Flushed::new();
         backward_input(da, dz, w, a, d, act);
     }

@@ -48,6 +48,28 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn all_positive(v: Self::V) -> bool;
     /// The sum of the lanes (a fixed order per instruction set).
     unsafe fn hsum(v: Self::V) -> f32;
+    /// The non-zero floats among the `LANES` at `src`, in order: index
+    /// `base + lane` to `idx` and the value to `val`, packed from their
+    /// start; returns how many (`-0.0` counts as zero, NaN as non-zero).
+    /// May write all `LANES` slots of `idx` and `val`; slots past the count
+    /// are unspecified. This default is branch-free scalar code (a hidden
+    /// layer's ReLU zeros fall at random, so a branch would mispredict);
+    /// AVX-512 compresses in registers.
+    #[inline(always)]
+    unsafe fn nonzero_f32_lanes(src: *const f32, base: u32, idx: *mut u32, val: *mut f32) -> usize {
+        let mut c = 0;
+        for j in 0..Self::LANES {
+            // SAFETY: j < LANES reads of src, and c <= j < LANES writes of
+            // idx and val (contract above).
+            unsafe {
+                let v = *src.add(j);
+                *idx.add(c) = base + j as u32;
+                *val.add(c) = v;
+                c += usize::from(v != 0.0);
+            }
+        }
+        c
+    }
     /// Transposes the 8 x 8 block at `src` (rows `lds` floats apart) into
     /// `dst` (rows `ldd` apart): `dst[c * ldd + r] = src[r * lds + c]`.
     /// `src` must be valid for reading and `dst` for writing 8 rows of 8
@@ -345,6 +367,24 @@ mod x86 {
             // SAFETY: AVX is present (implied by this instruction set); the
             // blocks as the trait requires (caller).
             unsafe { transpose8_avx(src, lds, dst, ldd) }
+        }
+        #[inline(always)]
+        unsafe fn nonzero_f32_lanes(src: *const f32, base: u32, idx: *mut u32, val: *mut f32) -> usize {
+            // SAFETY: src is valid for 16 reads, idx and val for 16 writes
+            // (trait contract); AVX-512F is present. "Not equal, unordered"
+            // is true for NaN and false for both zeros.
+            unsafe {
+                let v = _mm512_loadu_ps(src);
+                let lit = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps());
+                if lit == 0 {
+                    return 0;
+                }
+                let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+                let at = _mm512_add_epi32(_mm512_set1_epi32(base as i32), lanes);
+                _mm512_storeu_si512(idx as *mut __m512i, _mm512_maskz_compress_epi32(lit, at));
+                _mm512_storeu_ps(val, _mm512_maskz_compress_ps(lit, v));
+                lit.count_ones() as usize
+            }
         }
         #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {

@@ -37,6 +37,10 @@ pub(crate) const PG: usize = 4;
 /// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA.
 pub(crate) type CsrRow = fn(&[u8], &mut [u32], &mut [f32]) -> usize;
 
+/// Lists the non-zero values of one f32 row (a hidden layer's input, or
+/// an output gradient): [`csr_row_f32`] for one ISA.
+pub(crate) type CsrRowF32 = fn(&[f32], &mut [u32], &mut [f32]) -> usize;
+
 /// The non-zero pixels of a batch, by sample and by pixel.
 #[derive(Default)]
 pub(crate) struct Csr {
@@ -66,6 +70,23 @@ impl Csr {
             self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(rows)
         {
             *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
+        }
+    }
+
+    /// As [`Csr::build`] for the `m` rows of `a` (`(m, k)` row-major), with
+    /// `row`, one of the [`csr_row_f32`] entry points.
+    pub(crate) fn build_f32(&mut self, a: &[f32], m: usize, k: usize, row: CsrRowF32) {
+        assert!(a.len() >= m * k);
+        self.k = k;
+        self.count.clear();
+        self.count.resize(m, 0);
+        self.idx.resize(m * k, 0);
+        self.val.resize(m * k, 0.0);
+        let k1 = k.max(1);
+        for (((count, idx), val), src) in
+            self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(a.chunks(k1))
+        {
+            *count = row(&src[..k], idx, val) as u32;
         }
     }
 
@@ -112,6 +133,35 @@ pub(crate) unsafe fn csr_row<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f3
         val[c] = lut[usize::from(p)];
         c += 1;
     });
+    c
+}
+
+/// The non-zero values of one f32 row `src`, ascending, as [`csr_row`]
+/// lists pixels (indices to `idx`, values to `val`); returns how many.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn csr_row_f32<S: Simd>(src: &[f32], idx: &mut [u32], val: &mut [f32]) -> usize {
+    let (k, l) = (src.len(), S::LANES);
+    assert!(idx.len() >= k && val.len() >= k && k <= u32::MAX as usize);
+    let body = k / l * l;
+    let mut c = 0;
+    for j in (0..body).step_by(l) {
+        // SAFETY: floats j .. j + LANES <= body are inside src; c <= j, so
+        // slots c .. c + LANES <= body are inside idx and val; the CPU runs
+        // S (caller).
+        c += unsafe {
+            S::nonzero_f32_lanes(src.as_ptr().add(j), j as u32, idx.as_mut_ptr().add(c), val.as_mut_ptr().add(c))
+        };
+    }
+    for (j, &v) in src.iter().enumerate().skip(body) {
+        if v != 0.0 {
+            idx[c] = j as u32;
+            val[c] = v;
+            c += 1;
+        }
+    }
     c
 }
 
@@ -167,6 +217,30 @@ impl Csc {
                     }
                 }
                 None => for_each_nonzero(src, |j, p| file(j, i, lut[usize::from(p)])),
+            }
+        }
+    }
+
+    /// As [`Csc::build`] for the `m` rows of `a` (`(m, k)` row-major): each
+    /// row listed with `row`, one of the [`csr_row_f32`] entry points, then
+    /// filed under its columns.
+    pub(crate) fn build_f32(&mut self, a: &[f32], m: usize, k: usize, row: CsrRowF32) {
+        assert!(a.len() >= m * k);
+        self.samples = m;
+        self.count.clear();
+        self.count.resize(k, 0);
+        self.sample.resize(k * m, 0);
+        self.val.resize(k * m, 0.0);
+        self.row_idx.resize(k, 0);
+        self.row_val.resize(k, 0.0);
+        for (i, src) in a.chunks(k.max(1)).take(m).enumerate() {
+            let c = row(&src[..k], &mut self.row_idx, &mut self.row_val);
+            for (&j, &v) in self.row_idx[..c].iter().zip(&self.row_val[..c]) {
+                let j = j as usize;
+                let at = j * m + self.count[j] as usize;
+                self.sample[at] = i as u32;
+                self.val[at] = v;
+                self.count[j] += 1;
             }
         }
     }

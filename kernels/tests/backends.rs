@@ -186,6 +186,75 @@ fn sparse_and_dense_layer1_are_bit_identical() {
     }
 }
 
+/// The hidden layers' sparse paths skip only `fma(0, w, acc)` links of the
+/// dense FMA chains too: the forward (zeros of `A`), the weight gradient
+/// and each fused update (zeros of `A`) and the input gradient (zeros of
+/// `dZ`) give the dense path's bits, at densities from empty to full, with
+/// `-0.0` among the zeros.
+#[test]
+fn sparse_and_dense_hidden_layers_are_bit_identical() {
+    let mut g = Gen(23);
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 257, 33), (9, 63, 64), (128, 512, 256)] {
+            for density in [0.0, 0.1, 0.35, 0.7, 1.0] {
+                let mut sparse_vec = |len: usize| -> Vec<f32> {
+                    (0..len)
+                        .map(|_| {
+                            let keep = (g.next() % 1000) as f64 / 1000.0 < density;
+                            let v = g.f32();
+                            if keep {
+                                v
+                            } else if v < 0.0 {
+                                -0.0
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect()
+                };
+                let (a, dz) = (sparse_vec(b * k), sparse_vec(b * n));
+                let (w, bias) = (g.vec(k * n), g.vec(n));
+                let d = Dims { k, n };
+                let layout = be.weight_layout(k, n);
+                let mut wp = vec![0f32; layout.len()];
+                layout.pack(&w, &mut wp);
+                let states: Vec<_> = optimizers().iter().map(|o| (*o, state_for(o, layout.len(), &mut g))).collect();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let run = |path| {
+                    let mut h = Vec::new();
+                    for act in [Activation::Relu, Activation::Linear, Activation::Tanh] {
+                        let mut out = vec![f32::NAN; b * n];
+                        be.hidden_forward(&mut out, &a, &wp, &bias, d, act, path);
+                        h.extend(bits(&out));
+                    }
+                    let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+                    be.hidden_backward(&mut dw, &mut db, &a, &dz, d, None, path);
+                    let mut da = vec![f32::NAN; b * k];
+                    be.hidden_backward_input(&mut da, &dz, &wp, &a, d, Activation::Relu, path);
+                    let mut fused = Vec::new();
+                    for (opt, state) in &states {
+                        let (mut w, mut state, mut scratch, mut db1) =
+                            (wp.clone(), state.clone(), vec![0f32; layout.len()], vec![0f32; n]);
+                        let update = Some(update_of(opt, 2, &mut w, &mut state));
+                        be.hidden_backward(&mut scratch, &mut db1, &a, &dz, d, update, path);
+                        fused.push((opt.describe(), update_bits(&w, &state)));
+                    }
+                    (h, bits(&dw), bits(&db), bits(&da), fused)
+                };
+                let (dense, sparse) = (run(Layer1Path::Dense), run(Layer1Path::Sparse));
+                let what = format!("{name} hidden {b}x{k}x{n} density {density}");
+                assert!(dense.0 == sparse.0, "{what}: forward differs");
+                assert!(dense.1 == sparse.1, "{what}: dW differs");
+                assert!(dense.2 == sparse.2, "{what}: db differs");
+                assert!(dense.3 == sparse.3, "{what}: dA differs");
+                for (d3, s3) in dense.4.iter().zip(&sparse.4) {
+                    assert!(d3 == s3, "{what}: fused {} differs", d3.0);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn layer2_ops_match_scalar() {
     let mut g = Gen(12);
@@ -459,16 +528,16 @@ fn hidden_layer_ops_match_scalar() {
                 .collect();
             for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
                 let mut want = vec![f32::NAN; b * n];
-                Scalar.hidden_forward(&mut want, &a, &w, &bias, d, act);
+                Scalar.hidden_forward(&mut want, &a, &w, &bias, d, act, Layer1Path::Auto);
                 let mut got = vec![f32::NAN; b * n];
-                be.hidden_forward(&mut got, &a, &wp, &bias, d, act);
+                be.hidden_forward(&mut got, &a, &wp, &bias, d, act, Layer1Path::Auto);
                 assert_close_act(&format!("{name} hidden forward {act} {b}x{k}x{n}"), &got, &want, &fmag, k);
             }
 
             let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.hidden_backward(&mut dw_want, &mut db_want, &a, &dz, d, None);
+            Scalar.hidden_backward(&mut dw_want, &mut db_want, &a, &dz, d, None, Layer1Path::Auto);
             let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-            be.hidden_backward(&mut dwp, &mut db, &a, &dz, d, None);
+            be.hidden_backward(&mut dwp, &mut db, &a, &dz, d, None, Layer1Path::Auto);
             let mut dw = vec![f32::NAN; k * n];
             layout.unpack(&dwp, &mut dw);
             let mag: Vec<f64> = (0..k * n)
@@ -485,7 +554,8 @@ fn hidden_layer_ops_match_scalar() {
                 be.update(update_of(&opt, 1, &mut w1, &mut s1), &dwp);
                 let (mut w2, mut s2, mut scratch, mut db2) =
                     (wp.clone(), s0.clone(), vec![f32::NAN; layout.len()], vec![0.0; n]);
-                be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, Some(update_of(&opt, 1, &mut w2, &mut s2)));
+                let update = Some(update_of(&opt, 1, &mut w2, &mut s2));
+                be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, update, Layer1Path::Auto);
                 assert!(
                     update_bits(&w1, &s1) == update_bits(&w2, &s2),
                     "{name} fused hidden update {} {b}x{k}x{n}",
@@ -503,9 +573,9 @@ fn hidden_layer_ops_match_scalar() {
             for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
                 let y: Vec<f32> = a.iter().map(|&v| act.apply(v)).collect();
                 let mut want = vec![f32::NAN; b * k];
-                Scalar.hidden_backward_input(&mut want, &dz, &w, &y, d, act);
+                Scalar.hidden_backward_input(&mut want, &dz, &w, &y, d, act, Layer1Path::Auto);
                 let mut got = vec![f32::NAN; b * k];
-                be.hidden_backward_input(&mut got, &dz, &wp, &y, d, act);
+                be.hidden_backward_input(&mut got, &dz, &wp, &y, d, act, Layer1Path::Auto);
                 // |act'(y)| <= 1 for all four, written in terms of y.
                 assert_close(&format!("{name} hidden dA {act} {b}x{k}x{n}"), &got, &want, &imag, n + 4);
                 let mut got = vec![f32::NAN; b * k];
@@ -524,29 +594,38 @@ fn hidden_ops_do_not_depend_on_the_thread_count() {
     let mut g = Gen(23);
     let (b, k, n) = (128, 512, 256);
     let (a, w, bias, dz) = (g.vec(b * k), g.vec(k * n), g.vec(n), g.vec(b * n));
+    // As a ReLU leaves them: about half of A and of dZ zero.
+    let a_relu: Vec<f32> = a.iter().map(|v| v.max(0.0)).collect();
+    let dz_masked: Vec<f32> = dz.iter().zip(g.vec(b * n)).map(|(&v, m)| if m > 0.0 { v } else { 0.0 }).collect();
     for (name, be) in backends_under_test().into_iter().filter(|(n, _)| *n != "blas") {
         let layout = be.weight_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
         layout.pack(&w, &mut wp);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let mut h = vec![0f32; b * n];
-                be.hidden_forward(&mut h, &a, &wp, &bias, Dims { k, n }, Activation::Sigmoid);
-                let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
-                be.hidden_backward(&mut dw, &mut db, &a, &dz, Dims { k, n }, None);
-                let mut da = vec![0f32; b * k];
-                be.hidden_backward_input(&mut da, &dz, &wp, &a, Dims { k, n }, Activation::Relu);
-                (h, dw, db, da)
-            })
-        };
-        let one = run(1);
-        for t in [2, 3] {
-            let other = run(t);
-            let parts =
-                [("H", one.0 == other.0), ("dW", one.1 == other.1), ("db", one.2 == other.2), ("dA", one.3 == other.3)];
-            let differ: Vec<&str> = parts.iter().filter(|(_, same)| !same).map(|(p, _)| *p).collect();
-            assert!(differ.is_empty(), "{name}: {t} threads differ from 1 in {differ:?}");
+        for path in [Layer1Path::Dense, Layer1Path::Sparse] {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut h = vec![0f32; b * n];
+                    be.hidden_forward(&mut h, &a_relu, &wp, &bias, Dims { k, n }, Activation::Sigmoid, path);
+                    let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
+                    be.hidden_backward(&mut dw, &mut db, &a_relu, &dz_masked, Dims { k, n }, None, path);
+                    let mut da = vec![0f32; b * k];
+                    be.hidden_backward_input(&mut da, &dz_masked, &wp, &a_relu, Dims { k, n }, Activation::Relu, path);
+                    (h, dw, db, da)
+                })
+            };
+            let one = run(1);
+            for t in [2, 3] {
+                let other = run(t);
+                let parts = [
+                    ("H", one.0 == other.0),
+                    ("dW", one.1 == other.1),
+                    ("db", one.2 == other.2),
+                    ("dA", one.3 == other.3),
+                ];
+                let differ: Vec<&str> = parts.iter().filter(|(_, same)| !same).map(|(p, _)| *p).collect();
+                assert!(differ.is_empty(), "{name} {path:?}: {t} threads differ from 1 in {differ:?}");
+            }
         }
     }
 }

@@ -113,7 +113,7 @@ struct Args {
     /// Kernel backend: auto, scalar, avx2, avx512, neon, blas [default: $KILN_BACKEND, else auto]
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
-    /// Layer 1 on zero pixels: auto (sparse when most pixels are 0), dense, sparse [default: $KILN_LAYER1, else auto]
+    /// Zero inputs (layer 1's zero pixels, the hidden layers' zero activations): auto (skipped when most are 0), dense, sparse [default: $KILN_LAYER1, else auto]
     #[arg(long, value_name = "PATH")]
     layer1: Option<String>,
     /// Where the trained model is written
