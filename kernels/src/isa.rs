@@ -9,7 +9,7 @@
 
 use crate::denormals::Flushed;
 use crate::gemm::Lhs;
-use crate::params::{HIDDEN_SPARSE_MAX_DENSITY, SPARSE_MAX_DENSITY};
+use crate::params::{HIDDEN_FORWARD_MAX_DENSITY, HIDDEN_GRAD_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
     activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
     UPDATE_CHUNK,
@@ -283,7 +283,7 @@ impl<I: Isa> SimdBackend<I> {
             with_nonzeros(|csr, _| {
                 // SAFETY: I was detected (a SimdBackend<I> exists).
                 let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
-                if !Self::sparse(path, (m, k), HIDDEN_SPARSE_MAX_DENSITY, || {
+                if !Self::sparse(path, (m, k), HIDDEN_FORWARD_MAX_DENSITY, || {
                     csr.build_f32(a, m, k, row);
                     csr.nonzeros()
                 }) {
@@ -674,8 +674,13 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build_f32(a, batch, k, row);
-        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_SPARSE_MAX_DENSITY), build, |dst, i0| {
+        let build = |csc: &mut Csc| {
+            // SAFETY: I was detected; dst is one MR x B micro-panel, A was
+            // checked to be (B, K), and i0 < K.
+            let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
+            csc.build_f32((batch, k, I::MR), pack, row)
+        };
+        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, |dst, i0| {
             // SAFETY: I was detected; dst is one MR x B micro-panel, A was
             // checked to be (B, K), and i0 < K (a panel per MR columns).
             unsafe { I::pack_at(dst, a, batch, i0, k) }

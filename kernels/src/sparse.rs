@@ -178,6 +178,8 @@ pub(crate) struct Csc {
     /// One row's list while it is filed (kept between calls).
     row_idx: Vec<u32>,
     row_val: Vec<f32>,
+    /// Rows of `a^T` while they are listed ([`Csc::build_f32`]).
+    at: Vec<f32>,
 }
 
 impl Csc {
@@ -221,26 +223,34 @@ impl Csc {
         }
     }
 
-    /// As [`Csc::build`] for the `m` rows of `a` (`(m, k)` row-major): each
-    /// row listed with `row`, one of the [`csr_row_f32`] entry points, then
-    /// filed under its columns.
-    pub(crate) fn build_f32(&mut self, a: &[f32], m: usize, k: usize, row: CsrRowF32) {
-        assert!(a.len() >= m * k);
+    /// As [`Csc::build`] for the `m` rows of `a` (`(m, k)` row-major):
+    /// `pack(dst, j0)` first writes rows `j0 .. j0 + mr` of `a^T` (columns
+    /// of `a`, zero past `k`) into `dst` (`mr x m`), then `row`, one of the
+    /// [`csr_row_f32`] entry points, lists each of those rows in place:
+    /// column `j`'s non-zeros are row `j` of `a^T`'s, ascending by sample.
+    /// (Filing each row's list under its columns instead costs a
+    /// read-modify-write of a column's count per non-zero, in random order.)
+    pub(crate) fn build_f32(
+        &mut self,
+        (m, k, mr): (usize, usize, usize),
+        pack: impl Fn(&mut [f32], usize),
+        row: CsrRowF32,
+    ) {
         self.samples = m;
         self.count.clear();
         self.count.resize(k, 0);
         self.sample.resize(k * m, 0);
         self.val.resize(k * m, 0.0);
-        self.row_idx.resize(k, 0);
-        self.row_val.resize(k, 0.0);
-        for (i, src) in a.chunks(k.max(1)).take(m).enumerate() {
-            let c = row(&src[..k], &mut self.row_idx, &mut self.row_val);
-            for (&j, &v) in self.row_idx[..c].iter().zip(&self.row_val[..c]) {
-                let j = j as usize;
-                let at = j * m + self.count[j] as usize;
-                self.sample[at] = i as u32;
-                self.val[at] = v;
-                self.count[j] += 1;
+        if m == 0 {
+            return;
+        }
+        let panel = mr * m;
+        self.at.resize(panel, 0.0);
+        for j0 in (0..k).step_by(mr) {
+            pack(&mut self.at, j0);
+            for (r, at) in self.at.chunks_exact(m).take(mr.min(k - j0)).enumerate() {
+                let j = j0 + r;
+                self.count[j] = row(at, &mut self.sample[j * m..(j + 1) * m], &mut self.val[j * m..(j + 1) * m]) as u32;
             }
         }
     }
