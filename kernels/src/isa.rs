@@ -242,10 +242,23 @@ pub(crate) struct SimdBackend<I> {
     _isa: PhantomData<I>,
 }
 
-/// Samples per task of the logits and softmax-xent: a fixed size, so that
-/// the blocks (and the per-block partial results) never depend on the
-/// thread count.
-const LAYER2_ROWS: usize = 32;
+/// Samples per block of the logits and softmax-xent: a fixed size, so that
+/// the blocks never depend on the thread count (each row's loss is kept and
+/// summed in row order, so the size does not change any result). 8 rows
+/// give a batch of 128 sixteen blocks, enough for 16 threads; rayon runs
+/// about as many tasks as there are threads, not one per block.
+const LAYER2_ROWS: usize = 8;
+
+/// From this many threads on, the input layer's forward builds its
+/// per-sample lists once, in parallel by samples, before its tasks run,
+/// instead of in every task. Built per task, the lists are a fixed cost of
+/// every task (about a fifth of the single-thread forward), which stops the
+/// forward scaling at about 4x; at 2 threads the per-task build was faster
+/// (a shared build, its barrier and the cross-core reads: 193 against 166
+/// us, docs/performance-log.md). 4 is where the shared build's cost
+/// (`1/T` of the build plus the barrier) should fall below the per-task
+/// build by that measurement; it is not measured, this machine has 2 cores.
+const SHARED_LISTS_MIN_THREADS: usize = 4;
 
 impl<I: Isa> SimdBackend<I> {
     /// The backend, if this CPU runs `I`.
@@ -362,6 +375,9 @@ thread_local! {
     static TASK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static NONZEROS: RefCell<(Csr, Csc)> = RefCell::new(Default::default());
+    /// The input layer's per-sample lists when they are built once for all
+    /// tasks (`SHARED_LISTS_MIN_THREADS`).
+    static SHARED_CSR: RefCell<Csr> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's non-zero lists (fresh ones when nested).
@@ -584,14 +600,45 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_rows(x, rows, k);
         check_len("H", h.len(), rows.len() * n);
         let relu = act == Activation::Relu;
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        if rayon::current_num_threads() >= SHARED_LISTS_MIN_THREADS {
+            // Many threads: the batch's lists are built once, in parallel
+            // by samples, and every task reads them (see the constant).
+            SHARED_CSR.with(|cell| {
+                let mut fresh = Csr::default();
+                let mut held = cell.try_borrow_mut();
+                let csr = match held.as_deref_mut() {
+                    Ok(c) => c,
+                    Err(_) => &mut fresh,
+                };
+                let go_sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
+                    csr.build_par(x, rows, k, row);
+                    csr.nonzeros()
+                });
+                let csr = &*csr;
+                let sparse = |out: *mut f32, panels: (usize, usize), bias: &[f32]| {
+                    if go_sparse {
+                        // SAFETY: I was detected; shapes checked; `out`
+                        // covers all of H and this task owns the panel range
+                        // (see `forward`); csr was built from this batch.
+                        with_buffer(&TASK, |part| unsafe {
+                            I::forward_sparse(out, panels, csr, w, bias, n, relu, part)
+                        });
+                    }
+                    go_sparse
+                };
+                self.forward(h, Lhs::Pixels { x, rows }, w, b, d, relu, sparse);
+            });
+            finish_activation(h, act);
+            return;
+        }
         // Each task lists the non-zero pixels of the whole batch itself (the
         // same lists, so every task takes the same path) and then runs its
         // panels; no task waits on another's lists or reads them from
         // another core's cache.
         let sparse = |out: *mut f32, panels: (usize, usize), bias: &[f32]| {
             with_nonzeros(|csr, _| {
-                // SAFETY: I was detected (a SimdBackend<I> exists).
-                let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
                 if !Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
                     csr.build(x, rows, k, row);
                     csr.nonzeros()

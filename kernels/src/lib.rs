@@ -75,12 +75,13 @@
 //! scalar and BLAS backends use that. The output layer's kernel is always
 //! row-major.
 //!
-//! # Zero pixels
+//! # Zeros
 //!
 //! The SIMD backends can run the input layer's two products sparse,
-//! skipping zero pixels ([`Layer1Path`], chosen per call, `sparse.rs`); the
-//! results are bit-identical to the dense path, so this is purely a choice
-//! of speed.
+//! skipping zero pixels, and a hidden layer's three, skipping the zeros a
+//! ReLU leaves ([`Layer1Path`], chosen per call, `sparse.rs`); the results
+//! are bit-identical to the dense path, so this is purely a choice of
+//! speed.
 //!
 //! Every backend implements [`Backend`]; the model code only ever talks to a
 //! `&dyn Backend<T>`, so a new backend slots in without touching it.
@@ -242,15 +243,17 @@ impl PanelLayout {
     }
 }
 
-/// How the input layer's two products treat zero pixels (SIMD backends).
+/// How the products treat zeros in their left operand (SIMD backends): the
+/// input layer's zero pixels, and a hidden layer's zero inputs (and the
+/// zeros of its output gradient, in its input gradient).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layer1Path {
-    /// Sparse when the batch's density of non-zero pixels is low, else dense.
+    /// Sparse when the batch's density of non-zeros is low, else dense.
     #[default]
     Auto,
     /// Always the dense packed GEMM.
     Dense,
-    /// Always skip zero pixels.
+    /// Always skip zeros.
     Sparse,
 }
 

@@ -1,23 +1,26 @@
-//! Layer 1 that skips zero pixels, exactly.
+//! Products that skip zeros, exactly: layer 1's zero pixels, and a hidden
+//! layer's zero inputs (a ReLU's outputs) or zero output gradients.
 //!
 //! 81% of MNIST's pixels are 0, and a zero pixel contributes nothing to
 //! `X W1` nor to `dW1 = X^T dH`. These bodies visit only the non-zero
-//! pixels, in ascending order, so every output element is the very FMA chain
+//! entries, in ascending order, so every output element is the very FMA chain
 //! the dense packed GEMM (`gemm.rs`) computes minus its `fma(0, w, acc)`
-//! links, which leave `acc` unchanged: results are **bit-identical** to the
-//! dense path of the same instruction set.
+//! links, which leave `acc` unchanged (it starts at `+0` and never becomes
+//! `-0`): results are **bit-identical** to the dense path of the same
+//! instruction set. The same holds for f32 inputs with zeros of either sign.
 //!
-//! * [`Csr`] (for the forward): each sample's non-zero pixels, and [`Csc`]
-//!   (for `dW1`): each pixel's samples, built per call from the mapped u8
-//!   rows (the data stays zero-copy). Every task of a call builds the whole
-//!   list itself, on its own core: with 2 threads that cost less than
-//!   splitting the build, waiting for both halves and then reading the
-//!   other core's half from its cache (measured: docs/performance-log.md).
-//! * `forward_sparse`: per sample, one axpy of a `W1` row per non-zero pixel
+//! * [`Csr`] (for the forward): each sample's non-zero entries, and [`Csc`]
+//!   (for the weight gradient): each input column's samples, built per call
+//!   from the mapped u8 rows (the data stays zero-copy) or from f32 rows.
+//!   Every task of a call builds the whole list itself, on its own core:
+//!   with 2 threads that cost less than splitting the build, waiting for
+//!   both halves and then reading the other core's half from its cache
+//!   (measured: docs/performance-log.md).
+//! * `forward_sparse`: per sample, one axpy of a `W` row per non-zero entry
 //!   into `PG` panels' accumulators at once (independent FMA chains).
-//! * `weight_grad_sparse`: per pixel, one axpy of a `dH` row per sample in
-//!   which that pixel is lit; a pixel dark in the whole batch has a zero
-//!   gradient row, which (fused with RMSprop) only decays its velocity.
+//! * `weight_grad_sparse`: per input column, one axpy of a `dZ` row per
+//!   sample in which it is non-zero; a column zero in the whole batch has a
+//!   zero gradient row, which (fused with RMSprop) only decays its velocity.
 
 use crate::optim::LaneRule;
 use crate::simd::for_each_nonzero;
@@ -71,6 +74,27 @@ impl Csr {
         {
             *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
         }
+    }
+
+    /// As [`Csr::build`], with the rows listed in parallel (rayon), each
+    /// sample's list in its own slots; the result is the same.
+    pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
+        use rayon::prelude::*;
+        crate::prefetch::prefetch_rows(x, rows, k);
+        self.k = k;
+        self.count.clear();
+        self.count.resize(rows.len(), 0);
+        self.idx.resize(rows.len() * k, 0);
+        self.val.resize(rows.len() * k, 0.0);
+        let k1 = k.max(1);
+        self.count
+            .par_iter_mut()
+            .zip(self.idx.par_chunks_mut(k1))
+            .zip(self.val.par_chunks_mut(k1))
+            .zip(rows.par_iter())
+            .for_each(|(((count, idx), val), &r)| {
+                *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
+            });
     }
 
     /// As [`Csr::build`] for the `m` rows of `a` (`(m, k)` row-major), with
