@@ -73,12 +73,17 @@ impl<T: Pod> AlignedVec<T> {
 /// takes five lines of L1 instead of four. With `zero` every element is 0;
 /// else the contents are unspecified (the caller writes all of them).
 pub(crate) fn window(buf: &mut Vec<f32>, len: usize, zero: bool) -> &mut [f32] {
-    if zero {
-        buf.clear();
+    // Never shrunk: one thread's buffer serves products of several sizes in
+    // turn, and growing it back would clear the new part every time.
+    if buf.len() < len + 15 {
+        buf.resize(len + 15, 0.0);
     }
-    buf.resize(len + 15, 0.0);
     let off = buf.as_ptr().align_offset(64).min(15);
-    &mut buf[off..off + len]
+    let view = &mut buf[off..off + len];
+    if zero {
+        view.fill(0.0);
+    }
+    view
 }
 
 impl<T: Pod> Deref for AlignedVec<T> {

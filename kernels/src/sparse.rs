@@ -37,6 +37,15 @@ pub(crate) const PG: usize = 4;
 // panels on AVX-512 (4 zmm chains), 4 on AVX2 (8 ymm chains) at 32 KiB; the
 // other group sizes measured slower there (docs/performance-log.md).
 
+/// Makes `v` at least `len` long. The lists' buffers are shared by layers
+/// of different widths, one after the other: shrinking them would make the
+/// next wider layer clear its whole buffer again.
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
 /// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA.
 pub(crate) type CsrRow = fn(&[u8], &mut [u32], &mut [f32]) -> usize;
 
@@ -66,8 +75,8 @@ impl Csr {
         crate::prefetch::prefetch_rows(x, rows, k);
         self.k = k;
         self.count.resize(rows.len(), 0);
-        self.idx.resize(rows.len() * k, 0);
-        self.val.resize(rows.len() * k, 0.0);
+        grow(&mut self.idx, rows.len() * k);
+        grow(&mut self.val, rows.len() * k);
         let k1 = k.max(1);
         for (((count, idx), val), &r) in
             self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(rows)
@@ -84,8 +93,8 @@ impl Csr {
         self.k = k;
         self.count.clear();
         self.count.resize(rows.len(), 0);
-        self.idx.resize(rows.len() * k, 0);
-        self.val.resize(rows.len() * k, 0.0);
+        grow(&mut self.idx, rows.len() * k);
+        grow(&mut self.val, rows.len() * k);
         let k1 = k.max(1);
         self.count
             .par_iter_mut()
@@ -104,8 +113,8 @@ impl Csr {
         self.k = k;
         self.count.clear();
         self.count.resize(m, 0);
-        self.idx.resize(m * k, 0);
-        self.val.resize(m * k, 0.0);
+        grow(&mut self.idx, m * k);
+        grow(&mut self.val, m * k);
         let k1 = k.max(1);
         for (((count, idx), val), src) in
             self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(a.chunks(k1))
@@ -221,10 +230,10 @@ impl Csc {
         self.samples = b;
         self.count.clear();
         self.count.resize(k, 0);
-        self.sample.resize(k * b, 0);
-        self.val.resize(k * b, 0.0);
-        self.row_idx.resize(k, 0);
-        self.row_val.resize(k, 0.0);
+        grow(&mut self.sample, k * b);
+        grow(&mut self.val, k * b);
+        grow(&mut self.row_idx, k);
+        grow(&mut self.row_val, k);
         let (count, sample, val) = (&mut self.count, &mut self.sample, &mut self.val);
         let (idx, v) = (&mut self.row_idx, &mut self.row_val);
         let mut file = |j: usize, i: usize, xv: f32| {
@@ -263,16 +272,17 @@ impl Csc {
         self.samples = m;
         self.count.clear();
         self.count.resize(k, 0);
-        self.sample.resize(k * m, 0);
-        self.val.resize(k * m, 0.0);
+        grow(&mut self.sample, k * m);
+        grow(&mut self.val, k * m);
         if m == 0 {
             return;
         }
         let panel = mr * m;
-        self.at.resize(panel, 0.0);
+        grow(&mut self.at, panel);
+        let at = &mut self.at[..panel];
         for j0 in (0..k).step_by(mr) {
-            pack(&mut self.at, j0);
-            for (r, at) in self.at.chunks_exact(m).take(mr.min(k - j0)).enumerate() {
+            pack(at, j0);
+            for (r, at) in at.chunks_exact(m).take(mr.min(k - j0)).enumerate() {
                 let j = j0 + r;
                 self.count[j] = row(at, &mut self.sample[j * m..(j + 1) * m], &mut self.val[j * m..(j + 1) * m]) as u32;
             }
@@ -357,8 +367,10 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     let (nr, k, batch) = (NV * S::LANES, csr.k, csr.samples());
     let width = G * nr;
     assert!(w.len() >= (jp + G) * k * nr && bias.len() >= (jp + G) * nr && jp * nr < n);
-    // Partial sums, one row of `width` per sample, starting from zero.
-    let part = crate::aligned::window(part, batch * width, true);
+    // Partial sums, one row of `width` per sample; a sample's row is only
+    // valid once it has been visited (`cursor > 0`): its first visit starts
+    // from zero instead of loading it, so the buffer is never cleared.
+    let part = crate::aligned::window(part, batch * width, false);
     // Each sample's next entry not yet added.
     let mut cursor = vec![0usize; batch];
     let kb = (crate::caches::blocking().fwd_block_bytes / (4 * width)).max(1);
@@ -375,9 +387,11 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
             unsafe {
                 let pp = part.as_mut_ptr().add(i * width);
                 let mut acc = [[S::zero(); NV]; G];
-                for (g, row) in acc.iter_mut().enumerate() {
-                    for (v, a) in row.iter_mut().enumerate() {
-                        *a = S::load(pp.add(g * nr + v * S::LANES));
+                if c > 0 {
+                    for (g, row) in acc.iter_mut().enumerate() {
+                        for (v, a) in row.iter_mut().enumerate() {
+                            *a = S::load(pp.add(g * nr + v * S::LANES));
+                        }
                     }
                 }
                 while c < idx.len() && (idx[c] as usize) < p1 {
@@ -399,19 +413,28 @@ unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
             *next = c;
         }
     }
-    // Epilogue: bias (+ ReLU), then only the columns inside H are copied out.
+    // Epilogue: bias (+ ReLU) on each row (zero for a sample with no
+    // non-zero entry), written straight into H when the whole group is
+    // inside it; else through the partial row, whose valid columns are
+    // then copied out.
     let cols = width.min(n - jp * nr);
     for (i, pr) in part.chunks_exact_mut(width).enumerate() {
+        let visited = cursor[i] > 0;
         // SAFETY: `pr` and the padded bias from column jp * NR on hold
         // `width` floats; row i, columns jp * NR .. + cols are inside H and
         // this task's own (caller); the CPU runs S.
         unsafe {
+            let out = h.add(i * n + jp * nr);
+            let dst = if cols == width { out } else { pr.as_mut_ptr() };
             for o in (0..width).step_by(S::LANES) {
                 let b = S::load(bias.as_ptr().add(jp * nr + o));
-                let z = S::add(S::load(pr.as_ptr().add(o)), b);
-                S::store(pr.as_mut_ptr().add(o), if relu { S::relu(z) } else { z });
+                let acc = if visited { S::load(pr.as_ptr().add(o)) } else { S::zero() };
+                let z = S::add(acc, b);
+                S::store(dst.add(o), if relu { S::relu(z) } else { z });
             }
-            std::ptr::copy_nonoverlapping(pr.as_ptr(), h.add(i * n + jp * nr), cols);
+            if cols < width {
+                std::ptr::copy_nonoverlapping(pr.as_ptr(), out, cols);
+            }
         }
     }
 }
@@ -459,7 +482,8 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
         // The group's columns of dZ, contiguous, zero past column n.
         let (c0, width) = ((jp0 + p) * nr, g * nr);
         let cols = width.min(n - c0);
-        let scratch = crate::aligned::window(scratch, b * width, true);
+        // Only a group that sticks out of dZ needs the zeros past column n.
+        let scratch = crate::aligned::window(scratch, b * width, cols < width);
         for (dst, src) in scratch.chunks_exact_mut(width).zip(dz.chunks_exact(n)) {
             dst[..cols].copy_from_slice(&src[c0..c0 + cols]);
         }
