@@ -21,8 +21,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether this CPU runs it (run-time detection).
     fn detected() -> bool;
-    /// Whether [`Simd::nonzero_lanes`] compresses in registers, without a
-    /// branch per non-zero byte (else it is the word scan).
+    /// Whether [`Simd::nonzero_lanes`] packs in registers, without a branch
+    /// per non-zero byte (else it is the word scan).
     const COMPRESSES: bool = false;
 
     unsafe fn zero() -> Self::V;
@@ -54,7 +54,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// May write all `LANES` slots of `idx` and `val`; slots past the count
     /// are unspecified. This default is branch-free scalar code (a hidden
     /// layer's ReLU zeros fall at random, so a branch would mispredict);
-    /// AVX-512 compresses in registers.
+    /// AVX-512 compresses in registers, AVX2 permutes by a table.
     #[inline(always)]
     unsafe fn nonzero_f32_lanes(src: *const f32, base: u32, idx: *mut u32, val: *mut f32) -> usize {
         let mut c = 0;
@@ -210,6 +210,25 @@ mod x86 {
             unsafe { transpose8_avx(src, lds, dst, ldd) }
         }
         #[inline(always)]
+        unsafe fn nonzero_f32_lanes(src: *const f32, base: u32, idx: *mut u32, val: *mut f32) -> usize {
+            // SAFETY: src is valid for 8 reads, idx and val for 8 writes
+            // (trait contract); AVX2 is present; the table index is an 8-bit
+            // mask. "Not equal, unordered" is true for NaN and false for
+            // both zeros. The lanes are packed by a permutation from the
+            // table (AVX2 has no compress).
+            unsafe {
+                let v = _mm256_loadu_ps(src);
+                let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(v, _mm256_setzero_ps())) as usize;
+                if mask == 0 {
+                    return 0;
+                }
+                let perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(COMPRESS8.as_ptr().add(mask) as *const __m128i));
+                _mm256_storeu_si256(idx as *mut __m256i, _mm256_add_epi32(_mm256_set1_epi32(base as i32), perm));
+                _mm256_storeu_ps(val, _mm256_permutevar8x32_ps(v, perm));
+                mask.count_ones() as usize
+            }
+        }
+        #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
             // SAFETY: AVX is present (module contract).
             unsafe {
@@ -220,6 +239,27 @@ mod x86 {
             }
         }
     }
+
+    /// For each 8-bit mask, the indices of its set bits in ascending order,
+    /// one per byte (the permutation that packs those lanes first).
+    const fn compress_table() -> [u64; 256] {
+        let mut t = [0u64; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut v, mut c, mut j) = (0u64, 0, 0);
+            while j < 8 {
+                if m & (1 << j) != 0 {
+                    v |= (j as u64) << (8 * c);
+                    c += 1;
+                }
+                j += 1;
+            }
+            t[m] = v;
+            m += 1;
+        }
+        t
+    }
+    static COMPRESS8: [u64; 256] = compress_table();
 
     /// [`Simd::transpose8`] in `ymm` registers: unpack pairs of rows, then
     /// pairs of pairs, then swap 128-bit halves (24 shuffles for 64 floats).
