@@ -253,11 +253,11 @@ const LAYER2_ROWS: usize = 8;
 /// per-sample lists once, in parallel by samples, before its tasks run,
 /// instead of in every task. Built per task, the lists are a fixed cost of
 /// every task (about a fifth of the single-thread forward), which stops the
-/// forward scaling at about 4x; at 2 threads the per-task build was faster
-/// (a shared build, its barrier and the cross-core reads: 193 against 166
-/// us, docs/performance-log.md). 4 is where the shared build's cost
-/// (`1/T` of the build plus the barrier) should fall below the per-task
-/// build by that measurement; it is not measured, this machine has 2 cores.
+/// forward scaling at about 4x; at 2 threads the per-task build measured
+/// faster than a shared build with its barrier and cross-core reads
+/// (docs/performance-log.md). 4 is where, by that measurement, the shared
+/// build's cost (`1/T` of the build plus the barrier) should fall below the
+/// per-task build: an estimate, not a measurement (2 cores here).
 const SHARED_LISTS_MIN_THREADS: usize = 4;
 
 impl<I: Isa> SimdBackend<I> {

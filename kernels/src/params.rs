@@ -41,13 +41,12 @@ pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.5;
 
 /// A hidden layer's weight gradient skips the zeros of its input (a
 /// ReLU's) when at most this fraction of it is non-zero
-/// (`Layer1Path::Auto`); results are bit-identical either way. Measured
-/// on Zen 4 (docs/performance-log.md, 2026-12-02): 37% faster at density
-/// 0.35, even at 0.6.
+/// (`Layer1Path::Auto`); results are bit-identical either way. Where the
+/// sparse kernel stops winning on Zen 4 (docs/performance-log.md,
+/// 2026-12-02: even with the dense one at 0.6).
 pub(crate) const HIDDEN_GRAD_MAX_DENSITY: f64 = 0.5;
 
 /// The same for a hidden layer's forward (zeros of its input) and input
 /// gradient (zeros of `dZ`, which a ReLU above leaves in about 45% of it):
-/// the sparse forward kernel was 32-40% faster at density 0.35 and still
-/// 10-12% faster at 0.6.
+/// the sparse forward kernel still won at 0.6 (same log).
 pub(crate) const HIDDEN_FORWARD_MAX_DENSITY: f64 = 0.6;
