@@ -721,17 +721,13 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
-        let build = |csc: &mut Csc| {
-            // SAFETY: I was detected; dst is one MR x B micro-panel, A was
-            // checked to be (B, K), and i0 < K.
-            let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
-            csc.build_f32((batch, k, I::MR), pack, row)
-        };
-        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, |dst, i0| {
-            // SAFETY: I was detected; dst is one MR x B micro-panel, A was
-            // checked to be (B, K), and i0 < K (a panel per MR columns).
-            unsafe { I::pack_at(dst, a, batch, i0, k) }
-        });
+        // A^T's micro-panels, for the sparse path's column lists and for the
+        // dense product alike.
+        // SAFETY: I was detected; dst is one MR x B micro-panel, A was
+        // checked to be (B, K), and i0 < K (a panel per MR columns).
+        let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
+        let build = |csc: &mut Csc| csc.build_f32((batch, k, I::MR), pack, row);
+        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, pack);
     }
 
     fn hidden_backward_input(

@@ -73,16 +73,8 @@ impl Csr {
     /// row after row, would otherwise wait on each.
     pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
         crate::prefetch::prefetch_rows(x, rows, k);
-        self.k = k;
-        self.count.resize(rows.len(), 0);
-        grow(&mut self.idx, rows.len() * k);
-        grow(&mut self.val, rows.len() * k);
-        let k1 = k.max(1);
-        for (((count, idx), val), &r) in
-            self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(rows)
-        {
-            *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
-        }
+        self.reset(rows.len(), k);
+        self.fill(|i, idx, val| row(&x[rows[i] as usize * k..][..k], idx, val));
     }
 
     /// As [`Csr::build`], with the rows listed in parallel (rayon), each
@@ -90,36 +82,40 @@ impl Csr {
     pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
         use rayon::prelude::*;
         crate::prefetch::prefetch_rows(x, rows, k);
-        self.k = k;
-        self.count.clear();
-        self.count.resize(rows.len(), 0);
-        grow(&mut self.idx, rows.len() * k);
-        grow(&mut self.val, rows.len() * k);
+        self.reset(rows.len(), k);
         let k1 = k.max(1);
         self.count
             .par_iter_mut()
             .zip(self.idx.par_chunks_mut(k1))
             .zip(self.val.par_chunks_mut(k1))
             .zip(rows.par_iter())
-            .for_each(|(((count, idx), val), &r)| {
-                *count = row(&x[r as usize * k..r as usize * k + k], idx, val) as u32;
-            });
+            .for_each(|(((count, idx), val), &r)| *count = row(&x[r as usize * k..][..k], idx, val) as u32);
     }
 
     /// As [`Csr::build`] for the `m` rows of `a` (`(m, k)` row-major), with
     /// `row`, one of the [`csr_row_f32`] entry points.
     pub(crate) fn build_f32(&mut self, a: &[f32], m: usize, k: usize, row: CsrRowF32) {
         assert!(a.len() >= m * k);
+        self.reset(m, k);
+        self.fill(|i, idx, val| row(&a[i * k..][..k], idx, val));
+    }
+
+    /// Room for `m` samples of up to `k` entries each, every count zero.
+    fn reset(&mut self, m: usize, k: usize) {
         self.k = k;
         self.count.clear();
         self.count.resize(m, 0);
         grow(&mut self.idx, m * k);
         grow(&mut self.val, m * k);
-        let k1 = k.max(1);
-        for (((count, idx), val), src) in
-            self.count.iter_mut().zip(self.idx.chunks_mut(k1)).zip(self.val.chunks_mut(k1)).zip(a.chunks(k1))
-        {
-            *count = row(&src[..k], idx, val) as u32;
+    }
+
+    /// Sample `i`'s count from `list(i, its index slots, its value slots)`,
+    /// for every sample in turn.
+    fn fill(&mut self, mut list: impl FnMut(usize, &mut [u32], &mut [f32]) -> usize) {
+        let k1 = self.k.max(1);
+        let slots = self.idx.chunks_mut(k1).zip(self.val.chunks_mut(k1));
+        for (i, (count, (idx, val))) in self.count.iter_mut().zip(slots).enumerate() {
+            *count = list(i, idx, val) as u32;
         }
     }
 
