@@ -15,18 +15,21 @@
 //!   packed. The input gradient of a hidden layer, `dZ W^T`, runs here too,
 //!   with `dZ` as `X` and `W^T` copied into a panel layout.
 //! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above, packed
-//!   once per call as `X^T` micro-panels (`pack_xt` from pixels, `pack_at`
-//!   from f32 rows) shared by all tasks; `dW` is written straight into the
-//!   panel layout, `dZ (B, N)` is packed.
+//!   once per call as k-major `X^T` micro-panels (`pack_xt` from pixels,
+//!   `pack_at_kmajor` from f32 rows) shared by all tasks; `dW` is written
+//!   straight into the panel layout, `dZ (B, N)` is packed.
 //!
 //! # Packed layouts
 //! ```text
 //! A micro-panel (MR rows x kc):  a[r * kc + k]      B micro-panel (kc x NR):  b[k * NR + c]
 //!   r=0: a00 a01 .. a0(kc-1)                          k=0: b00 b01 .. b0(NR-1)
 //!   r=1: a10 a11 .. a1(kc-1)                          k=1: b10 b11 .. b1(NR-1)
-//! A stays row-major so that layer 1's packing converts whole runs of
-//! pixels with vector instructions; the microkernel broadcasts from MR
-//! sequential streams.
+//! The forward's A stays row-major so that layer 1's packing converts whole
+//! runs of pixels with vector instructions; the microkernel broadcasts from
+//! MR sequential streams. The weight gradient's A (`X^T`, reduced over the
+//! batch) is k-major, `a[k * MR + r]`: there each batch row's MR pixels or
+//! columns are contiguous in `X`, so packing is a contiguous copy (and a
+//! vector conversion for pixels) and the microkernel reads one stream.
 //! ```
 //! A panel layout of a `(K, N)` matrix is exactly a sequence of B
 //! micro-panels of height `K`, one per `NR` columns (`PanelLayout`).
@@ -98,7 +101,9 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..k).step_by(kc).map(move |pc| (pc, kc.min(k - pc)))
 }
 
-/// The microkernel: `acc += A_panel (MR x kc, row stride lda) * B_panel (kc x NR)`.
+/// The microkernel: `acc += A_panel (MR x kc) * B_panel (kc x NR)`, the A
+/// panel row-major with row stride `lda` or, when `KM`, k-major (`a[k * MR
+/// + r]`, `lda` unused).
 ///
 /// ```text
 ///             b: NV vectors of LANES
@@ -110,7 +115,7 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// # Safety
 /// The CPU runs `S`; `a` holds `kc * MR` and `b` at least `kc * NR` floats.
 #[inline(always)]
-unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const KM: bool>(
     kc: usize,
     lda: usize,
     a: &[f32],
@@ -118,28 +123,75 @@ unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     acc: &mut [[S::V; NV]; MR],
 ) {
     let nr = NV * S::LANES;
-    assert!(lda >= kc && a.len() >= (MR - 1) * lda + kc && b.len() >= kc * nr);
-    // One pointer per row of the A micro-panel, each advancing along k.
-    let mut ap = [a.as_ptr(); MR];
-    for (r, p) in ap.iter_mut().enumerate() {
-        *p = a[r * lda..].as_ptr();
+    if KM {
+        assert!(a.len() >= kc * MR && b.len() >= kc * nr);
+    } else {
+        assert!(lda >= kc && a.len() >= (MR - 1) * lda + kc && b.len() >= kc * nr);
+    }
+    // A row-major panel's rows are addressed as `base[r / 3] + (r % 3) *
+    // lda`: one base pointer per three rows and the stride in a register,
+    // so each broadcast is one x86 addressing mode (`[base + lda * s + disp]`,
+    // s = 0, 4, 8 bytes) and the loop carries few pointers (a loop with one
+    // pointer per row spent as many instructions on addresses as on FMAs).
+    // A k-major panel needs one pointer, `base[0]`.
+    const G: usize = 3;
+    let mut base = [a.as_ptr(); MR];
+    if !KM {
+        for (g, p) in base.iter_mut().enumerate().take(MR.div_ceil(G)) {
+            *p = a[g * G * lda..].as_ptr();
+        }
     }
     let mut bp = b.as_ptr();
-    for _ in 0..kc {
-        // SAFETY: each of the kc iterations reads one float from each of
-        // the MR rows (kc floats each, stride lda) and NR floats of b (kc * NR in all),
-        // all within the slices checked above; S is present.
+    /// One step of k: NV loads of B, MR broadcasts of A, MR * NV FMAs.
+    ///
+    /// # Safety
+    /// Every row's element `u` steps ahead of `base` is in A and `u + 1`
+    /// steps of B from `bp` are in B; S is present.
+    #[inline(always)]
+    unsafe fn step<S: Simd, const MR: usize, const NV: usize, const KM: bool>(
+        u: usize,
+        base: &[*const f32; MR],
+        lda: usize,
+        bp: *const f32,
+        acc: &mut [[S::V; NV]; MR],
+    ) {
+        // SAFETY: the function's contract.
         unsafe {
             let mut bv = [S::zero(); NV];
             for (v, slot) in bv.iter_mut().enumerate() {
-                *slot = S::load(bp.add(v * S::LANES));
+                *slot = S::load(bp.add((u * NV + v) * S::LANES));
             }
-            for (row, p) in acc.iter_mut().zip(ap.iter_mut()) {
-                let av = S::splat(**p);
-                *p = p.add(1);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let at = if KM { base[0].add(u * MR + r) } else { base[r / G].add((r % G) * lda + u) };
+                let av = S::splat(*at);
                 for (acc_v, &bv_v) in row.iter_mut().zip(&bv) {
                     *acc_v = S::fmadd(av, bv_v, *acc_v);
                 }
+            }
+        }
+    }
+    // Unrolled by 4 along k; each accumulator still sums k in order.
+    const U: usize = 4;
+    // A pointer moves one column (row-major) or MR floats (k-major) a step.
+    let (bases, ka) = if KM { (1, MR) } else { (MR.div_ceil(G), 1) };
+    for _ in 0..kc / U {
+        // SAFETY: U steps within the checked slices (see `step`).
+        unsafe {
+            for u in 0..U {
+                step::<S, MR, NV, KM>(u, &base, lda, bp, acc);
+            }
+            for p in base.iter_mut().take(bases) {
+                *p = p.add(U * ka);
+            }
+            bp = bp.add(U * nr);
+        }
+    }
+    for _ in 0..kc % U {
+        // SAFETY: one step within the checked slices (see `step`).
+        unsafe {
+            step::<S, MR, NV, KM>(0, &base, lda, bp, acc);
+            for p in base.iter_mut().take(bases) {
+                *p = p.add(ka);
             }
             bp = bp.add(nr);
         }
@@ -282,28 +334,79 @@ unsafe fn pack_x_rows<S: Simd, const MR: usize>(
     }
 }
 
-/// Packs the micro-panel of `X^T` that starts at pixel `i0`, for the
-/// weight gradient: element `(i, b)` is pixel `i` of batch row `b`,
-/// `x[rows[b], i] / 255`; pixels at or past `k` are zero. `dst` is `MR x B`,
-/// row-major; each batch row contributes `MR` contiguous bytes.
-pub(crate) fn pack_xt(dst: &mut [f32], mr: usize, x: &[u8], rows: &[u32], i0: usize, k: usize) {
-    let lut = pixel_table();
+/// Packs the consecutive micro-panels of `X^T` that fill `dst` (`MR * B`
+/// floats each), the first starting at pixel `i0`, for the weight
+/// gradient, k-major: element `(i, b)` of a panel starting at pixel `p0`
+/// (pixel `p0 + i` of batch row `b`, `x[rows[b], p0 + i] / 255`) at
+/// `b * MR + i`; pixels at or past `k` are zero. Each batch row's `MR` contiguous
+/// bytes become `MR` contiguous floats, converted `LANES` at a time where
+/// the row and the panel have room for whole vectors (a vector that runs
+/// past `MR` writes into the next row's slot before that row is written);
+/// `/ 255` is an IEEE division, bit-identical to the scalar reference's
+/// table. Batch rows are the outer loop, so each row's pixels for all the
+/// panels are read together.
+///
+/// # Safety
+/// The CPU runs `S`; `dst` holds whole panels; every `rows[b] * k + k <=
+/// x.len()`.
+#[inline(always)]
+pub(crate) unsafe fn pack_xt<S: Simd, const MR: usize>(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize) {
     let batch = rows.len();
-    let valid = mr.min(k - i0);
+    let size = MR * batch;
+    assert!(size > 0 && dst.len().is_multiple_of(size));
+    let l = S::LANES;
+    // Whole vectors per row, reading at most `k - p0` bytes of it.
+    let wide = MR.next_multiple_of(l);
+    let lut = pixel_table();
     for (b, &row) in rows.iter().enumerate() {
-        let src = &x[row as usize * k + i0..row as usize * k + i0 + valid];
-        for (r, &p) in src.iter().enumerate() {
-            dst[r * batch + b] = lut[usize::from(p)];
+        let image = &x[row as usize * k..row as usize * k + k];
+        for (p, panel) in dst.chunks_exact_mut(size).enumerate() {
+            let p0 = i0 + p * MR;
+            let valid = MR.min(k.saturating_sub(p0));
+            let out = &mut panel[b * MR..];
+            if valid == MR && p0 + wide <= k && out.len() >= wide {
+                // SAFETY: `image` holds `k - p0 >= wide` bytes from p0 on
+                // and `out` at least `wide` floats; the CPU runs S (caller).
+                unsafe {
+                    let scale = S::splat(255.0);
+                    for j in (0..wide).step_by(l) {
+                        S::store(out.as_mut_ptr().add(j), S::div(S::load_u8(image.as_ptr().add(p0 + j)), scale));
+                    }
+                }
+            } else {
+                for (o, &px) in out[..valid].iter_mut().zip(&image[p0.min(k)..]) {
+                    *o = lut[usize::from(px)];
+                }
+                out[valid..MR].fill(0.0);
+            }
         }
     }
-    for r in valid..mr {
-        dst[r * batch..(r + 1) * batch].fill(0.0);
+}
+
+/// Packs the consecutive micro-panels of `A^T` that fill `dst` (`mr * B`
+/// floats each), the first starting at column `i0` of a hidden layer's
+/// input `A (B, K)`, for the dense weight gradient, k-major: element `(i,
+/// b)` of a panel starting at column `p0`, `A[b, p0 + i]`, at `b * mr + i`
+/// (each batch row's `mr` columns stay contiguous, so this is a copy);
+/// columns at or past `k` are zero.
+pub(crate) fn pack_at_kmajor(dst: &mut [f32], mr: usize, a: &[f32], batch: usize, i0: usize, k: usize) {
+    let size = mr * batch;
+    assert!(size > 0 && dst.len().is_multiple_of(size) && a.len() >= batch * k);
+    for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
+        for (p, panel) in dst.chunks_exact_mut(size).enumerate() {
+            let p0 = (i0 + p * mr).min(k);
+            let valid = mr.min(k - p0);
+            let out = &mut panel[b * mr..(b + 1) * mr];
+            out[..valid].copy_from_slice(&arow[p0..p0 + valid]);
+            out[valid..].fill(0.0);
+        }
     }
 }
 
 /// Packs the micro-panel of `A^T` that starts at column `i0` of a hidden
-/// layer's input `A (B, K)`, for the weight gradient: element `(i, b)` is
-/// `A[b, i]`; columns at or past `k` are zero. `dst` is `MR x B`, row-major.
+/// layer's input `A (B, K)`, row-major, for the sparse weight gradient's
+/// column lists: element `(i, b)`, `A[b, i0 + i]`, at `dst[i * B + b]`;
+/// columns at or past `k` are zero.
 /// Copied as 8 x 8 block transposes where the block is at least 8 wide
 /// and tall: a last partial block is placed to end at the edge, overlapping
 /// the one before it (writing the same values twice).
@@ -455,7 +558,7 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
-                        microkernel::<S, MR, NV>(kc, kc, a, b, &mut acc);
+                        microkernel::<S, MR, NV, false>(kc, kc, a, b, &mut acc);
                         let epilogue = last.then(|| (&bias[jp * nr..(jp + 1) * nr], relu));
                         store_tile::<S, MR, NV>(&mut tile, &mut acc, epilogue);
                     }
@@ -468,8 +571,9 @@ pub(crate) unsafe fn forward_panels<S: Simd, const MR: usize, const NV: usize>(
 /// `dW := X^T dZ` for the panels `jp0 .. jp0 + dw.len() / (k * NR)` of a
 /// `(K, N)` gradient in panels of `NR` (see the module docs); here `K` is
 /// the layer's input width and the reduction runs over the batch. `xt` is
-/// the whole `X^T` packed once (by [`pack_xt`] or [`pack_at`]) and shared by
-/// every task: `ceil(K / MR)` micro-panels of `MR x B`. With `update`, each
+/// the whole `X^T` packed once (by [`pack_xt`] or [`pack_at_kmajor`]) and
+/// shared by every task: `ceil(K / MR)` k-major micro-panels of `MR x B`
+/// (`B x MR` floats). With `update`, each
 /// finished gradient tile instead updates `W` and the optimizer's state in
 /// place (bit-identical to storing `dW` and updating afterwards); `dw` then only
 /// holds partial sums between k-blocks and its final content is unspecified.
@@ -534,7 +638,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                 for ip in ic / MR..ic / MR + apanels {
                     let r0 = ip * MR;
                     let rows_here = MR.min(k - r0);
-                    let a = &xt[ip * MR * batch + pc..(ip + 1) * MR * batch];
+                    let a = &xt[ip * MR * batch + pc * MR..ip * MR * batch + (pc + kc) * MR];
                     let off = p * k * nr + r0 * nr;
                     let end = off + rows_here * nr;
                     let mut tile = Tile { c: dw[off..end].as_mut_ptr(), rsc: nr, rows: rows_here, cols: nr };
@@ -546,7 +650,7 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
-                        microkernel::<S, MR, NV>(kc, batch, a, b, &mut acc);
+                        microkernel::<S, MR, NV, true>(kc, batch, a, b, &mut acc);
                         match (&mut update, coeffs) {
                             (Some(u), Some(c)) if last => {
                                 // The fused update: the finished gradient

@@ -57,6 +57,7 @@ pub(crate) trait Isa: Simd {
     );
     unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize);
     unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
+    unsafe fn pack_xt(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize);
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
@@ -144,6 +145,11 @@ macro_rules! isa_entry_points {
             unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { gemm::pack_at::<Self, { $mr }>(dst, a, batch, i0, k) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn pack_xt(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::pack_xt::<Self, { $mr }>(dst, x, rows, i0, k) }
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
@@ -259,6 +265,11 @@ const LAYER2_ROWS: usize = 8;
 /// build's cost (`1/T` of the build plus the barrier) should fall below the
 /// per-task build: an estimate, not a measurement (2 cores here).
 const SHARED_LISTS_MIN_THREADS: usize = 4;
+
+/// Micro-panels of `X^T` one packing task writes for the dense weight
+/// gradient: the 8 panels' pixels of a batch row (48 for AVX2) are one or
+/// two cache lines, read once instead of once a panel.
+const XT_GROUP: usize = 8;
 
 impl<I: Isa> SimdBackend<I> {
     /// The backend, if this CPU runs `I`.
@@ -490,7 +501,8 @@ impl<I: Isa> SimdBackend<I> {
     }
 
     /// `dW := X^T dZ` over every panel from `xt`, the `X^T` micro-panels
-    /// `pack` writes (panel `p` into `dst`), optionally fused with an update.
+    /// `pack` writes (the consecutive panels that fill `dst`, from column
+    /// `i0` on), optionally fused with an update.
     fn weight_grad_dense(
         &self,
         dw: &mut [f32],
@@ -503,9 +515,13 @@ impl<I: Isa> SimdBackend<I> {
         let Dims { k, n } = d;
         let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
         with_buffer(&SHARED, |xt| {
-            // X^T, packed once for all tasks: micro-panels of MR rows x B.
+            // X^T, packed once for all tasks: k-major micro-panels of MR rows x B.
             let xt = crate::aligned::window(xt, k.div_ceil(I::MR) * I::MR * batch, false);
-            xt.par_chunks_mut((I::MR * batch).max(1)).enumerate().for_each(|(p, dst)| pack(dst, p * I::MR));
+            // Eight panels a task, so that each batch row's pixels (or
+            // columns) for them are read in one go, not one cache line per
+            // micro-panel.
+            let group = XT_GROUP * I::MR;
+            xt.par_chunks_mut((group * batch).max(1)).enumerate().for_each(|(g, dst)| pack(dst, g * group));
             let xt = &*xt;
             let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
                 // SAFETY: I was detected; shapes checked by the callers; dwc
@@ -677,7 +693,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
         let build = |csc: &mut Csc| csc.build(x, rows, k, I::COMPRESSES.then_some(row));
         self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
-            gemm::pack_xt(dst, I::MR, x, rows, i0, k)
+            // SAFETY: I was detected; dst holds whole MR x B micro-panels and
+            // the rows were checked against x.
+            unsafe { I::pack_xt(dst, x, rows, i0, k) }
         });
     }
 
@@ -721,13 +739,14 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
-        // A^T's micro-panels, for the sparse path's column lists and for the
-        // dense product alike.
+        // A^T's micro-panels: row-major for the sparse path's column lists,
+        // k-major for the dense product.
         // SAFETY: I was detected; dst is one MR x B micro-panel, A was
         // checked to be (B, K), and i0 < K (a panel per MR columns).
         let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
         let build = |csc: &mut Csc| csc.build_f32((batch, k, I::MR), pack, row);
-        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, pack);
+        let pack_kmajor = |dst: &mut [f32], i0: usize| gemm::pack_at_kmajor(dst, I::MR, a, batch, i0, k);
+        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, pack_kmajor);
     }
 
     fn hidden_backward_input(
