@@ -86,7 +86,7 @@ KILN_CACHES=48K,2M run_tests cargo test --release -p kiln-kernels --test backend
 
 step "NEON backend on aarch64 under qemu"
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
-  -p kiln-kernels --test backends --test scalar_reference
+  -p kiln-kernels --lib --test backends --test scalar_reference
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
   -p kiln --test backends_train --test keras_golden
 

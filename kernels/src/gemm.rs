@@ -299,7 +299,7 @@ unsafe fn store_tile<S: Simd, const MR: usize, const NV: usize>(
 /// Packs `X[i0 .. i0+MR, pc .. pc+kc]` of layer 1's input, `X[i, k] =
 /// x[rows[i], k] / 255`, into `dst` (`MR x kc`, row-major); rows at or past
 /// `rows.len()` are zero. Each run of pixels is converted with vector
-/// instructions, and `/ 255` is an IEEE division, so every value is
+/// instructions, and `/ 255` is exact ([`Simd::div255`]), so every value is
 /// bit-identical to the scalar reference's table.
 ///
 /// # Safety
@@ -323,9 +323,8 @@ unsafe fn pack_x_rows<S: Simd, const MR: usize>(
         // SAFETY: every access covers LANES elements below `body <= kc` of
         // `src` and `out`; the CPU runs S (caller).
         unsafe {
-            let scale = S::splat(255.0);
             for j in (0..body).step_by(l) {
-                S::store(out.as_mut_ptr().add(j), S::div(S::load_u8(src.as_ptr().add(j)), scale));
+                S::store(out.as_mut_ptr().add(j), S::div255(S::load_u8(src.as_ptr().add(j))));
             }
         }
         for j in body..kc {
@@ -342,7 +341,7 @@ unsafe fn pack_x_rows<S: Simd, const MR: usize>(
 /// bytes become `MR` contiguous floats, converted `LANES` at a time where
 /// the row and the panel have room for whole vectors (a vector that runs
 /// past `MR` writes into the next row's slot before that row is written);
-/// `/ 255` is an IEEE division, bit-identical to the scalar reference's
+/// `/ 255` is exact ([`Simd::div255`]), bit-identical to the scalar reference's
 /// table. Batch rows are the outer loop, so each row's pixels for all the
 /// panels are read together.
 ///
@@ -368,9 +367,8 @@ pub(crate) unsafe fn pack_xt<S: Simd, const MR: usize>(dst: &mut [f32], x: &[u8]
                 // SAFETY: `image` holds `k - p0 >= wide` bytes from p0 on
                 // and `out` at least `wide` floats; the CPU runs S (caller).
                 unsafe {
-                    let scale = S::splat(255.0);
                     for j in (0..wide).step_by(l) {
-                        S::store(out.as_mut_ptr().add(j), S::div(S::load_u8(image.as_ptr().add(p0 + j)), scale));
+                        S::store(out.as_mut_ptr().add(j), S::div255(S::load_u8(image.as_ptr().add(p0 + j))));
                     }
                 }
             } else {

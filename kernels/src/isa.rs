@@ -691,7 +691,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build(x, rows, k, I::COMPRESSES.then_some(row));
+        let build = |csc: &mut Csc| csc.build(x, rows, k, I::LISTS_THEN_FILES.then_some(row));
         self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
             // SAFETY: I was detected; dst holds whole MR x B micro-panels and
             // the rows were checked against x.
@@ -902,5 +902,50 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             // SAFETY: I was detected; the chunks have equal lengths.
             unsafe { I::update(u, g) }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Isa;
+    use crate::simd::Simd;
+
+    /// Every pixel value's `/ 255` through the vector paths (`Simd::div255`
+    /// in the row lister and in the weight gradient's packing) equals the
+    /// scalar reference's division, on every instruction set this CPU runs.
+    fn pixels_convert_exactly<I: Isa>() {
+        if !I::detected() {
+            return;
+        }
+        let lut = crate::shared::pixel_table::<f32>();
+        // One image: pixels 255, 254, .., 1, then zeros (room for whole
+        // vectors past the last value).
+        let k = 300;
+        let x: Vec<u8> = (0..k).map(|j| if j < 255 { (255 - j) as u8 } else { 0 }).collect();
+        let (mut idx, mut val) = (vec![0u32; k], vec![0f32; k]);
+        // SAFETY: I was detected; the slots hold k entries.
+        let c = unsafe { I::csr_row(&x, &mut idx, &mut val) };
+        assert_eq!(c, 255, "{}", I::NAME);
+        for (&j, &v) in idx[..c].iter().zip(&val[..c]) {
+            assert_eq!(v.to_bits(), lut[usize::from(x[j as usize])].to_bits(), "{}: pixel {}", I::NAME, x[j as usize]);
+        }
+        let panels = k.div_ceil(I::MR);
+        let mut xt = vec![f32::NAN; panels * I::MR];
+        // SAFETY: I was detected; xt holds whole 1-row panels; the row is x.
+        unsafe { I::pack_xt(&mut xt, &x, &[0], 0, k) };
+        for (j, &v) in xt.iter().enumerate().take(k) {
+            assert_eq!(v.to_bits(), lut[usize::from(x[j])].to_bits(), "{}: packed pixel {}", I::NAME, x[j]);
+        }
+    }
+
+    #[test]
+    fn every_pixel_value_converts_exactly() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            pixels_convert_exactly::<crate::simd::Avx2>();
+            pixels_convert_exactly::<crate::simd::Avx512>();
+        }
+        #[cfg(target_arch = "aarch64")]
+        pixels_convert_exactly::<crate::simd::Neon>();
     }
 }

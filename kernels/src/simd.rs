@@ -21,9 +21,12 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether this CPU runs it (run-time detection).
     fn detected() -> bool;
-    /// Whether [`Simd::nonzero_lanes`] packs in registers, without a branch
-    /// per non-zero byte (else it is the word scan).
-    const COMPRESSES: bool = false;
+    /// Whether dW1's per-pixel lists are built by listing each row with
+    /// [`Simd::nonzero_lanes`] and then filing the list under its pixels
+    /// (where it compresses in registers, AVX-512) rather than filing
+    /// straight from the word scan (faster with AVX2's table permutes and
+    /// the default: docs/performance-log.md).
+    const LISTS_THEN_FILES: bool = false;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -35,6 +38,24 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `v / 255`, correctly rounded, for lanes holding whole numbers 0 ..=
+    /// 255 (pixels): the product with the rounded reciprocal, corrected
+    /// once by its exact residual (two FMAs), which is cheaper than a
+    /// division (a division's throughput limited listing a row's pixels
+    /// on Zen 3). Exact for all 256 values, as the tests check against
+    /// `pixel_table`'s division.
+    #[inline(always)]
+    unsafe fn div255(v: Self::V) -> Self::V {
+        // SAFETY: the instruction set is present (trait contract).
+        unsafe {
+            let r = Self::splat(1.0 / 255.0);
+            let q = Self::mul(v, r);
+            // v - 255 q is exact in f32 for these v; adding it times r to q
+            // rounds to the nearest f32 of v / 255.
+            let e = Self::fmadd(q, Self::splat(-255.0), v);
+            Self::fmadd(e, r, q)
+        }
+    }
     unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sqrt(a: Self::V) -> Self::V;
     /// `a * b + c` with one rounding.
@@ -91,8 +112,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// for that many writes); slots past the count are unspecified.
     ///
     /// This default visits the set bytes of each 8-byte word (see
-    /// `sparse::for_each_nonzero`); AVX-512 compresses in registers.
-    /// ([`Simd::COMPRESSES`] says which.)
+    /// `sparse::for_each_nonzero`); AVX-512 compresses in registers, AVX2
+    /// permutes by a table.
     #[inline(always)]
     unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, lut: &[f32; 256]) -> usize {
         // SAFETY: src is valid for LANES byte reads, idx and val for LANES
@@ -229,6 +250,25 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, _: &[f32; 256]) -> usize {
+            // SAFETY: src is valid for 8 byte reads, idx and val for 8
+            // writes (trait contract); AVX2 is present; the table index is
+            // an 8-bit mask. Branch-free: where the lit pixels of a row
+            // begin and end is not predictable, and the default's loop
+            // over the set bytes of each word mispredicts its exit about
+            // once a word. `div255` is exact, as pixel_table.
+            unsafe {
+                let bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(src as *const __m128i));
+                let lit = _mm256_xor_si256(_mm256_cmpeq_epi32(bytes, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+                let mask = _mm256_movemask_ps(_mm256_castsi256_ps(lit)) as usize;
+                let perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(COMPRESS8.as_ptr().add(mask) as *const __m128i));
+                let values = Self::div255(_mm256_cvtepi32_ps(bytes));
+                _mm256_storeu_si256(idx as *mut __m256i, _mm256_add_epi32(_mm256_set1_epi32(base as i32), perm));
+                _mm256_storeu_ps(val, _mm256_permutevar8x32_ps(values, perm));
+                mask.count_ones() as usize
+            }
+        }
+        #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
             // SAFETY: AVX is present (module contract).
             unsafe {
@@ -308,7 +348,7 @@ mod x86 {
         type V = __m512;
         const LANES: usize = 16;
         const NAME: &'static str = "avx512";
-        const COMPRESSES: bool = true;
+        const LISTS_THEN_FILES: bool = true;
         fn detected() -> bool {
             is_x86_feature_detected!("avx512f")
         }
@@ -386,8 +426,8 @@ mod x86 {
         #[inline(always)]
         unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, _: &[f32; 256]) -> usize {
             // SAFETY: src is valid for 16 byte reads, idx and val for 16
-            // writes (trait contract); AVX-512F is present. `byte / 255` is
-            // the correctly rounded f32 quotient, as in pixel_table.
+            // writes (trait contract); AVX-512F is present. `div255` is
+            // exact, as pixel_table.
             unsafe {
                 let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(src as *const __m128i));
                 let lit = _mm512_test_epi32_mask(bytes, bytes);
@@ -396,7 +436,7 @@ mod x86 {
                 }
                 let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
                 let pixels = _mm512_add_epi32(_mm512_set1_epi32(base as i32), lanes);
-                let values = _mm512_div_ps(_mm512_cvtepi32_ps(bytes), _mm512_set1_ps(255.0));
+                let values = Self::div255(_mm512_cvtepi32_ps(bytes));
                 _mm512_storeu_si512(idx as *mut __m512i, _mm512_maskz_compress_epi32(lit, pixels));
                 _mm512_storeu_ps(val, _mm512_maskz_compress_ps(lit, values));
                 lit.count_ones() as usize

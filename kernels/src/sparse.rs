@@ -215,11 +215,9 @@ impl Csc {
     /// Lists the batch's non-zero pixels by pixel, on the calling thread.
     /// With `row`, one of the [`csr_row`] entry points, each row is first
     /// listed with it and the list then filed under its pixels; else the
-    /// entries are filed straight from a scan of the bytes. The scan's loop
-    /// over the set bytes of each word ends on a branch mispredicted about
-    /// once a word, so listing first pays where `row` compresses in
-    /// registers ([`Simd::COMPRESSES`](crate::simd::Simd::COMPRESSES));
-    /// elsewhere the direct scan is faster (docs/performance-log.md).
+    /// entries are filed straight from a scan of the bytes. Listing first
+    /// pays where `row` compresses in registers (see
+    /// [`Simd::LISTS_THEN_FILES`](crate::simd::Simd::LISTS_THEN_FILES)).
     pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, row: Option<CsrRow>) {
         let lut = crate::shared::pixel_table::<f32>();
         let b = rows.len();
