@@ -908,7 +908,6 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 #[cfg(test)]
 mod tests {
     use super::Isa;
-    use crate::simd::Simd;
 
     /// Every pixel value's `/ 255` through the vector paths (`Simd::div255`
     /// in the row lister and in the weight gradient's packing) equals the
