@@ -691,7 +691,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build(x, rows, k, I::LISTS_THEN_FILES.then_some(row));
+        let build = |csc: &mut Csc| csc.build(x, rows, k, I::LISTER, row);
         self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
             // SAFETY: I was detected; dst holds whole MR x B micro-panels and
             // the rows were checked against x.

@@ -11,6 +11,19 @@
 //! is valid for `LANES` consecutive `f32` reads or writes (no alignment
 //! needed).
 
+/// How an instruction set's [`Simd::nonzero_lanes`] packs the non-zero
+/// lanes of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lister {
+    /// A loop over the set bytes of each word, whose exit mispredicts
+    /// about once a word (the default).
+    WordScan,
+    /// A permutation from a table indexed by the lanes' mask (AVX2).
+    Table,
+    /// Compress instructions (AVX-512).
+    Compress,
+}
+
 /// A vector of `LANES` f32 lanes and the operations the kernels use.
 pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// The register type.
@@ -21,12 +34,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether this CPU runs it (run-time detection).
     fn detected() -> bool;
-    /// Whether dW1's per-pixel lists are built by listing each row with
-    /// [`Simd::nonzero_lanes`] and then filing the list under its pixels
-    /// (where it compresses in registers, AVX-512) rather than filing
-    /// straight from the word scan (faster with AVX2's table permutes and
-    /// the default: docs/performance-log.md).
-    const LISTS_THEN_FILES: bool = false;
+    /// How [`Simd::nonzero_lanes`] packs (the sparse weight gradient picks
+    /// how it builds its per-pixel lists from it).
+    const LISTER: Lister = Lister::WordScan;
 
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -135,7 +145,7 @@ pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Simd;
+    use super::{Lister, Simd};
     use std::arch::x86_64::*;
 
     /// AVX2 with FMA: 8 lanes of f32 in 16 `ymm` registers.
@@ -150,6 +160,7 @@ mod x86 {
         type V = __m256;
         const LANES: usize = 8;
         const NAME: &'static str = "avx2";
+        const LISTER: Lister = Lister::Table;
         fn detected() -> bool {
             is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
         }
@@ -348,7 +359,7 @@ mod x86 {
         type V = __m512;
         const LANES: usize = 16;
         const NAME: &'static str = "avx512";
-        const LISTS_THEN_FILES: bool = true;
+        const LISTER: Lister = Lister::Compress;
         fn detected() -> bool {
             is_x86_feature_detected!("avx512f")
         }

@@ -24,7 +24,7 @@
 
 use crate::optim::LaneRule;
 use crate::simd::for_each_nonzero;
-use crate::simd::Simd;
+use crate::simd::{Lister, Simd};
 
 /// Panels (of `NR` columns) accumulated together: `PG * NV` independent FMA
 /// chains hide the FMA latency.
@@ -194,6 +194,48 @@ pub(crate) unsafe fn csr_row_f32<S: Simd>(src: &[f32], idx: &mut [u32], val: &mu
     c
 }
 
+/// `t[j * B + i] = x[rows[i] * k + j]`: the batch's `B` rows of `k` bytes,
+/// pixel-major. 8 x 8 blocks are transposed in eight 64-bit words by three
+/// rounds of masked swaps (2 x 2 blocks of bytes, then of byte pairs, then
+/// of 4-byte halves); the edges that do not fill a block are copied byte by
+/// byte.
+fn transpose_batch(t: &mut [u8], x: &[u8], rows: &[u32], k: usize) {
+    let b = rows.len();
+    assert!(t.len() == k * b);
+    let (b8, k8) = (b / 8 * 8, k / 8 * 8);
+    for i0 in (0..b8).step_by(8) {
+        let src: [&[u8]; 8] = std::array::from_fn(|r| &x[rows[i0 + r] as usize * k..][..k]);
+        for j0 in (0..k8).step_by(8) {
+            let mut w: [u64; 8] =
+                std::array::from_fn(|r| u64::from_le_bytes(src[r][j0..j0 + 8].try_into().expect("8")));
+            if w.iter().any(|&v| v != 0) {
+                for (shift, mask, stride) in
+                    [(8, 0x00ff_00ff_00ff_00ffu64, 1), (16, 0x0000_ffff_0000_ffff, 2), (32, 0x0000_0000_ffff_ffff, 4)]
+                {
+                    for r in (0..8).filter(|r| r & stride == 0) {
+                        let d = ((w[r] >> shift) ^ w[r + stride]) & mask;
+                        w[r + stride] ^= d;
+                        w[r] ^= d << shift;
+                    }
+                }
+            }
+            for (c, v) in w.iter().enumerate() {
+                t[(j0 + c) * b + i0..][..8].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        for j in k8..k {
+            for (r, s) in src.iter().enumerate() {
+                t[j * b + i0 + r] = s[j];
+            }
+        }
+    }
+    for (i, &r) in rows.iter().enumerate().skip(b8) {
+        for (j, &p) in x[r as usize * k..][..k].iter().enumerate() {
+            t[j * b + i] = p;
+        }
+    }
+}
+
 /// The non-zero pixels of a batch by pixel: pixel `j`'s `(sample, value)`
 /// entries, ascending by sample, are the first `count[j]` of its `B` slots
 /// at `j * B`.
@@ -209,16 +251,25 @@ pub(crate) struct Csc {
     row_val: Vec<f32>,
     /// Rows of `a^T` while they are listed ([`Csc::build_f32`]).
     at: Vec<f32>,
+    /// The batch's bytes, pixel-major, while they are listed.
+    bytes: Vec<u8>,
 }
 
 impl Csc {
-    /// Lists the batch's non-zero pixels by pixel, on the calling thread.
-    /// With `row`, one of the [`csr_row`] entry points, each row is first
-    /// listed with it and the list then filed under its pixels; else the
-    /// entries are filed straight from a scan of the bytes. Listing first
-    /// pays where `row` compresses in registers (see
-    /// [`Simd::LISTS_THEN_FILES`](crate::simd::Simd::LISTS_THEN_FILES)).
-    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, row: Option<CsrRow>) {
+    /// Lists the batch's non-zero pixels by pixel, on the calling thread,
+    /// in the way that measured fastest for how `row` (one of the
+    /// [`csr_row`] entry points) packs (docs/performance-log.md):
+    ///
+    /// * [`Lister::Compress`]: each image row is listed with `row`, and
+    ///   the list filed under its pixels;
+    /// * [`Lister::Table`]: the batch is transposed (pixel-major bytes, 8 x
+    ///   8 blocks in 64-bit words) and each pixel's row of samples listed
+    ///   with `row` straight into its slots: no filing, whose
+    ///   read-modify-write of a pixel's count and scattered stores
+    ///   dominated on Zen 3;
+    /// * [`Lister::WordScan`]: the entries are filed straight from a scan
+    ///   of the bytes (listing first would only add a pass).
+    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, lister: Lister, row: CsrRow) {
         let lut = crate::shared::pixel_table::<f32>();
         let b = rows.len();
         self.samples = b;
@@ -226,6 +277,20 @@ impl Csc {
         self.count.resize(k, 0);
         grow(&mut self.sample, k * b);
         grow(&mut self.val, k * b);
+        if lister == Lister::Table {
+            grow(&mut self.bytes, k * b);
+            let t = &mut self.bytes[..k * b];
+            transpose_batch(t, x, rows, k);
+            for (j, col) in t.chunks_exact(b.max(1)).enumerate().take(k) {
+                // A pixel dark in the whole batch (a third of MNIST's) is
+                // one vectorised OR, not a listing.
+                if col.iter().fold(0, |a, &p| a | p) != 0 {
+                    self.count[j] =
+                        row(col, &mut self.sample[j * b..(j + 1) * b], &mut self.val[j * b..(j + 1) * b]) as u32;
+                }
+            }
+            return;
+        }
         grow(&mut self.row_idx, k);
         grow(&mut self.row_val, k);
         let (count, sample, val) = (&mut self.count, &mut self.sample, &mut self.val);
@@ -238,14 +303,13 @@ impl Csc {
         };
         for (i, &r) in rows.iter().enumerate() {
             let src = &x[r as usize * k..][..k];
-            match row {
-                Some(row) => {
-                    let c = row(src, idx, v);
-                    for (&j, &xv) in idx[..c].iter().zip(&v[..c]) {
-                        file(j as usize, i, xv);
-                    }
+            if lister == Lister::Compress {
+                let c = row(src, idx, v);
+                for (&j, &xv) in idx[..c].iter().zip(&v[..c]) {
+                    file(j as usize, i, xv);
                 }
-                None => for_each_nonzero(src, |j, p| file(j, i, lut[usize::from(p)])),
+            } else {
+                for_each_nonzero(src, |j, p| file(j, i, lut[usize::from(p)]));
             }
         }
     }
@@ -550,6 +614,26 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize, R: LaneRule<S>>(
                             S::store(dw.as_mut_ptr().add(at + v * S::LANES), a);
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose_batch;
+
+    #[test]
+    fn transpose_batch_puts_every_byte_in_its_place() {
+        for (b, k) in [(0, 5), (1, 1), (7, 9), (8, 8), (9, 17), (16, 784), (13, 63)] {
+            let x: Vec<u8> = (0..(b + 3) * k).map(|i| (i * 7 + i / 5) as u8).collect();
+            let rows: Vec<u32> = (0..b as u32).map(|i| (i * 5 + 2) % (b as u32 + 3)).collect();
+            let mut t = vec![0xaa; k * b];
+            transpose_batch(&mut t, &x, &rows, k);
+            for (i, &r) in rows.iter().enumerate() {
+                for j in 0..k {
+                    assert_eq!(t[j * b + i], x[r as usize * k + j], "B {b}, K {k}: sample {i}, pixel {j}");
                 }
             }
         }
