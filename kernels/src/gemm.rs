@@ -337,13 +337,13 @@ unsafe fn pack_x_rows<S: Simd, const MR: usize>(
 /// floats each), the first starting at pixel `i0`, for the weight
 /// gradient, k-major: element `(i, b)` of a panel starting at pixel `p0`
 /// (pixel `p0 + i` of batch row `b`, `x[rows[b], p0 + i] / 255`) at
-/// `b * MR + i`; pixels at or past `k` are zero. Each batch row's `MR` contiguous
-/// bytes become `MR` contiguous floats, converted `LANES` at a time where
-/// the row and the panel have room for whole vectors (a vector that runs
-/// past `MR` writes into the next row's slot before that row is written);
-/// `/ 255` is exact ([`Simd::div255`]), bit-identical to the scalar reference's
-/// table. Batch rows are the outer loop, so each row's pixels for all the
-/// panels are read together.
+/// `b * MR + i`; pixels at or past `k` are zero. Each batch row's `MR`
+/// contiguous bytes become `MR` contiguous floats, converted `LANES` at a
+/// time where the row and the panel have room for whole vectors (a vector
+/// that runs past `MR` writes into the next row's slot before that row is
+/// written); `/ 255` is exact ([`Simd::div255`]), bit-identical to the
+/// scalar reference's table. Batch rows are the outer loop, so each row's
+/// pixels for all the panels are read together.
 ///
 /// # Safety
 /// The CPU runs `S`; `dst` holds whole panels; every `rows[b] * k + k <=
@@ -389,7 +389,7 @@ pub(crate) unsafe fn pack_xt<S: Simd, const MR: usize>(dst: &mut [f32], x: &[u8]
 /// columns at or past `k` are zero.
 pub(crate) fn pack_at_kmajor(dst: &mut [f32], mr: usize, a: &[f32], batch: usize, i0: usize, k: usize) {
     let size = mr * batch;
-    assert!(size > 0 && dst.len().is_multiple_of(size) && a.len() >= batch * k);
+    assert!(size > 0 && k > 0 && dst.len().is_multiple_of(size) && a.len() >= batch * k);
     for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
         for (p, panel) in dst.chunks_exact_mut(size).enumerate() {
             let p0 = (i0 + p * mr).min(k);
