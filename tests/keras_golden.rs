@@ -20,6 +20,13 @@ const TOL: f64 = 5e-6;
 const SGD_TOL: f64 = 4e-7;
 /// Adam's and AdamW's tolerance.
 const ADAM_TOL: f64 = 7e-6;
+/// Adam's tolerance on the BLAS backend. OpenBLAS picks its sgemm kernel,
+/// and so its order of additions, per CPU, and Adam's division by
+/// `sqrt(v) + eps` amplifies the difference: its worst error measured 4.5e-6
+/// on Zen 4 (OpenBLAS's Cooperlake kernels) and 9.6e-6 on Zen 3 (its Zen
+/// kernels), within the 7e-6 to 2e-5 of the f64 replay. kiln's own
+/// backends keep `ADAM_TOL`.
+const BLAS_ADAM_TOL: f64 = 1.2e-5;
 
 fn check(what: &str, backend: &str, got: &[f32], want: &[f32], worst: &mut f64, tol: f64) {
     let e = rel_err(got, want);
@@ -28,9 +35,9 @@ fn check(what: &str, backend: &str, got: &[f32], want: &[f32], worst: &mut f64, 
 }
 
 /// Three steps of the golden file `name`, with its optimizer, on every
-/// backend and both input-layer paths, to the relative error `tol`;
-/// returns the worst relative error seen.
-fn replay(name: &str, tol: f64) -> f64 {
+/// backend and both input-layer paths, to the relative error `tol` (the
+/// BLAS backend to `blas_tol`); returns the worst relative error seen.
+fn replay(name: &str, tol: f64, blas_tol: f64) -> f64 {
     let g = Golden::named(name);
     let opt = g.optimizer();
     let images = g.u8("images");
@@ -41,6 +48,7 @@ fn replay(name: &str, tol: f64) -> f64 {
     let all_rows: Vec<u32> = (0..384).collect();
     let mut worst_all = 0f64;
     for backend in backends_under_test() {
+        let tol = if backend == "blas" { blas_tol } else { tol };
         for path in [Layer1Path::Dense, Layer1Path::Sparse] {
             let be = kiln_kernels::select(backend).unwrap();
             let mut model = Model::new(be, &g.params(0), opt, 128).with_layer1_path(path);
@@ -74,28 +82,28 @@ fn replay(name: &str, tol: f64) -> f64 {
 
 #[test]
 fn reproduces_keras_tutorial_network_first_three_steps() {
-    replay("keras-rmsprop-h64", TOL);
+    replay("keras-rmsprop-h64", TOL, TOL);
 }
 
 #[test]
 fn reproduces_keras_three_layer_network_first_three_steps() {
-    replay("keras-seq3-rmsprop", TOL);
+    replay("keras-seq3-rmsprop", TOL, TOL);
 }
 
 #[test]
 fn reproduces_keras_adam_first_three_steps() {
-    replay("keras-adam-h64", ADAM_TOL);
+    replay("keras-adam-h64", ADAM_TOL, BLAS_ADAM_TOL);
 }
 
 #[test]
 fn reproduces_keras_sgd_nesterov_first_three_steps() {
-    replay("keras-sgd-nesterov-h64", SGD_TOL);
+    replay("keras-sgd-nesterov-h64", SGD_TOL, SGD_TOL);
 }
 
 /// tanh and sigmoid hidden layers with AdamW.
 #[test]
 fn reproduces_keras_tanh_sigmoid_adamw_first_three_steps() {
-    replay("keras-tanh-sigmoid-adamw", ADAM_TOL);
+    replay("keras-tanh-sigmoid-adamw", ADAM_TOL, ADAM_TOL);
 }
 
 /// tanh and sigmoid hidden layers: the forward pass alone (softmax output
