@@ -381,22 +381,28 @@ pub(crate) unsafe fn pack_xt<S: Simd, const MR: usize>(dst: &mut [f32], x: &[u8]
     }
 }
 
-/// Packs the consecutive micro-panels of `A^T` that fill `dst` (`mr * B`
+/// Packs the consecutive micro-panels of `A^T` that fill `dst` (`MR * B`
 /// floats each), the first starting at column `i0` of a hidden layer's
 /// input `A (B, K)`, for the dense weight gradient, k-major: element `(i,
-/// b)` of a panel starting at column `p0`, `A[b, p0 + i]`, at `b * mr + i`
-/// (each batch row's `mr` columns stay contiguous, so this is a copy);
+/// b)` of a panel starting at column `p0`, `A[b, p0 + i]`, at `b * MR + i`
+/// (each batch row's `MR` columns stay contiguous, so this is a copy of a
+/// fixed size, a few moves rather than a `memcpy` call per row and panel);
 /// columns at or past `k` are zero.
-pub(crate) fn pack_at_kmajor(dst: &mut [f32], mr: usize, a: &[f32], batch: usize, i0: usize, k: usize) {
-    let size = mr * batch;
+pub(crate) fn pack_at_kmajor<const MR: usize>(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
+    let size = MR * batch;
     assert!(size > 0 && k > 0 && dst.len().is_multiple_of(size) && a.len() >= batch * k);
     for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
         for (p, panel) in dst.chunks_exact_mut(size).enumerate() {
-            let p0 = (i0 + p * mr).min(k);
-            let valid = mr.min(k - p0);
-            let out = &mut panel[b * mr..(b + 1) * mr];
-            out[..valid].copy_from_slice(&arow[p0..p0 + valid]);
-            out[valid..].fill(0.0);
+            let p0 = (i0 + p * MR).min(k);
+            let out: &mut [f32; MR] = (&mut panel[b * MR..(b + 1) * MR]).try_into().expect("MR floats");
+            match arow.get(p0..p0 + MR) {
+                Some(src) => *out = src.try_into().expect("MR floats"),
+                None => {
+                    let valid = k - p0;
+                    out[..valid].copy_from_slice(&arow[p0..]);
+                    out[valid..].fill(0.0);
+                }
+            }
         }
     }
 }
@@ -622,8 +628,21 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
             let valid = nr.min(n.saturating_sub(c0));
             for kk in 0..kc {
                 let out = &mut dst[kk * nr..(kk + 1) * nr];
-                out[..valid].copy_from_slice(&dz[(pc + kk) * n + c0..(pc + kk) * n + c0 + valid]);
-                out[valid..].fill(0.0);
+                let src = &dz[(pc + kk) * n + c0..(pc + kk) * n + c0 + valid];
+                if valid == nr {
+                    // A whole panel row: NV vector moves, not a `memcpy`
+                    // call per row.
+                    for v in 0..NV {
+                        // SAFETY: `src` and `out` hold NR = NV * LANES
+                        // floats; the CPU runs S (caller).
+                        unsafe {
+                            S::store(out.as_mut_ptr().add(v * S::LANES), S::load(src.as_ptr().add(v * S::LANES)))
+                        };
+                    }
+                } else {
+                    out[..valid].copy_from_slice(src);
+                    out[valid..].fill(0.0);
+                }
             }
         }
         // LOOP 3: blocks of MC pixels (rows of dW).

@@ -58,6 +58,7 @@ pub(crate) trait Isa: Simd {
     unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize);
     unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
     unsafe fn pack_xt(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize);
+    fn pack_at_kmajor(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
     unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize);
     unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
@@ -150,6 +151,9 @@ macro_rules! isa_entry_points {
             unsafe fn pack_xt(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize) {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { gemm::pack_xt::<Self, { $mr }>(dst, x, rows, i0, k) }
+            }
+            fn pack_at_kmajor(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
+                gemm::pack_at_kmajor::<{ $mr }>(dst, a, batch, i0, k)
             }
             #[target_feature(enable = $features)]
             unsafe fn logits(p: &mut [f32], h: &[f32], wt: &[f32], b: &[f32], k: usize, n: usize) {
@@ -745,7 +749,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // checked to be (B, K), and i0 < K (a panel per MR columns).
         let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
         let build = |csc: &mut Csc| csc.build_f32((batch, k, I::MR), pack, row);
-        let pack_kmajor = |dst: &mut [f32], i0: usize| gemm::pack_at_kmajor(dst, I::MR, a, batch, i0, k);
+        let pack_kmajor = |dst: &mut [f32], i0: usize| I::pack_at_kmajor(dst, a, batch, i0, k);
         self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, pack_kmajor);
     }
 
