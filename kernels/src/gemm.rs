@@ -672,10 +672,18 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                             (Some(u), Some(c)) if last => {
                                 // The fused update: the finished gradient
                                 // tile updates W and the state, never stored.
+                                // The tile goes through a buffer first: the
+                                // update loop is too long to unroll, and
+                                // indexing the accumulators from it made the
+                                // compiler store every one of them after each
+                                // of the microkernel's FMAs (AVX-512).
+                                let mut grad = [0f32; MAX_TILE];
+                                let mut gt = Tile { c: grad.as_mut_ptr(), rsc: nr, rows: MR, cols: nr };
+                                store_tile::<S, MR, NV>(&mut gt, &mut acc, None);
                                 let p = u.range(off..end).ptrs();
-                                for (r, row) in acc.iter().enumerate().take(rows_here) {
-                                    for (j, &g) in row.iter().enumerate() {
-                                        c.apply(p.at(r * nr + j * S::LANES), g);
+                                for (r, row) in grad.chunks_exact(nr).enumerate().take(rows_here) {
+                                    for (j, g) in row.chunks_exact(S::LANES).enumerate() {
+                                        c.apply(p.at(r * nr + j * S::LANES), S::load(g.as_ptr()));
                                     }
                                 }
                             }
