@@ -92,6 +92,22 @@ pub fn blocking() -> &'static Blocking {
     })
 }
 
+/// Whether the CPU is Intel's (CPUID's vendor string), for the choices
+/// that measured differently on Intel and AMD CPUs of the same instruction
+/// set; detected once.
+pub(crate) fn intel() -> bool {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let r = std::arch::x86_64::__cpuid(0);
+            [r.ebx, r.edx, r.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e] // "Genu" "ineI" "ntel"
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// A size as sysfs and `KILN_CACHES` write it: `32K`, `2M`, `1024`.
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();

@@ -14,7 +14,7 @@ use crate::shared::{
     activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
     UPDATE_CHUNK,
 };
-use crate::simd::Simd;
+use crate::simd::{Lister, Simd};
 use crate::sparse::{self, Csc, Csr};
 use crate::{
     gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Update, XentStats,
@@ -583,7 +583,20 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({}x{} register tiles; {})", I::NAME, I::MR, Self::NR, crate::caches::blocking().describe())
+        format!(
+            "{} ({}x{} register tiles; {}; dW1's pixel lists {})",
+            I::NAME,
+            I::MR,
+            Self::NR,
+            crate::caches::blocking().describe(),
+            match csc_lister::<I>() {
+                Lister::Table if I::LISTER == Lister::Compress =>
+                    "from the transposed batch (Intel: measured faster there)",
+                Lister::Table => "from the transposed batch",
+                Lister::Compress => "filed from each image's list",
+                Lister::WordScan => "filed from a scan of each image",
+            }
+        )
     }
 
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
@@ -695,7 +708,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         };
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build(x, rows, k, I::LISTER, row);
+        let build = |csc: &mut Csc| csc.build(x, rows, k, csc_lister::<I>(), row);
         self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
             // SAFETY: I was detected; dst holds whole MR x B micro-panels and
             // the rows were checked against x.
@@ -909,9 +922,71 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 }
 
+/// How the sparse weight gradient of layer 1 lists the batch's pixels
+/// ([`Csc::build`]): as the instruction set's packing measured fastest,
+/// except that AVX-512's filing of each image's compressed list, fastest on
+/// AMD Zen 4, lost to listing the transposed batch on Intel Sapphire
+/// Rapids (docs/performance-log.md, 2026-12-02, fifth session). Either way
+/// the lists, and so every result bit, are the same (tested).
+fn csc_lister<I: Isa>() -> Lister {
+    if I::LISTER == Lister::Compress && crate::caches::intel() {
+        Lister::Table
+    } else {
+        I::LISTER
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Isa;
+    use crate::simd::Lister;
+    use crate::sparse::{Csc, CsrRow};
+
+    /// Every way of listing a batch's pixels by pixel gives the same lists,
+    /// with every instruction set's row lister, for batches of odd sizes
+    /// with dark pixels, dark images and rows taken out of order.
+    fn listers_agree<I: Isa>() {
+        if !I::detected() {
+            return;
+        }
+        // SAFETY: I was detected; `Csc::build` passes slots of k entries.
+        let row: CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        for (b, k) in [(1, 1), (3, 7), (8, 64), (13, 100), (128, 784), (9, 17)] {
+            let images = b + 5;
+            let x: Vec<u8> = (0..images * k)
+                .map(
+                    |i| if (i / k) % 4 == 1 || (i * 7919) % 5 < 3 || i % k == k / 2 { 0 } else { (i * 31 % 256) as u8 },
+                )
+                .collect();
+            let rows: Vec<u32> = (0..b as u32).map(|i| (i * 7 + 3) % images as u32).collect();
+            let lists = |lister| {
+                let mut csc = Csc::default();
+                csc.build(&x, &rows, k, lister, row);
+                (0..k)
+                    .map(|j| {
+                        let (s, v) = csc.pixel(j);
+                        (s.to_vec(), v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let want = lists(Lister::WordScan);
+            assert!(want.iter().any(|(s, _)| !s.is_empty()) || k == 1);
+            for lister in [Lister::Table, Lister::Compress] {
+                assert!(lists(lister) == want, "{} {lister:?} {b}x{k}", I::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn every_pixel_lister_lists_the_same() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            listers_agree::<crate::simd::Avx2>();
+            listers_agree::<crate::simd::Avx512>();
+        }
+        #[cfg(target_arch = "aarch64")]
+        listers_agree::<crate::simd::Neon>();
+    }
 
     /// Every pixel value's `/ 255` through the vector paths (`Simd::div255`
     /// in the row lister and in the weight gradient's packing) equals the

@@ -353,7 +353,7 @@ impl Csc {
     }
 
     /// Pixel `j`'s (sample, value) entries, ascending by sample.
-    fn pixel(&self, j: usize) -> (&[u32], &[f32]) {
+    pub(crate) fn pixel(&self, j: usize) -> (&[u32], &[f32]) {
         let (s, c) = (j * self.samples, self.count[j] as usize);
         (&self.sample[s..s + c], &self.val[s..s + c])
     }
