@@ -9,6 +9,7 @@
 
 use crate::denormals::Flushed;
 use crate::gemm::Lhs;
+use crate::par;
 use crate::params::{HIDDEN_FORWARD_MAX_DENSITY, HIDDEN_GRAD_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
     activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
@@ -19,7 +20,6 @@ use crate::sparse::{self, Csc, Csr};
 use crate::{
     gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Update, XentStats,
 };
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
@@ -365,15 +365,16 @@ impl<I: Isa> SimdBackend<I> {
                 true
             })
         };
-        let went_sparse: Vec<bool> = match &mut update {
-            None => dw.par_chunks_mut(chunk).enumerate().map(|(t, dwc)| task(t, dwc, None)).collect(),
-            Some(u) => dw
-                .par_chunks_mut(chunk)
-                .zip(u.reborrow().into_chunks(chunk))
-                .enumerate()
-                .map(|(t, (dwc, u))| task(t, dwc, Some(u)))
-                .collect(),
-        };
+        let mut went_sparse = vec![false; dw.len().div_ceil(chunk.max(1))];
+        match &mut update {
+            None => par::run(dw.chunks_mut(chunk).zip(&mut went_sparse).enumerate().collect(), |(t, (dwc, went))| {
+                *went = task(t, dwc, None)
+            }),
+            Some(u) => par::run(
+                dw.chunks_mut(chunk).zip(u.reborrow().into_chunks(chunk)).zip(&mut went_sparse).enumerate().collect(),
+                |(t, ((dwc, u), went))| *went = task(t, dwc, Some(u)),
+            ),
+        }
         if went_sparse.iter().all(|&s| s) {
             return;
         }
@@ -450,14 +451,14 @@ fn share(total: usize, unit: usize) -> usize {
 
 /// `f` on equal chunks of `out` and `a` in parallel (elementwise passes).
 fn par_zip(out: &mut [f32], a: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    out.par_chunks_mut(UPDATE_CHUNK).zip(a.par_chunks(UPDATE_CHUNK)).for_each(|(o, a)| f(o, a));
+    par::run(out.chunks_mut(UPDATE_CHUNK).zip(a.chunks(UPDATE_CHUNK)).collect(), |(o, a)| f(o, a));
 }
 
 /// The activations the epilogues do not apply (see `shared::activate_rest`).
 fn finish_activation(h: &mut [f32], act: Activation) {
     assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
     if matches!(act, Activation::Sigmoid | Activation::Tanh) {
-        h.par_chunks_mut(UPDATE_CHUNK).for_each(|c| activate_rest(c, act));
+        par::run(h.chunks_mut(UPDATE_CHUNK).collect(), |c| activate_rest(c, act));
     }
 }
 
@@ -489,9 +490,9 @@ impl<I: Isa> SimdBackend<I> {
         bias.resize(layout.panels() * Self::NR, 0.0);
         let per_task = share(layout.panels(), 1);
         let out = SharedOut(h.as_mut_ptr());
-        let tasks = (0..layout.panels().div_ceil(per_task)).into_par_iter();
+        let tasks = (0..layout.panels().div_ceil(per_task)).collect();
         let panels_of = |t: usize| (t * per_task, ((t + 1) * per_task).min(layout.panels()));
-        tasks.for_each(|t| {
+        par::run(tasks, |t| {
             if sparse(out.get(), panels_of(t), &bias) {
                 return;
             }
@@ -525,7 +526,7 @@ impl<I: Isa> SimdBackend<I> {
             // columns) for them are read in one go, not one cache line per
             // micro-panel.
             let group = XT_GROUP * I::MR;
-            xt.par_chunks_mut((group * batch).max(1)).enumerate().for_each(|(g, dst)| pack(dst, g * group));
+            par::run(xt.chunks_mut((group * batch).max(1)).enumerate().collect(), |(g, dst)| pack(dst, g * group));
             let xt = &*xt;
             let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
                 // SAFETY: I was detected; shapes checked by the callers; dwc
@@ -535,12 +536,12 @@ impl<I: Isa> SimdBackend<I> {
                 })
             };
             match update {
-                None => dw.par_chunks_mut(chunk).enumerate().for_each(|(t, dwc)| task(t, dwc, None)),
-                Some(u) => dw
-                    .par_chunks_mut(chunk)
-                    .zip(u.into_chunks(chunk))
-                    .enumerate()
-                    .for_each(|(t, (dwc, u))| task(t, dwc, Some(u))),
+                None => par::run(dw.chunks_mut(chunk).enumerate().collect(), |(t, dwc)| task(t, dwc, None)),
+                Some(u) => {
+                    par::run(dw.chunks_mut(chunk).zip(u.into_chunks(chunk)).enumerate().collect(), |(t, (dwc, u))| {
+                        task(t, dwc, Some(u))
+                    })
+                }
             }
         });
     }
@@ -796,9 +797,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             let wt = crate::aligned::window(wt, wt_layout.len(), false);
             // SAFETY: I was detected; each panel holds N * NR floats, W was
             // checked against the layout, and q * NR < K for every panel.
-            wt.par_chunks_mut((n * nr).max(1))
-                .enumerate()
-                .for_each(|(q, panel)| unsafe { I::pack_wt(panel, q, w, k, n) });
+            par::run(wt.chunks_mut((n * nr).max(1)).enumerate().collect(), |(q, panel)| unsafe {
+                I::pack_wt(panel, q, w, k, n)
+            });
             let wt = &*wt;
             let zero = vec![0.0; k];
             let sparse = Self::sparse_rows(dz, batch, n, wt, k, false, path);
@@ -836,23 +837,24 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // is then taken in row order, as `softmax_xent_rows` does.
         let batch_t = batch as f32;
         let mut per_row = vec![(0f32, false); batch];
-        p.par_chunks_mut(LAYER2_ROWS * n)
-            .zip(dz.par_chunks_mut(LAYER2_ROWS * n))
-            .zip(h.par_chunks(LAYER2_ROWS * k))
-            .zip(rows.par_chunks(LAYER2_ROWS))
-            .zip(per_row.par_chunks_mut(LAYER2_ROWS))
-            .for_each(|((((pc, dzc), hc), rc), out)| {
-                // The softmax's exponentials underflow: flushed here too.
-                let _flushed = Flushed::new();
-                // SAFETY: I was detected; the blocks are whole rows of the
-                // shapes checked above.
-                unsafe { I::logits(pc, hc, &wt, b, k, n) };
-                for (i, (&r, o)) in rc.iter().zip(out).enumerate() {
-                    let y = usize::from(labels[r as usize]);
-                    assert!(y < n, "label {y} of row {r} is not below N = {n}");
-                    *o = softmax_xent_row(&mut pc[i * n..(i + 1) * n], &mut dzc[i * n..(i + 1) * n], y, batch_t);
-                }
-            });
+        let blocks = p
+            .chunks_mut(LAYER2_ROWS * n)
+            .zip(dz.chunks_mut(LAYER2_ROWS * n))
+            .zip(h.chunks(LAYER2_ROWS * k))
+            .zip(rows.chunks(LAYER2_ROWS))
+            .zip(per_row.chunks_mut(LAYER2_ROWS));
+        par::run(blocks.collect(), |((((pc, dzc), hc), rc), out)| {
+            // The softmax's exponentials underflow: flushed here too.
+            let _flushed = Flushed::new();
+            // SAFETY: I was detected; the blocks are whole rows of the
+            // shapes checked above.
+            unsafe { I::logits(pc, hc, &wt, b, k, n) };
+            for (i, (&r, o)) in rc.iter().zip(out).enumerate() {
+                let y = usize::from(labels[r as usize]);
+                assert!(y < n, "label {y} of row {r} is not below N = {n}");
+                *o = softmax_xent_row(&mut pc[i * n..(i + 1) * n], &mut dzc[i * n..(i + 1) * n], y, batch_t);
+            }
+        });
         let mut stats = XentStats { loss_sum: 0.0, correct: 0 };
         for &(loss, hit) in &per_row {
             stats.loss_sum += loss;
@@ -876,7 +878,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // thread: each element is one chain over the whole batch, so the
         // split changes no result.
         let rows_per_task = share(k, 2 * I::LANES);
-        dw.par_chunks_mut((rows_per_task * n).max(1)).enumerate().for_each(|(t, dwc)| {
+        par::run(dw.chunks_mut((rows_per_task * n).max(1)).enumerate().collect(), |(t, dwc)| {
             // SAFETY: I was detected; shapes checked above; dwc is rows
             // t * rows_per_task .. of dW.
             unsafe { I::weight_grad_rows(dwc, t * rows_per_task, h, dz, k, n) };
@@ -901,7 +903,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let wt = transpose(w, k, n);
         let chunk = share(batch, 1);
         let mask = act == Activation::Relu;
-        dh.par_chunks_mut(chunk * k).zip(h.par_chunks(chunk * k)).enumerate().for_each(|(t, (dhc, hc))| {
+        par::run(dh.chunks_mut(chunk * k).zip(h.chunks(chunk * k)).enumerate().collect(), |(t, (dhc, hc))| {
             let rows = dhc.len() / k;
             let dzc = &dz[t * chunk * n..(t * chunk + rows) * n];
             // SAFETY: I was detected; shapes checked above.
@@ -915,7 +917,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     fn update(&self, u: Update<'_, f32>, g: &[f32]) {
         let _flushed = Flushed::new();
         check_len("g", g.len(), u.len());
-        u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| {
+        par::run(u.into_chunks(UPDATE_CHUNK).into_iter().zip(g.chunks(UPDATE_CHUNK)).collect(), |(u, g)| {
             // SAFETY: I was detected; the chunks have equal lengths.
             unsafe { I::update(u, g) }
         });

@@ -105,6 +105,7 @@ mod denormals;
 mod gemm;
 mod isa;
 mod optim;
+mod par;
 mod params;
 mod peak;
 mod prefetch;

@@ -11,11 +11,11 @@
 
 use crate::denormals::Flushed;
 use crate::optim::update_serial;
+use crate::par;
 use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::{Activation, Backend, Dims, Layer1Path, Real, Update, XentStats};
-use rayon::prelude::*;
 
 /// Rows of `H` computed together in the forward products, so that each row
 /// of `W` is loaded once per block rather than once per row.
@@ -42,7 +42,7 @@ where
     if n == 0 {
         return;
     }
-    h.par_chunks_mut(FORWARD_ROWS * n).enumerate().for_each(|(blk, hb)| {
+    par::run(h.chunks_mut(FORWARD_ROWS * n).enumerate().collect(), |(blk, hb)| {
         let _flushed = Flushed::new();
         // hb: (rows of this block, N), accumulates A W.
         let i0 = blk * FORWARD_ROWS;
@@ -107,7 +107,7 @@ where
     F: Fn(usize, usize) -> T + Sync,
 {
     let Dims { k: _, n } = d;
-    dw.par_chunks_mut(DW_ROWS * n).enumerate().for_each(|(blk, dwb)| {
+    par::run(dw.chunks_mut(DW_ROWS * n).enumerate().collect(), |(blk, dwb)| {
         let _flushed = Flushed::new();
         // dwb: rows k0 .. k0 + dwb.len() / n of dW.
         let k0 = blk * DW_ROWS;
@@ -168,7 +168,7 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims
         da.fill(T::zero());
         return;
     }
-    da.par_chunks_mut(k).zip(a.par_chunks(k)).enumerate().for_each(|(i, (darow, arow))| {
+    par::run(da.chunks_mut(k).zip(a.chunks(k)).enumerate().collect(), |(i, (darow, arow))| {
         let _flushed = Flushed::new();
         let dzrow = &dz[i * n..(i + 1) * n];
         for (g, wrow) in darow.iter_mut().zip(w.chunks_exact(n.max(1))) {
@@ -186,7 +186,7 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims
 /// Keras 3 computes it (see `update_serial`), in parallel chunks.
 pub fn update<T: Real>(u: Update<'_, T>, g: &[T]) {
     check_len("g", g.len(), u.len());
-    u.into_chunks(UPDATE_CHUNK).into_par_iter().zip(g.par_chunks(UPDATE_CHUNK)).for_each(|(u, g)| {
+    par::run(u.into_chunks(UPDATE_CHUNK).into_iter().zip(g.chunks(UPDATE_CHUNK)).collect(), |(u, g)| {
         let _flushed = Flushed::new();
         update_serial(u, g)
     });

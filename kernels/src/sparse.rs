@@ -77,19 +77,25 @@ impl Csr {
         self.fill(|i, idx, val| row(&x[rows[i] as usize * k..][..k], idx, val));
     }
 
-    /// As [`Csr::build`], with the rows listed in parallel (rayon), each
-    /// sample's list in its own slots; the result is the same.
+    /// As [`Csr::build`], with the rows listed in parallel (`par::run`, a
+    /// block of rows a task), each sample's list in its own slots; the
+    /// result is the same.
     pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
-        use rayon::prelude::*;
+        const ROWS: usize = 16;
         crate::prefetch::prefetch_rows(x, rows, k);
         self.reset(rows.len(), k);
         let k1 = k.max(1);
-        self.count
-            .par_iter_mut()
-            .zip(self.idx.par_chunks_mut(k1))
-            .zip(self.val.par_chunks_mut(k1))
-            .zip(rows.par_iter())
-            .for_each(|(((count, idx), val), &r)| *count = row(&x[r as usize * k..][..k], idx, val) as u32);
+        let blocks = self
+            .count
+            .chunks_mut(ROWS)
+            .zip(self.idx.chunks_mut(ROWS * k1))
+            .zip(self.val.chunks_mut(ROWS * k1))
+            .zip(rows.chunks(ROWS));
+        crate::par::run(blocks.collect(), |(((count, idx), val), rows)| {
+            for (((c, idx), val), &r) in count.iter_mut().zip(idx.chunks_mut(k1)).zip(val.chunks_mut(k1)).zip(rows) {
+                *c = row(&x[r as usize * k..][..k], idx, val) as u32;
+            }
+        });
     }
 
     /// As [`Csr::build`] for the `m` rows of `a` (`(m, k)` row-major), with

@@ -1,0 +1,260 @@
+//! Parallel regions on the caller's rayon pool whose threads wait by
+//! spinning, not by sleeping.
+//!
+//! A training step is a dozen parallel regions of tens of microseconds
+//! each. Rayon's idle workers, and a thread waiting for the half of a
+//! `join` that another took, go to sleep after a few microseconds without
+//! work; on the virtual machines this project runs on, waking a sleeping
+//! vCPU costs 20-50 us, as long as a region itself. So [`run`]:
+//!
+//! 1. keeps the pool's other threads looking for work for [`SPIN_IDLE`]
+//!    after its caller's latest region (one spinning job per thread, which
+//!    runs whatever rayon work appears meanwhile), so that the next
+//!    region's tasks start at once;
+//! 2. has its caller spin, not sleep, until the tasks others took are done.
+//!
+//! Neither when the pool has more threads than the process has cores:
+//! a spinning thread would then keep a thread with work off its core.
+//!
+//! Tasks are claimed in order from a shared counter; which thread runs a
+//! task changes no result (each task writes its own part of the output).
+//! This is what OpenMP runtimes do by default (`GOMP_SPINCOUNT`); measured:
+//! docs/performance-log.md, 2026-12-02 (sixth session).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long the pool's threads keep spinning after a caller's latest
+/// region: longer than the serial gaps between a step's regions and
+/// between steps, short enough that an idle library user's cores are
+/// freed at once (a few steps of the tutorial network).
+pub(crate) const SPIN_IDLE: Duration = Duration::from_millis(2);
+
+/// A caller's spinning helpers.
+#[derive(Default)]
+struct Keeper {
+    /// Helpers armed and not yet stopped (some may not have started): no
+    /// more are armed until they have all stopped.
+    alive: AtomicUsize,
+    /// Helpers that have started spinning, ever.
+    started: AtomicUsize,
+    /// When the caller last started a region (nanoseconds since [`epoch`]).
+    last: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's helpers, when it calls [`run`].
+    static KEEPER: Arc<Keeper> = Arc::new(Keeper::default());
+    /// Whether this thread is inside a region (running tasks or waiting for
+    /// them): a helper that lands here then returns at once, since it would
+    /// hold the region up for as long as it spins.
+    static IN_REGION: Cell<bool> = const { Cell::new(false) };
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// The cores this process may run on.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
+}
+
+/// Runs `f` on every item, in parallel on the current rayon pool (each item
+/// exactly once); returns when all are done. With one item or one thread,
+/// in order on the calling thread.
+pub(crate) fn run<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
+    let threads = rayon::current_num_threads();
+    let n = items.len();
+    if n <= 1 || threads <= 1 {
+        items.into_iter().for_each(f);
+        return;
+    }
+    // Each slot is taken by the one task that claimed its index.
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    let next = AtomicUsize::new(0);
+    let left = AtomicUsize::new(n);
+    let claim = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        // Counts the task as done even if `f` panics, so that the caller's
+        // wait ends and `scope` passes the panic on.
+        let _done = Done(&left);
+        let item = slots[i].lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(item) = item {
+            f(item);
+        }
+    };
+    // More threads than cores: a spinning thread would hold a core that a
+    // thread with work waits for, so rayon's own waiting is kept.
+    let spins = threads <= cores();
+    rayon::scope(|s| {
+        let _region = Region::enter();
+        if spins {
+            keep_awake();
+        }
+        for _ in 1..threads.min(n) {
+            s.spawn(|_| claim());
+        }
+        claim();
+        while spins && left.load(Ordering::Acquire) > 0 {
+            // Our own spawned claims that no other thread took yet.
+            if rayon::yield_local() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+    });
+}
+
+/// Decrements a count of tasks left when dropped.
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Marks the current thread as inside a region, restoring the mark it had.
+struct Region(bool);
+
+impl Region {
+    fn enter() -> Self {
+        Region(IN_REGION.replace(true))
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        IN_REGION.set(self.0);
+    }
+}
+
+/// Notes a region of the calling thread and, when none of its helpers is
+/// left, arms one on every other thread of the pool.
+fn keep_awake() {
+    let threads = rayon::current_num_threads();
+    KEEPER.with(|k| {
+        let now = now_ns();
+        k.last.store(now, Ordering::Relaxed);
+        if k.alive.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let (keeper, caller) = (Arc::clone(k), rayon::current_thread_index());
+        k.alive.fetch_add(threads - usize::from(caller.is_some()), Ordering::AcqRel);
+        rayon::spawn_broadcast(move |ctx| {
+            if Some(ctx.index()) != caller {
+                spin(&keeper);
+                keeper.alive.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
+    });
+}
+
+/// Runs the pool's work as it appears until the caller of `k` has started
+/// no region for [`SPIN_IDLE`].
+fn spin(k: &Keeper) {
+    if IN_REGION.get() {
+        return;
+    }
+    k.started.fetch_add(1, Ordering::Relaxed);
+    let idle = SPIN_IDLE.as_nanos() as u64;
+    loop {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            continue;
+        }
+        if now_ns().saturating_sub(k.last.load(Ordering::Relaxed)) > idle {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    }
+
+    #[test]
+    fn every_item_runs_once_at_any_thread_count() {
+        for threads in [1, 2, 3, 5] {
+            for n in [0, 1, 2, 3, 7, 64] {
+                let mut out = vec![0u32; n];
+                pool(threads).install(|| {
+                    for _ in 0..3 {
+                        run(out.iter_mut().enumerate().collect(), |(i, o)| *o += i as u32 + 1);
+                    }
+                });
+                let want: Vec<u32> = (0..n as u32).map(|i| 3 * (i + 1)).collect();
+                assert_eq!(out, want, "{threads} threads, {n} items");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_from_outside_a_pool_and_nested() {
+        let mut out = vec![0usize; 9];
+        run(out.chunks_mut(3).enumerate().collect(), |(i, c)| {
+            let mut inner = vec![0usize; 3];
+            run(inner.iter_mut().enumerate().collect(), |(j, o)| *o = 3 * i + j);
+            c.copy_from_slice(&inner);
+        });
+        assert_eq!(out, (0..9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller() {
+        let caught = pool(2)
+            .install(|| std::panic::catch_unwind(|| run((0..8).collect(), |i: i32| assert!(i != 5, "task five"))));
+        let msg = caught.unwrap_err();
+        let text = msg.downcast_ref::<&str>().copied().or(msg.downcast_ref::<String>().map(String::as_str));
+        assert_eq!(text, Some("task five"));
+    }
+
+    #[test]
+    fn helpers_spin_while_regions_come_and_stop_after() {
+        let threads = cores().min(3);
+        assert!(threads >= 2, "this test needs two cores");
+        let p = pool(threads);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        // Regions one after the other until every other thread spins (a
+        // fresh pool's threads may take a while to start).
+        let k = p.install(|| {
+            let k = KEEPER.with(Arc::clone);
+            while k.started.load(Ordering::Relaxed) < threads - 1 && Instant::now() < give_up {
+                run((0..6).collect(), |_: i32| {});
+            }
+            k
+        });
+        assert!(k.started.load(Ordering::Relaxed) >= threads - 1, "not every other thread spun");
+        while k.alive.load(Ordering::Acquire) > 0 && Instant::now() < give_up {
+            std::thread::sleep(SPIN_IDLE);
+        }
+        assert_eq!(k.alive.load(Ordering::Acquire), 0, "helpers still spinning");
+    }
+
+    #[test]
+    fn no_thread_spins_when_threads_outnumber_cores() {
+        let k = pool(cores() + 1).install(|| {
+            for _ in 0..100 {
+                run((0..6).collect(), |_: i32| {});
+            }
+            KEEPER.with(Arc::clone)
+        });
+        assert_eq!(k.started.load(Ordering::Relaxed), 0);
+        assert_eq!(k.alive.load(Ordering::Acquire), 0);
+    }
+}
