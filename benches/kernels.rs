@@ -72,10 +72,25 @@ fn kernels(c: &mut Criterion) {
     // The tutorial's optimizer, for the fused products.
     let rmsprop = Optimizer::default().step(1, 1e-3f32);
     let backends = kiln_kernels::available_backends();
-    println!("FMA peak of one core, measured now:");
+    // The ceilings below the peak that the kernels' instruction mixes meet
+    // (`Ceilings`): a dense product is read against the tile's, a sparse
+    // one against one-load-per-FMA's, an update against sqrt + div.
+    println!("FMA peak of one core, measured now, and the kernels' ceilings (data in L1):");
     for name in &backends {
-        if let Some(g) = kiln_kernels::select(name).unwrap().fma_peak_gflops(0.5) {
-            println!("  {name}: {g:.1} GFLOP/s");
+        if let Some(c) = kiln_kernels::select(name).unwrap().ceilings(0.5) {
+            let pct = |g: f64| 100.0 * g / c.fma_peak;
+            println!(
+                "  {name}: peak {:.1} GFLOP/s; {}x{} GEMM tile {:.1} ({:.0}%); one vector load per FMA {:.1} ({:.0}%); \
+                 sqrt + div {:.2} ns a vector",
+                c.fma_peak,
+                c.tile.0,
+                c.tile.1,
+                c.tile_from_l1,
+                pct(c.tile_from_l1),
+                c.load_per_fma,
+                pct(c.load_per_fma),
+                c.sqrt_div_ns
+            );
         }
     }
     let flops = |m: usize, k: usize, n: usize| Throughput::Elements((2 * m * k * n) as u64);

@@ -115,7 +115,7 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// # Safety
 /// The CPU runs `S`; `a` holds `kc * MR` and `b` at least `kc * NR` floats.
 #[inline(always)]
-unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const KM: bool>(
+pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const KM: bool>(
     kc: usize,
     lda: usize,
     a: &[f32],

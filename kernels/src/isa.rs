@@ -18,7 +18,8 @@ use crate::shared::{
 use crate::simd::{Lister, Simd};
 use crate::sparse::{self, Csc, Csr};
 use crate::{
-    gemm, optim, peak, small, Activation, AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Update, XentStats,
+    gemm, optim, peak, small, Activation, AlignedVec, Backend, Ceilings, Dims, Layer1Path, PanelLayout, Update,
+    XentStats,
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -64,6 +65,7 @@ pub(crate) trait Isa: Simd {
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn update(u: Update<'_, f32>, g: &[f32]);
     unsafe fn fma_chains(iters: u64) -> f32;
+    unsafe fn probe<const P: u8>(iters: u64) -> f32;
     #[allow(clippy::too_many_arguments)]
     unsafe fn forward_sparse(
         h: *mut f32,
@@ -187,6 +189,11 @@ macro_rules! isa_entry_points {
             unsafe fn fma_chains(iters: u64) -> f32 {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { peak::fma_chains::<Self>(iters) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn probe<const P: u8>(iters: u64) -> f32 {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { peak::probe::<Self, { $mr }, { $nv }, P>(iters) }
             }
             #[target_feature(enable = $features)]
             unsafe fn forward_sparse(
@@ -442,6 +449,21 @@ fn transpose(w: &[f32], k: usize, n: usize) -> AlignedVec<f32> {
     t
 }
 
+/// Runs `f(iters)` with `iters` doubling until one call takes at least
+/// `seconds`; returns that call's `iters` and seconds.
+fn timed(seconds: f64, f: impl Fn(u64) -> f32) -> (u64, f64) {
+    let mut iters = 1u64 << 10;
+    loop {
+        let start = std::time::Instant::now();
+        std::hint::black_box(f(std::hint::black_box(iters)));
+        let t = start.elapsed().as_secs_f64();
+        if t >= seconds {
+            return (iters, t);
+        }
+        iters *= 2;
+    }
+}
+
 /// How many items of `total` each rayon task takes: an even share per
 /// thread, rounded up to a multiple of `unit` (at least `unit`).
 fn share(total: usize, unit: usize) -> usize {
@@ -601,17 +623,24 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
-        let mut iters = 1u64 << 16;
-        loop {
-            let start = std::time::Instant::now();
+        // SAFETY: I was detected (SimdBackend::new).
+        let (iters, t) = timed(seconds, |iters| unsafe { I::fma_chains(iters) });
+        Some(peak::flops::<I>(iters) / t / 1e9)
+    }
+
+    fn ceilings(&self, seconds: f64) -> Option<Ceilings> {
+        fn rate<I: Isa, const P: u8>(seconds: f64) -> f64 {
             // SAFETY: I was detected (SimdBackend::new).
-            std::hint::black_box(unsafe { I::fma_chains(std::hint::black_box(iters)) });
-            let t = start.elapsed().as_secs_f64();
-            if t >= seconds {
-                return Some(peak::flops::<I>(iters) / t / 1e9);
-            }
-            iters *= 2;
+            let (iters, t) = timed(seconds, |iters| unsafe { I::probe::<P>(iters) });
+            peak::work::<I>(P, iters, (I::MR, I::NV)) / t
         }
+        Some(Ceilings {
+            fma_peak: self.fma_peak_gflops(seconds)?,
+            tile: (I::MR, Self::NR),
+            tile_from_l1: rate::<I, { peak::probes::TILE }>(seconds) / 1e9,
+            load_per_fma: rate::<I, { peak::probes::LOAD_FMA }>(seconds) / 1e9,
+            sqrt_div_ns: 1e9 / rate::<I, { peak::probes::SQRT_DIV }>(seconds),
+        })
     }
 
     fn weight_layout(&self, k: usize, n: usize) -> PanelLayout {

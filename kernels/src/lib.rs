@@ -162,6 +162,37 @@ impl Real for f64 {
 /// cross-entropy, as Keras does (`keras.backend.epsilon()`).
 pub const CLIP: f64 = 1e-7;
 
+/// What one core of this machine does at most with the instruction mixes of
+/// kiln's kernels, measured by [`Backend::ceilings`] on data that stays in
+/// L1: the bounds a kernel's speed is read against, below the FMA peak.
+///
+/// ```
+/// if let Some(c) = kiln_kernels::select("auto").unwrap().ceilings(0.01) {
+///     assert!(c.fma_peak > 0.0 && c.tile_from_l1 > 0.0 && c.load_per_fma > 0.0 && c.sqrt_div_ns > 0.0);
+///     println!("{} GFLOP/s peak; {}x{} tile {} GFLOP/s", c.fma_peak, c.tile.0, c.tile.1, c.tile_from_l1);
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceilings {
+    /// Independent register-only FMA chains, GFLOP/s (as
+    /// [`Backend::fma_peak_gflops`]).
+    pub fma_peak: f64,
+    /// The register tile of the packed GEMM, rows x columns.
+    pub tile: (usize, usize),
+    /// The GEMM microkernel itself on packed panels in L1 (a vector load
+    /// of B per column vector and a broadcast of A per row each step),
+    /// GFLOP/s: what the dense products reach at most.
+    pub tile_from_l1: f64,
+    /// FMAs that each take one vector loaded from L1, GFLOP/s: the sparse
+    /// products' pattern (each weight row, or `dZ` row, is loaded for one
+    /// FMA per vector), what they reach at most.
+    pub load_per_fma: f64,
+    /// Nanoseconds per vector of `b / sqrt(v)`, RMSprop's two correctly
+    /// rounded operations (throughput, independent chains): the floor of
+    /// every parameter update whose gradient is not zero.
+    pub sqrt_div_ns: f64,
+}
+
 /// What [`Backend::output_softmax_xent`] reports about a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct XentStats<T> {
@@ -390,6 +421,15 @@ pub trait Backend<T: Real>: Sync {
     /// GFLOP/s, measured on the calling thread for at least `seconds`; `None`
     /// for backends that are not one instruction set (scalar, BLAS).
     fn fma_peak_gflops(&self, seconds: f64) -> Option<f64> {
+        let _ = seconds;
+        None
+    }
+
+    /// The ceilings below the FMA peak that this backend's kernels meet on
+    /// one core (see [`Ceilings`]), each probe measured on the calling
+    /// thread for at least `seconds`; `None` for backends that are not one
+    /// instruction set (scalar, BLAS).
+    fn ceilings(&self, seconds: f64) -> Option<Ceilings> {
         let _ = seconds;
         None
     }

@@ -631,3 +631,26 @@ fn hidden_ops_do_not_depend_on_the_thread_count() {
         }
     }
 }
+
+/// Every instruction-set backend measures its ceilings (finite, positive,
+/// its own tile) and the others report none. No speed is asserted: the
+/// numbers belong to `cargo bench`.
+#[test]
+fn ceilings_are_measured_by_instruction_set_backends_only() {
+    for (name, be) in backends_under_test() {
+        let layout = be.weight_layout(1, 1);
+        match be.ceilings(0.002) {
+            Some(c) => {
+                assert!(!["blas", "scalar"].contains(&name), "{name} reported ceilings");
+                for (what, v) in [("peak", c.fma_peak), ("tile", c.tile_from_l1), ("load", c.load_per_fma)] {
+                    assert!(v.is_finite() && v > 0.0, "{name}: {what} {v}");
+                }
+                assert!(c.sqrt_div_ns.is_finite() && c.sqrt_div_ns > 0.0, "{name}: sqrt + div {}", c.sqrt_div_ns);
+                assert_eq!(c.tile.1, layout.len(), "{name}: the tile's columns are a panel's");
+                assert!(c.tile.0 > 0);
+            }
+            None => assert!(["blas", "scalar"].contains(&name), "{name} measured no ceilings"),
+        }
+    }
+    assert!(Backend::<f32>::ceilings(&Scalar, 0.002).is_none());
+}
