@@ -92,19 +92,51 @@ pub fn blocking() -> &'static Blocking {
     })
 }
 
-/// Whether the CPU is Intel's (CPUID's vendor string), for the choices
-/// that measured differently on Intel and AMD CPUs of the same instruction
-/// set; detected once.
-pub(crate) fn intel() -> bool {
-    static INTEL: OnceLock<bool> = OnceLock::new();
-    *INTEL.get_or_init(|| {
+/// The CPU's maker and family as CPUID reports them (leaves 0 and 1), for
+/// the choices that measured differently on CPUs of the same instruction
+/// set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cpu {
+    Intel,
+    /// AMD, with its CPUID family (base plus extended): 25 is Zen 3 and
+    /// Zen 4, 26 Zen 5.
+    Amd(u32),
+    /// Any other maker, or not x86_64.
+    Other,
+}
+
+impl Cpu {
+    /// The family from CPUID leaf 1's EAX: the base family, plus the
+    /// extended family when the base is 15 (as Intel and AMD define it).
+    pub(crate) fn family_of(eax: u32) -> u32 {
+        let base = (eax >> 8) & 0xf;
+        if base == 0xf {
+            base + ((eax >> 20) & 0xff)
+        } else {
+            base
+        }
+    }
+}
+
+/// This CPU, detected once.
+pub(crate) fn cpu() -> Cpu {
+    static CPU: OnceLock<Cpu> = OnceLock::new();
+    *CPU.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
+            // CPUID is available on every x86_64 CPU.
             let r = std::arch::x86_64::__cpuid(0);
-            [r.ebx, r.edx, r.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e] // "Genu" "ineI" "ntel"
+            match [r.ebx, r.edx, r.ecx] {
+                [0x756e_6547, 0x4965_6e69, 0x6c65_746e] => Cpu::Intel, // "Genu" "ineI" "ntel"
+                [0x6874_7541, 0x6974_6e65, 0x444d_4163] => {
+                    // "Auth" "enti" "cAMD"
+                    Cpu::Amd(Cpu::family_of(std::arch::x86_64::__cpuid(1).eax))
+                }
+                _ => Cpu::Other,
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        false
+        Cpu::Other
     })
 }
 
@@ -155,6 +187,15 @@ mod tests {
         assert_eq!(parse_size("0K"), None);
         assert_eq!(parse_override("48K,2M"), Some((48 << 10, 2 << 20)));
         assert_eq!(parse_override("48K"), None);
+    }
+
+    #[test]
+    fn families_decode_as_cpuid_defines_them() {
+        // CPUID leaf 1 EAX of an EPYC 9004 (Zen 4), an EPYC 9005 (Zen 5) and
+        // a Xeon Sapphire Rapids (family 6: no extended family added).
+        assert_eq!(Cpu::family_of(0x00a1_0f11), 25);
+        assert_eq!(Cpu::family_of(0x00b0_0f21), 26);
+        assert_eq!(Cpu::family_of(0x0008_06f8), 6);
     }
 
     #[test]

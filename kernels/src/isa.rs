@@ -7,6 +7,7 @@
 //! entry points are reachable only through [`SimdBackend`], which
 //! `crate::select` builds only after detecting the instruction set.
 
+use crate::caches::Cpu;
 use crate::denormals::Flushed;
 use crate::gemm::Lhs;
 use crate::par;
@@ -614,7 +615,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             crate::caches::blocking().describe(),
             match csc_lister::<I>() {
                 Lister::Table if I::LISTER == Lister::Compress =>
-                    "from the transposed batch (Intel: measured faster there)",
+                    "from the transposed batch (faster than filing each image's list except on Zen 4)",
                 Lister::Table => "from the transposed batch",
                 Lister::Compress => "filed from each image's list",
                 Lister::WordScan => "filed from a scan of each image",
@@ -955,17 +956,22 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 
 /// How the sparse weight gradient of layer 1 lists the batch's pixels
 /// ([`Csc::build`]): as the instruction set's packing measured fastest,
-/// except that AVX-512's filing of each image's compressed list, fastest on
-/// AMD Zen 4, lost to listing the transposed batch on Intel Sapphire
-/// Rapids (docs/performance-log.md, 2026-12-02, fifth session). Either way
-/// the lists, and so every result bit, are the same (tested).
+/// except that AVX-512's filing of each image's compressed list is
+/// fastest only on AMD Zen 4 (family 25); on Intel Sapphire Rapids and AMD
+/// Zen 5, listing the transposed batch is (docs/performance-log.md,
+/// 2026-12-02 fifth session and 2026-12-03 eighth session), and so on any
+/// CPU not measured yet. Either way the lists, and so every result bit,
+/// are the same (tested).
 fn csc_lister<I: Isa>() -> Lister {
-    if I::LISTER == Lister::Compress && crate::caches::intel() {
+    if I::LISTER == Lister::Compress && crate::caches::cpu() != Cpu::Amd(ZEN4_FAMILY) {
         Lister::Table
     } else {
         I::LISTER
     }
 }
+
+/// AMD's CPUID family of Zen 3 and Zen 4 (only Zen 4 has AVX-512).
+const ZEN4_FAMILY: u32 = 25;
 
 #[cfg(test)]
 mod tests {
