@@ -269,7 +269,8 @@ const LAYER2_ROWS: usize = 8;
 
 /// From this many threads on, the input layer's forward builds its
 /// per-sample lists once, in parallel by samples, before its tasks run,
-/// instead of in every task. Built per task, the lists are a fixed cost of
+/// instead of in every task, and its weight gradient its per-pixel lists,
+/// in parallel by pixels. Built per task, the lists are a fixed cost of
 /// every task (about a fifth of the single-thread forward), which stops the
 /// forward scaling at about 4x; at 2 threads the per-task build measured
 /// faster than a shared build with its barrier and cross-core reads
@@ -348,22 +349,30 @@ impl<I: Isa> SimdBackend<I> {
         dz: &[f32],
         d: Dims,
         (path, max_density): (Layer1Path, f64),
+        shared: Option<&Csc>,
         build: impl Fn(&mut Csc) + Sync,
         pack: impl Fn(&mut [f32], usize) + Sync,
     ) {
         let Dims { k, n } = d;
         let chunk = share(self.weight_layout(k, n).panels(), 1) * k * Self::NR;
         // One parallel region: each task lists the non-zeros by column
-        // itself (the same lists, so every task takes the same path) and
-        // then runs its panels; it returns whether it did.
+        // itself (the same lists, so every task takes the same path), or
+        // reads the `shared` lists the caller built and chose the sparse
+        // path by, and then runs its panels; it returns whether it did.
         let task = |t: usize, dwc: &mut [f32], update: Option<Update<'_, f32>>| {
-            with_nonzeros(|_, csc| {
-                if !Self::sparse(path, (batch, k), max_density, || {
-                    build(csc);
-                    csc.nonzeros()
-                }) {
-                    return false;
-                }
+            with_nonzeros(|_, own| {
+                let csc = match shared {
+                    Some(csc) => csc,
+                    None => {
+                        if !Self::sparse(path, (batch, k), max_density, || {
+                            build(own);
+                            own.nonzeros()
+                        }) {
+                            return false;
+                        }
+                        &*own
+                    }
+                };
                 // SAFETY: I was detected; shapes checked by the callers;
                 // dwc (and W, its state) hold whole panels; csc was built
                 // from this batch.
@@ -402,6 +411,9 @@ thread_local! {
     /// The input layer's per-sample lists when they are built once for all
     /// tasks (`SHARED_LISTS_MIN_THREADS`).
     static SHARED_CSR: RefCell<Csr> = RefCell::new(Default::default());
+    /// The input layer's per-pixel lists when they are built once for all
+    /// tasks (the same threshold).
+    static SHARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's non-zero lists (fresh ones when nested).
@@ -417,10 +429,10 @@ fn with_nonzeros<R>(f: impl FnOnce(&mut Csr, &mut Csc) -> R) -> R {
 
 /// Runs `f` with one of this thread's buffers, or a fresh one when that is
 /// already in use further up this thread's stack (a nested call).
-fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+fn with_buffer<T: Default, R>(key: &'static std::thread::LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => f(&mut buf),
-        Err(_) => f(&mut Vec::new()),
+        Err(_) => f(&mut T::default()),
     })
 }
 
@@ -669,13 +681,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         if rayon::current_num_threads() >= SHARED_LISTS_MIN_THREADS {
             // Many threads: the batch's lists are built once, in parallel
             // by samples, and every task reads them (see the constant).
-            SHARED_CSR.with(|cell| {
-                let mut fresh = Csr::default();
-                let mut held = cell.try_borrow_mut();
-                let csr = match held.as_deref_mut() {
-                    Ok(c) => c,
-                    Err(_) => &mut fresh,
-                };
+            with_buffer(&SHARED_CSR, |csr| {
                 let go_sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
                     csr.build_par(x, rows, k, row);
                     csr.nonzeros()
@@ -740,10 +746,27 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
         let build = |csc: &mut Csc| csc.build(x, rows, k, csc_lister::<I>(), row);
-        self.weight_grad(dw, update, rows.len(), dz, d, (path, SPARSE_MAX_DENSITY), build, |dst, i0| {
+        let pack = |dst: &mut [f32], i0: usize| {
             // SAFETY: I was detected; dst holds whole MR x B micro-panels and
             // the rows were checked against x.
             unsafe { I::pack_xt(dst, x, rows, i0, k) }
+        };
+        let rule = (path, SPARSE_MAX_DENSITY);
+        if rayon::current_num_threads() < SHARED_LISTS_MIN_THREADS {
+            self.weight_grad(dw, update, rows.len(), dz, d, rule, None, build, pack);
+            return;
+        }
+        // Many threads: the pixel lists are built once, in parallel by
+        // pixels, and every task reads them (as the forward's lists).
+        with_buffer(&SHARED_CSC, |csc| {
+            if Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
+                csc.build_par(x, rows, k, row);
+                csc.nonzeros()
+            }) {
+                self.weight_grad(dw, update, rows.len(), dz, d, rule, Some(&*csc), build, pack);
+            } else {
+                self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
+            }
         });
     }
 
@@ -794,7 +817,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let pack = |dst: &mut [f32], i0: usize| unsafe { I::pack_at(dst, a, batch, i0, k) };
         let build = |csc: &mut Csc| csc.build_f32((batch, k, I::MR), pack, row);
         let pack_kmajor = |dst: &mut [f32], i0: usize| I::pack_at_kmajor(dst, a, batch, i0, k);
-        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), build, pack_kmajor);
+        self.weight_grad(dw, update, batch, dz, d, (path, HIDDEN_GRAD_MAX_DENSITY), None, build, pack_kmajor);
     }
 
     fn hidden_backward_input(
@@ -988,7 +1011,7 @@ mod tests {
         }
         // SAFETY: I was detected; `Csc::build` passes slots of k entries.
         let row: CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        for (b, k) in [(1, 1), (3, 7), (8, 64), (13, 100), (128, 784), (9, 17)] {
+        for (b, k) in [(1, 1), (3, 7), (8, 64), (13, 100), (128, 784), (9, 17), (5, 130), (0, 9)] {
             let images = b + 5;
             let x: Vec<u8> = (0..images * k)
                 .map(
@@ -996,9 +1019,13 @@ mod tests {
                 )
                 .collect();
             let rows: Vec<u32> = (0..b as u32).map(|i| (i * 7 + 3) % images as u32).collect();
-            let lists = |lister| {
+            // `None`: the parallel build of many threads.
+            let lists = |lister: Option<Lister>| {
                 let mut csc = Csc::default();
-                csc.build(&x, &rows, k, lister, row);
+                match lister {
+                    Some(lister) => csc.build(&x, &rows, k, lister, row),
+                    None => csc.build_par(&x, &rows, k, row),
+                }
                 (0..k)
                     .map(|j| {
                         let (s, v) = csc.pixel(j);
@@ -1006,9 +1033,9 @@ mod tests {
                     })
                     .collect::<Vec<_>>()
             };
-            let want = lists(Lister::WordScan);
-            assert!(want.iter().any(|(s, _)| !s.is_empty()) || k == 1);
-            for lister in [Lister::Table, Lister::Compress] {
+            let want = lists(Some(Lister::WordScan));
+            assert!(want.iter().any(|(s, _)| !s.is_empty()) || k == 1 || b == 0);
+            for lister in [Some(Lister::Table), Some(Lister::Compress), None] {
                 assert!(lists(lister) == want, "{} {lister:?} {b}x{k}", I::NAME);
             }
         }

@@ -12,10 +12,12 @@
 //! * [`Csr`] (for the forward): each sample's non-zero entries, and [`Csc`]
 //!   (for the weight gradient): each input column's samples, built per call
 //!   from the mapped u8 rows (the data stays zero-copy) or from f32 rows.
-//!   Every task of a call builds the whole list itself, on its own core:
-//!   with 2 threads that cost less than splitting the build, waiting for
-//!   both halves and then reading the other core's half from its cache
-//!   (measured: docs/performance-log.md).
+//!   Below 4 threads every task of a call builds the whole list itself, on
+//!   its own core: with 2 threads that cost less than splitting the build,
+//!   waiting for both halves and then reading the other core's half from
+//!   its cache (measured: docs/performance-log.md). From 4 threads on the
+//!   input layer's lists are built once, in parallel (`build_par`), so that
+//!   the build does not stop the layer scaling.
 //! * `forward_sparse`: per sample, one axpy of a `W` row per non-zero entry
 //!   into `PG` panels' accumulators at once (independent FMA chains).
 //! * `weight_grad_sparse`: per input column, one axpy of a `dZ` row per
@@ -200,20 +202,22 @@ pub(crate) unsafe fn csr_row_f32<S: Simd>(src: &[f32], idx: &mut [u32], val: &mu
     c
 }
 
-/// `t[j * B + i] = x[rows[i] * k + j]`: the batch's `B` rows of `k` bytes,
+/// `t[(j - js.start) * B + i] = x[rows[i] * k + j]` for the pixels `js`
+/// (`js.start` a multiple of 8) of the batch's `B` rows of `k` bytes:
 /// pixel-major. 8 x 8 blocks are transposed in eight 64-bit words by three
 /// rounds of masked swaps (2 x 2 blocks of bytes, then of byte pairs, then
 /// of 4-byte halves); the edges that do not fill a block are copied byte by
 /// byte.
-fn transpose_batch(t: &mut [u8], x: &[u8], rows: &[u32], k: usize) {
+fn transpose_pixels(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>) {
     let b = rows.len();
-    assert!(t.len() == k * b);
-    let (b8, k8) = (b / 8 * 8, k / 8 * 8);
+    let (j0, j1) = (js.start, js.end);
+    assert!(t.len() == (j1 - j0) * b && j0.is_multiple_of(8) && j0 <= j1 && j1 <= k);
+    let (b8, j8) = (b / 8 * 8, j0 + (j1 - j0) / 8 * 8);
     for i0 in (0..b8).step_by(8) {
         let src: [&[u8]; 8] = std::array::from_fn(|r| &x[rows[i0 + r] as usize * k..][..k]);
-        for j0 in (0..k8).step_by(8) {
+        for jb in (j0..j8).step_by(8) {
             let mut w: [u64; 8] =
-                std::array::from_fn(|r| u64::from_le_bytes(src[r][j0..j0 + 8].try_into().expect("8")));
+                std::array::from_fn(|r| u64::from_le_bytes(src[r][jb..jb + 8].try_into().expect("8")));
             if w.iter().any(|&v| v != 0) {
                 for (shift, mask, stride) in
                     [(8, 0x00ff_00ff_00ff_00ffu64, 1), (16, 0x0000_ffff_0000_ffff, 2), (32, 0x0000_0000_ffff_ffff, 4)]
@@ -226,17 +230,17 @@ fn transpose_batch(t: &mut [u8], x: &[u8], rows: &[u32], k: usize) {
                 }
             }
             for (c, v) in w.iter().enumerate() {
-                t[(j0 + c) * b + i0..][..8].copy_from_slice(&v.to_le_bytes());
+                t[(jb - j0 + c) * b + i0..][..8].copy_from_slice(&v.to_le_bytes());
             }
         }
-        for j in k8..k {
+        for j in j8..j1 {
             for (r, s) in src.iter().enumerate() {
-                t[j * b + i0 + r] = s[j];
+                t[(j - j0) * b + i0 + r] = s[j];
             }
         }
     }
     for (i, &r) in rows.iter().enumerate().skip(b8) {
-        for (j, &p) in x[r as usize * k..][..k].iter().enumerate() {
+        for (j, &p) in x[r as usize * k..][j0..j1].iter().enumerate() {
             t[j * b + i] = p;
         }
     }
@@ -285,16 +289,8 @@ impl Csc {
         grow(&mut self.val, k * b);
         if lister == Lister::Table {
             grow(&mut self.bytes, k * b);
-            let t = &mut self.bytes[..k * b];
-            transpose_batch(t, x, rows, k);
-            for (j, col) in t.chunks_exact(b.max(1)).enumerate().take(k) {
-                // A pixel dark in the whole batch (a third of MNIST's) is
-                // one vectorised OR, not a listing.
-                if col.iter().fold(0, |a, &p| a | p) != 0 {
-                    self.count[j] =
-                        row(col, &mut self.sample[j * b..(j + 1) * b], &mut self.val[j * b..(j + 1) * b]) as u32;
-                }
-            }
+            let slots = (&mut self.count[..], &mut self.sample[..k * b], &mut self.val[..k * b]);
+            list_pixels(slots, &mut self.bytes[..k * b], (x, rows, k), 0..k, row);
             return;
         }
         grow(&mut self.row_idx, k);
@@ -318,6 +314,36 @@ impl Csc {
                 for_each_nonzero(src, |j, p| file(j, i, lut[usize::from(p)]));
             }
         }
+    }
+
+    /// As [`Csc::build`] with [`Lister::Table`], in parallel (`par::run`,
+    /// a block of pixels a task, each transposing and listing its own
+    /// pixels); the lists are the same.
+    pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
+        // A multiple of 8 (the transpose's blocks): 13 blocks for MNIST.
+        const PIXELS: usize = 64;
+        let b = rows.len();
+        self.samples = b;
+        self.count.clear();
+        self.count.resize(k, 0);
+        if b == 0 || k == 0 {
+            return;
+        }
+        crate::prefetch::prefetch_rows(x, rows, k);
+        grow(&mut self.sample, k * b);
+        grow(&mut self.val, k * b);
+        grow(&mut self.bytes, k * b);
+        let blocks = self
+            .count
+            .chunks_mut(PIXELS)
+            .zip(self.sample[..k * b].chunks_mut(PIXELS * b))
+            .zip(self.val[..k * b].chunks_mut(PIXELS * b))
+            .zip(self.bytes[..k * b].chunks_mut(PIXELS * b))
+            .enumerate();
+        crate::par::run(blocks.collect(), |(q, (((count, sample), val), bytes))| {
+            let js = q * PIXELS..(q * PIXELS + count.len());
+            list_pixels((count, sample, val), bytes, (x, rows, k), js, row);
+        });
     }
 
     /// As [`Csc::build`] for the `m` rows of `a` (`(m, k)` row-major):
@@ -362,6 +388,27 @@ impl Csc {
     pub(crate) fn pixel(&self, j: usize) -> (&[u32], &[f32]) {
         let (s, c) = (j * self.samples, self.count[j] as usize);
         (&self.sample[s..s + c], &self.val[s..s + c])
+    }
+}
+
+/// Lists pixels `js` of a batch by pixel into their slots (`count`,
+/// `sample` and `val` from pixel `js.start` on): transposes them into `t`
+/// and lists each pixel's row of samples with `row`.
+fn list_pixels(
+    (count, sample, val): (&mut [u32], &mut [u32], &mut [f32]),
+    t: &mut [u8],
+    (x, rows, k): (&[u8], &[u32], usize),
+    js: std::ops::Range<usize>,
+    row: CsrRow,
+) {
+    let b = rows.len();
+    transpose_pixels(t, x, rows, k, js);
+    for (j, col) in t.chunks_exact(b.max(1)).enumerate().take(count.len()) {
+        // A pixel dark in the whole batch (a third of MNIST's) is one
+        // vectorised OR, not a listing.
+        if col.iter().fold(0, |a, &p| a | p) != 0 {
+            count[j] = row(col, &mut sample[j * b..(j + 1) * b], &mut val[j * b..(j + 1) * b]) as u32;
+        }
     }
 }
 
@@ -628,18 +675,25 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize, R: LaneRule<S>>(
 
 #[cfg(test)]
 mod tests {
-    use super::transpose_batch;
+    use super::transpose_pixels;
 
     #[test]
-    fn transpose_batch_puts_every_byte_in_its_place() {
+    fn transpose_puts_every_byte_in_its_place() {
         for (b, k) in [(0, 5), (1, 1), (7, 9), (8, 8), (9, 17), (16, 784), (13, 63)] {
             let x: Vec<u8> = (0..(b + 3) * k).map(|i| (i * 7 + i / 5) as u8).collect();
             let rows: Vec<u32> = (0..b as u32).map(|i| (i * 5 + 2) % (b as u32 + 3)).collect();
-            let mut t = vec![0xaa; k * b];
-            transpose_batch(&mut t, &x, &rows, k);
-            for (i, &r) in rows.iter().enumerate() {
-                for j in 0..k {
-                    assert_eq!(t[j * b + i], x[r as usize * k + j], "B {b}, K {k}: sample {i}, pixel {j}");
+            let starts = (0..k).step_by(8);
+            for js in [0..k].into_iter().chain(starts.map(|j0| j0..(j0 + 13).min(k))) {
+                let mut t = vec![0xaa; js.len() * b];
+                transpose_pixels(&mut t, &x, &rows, k, js.clone());
+                for (i, &r) in rows.iter().enumerate() {
+                    for j in js.clone() {
+                        assert_eq!(
+                            t[(j - js.start) * b + i],
+                            x[r as usize * k + j],
+                            "B {b}, K {k}, pixels {js:?}: sample {i}, pixel {j}"
+                        );
+                    }
                 }
             }
         }

@@ -403,8 +403,9 @@ fn results_do_not_depend_on_the_thread_count() {
             })
         };
         let one = run(1);
-        // 5 threads: the input layer's lists are then built once for all
-        // tasks (SHARED_LISTS_MIN_THREADS), on this machine's cores too.
+        // 5 threads: the input layer's lists, by sample for the forward and
+        // by pixel for dW, are then built once for all tasks
+        // (SHARED_LISTS_MIN_THREADS), on this machine's cores too.
         for t in [2, 3, 5] {
             let other = run(t);
             let parts = [
