@@ -683,7 +683,7 @@ mod tests {
             let x: Vec<u8> = (0..(b + 3) * k).map(|i| (i * 7 + i / 5) as u8).collect();
             let rows: Vec<u32> = (0..b as u32).map(|i| (i * 5 + 2) % (b as u32 + 3)).collect();
             let starts = (0..k).step_by(8);
-            for js in [0..k].into_iter().chain(starts.map(|j0| j0..(j0 + 13).min(k))) {
+            for js in std::iter::once(0..k).chain(starts.map(|j0| j0..(j0 + 13).min(k))) {
                 let mut t = vec![0xaa; js.len() * b];
                 transpose_pixels(&mut t, &x, &rows, k, js.clone());
                 for (i, &r) in rows.iter().enumerate() {
