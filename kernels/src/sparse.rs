@@ -589,7 +589,10 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
     let full = (crate::caches::blocking().grad_group_bytes / (4 * nr)).clamp(1, 4);
     let mut p = 0;
     while p < panels {
-        let g = if p + full <= panels { full } else { 1 };
+        // The last group takes what is left in one, not panel by panel: a
+        // single panel is NV chains, too few to hide the FMA latency, and
+        // each group walks every pixel's list again.
+        let g = full.min(panels - p);
         // The group's columns of dZ, contiguous, zero past column n.
         let (c0, width) = ((jp0 + p) * nr, g * nr);
         let cols = width.min(n - c0);
