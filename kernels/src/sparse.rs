@@ -438,20 +438,16 @@ pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
     part: &mut Vec<f32>,
 ) {
     let mut jp = jp0;
-    while jp < jp1 {
-        // The last group takes what is left in one, not panel by panel (as
-        // the weight gradient's): each group walks every sample's list.
-        let g = PG.min(jp1 - jp);
-        // SAFETY: forwarded contract.
-        unsafe {
-            match g {
-                PG => forward_group::<S, NV, PG>(h, jp, csr, w, bias, (n, relu), part),
-                3 => forward_group::<S, NV, 3>(h, jp, csr, w, bias, (n, relu), part),
-                2 => forward_group::<S, NV, 2>(h, jp, csr, w, bias, (n, relu), part),
-                _ => forward_group::<S, NV, 1>(h, jp, csr, w, bias, (n, relu), part),
-            }
+    // SAFETY: forwarded contract.
+    unsafe {
+        while jp + PG <= jp1 {
+            forward_group::<S, NV, PG>(h, jp, csr, w, bias, (n, relu), part);
+            jp += PG;
         }
-        jp += g;
+        while jp < jp1 {
+            forward_group::<S, NV, 1>(h, jp, csr, w, bias, (n, relu), part);
+            jp += 1;
+        }
     }
 }
 
