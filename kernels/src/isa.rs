@@ -403,8 +403,8 @@ impl<I: Isa> SimdBackend<I> {
 thread_local! {
     /// Packing buffers of the calling thread, kept between calls so that no
     /// step allocates or clears them again: per-task panels (`TASK`), and
-    /// the `X^T` (or `W^T`) a whole call shares (`SHARED`); the sparse
-    /// path's non-zero lists (`NONZEROS`).
+    /// the `X^T` a whole call shares or a task's panels of `W^T`
+    /// (`SHARED`); the sparse path's non-zero lists (`NONZEROS`).
     static TASK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SHARED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static NONZEROS: RefCell<(Csr, Csc)> = RefCell::new(Default::default());
@@ -482,11 +482,6 @@ fn timed(seconds: f64, f: impl Fn(u64) -> f32) -> (u64, f64) {
 fn share(total: usize, unit: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     total.div_ceil(threads).div_ceil(unit).max(1) * unit
-}
-
-/// `f` on equal chunks of `out` and `a` in parallel (elementwise passes).
-fn par_zip(out: &mut [f32], a: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
-    par::run(out.chunks_mut(UPDATE_CHUNK).zip(a.chunks(UPDATE_CHUNK)).collect(), |(o, a)| f(o, a));
 }
 
 /// The activations the epilogues do not apply (see `shared::activate_rest`).
@@ -844,21 +839,44 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // dA = dZ W^T: W^T (N, K) into the panel layout of a (N, K) kernel,
         // so that the forward product runs it with dZ as its left operand
         // (skipping dZ's zeros, which a ReLU above leaves, when sparse).
+        // One parallel region: each task packs the panels of W^T it
+        // multiplies by (its columns of dA) into its own thread's buffer,
+        // runs its product and applies the activation's derivative to its
+        // columns, so no core waits for, or reads, another's panels.
         let wt_layout = self.weight_layout(n, k);
         let nr = Self::NR;
-        with_buffer(&SHARED, |wt| {
-            let wt = crate::aligned::window(wt, wt_layout.len(), false);
-            // SAFETY: I was detected; each panel holds N * NR floats, W was
-            // checked against the layout, and q * NR < K for every panel.
-            par::run(wt.chunks_mut((n * nr).max(1)).enumerate().collect(), |(q, panel)| unsafe {
-                I::pack_wt(panel, q, w, k, n)
+        let panels = wt_layout.panels();
+        let per_task = share(panels, 1);
+        let zero = vec![0.0; panels * nr];
+        let out = SharedOut(da.as_mut_ptr());
+        par::run((0..panels.div_ceil(per_task)).collect(), |t| {
+            let jp = (t * per_task, ((t + 1) * per_task).min(panels));
+            with_buffer(&SHARED, |wt| {
+                let wt = crate::aligned::window(wt, wt_layout.len(), false);
+                for (q, panel) in wt.chunks_mut((n * nr).max(1)).enumerate().take(jp.1).skip(jp.0) {
+                    // SAFETY: I was detected; each panel holds N * NR floats,
+                    // W was checked against the layout, and q * NR < K.
+                    unsafe { I::pack_wt(panel, q, w, k, n) };
+                }
+                let wt = &*wt;
+                let sparse = Self::sparse_rows(dz, batch, n, wt, k, false, path);
+                if !sparse(out.get(), jp, &zero) {
+                    // SAFETY: I was detected; shapes checked above; this task
+                    // owns panels jp of dA and packed those of wt, the only
+                    // ones the product reads.
+                    with_buffer(&TASK, |apack| unsafe {
+                        I::forward_panels(out.get(), jp, Lhs::Rows { a: dz, m: batch }, wt, &zero, (n, k, false), apack)
+                    });
+                }
             });
-            let wt = &*wt;
-            let zero = vec![0.0; k];
-            let sparse = Self::sparse_rows(dz, batch, n, wt, k, false, path);
-            self.forward(da, Lhs::Rows { a: dz, m: batch }, wt, &zero, Dims { k: n, n: k }, false, sparse);
+            let cols = jp.0 * nr..(jp.1 * nr).min(k);
+            for (i, ar) in a.chunks_exact(k).enumerate() {
+                // SAFETY: row i, columns `cols` of dA are inside it and
+                // this task's alone.
+                let g = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * k + cols.start), cols.len()) };
+                activation_backward(g, &ar[cols.clone()], act);
+            }
         });
-        par_zip(da, a, |g, y| activation_backward(g, y, act));
     }
 
     fn output_softmax_xent(

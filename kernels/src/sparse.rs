@@ -587,12 +587,13 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
         assert!(u.len() == dw.len(), "W must match dW");
     }
     let full = (crate::caches::blocking().grad_group_bytes / (4 * nr)).clamp(1, 4);
+    // As few groups as the L1 allows (each walks every pixel's list again),
+    // of sizes that differ by at most one: a group of a single panel is NV
+    // chains, too few to hide the FMA latency (4 panels are 2 + 2, not 3 + 1).
+    let groups = panels.div_ceil(full);
     let mut p = 0;
-    while p < panels {
-        // The last group takes what is left in one, not panel by panel: a
-        // single panel is NV chains, too few to hide the FMA latency, and
-        // each group walks every pixel's list again.
-        let g = full.min(panels - p);
+    for q in 0..groups {
+        let g = panels / groups + usize::from(q < panels % groups);
         // The group's columns of dZ, contiguous, zero past column n.
         let (c0, width) = ((jp0 + p) * nr, g * nr);
         let cols = width.min(n - c0);
