@@ -43,6 +43,44 @@ pub mod rng;
 pub mod serve;
 pub mod train;
 
+/// Prints `args` and a newline to standard output, as `println!` does,
+/// except when standard output has been closed (`train --json | head -1`,
+/// a viewer that quit): `println!` would then panic in the middle of a
+/// run; this says so once on standard error and prints nothing more, so
+/// that the run goes on and still writes its model.
+///
+/// [`outln!`] is the same with `println!`'s arguments.
+///
+/// ```
+/// kiln::stdout_line(format_args!("{} images", 60000));
+/// ```
+pub fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if !CLOSED.swap(true, Ordering::Relaxed) {
+            eprintln!("note: standard output is closed ({e}); nothing more is printed there, the run goes on");
+        }
+    }
+}
+
+/// `println!` that survives a closed standard output: see [`stdout_line`].
+///
+/// ```
+/// kiln::outln!("test accuracy {:.2}%", 98.04);
+/// ```
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
 /// The exit of a command-line tool: success when `result` is `Ok(true)`;
 /// `Ok(false)` (some inputs failed, already reported) and errors (printed
 /// here on one line, `error: ...`) are failures.

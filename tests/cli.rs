@@ -631,3 +631,26 @@ fn blocking_from_other_caches_gives_identical_model_bytes() {
         assert!(files.iter().all(|f| *f == files[0]), "{layer1}: the blocking changed the model bytes");
     }
 }
+
+#[test]
+fn a_closed_standard_output_does_not_stop_the_run() {
+    // `train --json | head -1`: the reader goes away; train must not panic
+    // on the next line, and must still write its model.
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--data", d.path().to_str().unwrap(), "--epochs", "20", "--hidden", "16", "--json"])
+        .args(["--out", out.to_str().unwrap()])
+        .env("KILN_CACHE_DIR", d.path())
+        .env_remove("KILN_BACKEND")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run train");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("standard output is closed"), "{}", stderr(&o));
+    assert!(out.exists(), "no model written");
+}

@@ -37,11 +37,11 @@ fn run(args: Args) -> Result<()> {
     }
     let (pixels, label) = (split.image(args.index), split.labels()[args.index]);
     let (rows, cols) = split.shape();
-    println!("{name}_images[{}]: label {label} ({rows}x{cols} pixels)", args.index);
-    print!("{}", kiln::preprocess::render(pixels, cols));
+    kiln::outln!("{name}_images[{}]: label {label} ({rows}x{cols} pixels)", args.index);
+    kiln::outln!("{}", kiln::preprocess::render(pixels, cols).trim_end_matches('\n'));
     if let Some(p) = args.png {
         kiln::draw::digit_png(&p, pixels, split.shape(), &format!("LABEL {label}"))?;
-        println!("written to {}", p.display());
+        kiln::outln!("written to {}", p.display());
     }
     Ok(())
 }

@@ -182,13 +182,13 @@ fn run(args: Args) -> Result<bool> {
         if args.json {
             let line = json!({"file": name, "digit": order[0], "probability": p[order[0]], "probabilities": p,
                               "layers": params.arch().spec(), "inputs": inputs_n, "classes": classes});
-            println!("{line}");
+            kiln::outln!("{line}");
         } else {
             let best: Vec<String> = order[..args.top].iter().map(|&d| format!("{d} ({:.1}%)", 100.0 * p[d])).collect();
-            println!("{name}: {}", best.join(", "));
+            kiln::outln!("{name}: {}", best.join(", "));
         }
         if args.show {
-            print!("{}", preprocess::render(pixels, shape.1));
+            kiln::outln!("{}", preprocess::render(pixels, shape.1).trim_end_matches('\n'));
         }
     }
     Ok(all_ok)

@@ -64,7 +64,7 @@ fn run(args: Args) -> Result<()> {
     rt.block_on(async {
         let (listener, local) = serve::bind(args.addr).await?;
         eprintln!("kiln serve: model {} ({layers}), backend {}, {threads} thread(s)", args.model.display(), be.name());
-        println!("open http://{local}/ to draw a digit (API: POST /api/predict, GET /api/model, GET /healthz)");
+        kiln::outln!("open http://{local}/ to draw a digit (API: POST /api/predict, GET /api/model, GET /healthz)");
         serve::serve(listener, server).await
     })
 }

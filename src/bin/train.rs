@@ -343,7 +343,7 @@ fn train_and_save(
 ) -> Result<()> {
     let Plan { arch, init, init_from, opt, cfg, layer1, validation, schedule, checkpoint, resume } = plan;
     let out = outputs.model.as_path();
-    let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
+    let say = |line: String| if json { eprintln!("{line}") } else { kiln::outln!("{line}") };
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build and trains very slowly; use `cargo run --release --bin train`");
     }
@@ -446,7 +446,7 @@ fn train_and_save(
             }
             let mut slot = bar.borrow_mut();
             let b = slot.get_or_insert_with(|| {
-                println!("Epoch {}/{}", p.epoch, cfg.epochs);
+                kiln::outln!("Epoch {}/{}", p.epoch, cfg.epochs);
                 ProgressBar::new(p.steps as u64).with_style(style.clone())
             });
             b.set_position(p.step as u64);
@@ -457,12 +457,12 @@ fn train_and_save(
                 b.finish_and_clear();
             }
             if json {
-                println!("{}", epoch_json(r));
+                kiln::outln!("{}", epoch_json(r));
             } else {
                 if !interactive {
-                    println!("Epoch {}/{}", r.epoch, cfg.epochs);
+                    kiln::outln!("Epoch {}/{}", r.epoch, cfg.epochs);
                 }
-                println!("{}", epoch_line(r));
+                kiln::outln!("{}", epoch_line(r));
             }
             if let Some(path) = checkpoint {
                 checkpoint::save_resume(path, model, progress, &run)?;
@@ -495,11 +495,11 @@ fn train_and_save(
             for (name, s) in rows {
                 o.insert(format!("{name}_seconds_per_epoch"), json!(s / epochs));
             }
-            println!("{}", serde_json::Value::Object(o));
+            kiln::outln!("{}", serde_json::Value::Object(o));
         } else {
-            println!("time per epoch by phase:");
+            kiln::outln!("time per epoch by phase:");
             for (name, s) in rows {
-                println!("  {name:<16} {:>8.4}s  {:>5.1}%", s / epochs, 100.0 * s / train_seconds);
+                kiln::outln!("  {name:<16} {:>8.4}s  {:>5.1}%", s / epochs, 100.0 * s / train_seconds);
             }
         }
     }
@@ -562,20 +562,20 @@ fn train_and_save(
         let line = json!({"test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_seconds,
                           "mean_epoch_seconds": mean_epoch, "backend": be.name(), "threads": threads,
                           "layers": arch.spec(), "model": out.display().to_string(), "confusion": confusion});
-        println!("{line}");
+        kiln::outln!("{line}");
     } else {
-        println!("test: loss {test_loss:.4} - accuracy {test_acc:.4} ({} images)", data.test.len());
+        kiln::outln!("test: loss {test_loss:.4} - accuracy {test_acc:.4} ({} images)", data.test.len());
         if confusion.len() <= 20 {
-            println!("confusion matrix (rows: true class, columns: predicted):");
-            println!("      {}", (0..confusion.len()).map(|j| format!("{j:>5}")).collect::<String>());
+            kiln::outln!("confusion matrix (rows: true class, columns: predicted):");
+            kiln::outln!("      {}", (0..confusion.len()).map(|j| format!("{j:>5}")).collect::<String>());
             for (i, row) in confusion.iter().enumerate() {
-                println!("  {i:>3} {}", row.iter().map(|c| format!("{c:>5}")).collect::<String>());
+                kiln::outln!("  {i:>3} {}", row.iter().map(|c| format!("{c:>5}")).collect::<String>());
             }
         } else {
-            println!("confusion matrix: {} classes, in {}", confusion.len(), outputs.metrics.display());
+            kiln::outln!("confusion matrix: {} classes, in {}", confusion.len(), outputs.metrics.display());
         }
-        println!("metrics: {}; chart: {}", outputs.metrics.display(), outputs.chart.display());
-        println!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
+        kiln::outln!("metrics: {}; chart: {}", outputs.metrics.display(), outputs.chart.display());
+        kiln::outln!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
     }
     Ok(())
 }
