@@ -67,6 +67,19 @@ pub(crate) trait Isa: Simd {
     unsafe fn update(u: Update<'_, f32>, g: &[f32]);
     unsafe fn fma_chains(iters: u64) -> f32;
     unsafe fn probe<const P: u8>(iters: u64) -> f32;
+    /// The sparse forward of `G` panels from `jp` on (see
+    /// `sparse::forward_group`).
+    unsafe fn forward_group<const G: usize>(
+        h: *mut f32,
+        jp: usize,
+        csr: &Csr,
+        w: &[f32],
+        bias: &[f32],
+        nrelu: (usize, bool),
+        part: &mut Vec<f32>,
+    );
+    /// Sparse `H[:, panels] := X W + b` (+ ReLU) for one task, a group of
+    /// panels at a time (`sparse::forward_groups`).
     #[allow(clippy::too_many_arguments)]
     unsafe fn forward_sparse(
         h: *mut f32,
@@ -77,7 +90,21 @@ pub(crate) trait Isa: Simd {
         n: usize,
         relu: bool,
         part: &mut Vec<f32>,
-    );
+    ) {
+        sparse::forward_groups(panels, |jp, g| {
+            let nrelu = (n, relu);
+            // SAFETY: forwarded contract (`forward_group`'s, for each group
+            // of the task's panels).
+            unsafe {
+                match g {
+                    sparse::PG => Self::forward_group::<{ sparse::PG }>(h, jp, csr, w, bias, nrelu, part),
+                    3 => Self::forward_group::<3>(h, jp, csr, w, bias, nrelu, part),
+                    2 => Self::forward_group::<2>(h, jp, csr, w, bias, nrelu, part),
+                    _ => Self::forward_group::<1>(h, jp, csr, w, bias, nrelu, part),
+                }
+            }
+        })
+    }
     /// The non-zero pixels of one row (see `sparse::csr_row`).
     unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize;
     /// The non-zero values of one f32 row (see `sparse::csr_row_f32`).
@@ -197,20 +224,19 @@ macro_rules! isa_entry_points {
                 unsafe { peak::probe::<Self, { $mr }, { $nv }, P>(iters) }
             }
             #[target_feature(enable = $features)]
-            unsafe fn forward_sparse(
+            unsafe fn forward_group<const G: usize>(
                 h: *mut f32,
-                panels: (usize, usize),
+                jp: usize,
                 csr: &Csr,
                 w: &[f32],
                 bias: &[f32],
-                n: usize,
-                relu: bool,
+                nrelu: (usize, bool),
                 part: &mut Vec<f32>,
             ) {
                 // On whichever thread runs this task (see `denormals`).
                 let _flushed = Flushed::new();
                 // SAFETY: forwarded contract (trait docs).
-                unsafe { sparse::forward_sparse::<Self, { $nv }>(h, panels, csr, w, bias, n, relu, part) }
+                unsafe { sparse::forward_group::<Self, { $nv }, G>(h, jp, csr, w, bias, nrelu, part) }
             }
             #[target_feature(enable = $features)]
             unsafe fn csr_row(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {

@@ -416,42 +416,26 @@ fn list_pixels(
 // rows (`kb` rows of `G * NR` floats) in L1 while every sample of the
 // batch passes over them.
 
-/// Sparse `H[:, panels jp0..jp1] := X W + b`, then ReLU when `relu`, for
-/// one task, as the dense `forward_panels` computes it (see the module
-/// docs). `part` is scratch space for partial sums (resized here).
-///
-/// # Safety
-/// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
-/// this runs, nothing else touches columns `jp0 * NR .. min(jp1 * NR, n)`
-/// of it. `w` holds `panels * k * NR` floats (`k = csr`'s `K`), `bias`
-/// `panels * NR`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
-    h: *mut f32,
-    (jp0, jp1): (usize, usize),
-    csr: &Csr,
-    w: &[f32],
-    bias: &[f32],
-    n: usize,
-    relu: bool,
-    part: &mut Vec<f32>,
-) {
+/// The groups of a task's panels `jp0 .. jp1` in the sparse forward, as
+/// `group(first panel, panels)`: as few as [`PG`] allows (each walks every
+/// sample's list again), of sizes that differ by at most one, since a group
+/// of a single panel is NV chains, too few to hide the FMA latency (6
+/// panels are 3 + 3, not 4 + 1 + 1). Each ISA runs each group size as a
+/// function of its own (`Isa::forward_group`): inlined into one, the four
+/// loops' registers were allocated worse (more instructions for the same
+/// groups; docs/performance-log.md).
+pub(crate) fn forward_groups((jp0, jp1): (usize, usize), mut group: impl FnMut(usize, usize)) {
+    let panels = jp1.saturating_sub(jp0);
+    let groups = panels.div_ceil(PG);
     let mut jp = jp0;
-    // SAFETY: forwarded contract.
-    unsafe {
-        while jp + PG <= jp1 {
-            forward_group::<S, NV, PG>(h, jp, csr, w, bias, (n, relu), part);
-            jp += PG;
-        }
-        while jp < jp1 {
-            forward_group::<S, NV, 1>(h, jp, csr, w, bias, (n, relu), part);
-            jp += 1;
-        }
+    for q in 0..groups {
+        let g = panels / groups + usize::from(q < panels % groups);
+        group(jp, g);
+        jp += g;
     }
 }
 
-/// `G` panels from `jp` on, every sample, blocked over pixels:
+/// The sparse forward of `G` panels from `jp` on, every sample, blocked over pixels:
 ///
 /// ```text
 /// LOOP pixel blocks p0..p1, ascending (W1[p0..p1, group] stays in L1)
@@ -463,10 +447,17 @@ pub(crate) unsafe fn forward_sparse<S: Simd, const NV: usize>(
 /// in ascending order from zero (a partial sum is stored and reloaded as
 /// the same f32), so the result is the dense one, bit for bit.
 ///
+/// Sparse `H[:, panels jp .. jp + G] := X W + b`, then ReLU when `relu`,
+/// as the dense `forward_panels` computes it (see the module docs). `part`
+/// is scratch space for partial sums (resized here).
+///
 /// # Safety
-/// As [`forward_sparse`], for panels `jp .. jp + G`.
+/// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
+/// this runs, nothing else touches columns `jp * NR .. min((jp + G) * NR,
+/// n)` of it. `w` holds at least `(jp + G) * k * NR` floats (`k = csr`'s
+/// `K`), `bias` `(jp + G) * NR`.
 #[inline(always)]
-unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
+pub(crate) unsafe fn forward_group<S: Simd, const NV: usize, const G: usize>(
     h: *mut f32,
     jp: usize,
     csr: &Csr,
