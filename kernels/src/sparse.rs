@@ -435,7 +435,10 @@ pub(crate) fn forward_groups((jp0, jp1): (usize, usize), mut group: impl FnMut(u
     }
 }
 
-/// The sparse forward of `G` panels from `jp` on, every sample, blocked over pixels:
+/// Sparse `H[:, panels jp .. jp + G] := X W + b`, then ReLU when `relu`,
+/// as the dense `forward_panels` computes it (see the module docs), every
+/// sample, blocked over pixels; `part` is scratch space for partial sums
+/// (resized here):
 ///
 /// ```text
 /// LOOP pixel blocks p0..p1, ascending (W1[p0..p1, group] stays in L1)
@@ -446,10 +449,6 @@ pub(crate) fn forward_groups((jp0, jp1): (usize, usize), mut group: impl FnMut(u
 /// Each output element is still one FMA chain over its sample's lit pixels
 /// in ascending order from zero (a partial sum is stored and reloaded as
 /// the same f32), so the result is the dense one, bit for bit.
-///
-/// Sparse `H[:, panels jp .. jp + G] := X W + b`, then ReLU when `relu`,
-/// as the dense `forward_panels` computes it (see the module docs). `part`
-/// is scratch space for partial sums (resized here).
 ///
 /// # Safety
 /// The CPU runs `S`. `h` is valid for `csr.samples() * n` floats and, while
