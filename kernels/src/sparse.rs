@@ -416,20 +416,26 @@ fn list_pixels(
 // rows (`kb` rows of `G * NR` floats) in L1 while every sample of the
 // batch passes over them.
 
+/// The sizes of the groups `panels` panels go in, at most `max` each (the
+/// sparse forward's and weight gradient's): as few groups as `max` allows,
+/// since each walks every list again, of sizes that differ by at most one,
+/// since a group of a single panel is NV chains, too few to hide the FMA
+/// latency (4 panels in groups of 3 are 2 + 2, not 3 + 1; 6 in groups of
+/// 4 are 3 + 3, not 4 + 1 + 1).
+fn group_sizes(panels: usize, max: usize) -> impl Iterator<Item = usize> {
+    let groups = panels.div_ceil(max.max(1));
+    (0..groups).map(move |q| panels / groups + usize::from(q < panels % groups))
+}
+
 /// The groups of a task's panels `jp0 .. jp1` in the sparse forward, as
-/// `group(first panel, panels)`: as few as [`PG`] allows (each walks every
-/// sample's list again), of sizes that differ by at most one, since a group
-/// of a single panel is NV chains, too few to hide the FMA latency (6
-/// panels are 3 + 3, not 4 + 1 + 1). Each ISA runs each group size as a
-/// function of its own (`Isa::forward_group`): inlined into one, the four
-/// loops' registers were allocated worse (more instructions for the same
-/// groups; docs/performance-log.md).
+/// `group(first panel, panels)`, up to [`PG`] panels each
+/// ([`group_sizes`]). Each ISA runs each group size as a function of its
+/// own (`Isa::forward_group`): inlined into one, the four loops' registers
+/// were allocated worse (more instructions for the same groups;
+/// docs/performance-log.md).
 pub(crate) fn forward_groups((jp0, jp1): (usize, usize), mut group: impl FnMut(usize, usize)) {
-    let panels = jp1.saturating_sub(jp0);
-    let groups = panels.div_ceil(PG);
     let mut jp = jp0;
-    for q in 0..groups {
-        let g = panels / groups + usize::from(q < panels % groups);
+    for g in group_sizes(jp1.saturating_sub(jp0), PG) {
         group(jp, g);
         jp += g;
     }
@@ -577,13 +583,8 @@ pub(crate) unsafe fn weight_grad_sparse<S: Simd, const NV: usize, R: LaneRule<S>
         assert!(u.len() == dw.len(), "W must match dW");
     }
     let full = (crate::caches::blocking().grad_group_bytes / (4 * nr)).clamp(1, 4);
-    // As few groups as the L1 allows (each walks every pixel's list again),
-    // of sizes that differ by at most one: a group of a single panel is NV
-    // chains, too few to hide the FMA latency (4 panels are 2 + 2, not 3 + 1).
-    let groups = panels.div_ceil(full);
     let mut p = 0;
-    for q in 0..groups {
-        let g = panels / groups + usize::from(q < panels % groups);
+    for g in group_sizes(panels, full) {
         // The group's columns of dZ, contiguous, zero past column n.
         let (c0, width) = ((jp0 + p) * nr, g * nr);
         let cols = width.min(n - c0);
@@ -669,7 +670,26 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize, R: LaneRule<S>>(
 
 #[cfg(test)]
 mod tests {
-    use super::transpose_pixels;
+    use super::{group_sizes, transpose_pixels};
+
+    #[test]
+    fn panel_groups_are_as_few_as_allowed_and_balanced() {
+        let sizes = |p, max| group_sizes(p, max).collect::<Vec<_>>();
+        assert_eq!(sizes(4, 3), [2, 2]);
+        assert_eq!(sizes(6, 4), [3, 3]);
+        assert_eq!(sizes(16, 3), [3, 3, 3, 3, 2, 2]);
+        assert_eq!(sizes(8, 4), [4, 4]);
+        assert_eq!(sizes(1, 4), [1]);
+        assert!(sizes(0, 4).is_empty());
+        for p in 0..40 {
+            for max in 1..=4 {
+                let s = sizes(p, max);
+                assert_eq!(s.iter().sum::<usize>(), p);
+                assert_eq!(s.len(), p.div_ceil(max));
+                assert!(s.iter().all(|&g| g <= max && g + 1 >= s[0]), "{p} in {max}: {s:?}");
+            }
+        }
+    }
 
     #[test]
     fn transpose_puts_every_byte_in_its_place() {
