@@ -152,6 +152,20 @@ impl Csr {
 /// The CPU runs `S`.
 #[inline(always)]
 pub(crate) unsafe fn csr_row<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
+    // SAFETY: the CPU runs S (caller); the slots as this function's.
+    if let Some(c) = unsafe { S::csr_row_wide(src, idx, val) } {
+        return c;
+    }
+    // SAFETY: as above.
+    unsafe { csr_row_lanes::<S>(src, idx, val) }
+}
+
+/// [`csr_row`] a vector at a time ([`Simd::nonzero_lanes`]).
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn csr_row_lanes<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
     let lut = crate::shared::pixel_table::<f32>();
     let (k, l) = (src.len(), S::LANES);
     assert!(idx.len() >= k && val.len() >= k && k <= u32::MAX as usize);
@@ -689,6 +703,61 @@ mod tests {
                 assert!(s.iter().all(|&g| g <= max && g + 1 >= s[0]), "{p} in {max}: {s:?}");
             }
         }
+    }
+
+    /// Every row lister (a vector at a time, and the whole-row one where
+    /// the CPU has it) against a plain listing of the non-zero bytes, over
+    /// rows of every length to 200 and MNIST's, all dark, all lit and
+    /// mixed, with the slots NaN-filled before each call.
+    fn row_listers_match_a_plain_listing<S: crate::simd::Simd>() {
+        if !S::detected() {
+            return;
+        }
+        let lut = crate::shared::pixel_table::<f32>();
+        type Lister = unsafe fn(&[u8], &mut [u32], &mut [f32]) -> Option<usize>;
+        let lanes: Lister = |src, idx, val| {
+            // SAFETY: S was detected (above); the callers pass slots of
+            // `src.len()` entries.
+            Some(unsafe { super::csr_row_lanes::<S>(src, idx, val) })
+        };
+        // SAFETY: as above.
+        let wide: Lister = |src, idx, val| unsafe { S::csr_row_wide(src, idx, val) };
+        let patterns: [fn(usize) -> u8; 4] = [
+            |_| 0,
+            |i| (i % 255 + 1) as u8,
+            |i| if (i * 7919) % 5 < 3 { 0 } else { (i * 31 % 256) as u8 },
+            |i| if i % 97 == 5 || i % 64 == 63 { 255 } else { 0 },
+        ];
+        let mut listed = 0;
+        for k in (0..=200).chain([255, 256, 257, 783, 784, 785, 1000]) {
+            for (pi, pat) in patterns.iter().enumerate() {
+                // Offset by one byte, so that the rows are not aligned.
+                let buf: Vec<u8> = (0..=k).map(|i| if i == 0 { 9 } else { pat(i * 3 + k) }).collect();
+                let src = &buf[1..];
+                let want: Vec<(u32, u32)> =
+                    (0..k).filter(|&j| src[j] != 0).map(|j| (j as u32, lut[usize::from(src[j])].to_bits())).collect();
+                for (name, lister) in [("lanes", lanes), ("wide", wide)] {
+                    let (mut idx, mut val) = (vec![u32::MAX; k], vec![f32::NAN; k]);
+                    // SAFETY: S was detected; the slots hold k entries.
+                    let Some(c) = (unsafe { lister(src, &mut idx, &mut val) }) else { continue };
+                    let got: Vec<(u32, u32)> = idx[..c].iter().zip(&val[..c]).map(|(&j, v)| (j, v.to_bits())).collect();
+                    assert!(got == want, "{} {name}: K {k}, pattern {pi}", S::NAME);
+                    listed += 1;
+                }
+            }
+        }
+        assert!(listed > 0);
+    }
+
+    #[test]
+    fn row_listers_list_every_non_zero_pixel_in_order() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            row_listers_match_a_plain_listing::<crate::simd::Avx2>();
+            row_listers_match_a_plain_listing::<crate::simd::Avx512>();
+        }
+        #[cfg(target_arch = "aarch64")]
+        row_listers_match_a_plain_listing::<crate::simd::Neon>();
     }
 
     #[test]
