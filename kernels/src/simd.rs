@@ -150,7 +150,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512};
+pub(crate) use x86::{transpose_8x64_bytes, Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -354,6 +354,53 @@ mod x86 {
             c += n;
         }
         c
+    }
+
+    /// `dst[p * ldd .. p * ldd + 8] = (src[0][p], .., src[7][p])` for the
+    /// 64 pixels `p` of 8 rows (the byte transpose of `sparse`'s pixel
+    /// lists, 64 pixels a step instead of 8): three rounds of unpacks
+    /// interleave the rows' bytes, pairs and quads within each 128-bit
+    /// lane, and each resulting 64-bit word goes to its pixel's slots.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BW; each `src[r]` is valid for 64 byte
+    /// reads and `dst` for 8-byte writes at `p * ldd` for `p < 64`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) unsafe fn transpose_8x64_bytes(src: [*const u8; 8], dst: *mut u8, ldd: usize) {
+        // SAFETY: the loads and stores stay inside the rows and slots of
+        // the contract; the features are present.
+        unsafe {
+            let r: [__m512i; 8] = std::array::from_fn(|i| _mm512_loadu_si512(src[i] as *const __m512i));
+            // Per 128-bit lane L: a[h][k] holds pixels 16 L + 8 h + 0..8,
+            // rows 2k and 2k + 1, a byte pair each.
+            let a: [[__m512i; 4]; 2] = [
+                std::array::from_fn(|k| _mm512_unpacklo_epi8(r[2 * k], r[2 * k + 1])),
+                std::array::from_fn(|k| _mm512_unpackhi_epi8(r[2 * k], r[2 * k + 1])),
+            ];
+            let mut words = [0u64; 64];
+            for (h, a) in a.iter().enumerate() {
+                // c[g][m]: pixels 16 L + 8 h + 4 g + 0..4, rows 4m .. 4m + 4.
+                let c: [[__m512i; 2]; 2] = [
+                    std::array::from_fn(|m| _mm512_unpacklo_epi16(a[2 * m], a[2 * m + 1])),
+                    std::array::from_fn(|m| _mm512_unpackhi_epi16(a[2 * m], a[2 * m + 1])),
+                ];
+                for (g, c) in c.iter().enumerate() {
+                    // Words of 8 rows: pixels 16 L + 8 h + 4 g + 2 e + q at
+                    // word 2 L + q of d[e].
+                    let d = [_mm512_unpacklo_epi32(c[0], c[1]), _mm512_unpackhi_epi32(c[0], c[1])];
+                    for (e, d) in d.iter().enumerate() {
+                        _mm512_storeu_si512(words.as_mut_ptr().add((h * 4 + g * 2 + e) * 8) as *mut __m512i, *d);
+                    }
+                }
+            }
+            for (z, w) in words.chunks_exact(8).enumerate() {
+                let (h, g, e) = (z / 4, z / 2 % 2, z % 2);
+                for (at, &word) in w.iter().enumerate() {
+                    let p = 16 * (at / 2) + 8 * h + 4 * g + 2 * e + at % 2;
+                    (dst.add(p * ldd) as *mut u64).write_unaligned(word);
+                }
+            }
+        }
     }
 
     /// For each 8-bit mask, the indices of its set bits in ascending order,
