@@ -672,38 +672,46 @@ impl<'b, T: Real> Model<'b, T> {
         let (w, g, state) = (&mut self.params[..], &mut self.grads[..], &mut self.state);
         let acts = |l: usize, width: usize| &ws.acts[l][..b * width];
         let mut t = Instant::now();
-        // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
-        let s = &self.slots[last];
-        let dz = &ws.dz[..b * s.dims.n];
-        let input = if last == 0 { &ws.input[..b * s.dims.k] } else { acts(last - 1, s.dims.k) };
-        let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-        be.output_backward(gk, gb, input, dz, s.dims);
-        if last > 0 {
-            let act = self.arch.layers[last - 1].activation;
-            let da = &mut ws.grads[last - 1][..b * s.dims.k];
-            be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
-        }
-        lap(&mut t, &mut times.backward[last]);
-        // Hidden layers, top down.
-        for l in (1..last).rev() {
-            let s = &self.slots[l];
-            let act_below = self.arch.layers[l - 1].activation;
-            let (lower, upper) = ws.grads.split_at_mut(l);
-            let dz = &upper[0][..b * s.dims.n];
-            let a = &ws.acts[l - 1][..b * s.dims.k];
-            let da = &mut lower[l - 1][..b * s.dims.k];
-            be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+        // Everything above the input layer; meanwhile the backend may list
+        // the batch's non-zero pixels for the input layer on another thread.
+        let mut above = || {
+            // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
+            let s = &self.slots[last];
+            let dz = &ws.dz[..b * s.dims.n];
+            let input = if last == 0 { &ws.input[..b * s.dims.k] } else { acts(last - 1, s.dims.k) };
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)), path);
-            lap(&mut t, &mut times.backward[l]);
-        }
-        // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
-        if last > 0 {
+            be.output_backward(gk, gb, input, dz, s.dims);
+            if last > 0 {
+                let act = self.arch.layers[last - 1].activation;
+                let da = &mut ws.grads[last - 1][..b * s.dims.k];
+                be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
+            }
+            lap(&mut t, &mut times.backward[last]);
+            // Hidden layers, top down.
+            for l in (1..last).rev() {
+                let s = &self.slots[l];
+                let act_below = self.arch.layers[l - 1].activation;
+                let (lower, upper) = ws.grads.split_at_mut(l);
+                let dz = &upper[0][..b * s.dims.n];
+                let a = &ws.acts[l - 1][..b * s.dims.k];
+                let da = &mut lower[l - 1][..b * s.dims.k];
+                be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+                let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+                be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)), path);
+                lap(&mut t, &mut times.backward[l]);
+            }
+        };
+        if last == 0 {
+            above();
+        } else {
+            // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
+            let k0 = self.slots[0].dims.k;
+            let lists = be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above);
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
             let u = update.then(|| fused(w, state, &s.kernel, step));
-            be.input_backward(gk, gb, batch.pixels, batch.rows, dz, s.dims, path, u);
+            be.input_backward_listed(lists, (gk, gb), dz, s.dims, path, u);
             lap(&mut t, &mut times.backward[0]);
         }
         if update {

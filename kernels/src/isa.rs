@@ -19,8 +19,8 @@ use crate::shared::{
 use crate::simd::{Lister, Simd};
 use crate::sparse::{self, Csc, Csr};
 use crate::{
-    gemm, optim, peak, small, Activation, AlignedVec, Backend, Ceilings, Dims, Layer1Path, PanelLayout, Update,
-    XentStats,
+    gemm, optim, peak, small, Activation, AlignedVec, Backend, Ceilings, Dims, InputLists, Layer1Path, PanelLayout,
+    Update, XentStats,
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -440,6 +440,9 @@ thread_local! {
     /// The input layer's per-pixel lists when they are built once for all
     /// tasks (the same threshold).
     static SHARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
+    /// The room of the input layer's per-pixel lists listed ahead
+    /// (`overlap_input_lists`) while no batch holds them.
+    static PREPARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's non-zero lists (fresh ones when nested).
@@ -789,6 +792,65 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
                 self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
             }
         });
+    }
+
+    fn overlap_input_lists<'x>(
+        &self,
+        x: &'x [u8],
+        rows: &'x [u32],
+        k: usize,
+        path: Layer1Path,
+        work: &mut dyn FnMut(),
+    ) -> InputLists<'x> {
+        // Below the shared lists' thread count every task of the input
+        // backward would list the whole batch itself; here one other
+        // thread lists it once, while this one runs `work`.
+        let threads = rayon::current_num_threads();
+        if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads) || path == Layer1Path::Dense || rows.is_empty() || k == 0 {
+            work();
+            return InputLists { x, rows, k, csc: None };
+        }
+        check_rows(x, rows, k);
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let mut csc = PREPARED_CSC.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        rayon::in_place_scope(|s| {
+            s.spawn(|_| csc.build(x, rows, k, csc_lister::<I>(), row));
+            work();
+        });
+        InputLists { x, rows, k, csc: Some(csc) }
+    }
+
+    fn input_backward_listed(
+        &self,
+        lists: InputLists<'_>,
+        (dw, db): (&mut [f32], &mut [f32]),
+        dz: &[f32],
+        d: Dims,
+        path: Layer1Path,
+        update: Option<Update<'_, f32>>,
+    ) {
+        let InputLists { x, rows, k, csc } = lists;
+        let Some(csc) = csc.filter(|_| k == d.k) else {
+            return self.input_backward(dw, db, x, rows, dz, d, path, update);
+        };
+        let _flushed = Flushed::new();
+        check_len("dZ", dz.len(), rows.len() * d.n);
+        if let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) {
+            let pack = |dst: &mut [f32], i0: usize| {
+                // SAFETY: I was detected; dst holds whole MR x B
+                // micro-panels and the rows were checked against x.
+                unsafe { I::pack_xt(dst, x, rows, i0, k) }
+            };
+            if Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || csc.nonzeros()) {
+                let rule = (path, SPARSE_MAX_DENSITY);
+                self.weight_grad(dw, update, rows.len(), dz, d, rule, Some(&csc), |_| {}, pack);
+            } else {
+                self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
+            }
+        }
+        // The lists' room, for the next batch.
+        PREPARED_CSC.with(|c| *c.borrow_mut() = csc);
     }
 
     fn hidden_forward(

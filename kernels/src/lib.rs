@@ -38,6 +38,7 @@
 //! |---|---|---|
 //! | [`Backend::input_forward`] | `H := act(X W + b)`, `X = x[rows] / 255` | `H (B,N)`, `x (R,K)`, `W (K,N)` in layout |
 //! | [`Backend::input_backward`] | `dW := X^T dZ`; `db := sum_i dZ[i, :]` (+ fused update) | `dW (K,N)` in layout |
+//! | [`Backend::overlap_input_lists`], [`Backend::input_backward_listed`] | the same, with the batch's non-zero pixels listed on another thread while the layers above run their backward | as above |
 //! | [`Backend::hidden_forward`] | `H := act(A W + b)` | `A (B,K)`, `W (K,N)` in layout |
 //! | [`Backend::hidden_backward`] | `dW := A^T dZ`; `db` (+ fused update) | `dW (K,N)` in layout |
 //! | [`Backend::hidden_backward_input`] | `dA := (dZ W^T) * act'(A)` | `W (K,N)` in layout |
@@ -399,6 +400,32 @@ impl std::str::FromStr for Activation {
     }
 }
 
+/// A batch (`x[rows]`, `k` pixels an image) and, when a backend listed
+/// them ahead ([`Backend::overlap_input_lists`]), its non-zero pixels by
+/// pixel, for [`Backend::input_backward_listed`]. It borrows the batch, so
+/// the lists cannot go stale.
+///
+/// ```
+/// use kiln_kernels::{scalar::Scalar, Backend, Dims, Layer1Path};
+/// // Two images of two pixels; the batch is image 1, then image 0.
+/// let (x, rows) = ([0u8, 7, 0, 255], [1u32, 0]);
+/// let be: &dyn Backend<f32> = &Scalar;
+/// let mut above_ran = false;
+/// let lists = be.overlap_input_lists(&x, &rows, 2, Layer1Path::Auto, &mut || above_ran = true);
+/// let (mut dw, mut db) = ([0f32; 2], [0f32; 1]);
+/// let dz = [1.0, 2.0]; // (B, N) = (2, 1)
+/// be.input_backward_listed(lists, (&mut dw, &mut db), &dz, Dims { k: 2, n: 1 }, Layer1Path::Auto, None);
+/// assert!(above_ran);
+/// assert_eq!(dw, [0.0, 1.0 * 1.0 + 2.0 * (7.0 / 255.0)]);
+/// assert_eq!(db, [3.0]);
+/// ```
+pub struct InputLists<'x> {
+    x: &'x [u8],
+    rows: &'x [u32],
+    k: usize,
+    csc: Option<sparse::Csc>,
+}
+
 /// One implementation of every op a training step needs (see the crate
 /// documentation for the exact contract of each).
 ///
@@ -472,6 +499,40 @@ pub trait Backend<T: Real>: Sync {
         path: Layer1Path,
         update: Option<Update<'_, T>>,
     );
+
+    /// Runs `work` (the backward pass above the input layer) on this
+    /// thread while, where the backend gains by it, another thread of the
+    /// pool lists the non-zero pixels of the batch `x[rows]` (`k` pixels an
+    /// image) for [`Backend::input_backward_listed`]. The result borrows the
+    /// batch, so its pixels cannot change before the lists are used. This
+    /// default lists nothing and only runs `work`.
+    fn overlap_input_lists<'x>(
+        &self,
+        x: &'x [u8],
+        rows: &'x [u32],
+        k: usize,
+        path: Layer1Path,
+        work: &mut dyn FnMut(),
+    ) -> InputLists<'x> {
+        let _ = path;
+        work();
+        InputLists { x, rows, k, csc: None }
+    }
+
+    /// [`Backend::input_backward`] of the batch that `lists` borrows, with
+    /// the lists [`Backend::overlap_input_lists`] made of it, if any (the
+    /// same results, bit for bit).
+    fn input_backward_listed(
+        &self,
+        lists: InputLists<'_>,
+        (dw, db): (&mut [T], &mut [T]),
+        dz: &[T],
+        d: Dims,
+        path: Layer1Path,
+        update: Option<Update<'_, T>>,
+    ) {
+        self.input_backward(dw, db, lists.x, lists.rows, dz, d, path, update);
+    }
 
     /// `H (B,N) := act(A W + b)` (`A` is `(B,K)`, `W` in
     /// [`Backend::weight_layout`]); `act` is not softmax. `path` chooses
