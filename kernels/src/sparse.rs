@@ -344,6 +344,10 @@ impl Csc {
         grow(&mut self.sample, k * b);
         grow(&mut self.val, k * b);
         if lister == Lister::Table {
+            // The transpose reads 8 rows a step across all of the batch's
+            // rows, too many streams for the hardware prefetchers: so it
+            // first asks for all of them at once, as `Csr::build` does.
+            crate::prefetch::prefetch_rows(x, rows, k);
             grow(&mut self.bytes, k * b);
             let slots = (&mut self.count[..], &mut self.sample[..k * b], &mut self.val[..k * b]);
             list_pixels(slots, &mut self.bytes[..k * b], (x, rows, k), 0..k, row);
