@@ -233,14 +233,22 @@ fn transpose_pixels(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops
     transpose_pixels_with(t, x, rows, k, js, wide);
 }
 
-/// [`transpose_pixels`], 64 pixels a step with AVX-512 BW when `wide`
-/// (which the caller has detected), else 8.
+/// [`transpose_pixels`], 64 pixels a step when `wide` and the CPU has
+/// AVX-512 BW, else 8 (so that tests can run both).
 fn transpose_pixels_with(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>, wide: bool) {
     let b = rows.len();
     let (j0, j1) = (js.start, js.end);
     assert!(t.len() == (j1 - j0) * b && j0.is_multiple_of(8) && j0 <= j1 && j1 <= k);
     let (b8, j8) = (b / 8 * 8, j0 + (j1 - j0) / 8 * 8);
-    let j64 = if wide && cfg!(target_arch = "x86_64") { j0 + (j1 - j0) / 64 * 64 } else { j0 };
+    #[cfg(target_arch = "x86_64")]
+    let wide = wide && is_x86_feature_detected!("avx512bw");
+    // No 64-pixel step elsewhere.
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = {
+        let _ = wide;
+        false
+    };
+    let j64 = if wide { j0 + (j1 - j0) / 64 * 64 } else { j0 };
     let row = |i: usize| &x[rows[i] as usize * k..][..k];
     // Pixels outer, samples inner: a block's lines of `t` (64 pixels x B
     // samples, 8 KiB for MNIST) stay in L1 until every sample is in them
@@ -250,7 +258,7 @@ fn transpose_pixels_with(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std
     for jb in (j0..j64).step_by(64) {
         for i0 in (0..b8).step_by(8) {
             assert!(jb + 64 <= k && (jb - j0 + 63) * b + i0 + 8 <= t.len());
-            // SAFETY: AVX-512 BW was detected; each row has pixels jb ..
+            // SAFETY: AVX-512 BW was detected (`wide`); each row has pixels jb ..
             // jb + 64 and `t` the 8 slots of samples i0 .. i0 + 8 of each
             // of those pixels (asserted).
             unsafe {
