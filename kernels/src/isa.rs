@@ -361,6 +361,63 @@ impl<I: Isa> SimdBackend<I> {
         }
     }
 
+    /// [`Backend::input_backward`] of `x[rows]`, from the batch's pixel
+    /// lists `listed` when they were made ahead (`overlap_input_lists`).
+    #[allow(clippy::too_many_arguments)]
+    fn input_backward_with(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        (x, rows, listed): (&[u8], &[u32], Option<&Csc>),
+        dz: &[f32],
+        d: Dims,
+        path: Layer1Path,
+        update: Option<Update<'_, f32>>,
+    ) {
+        let _flushed = Flushed::new();
+        let Dims { k, n } = d;
+        check_rows(x, rows, k);
+        check_len("dZ", dz.len(), rows.len() * n);
+        let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
+            return;
+        };
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let build = |csc: &mut Csc| csc.build(x, rows, k, csc_lister::<I>(), row);
+        let pack = |dst: &mut [f32], i0: usize| {
+            // SAFETY: I was detected; dst holds whole MR x B micro-panels and
+            // the rows were checked against x.
+            unsafe { I::pack_xt(dst, x, rows, i0, k) }
+        };
+        let rule = (path, SPARSE_MAX_DENSITY);
+        // Lists built once for every task: the product on them, sparse if
+        // they say so.
+        let from_lists = |csc: &Csc, sparse: bool, dw: &mut [f32], update: Option<Update<'_, f32>>| {
+            if sparse {
+                self.weight_grad(dw, update, rows.len(), dz, d, rule, Some(csc), build, pack);
+            } else {
+                self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
+            }
+        };
+        if let Some(csc) = listed {
+            let sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || csc.nonzeros());
+            return from_lists(csc, sparse, dw, update);
+        }
+        if rayon::current_num_threads() < SHARED_LISTS_MIN_THREADS {
+            self.weight_grad(dw, update, rows.len(), dz, d, rule, None, build, pack);
+            return;
+        }
+        // Many threads: the pixel lists are built once, in parallel by
+        // pixels, and every task reads them (as the forward's lists).
+        with_buffer(&SHARED_CSC, |csc| {
+            let sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
+                csc.build_par(x, rows, k, row);
+                csc.nonzeros()
+            });
+            from_lists(csc, sparse, dw, update);
+        });
+    }
+
     /// `dW := X^T dZ` (with its fused update) for the left operand whose
     /// non-zeros `build` files by column into a task's lists, sparse or
     /// dense as `path` and `max_density` decide (see [`Self::sparse`]);
@@ -760,38 +817,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         path: Layer1Path,
         update: Option<Update<'_, f32>>,
     ) {
-        let _flushed = Flushed::new();
-        let Dims { k, n } = d;
-        check_rows(x, rows, k);
-        check_len("dZ", dz.len(), rows.len() * n);
-        let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
-            return;
-        };
-        // SAFETY: I was detected (a SimdBackend<I> exists).
-        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build(x, rows, k, csc_lister::<I>(), row);
-        let pack = |dst: &mut [f32], i0: usize| {
-            // SAFETY: I was detected; dst holds whole MR x B micro-panels and
-            // the rows were checked against x.
-            unsafe { I::pack_xt(dst, x, rows, i0, k) }
-        };
-        let rule = (path, SPARSE_MAX_DENSITY);
-        if rayon::current_num_threads() < SHARED_LISTS_MIN_THREADS {
-            self.weight_grad(dw, update, rows.len(), dz, d, rule, None, build, pack);
-            return;
-        }
-        // Many threads: the pixel lists are built once, in parallel by
-        // pixels, and every task reads them (as the forward's lists).
-        with_buffer(&SHARED_CSC, |csc| {
-            if Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
-                csc.build_par(x, rows, k, row);
-                csc.nonzeros()
-            }) {
-                self.weight_grad(dw, update, rows.len(), dz, d, rule, Some(&*csc), build, pack);
-            } else {
-                self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
-            }
-        });
+        self.input_backward_with(dw, db, (x, rows, None), dz, d, path, update);
     }
 
     fn overlap_input_lists<'x>(
@@ -831,24 +857,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         update: Option<Update<'_, f32>>,
     ) {
         let InputLists { x, rows, k, csc } = lists;
-        let Some(csc) = csc.filter(|_| k == d.k) else {
-            return self.input_backward(dw, db, x, rows, dz, d, path, update);
-        };
-        let _flushed = Flushed::new();
-        check_len("dZ", dz.len(), rows.len() * d.n);
-        if let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) {
-            let pack = |dst: &mut [f32], i0: usize| {
-                // SAFETY: I was detected; dst holds whole MR x B
-                // micro-panels and the rows were checked against x.
-                unsafe { I::pack_xt(dst, x, rows, i0, k) }
-            };
-            if Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || csc.nonzeros()) {
-                let rule = (path, SPARSE_MAX_DENSITY);
-                self.weight_grad(dw, update, rows.len(), dz, d, rule, Some(&csc), |_| {}, pack);
-            } else {
-                self.weight_grad_dense(dw, update, rows.len(), dz, d, pack);
-            }
-        }
+        let csc = csc.filter(|_| k == d.k);
+        self.input_backward_with(dw, db, (x, rows, csc.as_ref()), dz, d, path, update);
+        let Some(csc) = csc else { return };
         // The lists' room, for the next batch.
         PREPARED_CSC.with(|c| *c.borrow_mut() = csc);
     }

@@ -225,12 +225,7 @@ pub(crate) unsafe fn csr_row_f32<S: Simd>(src: &[f32], idx: &mut [u32], val: &mu
 /// fill a block are copied byte by byte. Blocks of 64 pixels go outermost,
 /// so that their lines of `t` stay in L1 while every sample is written.
 fn transpose_pixels(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>) {
-    // 64 pixels a step where AVX-512 BW is (std caches the detection).
-    #[cfg(target_arch = "x86_64")]
-    let wide = is_x86_feature_detected!("avx512bw");
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
-    transpose_pixels_with(t, x, rows, k, js, wide);
+    transpose_pixels_with(t, x, rows, k, js, true);
 }
 
 /// [`transpose_pixels`], 64 pixels a step when `wide` and the CPU has
@@ -240,6 +235,7 @@ fn transpose_pixels_with(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std
     let (j0, j1) = (js.start, js.end);
     assert!(t.len() == (j1 - j0) * b && j0.is_multiple_of(8) && j0 <= j1 && j1 <= k);
     let (b8, j8) = (b / 8 * 8, j0 + (j1 - j0) / 8 * 8);
+    // 64 pixels a step where AVX-512 BW is (std caches the detection).
     #[cfg(target_arch = "x86_64")]
     let wide = wide && is_x86_feature_detected!("avx512bw");
     // No 64-pixel step elsewhere.
