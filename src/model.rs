@@ -352,12 +352,20 @@ struct Workspace<T: Real> {
     p: AlignedVec<T>,
     /// `(B, C)` gradient of the mean loss w.r.t. the logits.
     dz: AlignedVec<T>,
+    /// A copy of the hidden layers' kernels (`Model::backward` runs their
+    /// input gradients from it while their updates run).
+    kernel_copy: AlignedVec<T>,
     capacity: usize,
 }
 
 impl<T: Real> Workspace<T> {
-    fn new(arch: &Arch, capacity: usize) -> Self {
+    fn new(arch: &Arch, slots: &[Slot], capacity: usize) -> Self {
         let hidden = &arch.layers[..arch.layers.len() - 1];
+        // The kernels between the input and output layers, contiguous.
+        let hidden_kernels = match slots {
+            [_, hidden @ .., _] if !hidden.is_empty() => hidden[hidden.len() - 1].kernel.end - hidden[0].kernel.start,
+            _ => 0,
+        };
         let buf = |w: usize| AlignedVec::zeroed(capacity * w);
         Workspace {
             acts: hidden.iter().map(|d| buf(d.units)).collect(),
@@ -365,8 +373,44 @@ impl<T: Real> Workspace<T> {
             input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
             p: buf(arch.classes()),
             dz: buf(arch.classes()),
+            kernel_copy: AlignedVec::zeroed(hidden_kernels),
             capacity,
         }
+    }
+}
+
+impl<T: Real> Workspace<T> {
+    /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
+    /// `act_below` the activation of the layer below): `dZ_{l-1} := (dZ_l
+    /// W_l^T) * act_below'`, then `dW_l`, `db_l` (with `step`'s update of
+    /// `W_l` when given). With `copied`, the input gradient reads `W_l` from
+    /// the copy of the hidden kernels (which starts at arena index
+    /// `copied`) and runs side by side with the weight gradient.
+    fn hidden_backward(
+        &mut self,
+        be: &dyn Backend<T>,
+        (l, s, act_below, b): (usize, &Slot, Activation, usize),
+        (w, g, state): (&mut [T], &mut [T], &mut [AlignedVec<T>; MAX_SLOTS]),
+        (step, path): (Option<kiln_kernels::Step<T>>, Layer1Path),
+        copied: Option<usize>,
+    ) {
+        let (lower, upper) = self.grads.split_at_mut(l);
+        let dz = &upper[0][..b * s.dims.n];
+        let a = &self.acts[l - 1][..b * s.dims.k];
+        let da = &mut lower[l - 1][..b * s.dims.k];
+        let Some(start) = copied else {
+            be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
+            return;
+        };
+        let kernel = &self.kernel_copy[s.kernel.start - start..s.kernel.end - start];
+        let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+        let u = step.map(|st| fused(w, state, &s.kernel, st));
+        kiln_kernels::side_by_side(
+            || be.hidden_backward_input(da, dz, kernel, a, s.dims, act_below, path),
+            || be.hidden_backward(gk, gb, a, dz, s.dims, u, path),
+        );
     }
 }
 
@@ -484,7 +528,7 @@ impl<'b, T: Real> Model<'b, T> {
                 backward: vec![Duration::ZERO; last + 1],
                 update: Duration::ZERO,
             },
-            ws: Workspace::new(&arch, batch_capacity.max(1)),
+            ws: Workspace::new(&arch, &slots, batch_capacity.max(1)),
             slots,
             arch,
         };
@@ -668,17 +712,29 @@ impl<'b, T: Real> Model<'b, T> {
         let b = batch.rows.len();
         let last = self.slots.len() - 1;
         let step = self.next_step();
+        // On a pool of two threads, a network with hidden layers runs its
+        // backward in pairs of ops, one on each thread, each op alone on
+        // its core (split over both threads, every op listed its operand's
+        // non-zeros twice and waited for the slower half): first the output
+        // layer and a copy of the hidden kernels beside the listing of the
+        // batch's pixels for the input layer; then, for each hidden layer,
+        // its input gradient (from the copy) beside its weight gradient and
+        // update; the input layer's weight gradient then takes both threads.
+        let paired = last >= 2 && kiln_kernels::runs_side_by_side();
+        // The hidden layers' kernels, contiguous in the arena.
+        let hidden = if paired { self.slots[1].kernel.start..self.slots[last - 1].kernel.end } else { 0..0 };
         let (be, path, ws, times) = (self.be, self.path, &mut self.ws, &mut self.times);
         let (w, g, state) = (&mut self.params[..], &mut self.grads[..], &mut self.state);
-        let acts = |l: usize, width: usize| &ws.acts[l][..b * width];
+        let k0 = self.slots[0].dims.k;
         let mut t = Instant::now();
-        // Everything above the input layer; meanwhile the backend may list
-        // the batch's non-zero pixels for the input layer on another thread.
+        // Everything above the input layer (when paired: the output layer
+        // and the copy); meanwhile the backend may list the batch's non-zero
+        // pixels for the input layer on another thread.
         let mut above = || {
             // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
             let s = &self.slots[last];
             let dz = &ws.dz[..b * s.dims.n];
-            let input = if last == 0 { &ws.input[..b * s.dims.k] } else { acts(last - 1, s.dims.k) };
+            let input = if last == 0 { &ws.input[..b * s.dims.k] } else { &ws.acts[last - 1][..b * s.dims.k] };
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
             be.output_backward(gk, gb, input, dz, s.dims);
             if last > 0 {
@@ -686,27 +742,36 @@ impl<'b, T: Real> Model<'b, T> {
                 let da = &mut ws.grads[last - 1][..b * s.dims.k];
                 be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
             }
+            if paired {
+                ws.kernel_copy.copy_from_slice(&w[hidden.clone()]);
+                return;
+            }
             lap(&mut t, &mut times.backward[last]);
             // Hidden layers, top down.
             for l in (1..last).rev() {
-                let s = &self.slots[l];
-                let act_below = self.arch.layers[l - 1].activation;
-                let (lower, upper) = ws.grads.split_at_mut(l);
-                let dz = &upper[0][..b * s.dims.n];
-                let a = &ws.acts[l - 1][..b * s.dims.k];
-                let da = &mut lower[l - 1][..b * s.dims.k];
-                be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
-                let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-                be.hidden_backward(gk, gb, a, dz, s.dims, update.then(|| fused(w, state, &s.kernel, step)), path);
+                let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
+                ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), None);
                 lap(&mut t, &mut times.backward[l]);
             }
         };
         if last == 0 {
             above();
         } else {
+            let lists = if paired {
+                let ((), lists) =
+                    kiln_kernels::side_by_side(&mut above, || be.input_lists(batch.pixels, batch.rows, k0, path));
+                lap(&mut t, &mut times.backward[last]);
+                for l in (1..last).rev() {
+                    let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
+                    let copied = Some(hidden.start);
+                    ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), copied);
+                    lap(&mut t, &mut times.backward[l]);
+                }
+                lists
+            } else {
+                be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above)
+            };
             // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
-            let k0 = self.slots[0].dims.k;
-            let lists = be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above);
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);

@@ -82,7 +82,7 @@ fn dim(v: usize) -> i32 {
 impl Blas {
     /// Matches OpenBLAS's thread count to the current rayon pool.
     fn sync_threads(&self) {
-        let want = rayon::current_num_threads().max(1);
+        let want = crate::par::threads().max(1);
         if self.threads.swap(want, Ordering::Relaxed) != want {
             // SAFETY: a plain setter of OpenBLAS's global thread count.
             unsafe { openblas_set_num_threads(want as c_int) };

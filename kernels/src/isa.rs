@@ -24,6 +24,7 @@ use crate::{
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::{Mutex, PoisonError};
 
 /// Per-instruction-set entry points (see the module docs).
 ///
@@ -403,7 +404,7 @@ impl<I: Isa> SimdBackend<I> {
             let sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || csc.nonzeros());
             return from_lists(csc, sparse, dw, update);
         }
-        if rayon::current_num_threads() < SHARED_LISTS_MIN_THREADS {
+        if par::threads() < SHARED_LISTS_MIN_THREADS {
             self.weight_grad(dw, update, rows.len(), dz, d, rule, None, build, pack);
             return;
         }
@@ -497,9 +498,17 @@ thread_local! {
     /// The input layer's per-pixel lists when they are built once for all
     /// tasks (the same threshold).
     static SHARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
-    /// The room of the input layer's per-pixel lists listed ahead
-    /// (`overlap_input_lists`) while no batch holds them.
-    static PREPARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
+}
+
+/// The room of the input layer's per-pixel lists listed ahead
+/// (`overlap_input_lists`, `input_lists`) while no batch holds them: shared
+/// by the threads, since lists made on one thread may be used, and handed
+/// back, on another.
+static PREPARED_CSC: Mutex<Vec<Csc>> = Mutex::new(Vec::new());
+
+/// Room for a batch's per-pixel lists made ahead.
+fn prepared_csc() -> Csc {
+    PREPARED_CSC.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default()
 }
 
 /// Runs `f` with this thread's non-zero lists (fresh ones when nested).
@@ -566,7 +575,7 @@ fn timed(seconds: f64, f: impl Fn(u64) -> f32) -> (u64, f64) {
 /// How many items of `total` each rayon task takes: an even share per
 /// thread, rounded up to a multiple of `unit` (at least `unit`).
 fn share(total: usize, unit: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = par::threads().max(1);
     total.div_ceil(threads).div_ceil(unit).max(1) * unit
 }
 
@@ -759,7 +768,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let relu = act == Activation::Relu;
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        if rayon::current_num_threads() >= SHARED_LISTS_MIN_THREADS {
+        if par::threads() >= SHARED_LISTS_MIN_THREADS {
             // Many threads: the batch's lists are built once, in parallel
             // by samples, and every task reads them (see the constant).
             with_buffer(&SHARED_CSR, |csr| {
@@ -831,7 +840,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // Below the shared lists' thread count every task of the input
         // backward would list the whole batch itself; here one other
         // thread lists it once, while this one runs `work`.
-        let threads = rayon::current_num_threads();
+        let threads = par::threads();
         if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads) || path == Layer1Path::Dense || rows.is_empty() || k == 0 {
             work();
             return InputLists { x, rows, k, csc: None };
@@ -839,11 +848,23 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_rows(x, rows, k);
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let mut csc = PREPARED_CSC.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let mut csc = prepared_csc();
         rayon::in_place_scope(|s| {
             s.spawn(|_| csc.build(x, rows, k, csc_lister::<I>(), row));
             work();
         });
+        InputLists { x, rows, k, csc: Some(csc) }
+    }
+
+    fn input_lists<'x>(&self, x: &'x [u8], rows: &'x [u32], k: usize, path: Layer1Path) -> InputLists<'x> {
+        if path == Layer1Path::Dense || rows.is_empty() || k == 0 {
+            return InputLists { x, rows, k, csc: None };
+        }
+        check_rows(x, rows, k);
+        // SAFETY: I was detected (a SimdBackend<I> exists).
+        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let mut csc = prepared_csc();
+        csc.build(x, rows, k, csc_lister::<I>(), row);
         InputLists { x, rows, k, csc: Some(csc) }
     }
 
@@ -861,7 +882,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         self.input_backward_with(dw, db, (x, rows, csc.as_ref()), dz, d, path, update);
         let Some(csc) = csc else { return };
         // The lists' room, for the next batch.
-        PREPARED_CSC.with(|c| *c.borrow_mut() = csc);
+        PREPARED_CSC.lock().unwrap_or_else(PoisonError::into_inner).push(csc);
     }
 
     fn hidden_forward(

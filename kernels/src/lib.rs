@@ -120,6 +120,7 @@ pub use aligned::AlignedVec;
 pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
 pub use optim::{update_serial, Adam, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
+pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
 use std::fmt::Debug;
@@ -401,7 +402,7 @@ impl std::str::FromStr for Activation {
 }
 
 /// A batch (`x[rows]`, `k` pixels an image) and, when a backend listed
-/// them ahead ([`Backend::overlap_input_lists`]), its non-zero pixels by
+/// them ahead ([`Backend::overlap_input_lists`], [`Backend::input_lists`]), its non-zero pixels by
 /// pixel, for [`Backend::input_backward_listed`]. It borrows the batch, so
 /// the lists cannot go stale.
 ///
@@ -417,6 +418,10 @@ impl std::str::FromStr for Activation {
 /// be.input_backward_listed(lists, (&mut dw, &mut db), &dz, Dims { k: 2, n: 1 }, Layer1Path::Auto, None);
 /// assert!(above_ran);
 /// assert_eq!(dw, [0.0, 1.0 * 1.0 + 2.0 * (7.0 / 255.0)]);
+/// assert_eq!(db, [3.0]);
+/// // Or listed now, on this thread (e.g. one side of `side_by_side`).
+/// let lists = be.input_lists(&x, &rows, 2, Layer1Path::Auto);
+/// be.input_backward_listed(lists, (&mut dw, &mut db), &dz, Dims { k: 2, n: 1 }, Layer1Path::Auto, None);
 /// assert_eq!(db, [3.0]);
 /// ```
 pub struct InputLists<'x> {
@@ -516,6 +521,14 @@ pub trait Backend<T: Real>: Sync {
     ) -> InputLists<'x> {
         let _ = path;
         work();
+        InputLists { x, rows, k, csc: None }
+    }
+
+    /// Lists the non-zero pixels of the batch `x[rows]` (`k` pixels an
+    /// image) on this thread, where the backend gains by lists made ahead,
+    /// for [`Backend::input_backward_listed`]. This default lists nothing.
+    fn input_lists<'x>(&self, x: &'x [u8], rows: &'x [u32], k: usize, path: Layer1Path) -> InputLists<'x> {
+        let _ = path;
         InputLists { x, rows, k, csc: None }
     }
 

@@ -20,6 +20,12 @@
 //! task changes no result (each task writes its own part of the output).
 //! This is what OpenMP runtimes do by default (`GOMP_SPINCOUNT`); measured:
 //! docs/performance-log.md, 2026-12-02 (sixth session).
+//!
+//! [`side_by_side`] runs two closures at once on a pool of two, each alone
+//! on its thread (every region inside runs on the thread that starts it):
+//! for two independent ops that each list their operand's non-zeros, one
+//! op a core lists each once, where splitting each op over both cores had
+//! both cores list it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +57,88 @@ thread_local! {
     /// them): a helper that lands here then returns at once, since it would
     /// hold the region up for as long as it spins.
     static IN_REGION: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread runs its regions alone ([`serial`]).
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The threads a region started on this thread may use: the pool's, or
+/// one inside [`serial`].
+pub(crate) fn threads() -> usize {
+    if SERIAL.get() {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// Runs `f` with every region it starts on this thread alone.
+fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.set(self.0);
+        }
+    }
+    let _restore = Restore(SERIAL.replace(true));
+    f()
+}
+
+/// Whether [`side_by_side`] runs its two closures at once here: on a rayon
+/// pool of two threads (the current one), when the process has two cores.
+///
+/// ```
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+/// assert!(!pool.install(kiln_kernels::runs_side_by_side));
+/// ```
+pub fn runs_side_by_side() -> bool {
+    threads() == 2 && cores() >= 2
+}
+
+/// Runs `a` and `b` at once, one on each thread of a pool of two, each
+/// op in them alone on its thread (every region they start runs on the
+/// thread that starts it), when [`runs_side_by_side`]; elsewhere `a`, then
+/// `b`, each with the whole pool. Results are the same either way, as they
+/// are at any thread count.
+///
+/// ```
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// let (mut left, mut right) = (vec![0u32; 4], vec![0u32; 4]);
+/// let (a, b) = pool.install(|| {
+///     kiln_kernels::side_by_side(
+///         || {
+///             left.iter_mut().for_each(|v| *v += 1);
+///             left.len()
+///         },
+///         || right.iter_mut().map(|v| *v + 2).sum::<u32>(),
+///     )
+/// });
+/// assert_eq!((a, b, left), (4, 8, vec![1; 4]));
+/// ```
+pub fn side_by_side<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    if !runs_side_by_side() {
+        return (a(), b());
+    }
+    let sides = (Mutex::new(Some(a)), Mutex::new(Some(b)));
+    let results = (Mutex::new(None), Mutex::new(None));
+    fn take<V>(m: &Mutex<Option<V>>) -> Option<V> {
+        m.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+    fn put<V>(m: &Mutex<Option<V>>, v: V) {
+        *m.lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
+    }
+    // A region of two tasks, so that whichever thread ends first spins.
+    run(vec![false, true], |second| {
+        serial(|| {
+            if second {
+                let b = take(&sides.1).expect("b runs once");
+                put(&results.1, b());
+            } else {
+                let a = take(&sides.0).expect("a runs once");
+                put(&results.0, a());
+            }
+        })
+    });
+    (take(&results.0).expect("a ran"), take(&results.1).expect("b ran"))
 }
 
 fn epoch() -> Instant {
@@ -72,7 +160,7 @@ fn cores() -> usize {
 /// exactly once); returns when all are done. With one item or one thread,
 /// in order on the calling thread.
 pub(crate) fn run<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
-    let threads = rayon::current_num_threads();
+    let threads = threads();
     let n = items.len();
     if n <= 1 || threads <= 1 {
         items.into_iter().for_each(f);
@@ -244,6 +332,59 @@ mod tests {
             std::thread::sleep(SPIN_IDLE);
         }
         assert_eq!(k.alive.load(Ordering::Acquire), 0, "helpers still spinning");
+    }
+
+    #[test]
+    fn side_by_side_runs_both_at_once_each_alone_on_a_pool_of_two() {
+        assert!(cores() >= 2, "this test needs two cores");
+        let (a_saw_b, b_saw_a) = pool(2).install(|| {
+            assert!(runs_side_by_side());
+            let (a_up, b_up) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            // Each side waits for the other to start: only sides that run
+            // at once both see the other (a bounded wait, so that a wrong
+            // one-after-the-other fails instead of hanging).
+            let wait_for = |up: &AtomicUsize| {
+                let give_up = Instant::now() + Duration::from_secs(20);
+                while up.load(Ordering::Acquire) == 0 && Instant::now() < give_up {
+                    std::hint::spin_loop();
+                }
+                up.load(Ordering::Acquire) == 1 && threads() == 1
+            };
+            side_by_side(
+                || {
+                    a_up.store(1, Ordering::Release);
+                    wait_for(&b_up)
+                },
+                || {
+                    b_up.store(1, Ordering::Release);
+                    wait_for(&a_up)
+                },
+            )
+        });
+        assert!(a_saw_b && b_saw_a, "the sides did not run at once, each alone: {a_saw_b} {b_saw_a}");
+        // Back to the whole pool after.
+        assert_eq!(pool(2).install(threads), 2);
+    }
+
+    #[test]
+    fn side_by_side_runs_one_then_the_other_with_the_whole_pool_elsewhere() {
+        for n in [1, 3] {
+            let order = Mutex::new(Vec::new());
+            let got = pool(n).install(|| {
+                side_by_side(
+                    || {
+                        order.lock().unwrap().push('a');
+                        threads()
+                    },
+                    || {
+                        order.lock().unwrap().push('b');
+                        threads()
+                    },
+                )
+            });
+            assert_eq!(got, (n, n), "{n} threads");
+            assert_eq!(*order.lock().unwrap(), ['a', 'b']);
+        }
     }
 
     #[test]
