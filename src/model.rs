@@ -353,19 +353,14 @@ struct Workspace<T: Real> {
     /// `(B, C)` gradient of the mean loss w.r.t. the logits.
     dz: AlignedVec<T>,
     /// A copy of the hidden layers' kernels (`Model::backward` runs their
-    /// input gradients from it while their updates run).
+    /// input gradients from it while their updates run; empty until then).
     kernel_copy: AlignedVec<T>,
     capacity: usize,
 }
 
 impl<T: Real> Workspace<T> {
-    fn new(arch: &Arch, slots: &[Slot], capacity: usize) -> Self {
+    fn new(arch: &Arch, capacity: usize) -> Self {
         let hidden = &arch.layers[..arch.layers.len() - 1];
-        // The kernels between the input and output layers, contiguous.
-        let hidden_kernels = match slots {
-            [_, hidden @ .., _] if !hidden.is_empty() => hidden[hidden.len() - 1].kernel.end - hidden[0].kernel.start,
-            _ => 0,
-        };
         let buf = |w: usize| AlignedVec::zeroed(capacity * w);
         Workspace {
             acts: hidden.iter().map(|d| buf(d.units)).collect(),
@@ -373,7 +368,7 @@ impl<T: Real> Workspace<T> {
             input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
             p: buf(arch.classes()),
             dz: buf(arch.classes()),
-            kernel_copy: AlignedVec::zeroed(hidden_kernels),
+            kernel_copy: AlignedVec::zeroed(0),
             capacity,
         }
     }
@@ -383,9 +378,10 @@ impl<T: Real> Workspace<T> {
     /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
     /// `act_below` the activation of the layer below): `dZ_{l-1} := (dZ_l
     /// W_l^T) * act_below'`, then `dW_l`, `db_l` (with `step`'s update of
-    /// `W_l` when given). With `copied`, the input gradient reads `W_l` from
-    /// the copy of the hidden kernels (which starts at arena index
-    /// `copied`) and runs side by side with the weight gradient.
+    /// `W_l` when given). With `copied`, the input gradient runs side by
+    /// side with the weight gradient, reading `W_l` from the copy of the
+    /// hidden kernels (which starts at arena index `copied`) when the
+    /// update changes it meanwhile.
     fn hidden_backward(
         &mut self,
         be: &dyn Backend<T>,
@@ -398,15 +394,20 @@ impl<T: Real> Workspace<T> {
         let dz = &upper[0][..b * s.dims.n];
         let a = &self.acts[l - 1][..b * s.dims.k];
         let da = &mut lower[l - 1][..b * s.dims.k];
-        let Some(start) = copied else {
-            be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
-            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
-            return;
-        };
-        let kernel = &self.kernel_copy[s.kernel.start - start..s.kernel.end - start];
         let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-        let u = step.map(|st| fused(w, state, &s.kernel, st));
+        // The kernel the input gradient reads: the copy when the other side
+        // updates it meanwhile.
+        let (kernel, u) = match (copied, step) {
+            (Some(start), Some(st)) => {
+                (&self.kernel_copy[s.kernel.start - start..s.kernel.end - start], Some(fused(w, state, &s.kernel, st)))
+            }
+            (Some(_), None) => (&w[s.kernel.clone()], None),
+            (None, _) => {
+                be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+                be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
+                return;
+            }
+        };
         kiln_kernels::side_by_side(
             || be.hidden_backward_input(da, dz, kernel, a, s.dims, act_below, path),
             || be.hidden_backward(gk, gb, a, dz, s.dims, u, path),
@@ -528,7 +529,7 @@ impl<'b, T: Real> Model<'b, T> {
                 backward: vec![Duration::ZERO; last + 1],
                 update: Duration::ZERO,
             },
-            ws: Workspace::new(&arch, &slots, batch_capacity.max(1)),
+            ws: Workspace::new(&arch, batch_capacity.max(1)),
             slots,
             arch,
         };
@@ -712,14 +713,15 @@ impl<'b, T: Real> Model<'b, T> {
         let b = batch.rows.len();
         let last = self.slots.len() - 1;
         let step = self.next_step();
-        // On a pool of two threads, a network with hidden layers runs its
-        // backward in pairs of ops, one on each thread, each op alone on
-        // its core (split over both threads, every op listed its operand's
-        // non-zeros twice and waited for the slower half): first the output
-        // layer and a copy of the hidden kernels beside the listing of the
-        // batch's pixels for the input layer; then, for each hidden layer,
-        // its input gradient (from the copy) beside its weight gradient and
-        // update; the input layer's weight gradient then takes both threads.
+        // On a pool of two threads, a network with hidden layers runs each
+        // hidden layer's input gradient (from a copy of the kernels, which
+        // its update changes meanwhile) on one thread beside its weight
+        // gradient and update on the other, each op alone on its core:
+        // split over both threads, every op listed its operand's non-zeros
+        // twice and waited for the slower half. Before them the output
+        // layer and the copy run while the backend may list the batch's
+        // pixels for the input layer, whose weight gradient comes last on
+        // both threads.
         let paired = last >= 2 && kiln_kernels::runs_side_by_side();
         // The hidden layers' kernels, contiguous in the arena.
         let hidden = if paired { self.slots[1].kernel.start..self.slots[last - 1].kernel.end } else { 0..0 };
@@ -743,7 +745,14 @@ impl<'b, T: Real> Model<'b, T> {
                 be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
             }
             if paired {
-                ws.kernel_copy.copy_from_slice(&w[hidden.clone()]);
+                // Only an update changes the kernels while they are read.
+                if update {
+                    // Made once a model first pairs (most never do).
+                    if ws.kernel_copy.len() != hidden.len() {
+                        ws.kernel_copy = AlignedVec::zeroed(hidden.len());
+                    }
+                    ws.kernel_copy.copy_from_slice(&w[hidden.clone()]);
+                }
                 return;
             }
             lap(&mut t, &mut times.backward[last]);
@@ -757,9 +766,8 @@ impl<'b, T: Real> Model<'b, T> {
         if last == 0 {
             above();
         } else {
-            let lists = if paired {
-                let ((), lists) =
-                    kiln_kernels::side_by_side(&mut above, || be.input_lists(batch.pixels, batch.rows, k0, path));
+            let lists = be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above);
+            if paired {
                 lap(&mut t, &mut times.backward[last]);
                 for l in (1..last).rev() {
                     let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
@@ -767,10 +775,7 @@ impl<'b, T: Real> Model<'b, T> {
                     ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), copied);
                     lap(&mut t, &mut times.backward[l]);
                 }
-                lists
-            } else {
-                be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above)
-            };
+            }
             // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];

@@ -7,7 +7,8 @@
 //! reads only floats. Every kernel is row-major here (the panel width is `N`).
 //!
 //! OpenBLAS runs its own threads: each call sets their number to the
-//! current rayon pool's size. Its results may depend on that number (its
+//! threads its caller may use (the current rayon pool's size; one inside a
+//! side of `side_by_side`). Its results may depend on that number (its
 //! splits are its own), unlike kiln's own backends.
 
 use crate::denormals::Flushed;
@@ -15,7 +16,7 @@ use crate::shared::{activation_backward, check_len, check_rows, column_sums, pix
 use crate::{scalar, Activation, Backend, Dims, Layer1Path, Update, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 // Link the library that `blas-src` selects.
 extern crate blas_src;
@@ -28,12 +29,15 @@ extern "C" {
 
 /// The BLAS backend (see the module docs).
 pub(crate) struct Blas {
-    threads: AtomicUsize,
+    /// The thread count last given to OpenBLAS, held while it is changed, so
+    /// that no call starts between another's check and its change (the two
+    /// sides of `side_by_side` call at once).
+    threads: Mutex<usize>,
 }
 
 /// The one instance.
 pub(crate) fn backend() -> &'static Blas {
-    static BLAS: Blas = Blas { threads: AtomicUsize::new(0) };
+    static BLAS: Blas = Blas { threads: Mutex::new(0) };
     &BLAS
 }
 
@@ -80,12 +84,14 @@ fn dim(v: usize) -> i32 {
 }
 
 impl Blas {
-    /// Matches OpenBLAS's thread count to the current rayon pool.
+    /// Matches OpenBLAS's thread count to the threads this caller may use.
     fn sync_threads(&self) {
         let want = crate::par::threads().max(1);
-        if self.threads.swap(want, Ordering::Relaxed) != want {
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        if *threads != want {
             // SAFETY: a plain setter of OpenBLAS's global thread count.
             unsafe { openblas_set_num_threads(want as c_int) };
+            *threads = want;
         }
     }
 

@@ -24,7 +24,6 @@ use crate::{
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::{Mutex, PoisonError};
 
 /// Per-instruction-set entry points (see the module docs).
 ///
@@ -498,17 +497,9 @@ thread_local! {
     /// The input layer's per-pixel lists when they are built once for all
     /// tasks (the same threshold).
     static SHARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
-}
-
-/// The room of the input layer's per-pixel lists listed ahead
-/// (`overlap_input_lists`, `input_lists`) while no batch holds them: shared
-/// by the threads, since lists made on one thread may be used, and handed
-/// back, on another.
-static PREPARED_CSC: Mutex<Vec<Csc>> = Mutex::new(Vec::new());
-
-/// Room for a batch's per-pixel lists made ahead.
-fn prepared_csc() -> Csc {
-    PREPARED_CSC.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default()
+    /// The room of the input layer's per-pixel lists listed ahead
+    /// (`overlap_input_lists`) while no batch holds them.
+    static PREPARED_CSC: RefCell<Csc> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's non-zero lists (fresh ones when nested).
@@ -848,23 +839,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_rows(x, rows, k);
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let mut csc = prepared_csc();
+        let mut csc = PREPARED_CSC.with(|c| std::mem::take(&mut *c.borrow_mut()));
         rayon::in_place_scope(|s| {
             s.spawn(|_| csc.build(x, rows, k, csc_lister::<I>(), row));
             work();
         });
-        InputLists { x, rows, k, csc: Some(csc) }
-    }
-
-    fn input_lists<'x>(&self, x: &'x [u8], rows: &'x [u32], k: usize, path: Layer1Path) -> InputLists<'x> {
-        if path == Layer1Path::Dense || rows.is_empty() || k == 0 {
-            return InputLists { x, rows, k, csc: None };
-        }
-        check_rows(x, rows, k);
-        // SAFETY: I was detected (a SimdBackend<I> exists).
-        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let mut csc = prepared_csc();
-        csc.build(x, rows, k, csc_lister::<I>(), row);
         InputLists { x, rows, k, csc: Some(csc) }
     }
 
@@ -882,7 +861,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         self.input_backward_with(dw, db, (x, rows, csc.as_ref()), dz, d, path, update);
         let Some(csc) = csc else { return };
         // The lists' room, for the next batch.
-        PREPARED_CSC.lock().unwrap_or_else(PoisonError::into_inner).push(csc);
+        PREPARED_CSC.with(|c| *c.borrow_mut() = csc);
     }
 
     fn hidden_forward(

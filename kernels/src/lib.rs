@@ -402,7 +402,7 @@ impl std::str::FromStr for Activation {
 }
 
 /// A batch (`x[rows]`, `k` pixels an image) and, when a backend listed
-/// them ahead ([`Backend::overlap_input_lists`], [`Backend::input_lists`]), its non-zero pixels by
+/// them ahead ([`Backend::overlap_input_lists`]), its non-zero pixels by
 /// pixel, for [`Backend::input_backward_listed`]. It borrows the batch, so
 /// the lists cannot go stale.
 ///
@@ -419,10 +419,6 @@ impl std::str::FromStr for Activation {
 /// assert!(above_ran);
 /// assert_eq!(dw, [0.0, 1.0 * 1.0 + 2.0 * (7.0 / 255.0)]);
 /// assert_eq!(db, [3.0]);
-/// // Or listed now, on this thread (e.g. one side of `side_by_side`).
-/// let lists = be.input_lists(&x, &rows, 2, Layer1Path::Auto);
-/// be.input_backward_listed(lists, (&mut dw, &mut db), &dz, Dims { k: 2, n: 1 }, Layer1Path::Auto, None);
-/// assert_eq!(db, [3.0]);
 /// ```
 pub struct InputLists<'x> {
     x: &'x [u8],
@@ -437,7 +433,8 @@ pub struct InputLists<'x> {
 /// Every method checks the lengths of its slices against the shapes and
 /// panics with a message on a mismatch: a mismatch is a bug in the caller,
 /// never a property of user input. Work may be split over the current rayon
-/// thread pool; results never depend on the number of threads. An op that
+/// thread pool (inside a side of [`side_by_side`], run on the calling thread
+/// alone); results never depend on the number of threads. An op that
 /// takes an [`Update`] leaves its `dW` with unspecified contents when one is
 /// given (the backend may never store the gradient).
 pub trait Backend<T: Real>: Sync {
@@ -521,14 +518,6 @@ pub trait Backend<T: Real>: Sync {
     ) -> InputLists<'x> {
         let _ = path;
         work();
-        InputLists { x, rows, k, csc: None }
-    }
-
-    /// Lists the non-zero pixels of the batch `x[rows]` (`k` pixels an
-    /// image) on this thread, where the backend gains by lists made ahead,
-    /// for [`Backend::input_backward_listed`]. This default lists nothing.
-    fn input_lists<'x>(&self, x: &'x [u8], rows: &'x [u32], k: usize, path: Layer1Path) -> InputLists<'x> {
-        let _ = path;
         InputLists { x, rows, k, csc: None }
     }
 
