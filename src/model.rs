@@ -372,9 +372,7 @@ impl<T: Real> Workspace<T> {
             capacity,
         }
     }
-}
 
-impl<T: Real> Workspace<T> {
     /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
     /// `act_below` the activation of the layer below): `dZ_{l-1} := (dZ_l
     /// W_l^T) * act_below'`, then `dW_l`, `db_l` (with `step`'s update of
