@@ -17,7 +17,7 @@
 //! (the metadata, then the tensors) come out sorted and the tensors' data
 //! in layer order, so identical models give identical bytes.
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{read_capped, write_atomic};
 use crate::model::{Arch, Params};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -33,6 +33,12 @@ pub const FORMAT_V1: &str = "kiln-mlp-v1";
 
 /// Where `train` writes its model unless told otherwise (`--out`).
 pub const DEFAULT_MODEL_PATH: &str = "kiln-mnist.safetensors";
+
+/// The largest model, `--init` or checkpoint file read: a bound on the
+/// read whatever the path is (a device or a pipe never ends). A checkpoint
+/// holds the weights up to four times (Adam's state, the best epoch's), so
+/// this is a model of about 2 GiB of weights.
+pub const MAX_FILE_BYTES: u64 = 8 << 30;
 
 /// The bytes of a safetensors file holding `tensors` (name, shape, values;
 /// data in the order given) and `meta`, with every header key sorted: the
@@ -273,9 +279,13 @@ fn arch_of(meta: &BTreeMap<String, String>, path: &Path) -> Result<Arch> {
 /// Loads and validates a model file written by [`save`]. Every failure is
 /// one line naming the file and what is wrong.
 pub fn load(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!("{}: cannot read the model file (hint: run `cargo run --release --bin train` first)", path.display())
-    })?;
+    if !path.exists() {
+        bail!(
+            "{}: cannot read the model file: it does not exist (hint: run `cargo run --release --bin train` first)",
+            path.display()
+        );
+    }
+    let bytes = read_capped(path, MAX_FILE_BYTES, "the model file")?;
     from_bytes(&bytes, path)
 }
 
@@ -295,7 +305,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, BTreeMap<St
 /// from Keras loads as it is), and when it names layers they must be
 /// `arch`'s. The shapes must be exactly `arch`'s.
 pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the --init file", path.display()))?;
+    let bytes = read_capped(path, MAX_FILE_BYTES, "the --init file")?;
     let c = parse(&bytes, path)?;
     if let Some(spec) = c.meta.get("layers") {
         if *spec != arch.spec() {
@@ -382,7 +392,7 @@ pub fn save_resume(
 /// the file and what differs.
 pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> Result<Resume> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
+    let bytes = read_capped(path, MAX_FILE_BYTES, "the checkpoint")?;
     let c = parse(&bytes, path)?;
     if c.meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         bail!(fail(format!(

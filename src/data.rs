@@ -22,9 +22,10 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Largest decompressed file kiln accepts from a `.gz` (a guard against
-/// decompression bombs; 8 GiB is ten million 28x28 images).
-const MAX_DECOMPRESSED: u64 = 8 << 30;
+/// Largest IDX file kiln reads into memory, and largest it accepts
+/// decompressed from a `.gz` (a guard against decompression bombs; 8 GiB
+/// is ten million 28x28 images).
+pub const MAX_IDX_BYTES: u64 = 8 << 30;
 
 /// The directory of the vendored MNIST files, the default dataset.
 pub fn default_data_dir() -> PathBuf {
@@ -47,6 +48,8 @@ pub fn default_cache_dir() -> PathBuf {
 struct IdxFile {
     /// The file the user named (the `.gz` for compressed files).
     path: PathBuf,
+    /// The decompressed copy in the cache that is mapped, for `.gz` files.
+    cached: Option<PathBuf>,
     map: Mmap,
     header: idx::Header,
     /// Whether the content matched a SHA-256 listed in `SHA256SUMS`.
@@ -118,6 +121,13 @@ impl Split {
     fn verified(&self) -> bool {
         self.images.verified && self.labels.verified
     }
+    /// Every file this split reads: the images and labels files as named,
+    /// and the decompressed copies of `.gz` files in the cache.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        [&self.images, &self.labels]
+            .into_iter()
+            .flat_map(|f| std::iter::once(f.path.as_path()).chain(f.cached.as_deref()))
+    }
 }
 
 /// A training split and a test split, loaded from one directory.
@@ -151,10 +161,55 @@ impl Dataset {
         Ok(Dataset { dir: dir.to_path_buf(), train, test })
     }
 
+    /// Every file the dataset reads (both splits' [`Split::files`]), which a
+    /// run's outputs must not overwrite.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.train.files().chain(self.test.files())
+    }
+
     /// Number of classes of the dataset: the largest label of either split
     /// + 1 (a class may be missing from one split).
     pub fn classes(&self) -> usize {
         self.train.classes().max(self.test.classes())
+    }
+
+    /// Checks that a class count taken from the labels (one more than the
+    /// largest label) is believable: every class below it occurs in the training
+    /// labels, and both splits have the same largest label. A class that
+    /// never occurs, or a largest label that only one split has, is far
+    /// likelier a corrupt labels file than a real class, so it is an error
+    /// with the evidence. Datasets that mean it name their output layer
+    /// (and then need not pass this).
+    pub fn check_classes_from_labels(&self) -> Result<()> {
+        let count = |s: &Split| {
+            let mut n = [0usize; 256];
+            for &l in s.labels() {
+                n[usize::from(l)] += 1;
+            }
+            n
+        };
+        let (train, test) = (count(&self.train), count(&self.test));
+        let classes = self.classes();
+        let top = classes - 1;
+        let hint = format!(
+            "a class count of {classes} from the labels is likelier a corrupt labels file than real classes;              to train {classes} classes on purpose, give the output layer in --layers (e.g. 512:relu,{classes}:softmax)"
+        );
+        let (tr, te) = (self.train.labels_path().display(), self.test.labels_path().display());
+        let times = |n: usize| if n == 1 { "once".to_string() } else { format!("{n} times") };
+        if train[top] == 0 {
+            bail!("label {top} occurs {} in {te} and never in {tr}: {hint}", times(test[top]));
+        }
+        if test[top] == 0 {
+            bail!("label {top} occurs {} in {tr} and never in {te}: {hint}", times(train[top]));
+        }
+        let missing: Vec<String> = (0..classes).filter(|&c| train[c] == 0).map(|c| c.to_string()).collect();
+        if !missing.is_empty() {
+            let (n, list) = (missing.len(), missing.join(", "));
+            let which =
+                if n == 1 { format!("label {list} never occurs") } else { format!("labels {list} never occur") };
+            bail!("{which} in {tr}, whose largest label is {top}: {hint}");
+        }
+        Ok(())
     }
 
     /// One line for the train banner: where the data came from, how big,
@@ -215,11 +270,12 @@ fn open_idx(dir: &Path, name: &str, kind: Kind, cache: &Path, sums: &[(String, S
     let raw = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
     let expected = sums.iter().find(|(n, _)| n == name).map(|(_, h)| h.as_str());
-    let (path, map, verified) = if raw.is_file() {
-        (raw.clone(), map_file(&raw)?, false)
+    let (path, cached, map, verified) = if raw.is_file() {
+        (raw.clone(), None, map_file(&raw)?, false)
     } else if gz.is_file() {
         let cached = decompress_cached(&gz, name, cache, expected)?;
-        (gz.clone(), map_file(&cached)?, expected.is_some())
+        let map = map_file(&cached)?;
+        (gz.clone(), Some(cached), map, expected.is_some())
     } else {
         bail!(
             "{}: not found, nor {}.gz (a data directory holds train-images-idx3-ubyte, \
@@ -229,7 +285,7 @@ fn open_idx(dir: &Path, name: &str, kind: Kind, cache: &Path, sums: &[(String, S
         );
     };
     let header = idx::parse(&map, kind).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(IdxFile { path, map, header, verified })
+    Ok(IdxFile { path, cached, map, header, verified })
 }
 
 /// Maps `path` read-only. An empty file cannot be mapped, so it is returned
@@ -259,7 +315,9 @@ fn hex(bytes: &[u8]) -> String {
 /// SHA-256 of the compressed bytes, so a changed `.gz` never reuses a stale
 /// copy. `expected` is the SHA-256 the content must have, when known.
 fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>) -> Result<PathBuf> {
-    let compressed = fs::read(gz).with_context(|| format!("{}: cannot read", gz.display()))?;
+    // No gzip file of a dataset kiln can train on is larger than its cap
+    // decompressed, so that bounds the read too.
+    let compressed = crate::fsutil::read_capped(gz, MAX_IDX_BYTES, "a gzip IDX file")?;
     if !compressed.starts_with(&[0x1F, 0x8B]) {
         bail!("{}: is not gzip data although its name ends in .gz (hint: drop the .gz suffix)", gz.display());
     }
@@ -276,7 +334,7 @@ fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>
         .tempfile_in(cache)
         .with_context(|| format!("{}: cannot create a temporary file", cache.display()))?;
     let mut hasher = Sha256::new();
-    gunzip(&compressed, MAX_DECOMPRESSED, |chunk| {
+    gunzip(&compressed, MAX_IDX_BYTES, |chunk| {
         hasher.update(chunk);
         tmp.write_all(chunk).with_context(|| format!("{}: cannot write", tmp.path().display()))
     })

@@ -4,6 +4,7 @@
 //! 28x28 so that its centre of mass sits at the centre.
 
 use anyhow::{bail, Context, Result};
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use std::path::Path;
 
@@ -11,12 +12,21 @@ use std::path::Path;
 pub const SIDE: usize = 28;
 /// Longer side of the digit's box inside the output (as in MNIST).
 const BOX: usize = 20;
-/// Largest image accepted (width x height), against decompression bombs.
-pub const MAX_PIXELS: u64 = 50_000_000;
+/// Largest image accepted (width x height), against decompression bombs
+/// and to bound memory: 16 Mpx (4096 x 4096; a 12 Mpx phone photo fits).
+/// Decoding one costs at most [`BYTES_PER_PIXEL`] bytes a pixel, about
+/// 200 MB at the cap.
+pub const MAX_PIXELS: u64 = 1 << 24;
 
-/// The largest image file read (it is read whole before decoding): far
-/// above any image of [`MAX_PIXELS`] in a compressed format.
-pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// The most memory decoding takes per pixel: the decoded image at up to 8
+/// bytes a pixel (16-bit RGBA; deeper formats are refused by the decoder's
+/// allocation limit) and the grayscale result at 4.
+pub const BYTES_PER_PIXEL: u64 = 12;
+
+/// The largest image file read (it is read whole before decoding): above
+/// any image of [`MAX_PIXELS`] in a compressed format (16-bit RGBA stored
+/// uncompressed is 128 MiB).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Whether to invert the image (MNIST digits are light ink on black).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +44,7 @@ pub enum Invert {
 /// transparent parts composited onto the background, row-major
 /// `(height, width)`.
 pub fn load_gray(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
-    let len = std::fs::metadata(path).with_context(|| format!("{}: cannot open", path.display()))?.len();
-    if len > MAX_FILE_BYTES {
-        bail!("{}: {len} bytes is more than the {MAX_FILE_BYTES} accepted for an image file", path.display());
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let bytes = crate::fsutil::read_capped(path, MAX_FILE_BYTES, "an image file")?;
     decode_gray(&bytes, path, MAX_PIXELS)
 }
 
@@ -63,7 +69,9 @@ pub fn decode_gray(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<(Vec<f3
         bail!("{}: not an image in a supported format (PNG, JPEG, BMP, GIF, PNM, WebP, TIFF, ICO)", path.display());
     }
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    // The decoded image at 16-bit RGBA: deeper ones are refused, so the
+    // whole decode stays within `max_pixels * BYTES_PER_PIXEL`.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().with_context(|| format!("{}: cannot decode", path.display()))?;
     let (w, h) = decoder.dimensions();
@@ -73,23 +81,64 @@ pub fn decode_gray(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<(Vec<f3
     if u64::from(w) * u64::from(h) > max_pixels {
         bail!("{}: {w}x{h} pixels is more than the {max_pixels} accepted", path.display());
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).with_context(|| format!("{}: corrupt image data", path.display()))?;
-    img.apply_orientation(orientation);
-    let rgba = img.to_rgba32f();
-    let (w, h) = (rgba.width() as usize, rgba.height() as usize);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let img = DynamicImage::from_decoder(decoder).with_context(|| format!("{}: corrupt image data", path.display()))?;
+    let (gray, h, w) = composite_gray(&img);
+    drop(img);
+    // Turned once gray (4 bytes a pixel), not as decoded (up to 8).
+    let gray = GrayF32::from_raw(w as u32, h as u32, gray).expect("h * w values");
+    let gray = orient(gray, orientation);
+    let (w, h) = gray.dimensions();
+    Ok((gray.into_raw(), h as usize, w as usize))
+}
+
+type GrayF32 = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// `img` turned as EXIF `orientation` says (as `DynamicImage::apply_orientation`).
+fn orient(mut img: GrayF32, orientation: Orientation) -> GrayF32 {
+    use image::imageops::{flip_horizontal_in_place, flip_vertical_in_place, rotate180_in_place, rotate270, rotate90};
+    match orientation {
+        Orientation::NoTransforms => {}
+        Orientation::Rotate90 => img = rotate90(&img),
+        Orientation::Rotate180 => rotate180_in_place(&mut img),
+        Orientation::Rotate270 => img = rotate270(&img),
+        Orientation::FlipHorizontal => flip_horizontal_in_place(&mut img),
+        Orientation::FlipVertical => flip_vertical_in_place(&mut img),
+        Orientation::Rotate90FlipH => {
+            img = rotate90(&img);
+            flip_horizontal_in_place(&mut img);
+        }
+        Orientation::Rotate270FlipH => {
+            img = rotate270(&img);
+            flip_horizontal_in_place(&mut img);
+        }
+    }
+    img
+}
+
+/// `img` as grayscale values in `[0, 1]`, `(height, width)` row-major, its
+/// transparent parts composited onto the background. Converted a band of
+/// rows at a time, so that no full-size float copy of the image is made.
+fn composite_gray(img: &DynamicImage) -> (Vec<f32>, usize, usize) {
+    const BAND: u32 = 64;
+    let (w, h) = (img.width(), img.height());
     let luma = |p: &image::Rgba<f32>| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    let bands = || (0..h).step_by(BAND as usize).map(move |y| img.crop_imm(0, y, w, BAND.min(h - y)).to_rgba32f());
     // Transparent pixels are background: composite onto the colour opposite
     // to the opaque pixels' average (so ink stays ink whatever its colour).
     let (mut sum, mut weight) = (0f64, 0f64);
-    for p in rgba.pixels() {
-        sum += f64::from(luma(p) * p[3]);
-        weight += f64::from(p[3]);
+    for band in bands() {
+        for p in band.pixels() {
+            sum += f64::from(luma(p) * p[3]);
+            weight += f64::from(p[3]);
+        }
     }
     let background = if weight > 0.0 && sum / weight > 0.5 { 0.0 } else { 1.0 };
-    let gray = rgba.pixels().map(|p| (luma(p) * p[3] + background * (1.0 - p[3])).clamp(0.0, 1.0)).collect();
-    Ok((gray, h, w))
+    let mut gray = Vec::with_capacity(w as usize * h as usize);
+    for band in bands() {
+        gray.extend(band.pixels().map(|p| (luma(p) * p[3] + background * (1.0 - p[3])).clamp(0.0, 1.0)));
+    }
+    (gray, h as usize, w as usize)
 }
 
 /// MNIST's preprocessing of a grayscale image `(h, w)` (values in `[0, 1]`)
@@ -107,12 +156,12 @@ pub fn to_mnist(gray: &[f32], h: usize, w: usize, invert: Invert) -> Result<[u8;
         Invert::Yes => true,
         Invert::No => false,
     };
-    let ink: Vec<f32> = gray.iter().map(|&v| if flip { 1.0 - v } else { v }).collect();
     // The background level (the border's median) becomes 0, full ink 1.
     let mut b: Vec<f32> = border.iter().map(|&v| if flip { 1.0 - v } else { v }).collect();
     b.sort_by(f32::total_cmp);
     let bg = b[b.len() / 2].min(0.9);
-    let ink: Vec<f32> = ink.iter().map(|&v| ((v - bg) / (1.0 - bg)).max(0.0)).collect();
+    // One full-size copy, not two: memory is bounded per pixel.
+    let ink: Vec<f32> = gray.iter().map(|&v| (((if flip { 1.0 - v } else { v }) - bg) / (1.0 - bg)).max(0.0)).collect();
     let peak = ink.iter().cloned().fold(0f32, f32::max);
     if peak < 0.1 {
         bail!("no ink found: the image is blank (all background)");

@@ -654,3 +654,221 @@ fn a_closed_standard_output_does_not_stop_the_run() {
     assert!(stderr(&o).contains("standard output is closed"), "{}", stderr(&o));
     assert!(out.exists(), "no model written");
 }
+
+/// A run that would overwrite one of its inputs or outputs with another, or
+/// write to a device, a directory or a place it cannot write, is refused
+/// before any work with one line naming both paths, and nothing is written.
+#[test]
+fn outputs_never_destroy_inputs_or_each_other() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_dataset(&data);
+    let snapshot = |dir: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let bytes = if e.path().is_file() { std::fs::read(e.path()).unwrap() } else { Vec::new() };
+                (e.file_name().into_string().unwrap(), bytes)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = (snapshot(d.path()), snapshot(&data));
+    let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--data", data.to_str().unwrap(), "--epochs", "1", "--hidden", "8"];
+        args.extend_from_slice(extra);
+        train(&args, &d.path().join("cache"))
+    };
+    let images = data.join("train-images-idx3-ubyte");
+    let spelled_otherwise = data.join(".").join("train-labels-idx1-ubyte");
+    let (m, metrics_too) = (p("m.safetensors"), p("./m.safetensors"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--out", images.to_str().unwrap()], "is the same file as the input --data"),
+        (vec!["--out", &m, "--metrics", spelled_otherwise.to_str().unwrap()], "--metrics"),
+        (vec!["--out", &m, "--metrics", &metrics_too], "are the same file"),
+        (vec!["--out", &m, "--chart", &m], "are the same file"),
+        (vec!["--out", &m, "--checkpoint", &m], "are the same file"),
+        (vec!["--out", &m, "--errors", &m], "are the same file"),
+        (vec!["--out", "/dev/null"], "is a character device"),
+        (vec!["--out", d.path().to_str().unwrap()], "is a directory"),
+    ];
+    for (extra, want) in cases {
+        let o = run(&extra);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().filter(|l| l.starts_with("error")).count(), 1, "{extra:?}: {err}");
+        assert_eq!((snapshot(d.path()), snapshot(&data)), before, "{extra:?} wrote something");
+    }
+    // --init and --resume are inputs too (a --resume that is the checkpoint
+    // being continued is fine; see tests/resume.rs).
+    let init = d.path().join("init.safetensors");
+    std::fs::write(&init, b"not read before the check").unwrap();
+    let o = run(&["--out", init.to_str().unwrap(), "--init", init.to_str().unwrap()]);
+    assert!(stderr(&o).contains("is the same file as the input --init"), "{}", stderr(&o));
+    let o = run(&["--out", init.to_str().unwrap(), "--resume", init.to_str().unwrap(), "--checkpoint", &m]);
+    assert!(stderr(&o).contains("is the same file as the input --resume"), "{}", stderr(&o));
+    std::fs::remove_file(&init).unwrap();
+    assert_eq!((snapshot(d.path()), snapshot(&data)), before);
+    #[cfg(unix)]
+    {
+        // A symlink to an input is that input; a symlink elsewhere is
+        // followed: the target is replaced and the link stays.
+        let link = d.path().join("link.safetensors");
+        std::os::unix::fs::symlink(&images, &link).unwrap();
+        let o = run(&["--out", link.to_str().unwrap()]);
+        assert!(stderr(&o).contains("is the same file as the input --data"), "{}", stderr(&o));
+        std::fs::remove_file(&link).unwrap();
+        let target = d.path().join("real.safetensors");
+        std::os::unix::fs::symlink("real.safetensors", &link).unwrap();
+        let o = run(&["--out", link.to_str().unwrap(), "--batch-size", "100"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read(&target).unwrap().len() > 1000, "the model went to the link's target");
+    }
+}
+
+/// An output directory that cannot be written is found before training,
+/// not after it.
+#[cfg(unix)]
+#[test]
+fn an_unwritable_output_directory_stops_the_run_before_training() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let ro = d.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root writes anywhere: then the directory is writable and the case moot.
+    if tempfile::tempfile_in(&ro).is_ok() {
+        eprintln!("skipped: this user can write in a 0555 directory (root)");
+        return;
+    }
+    let o = train(
+        &["--data", d.path().to_str().unwrap(), "--epochs", "50", "--hidden", "8", "--json"]
+            .into_iter()
+            .chain(["--out", ro.join("m.safetensors").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        d.path(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot write in the directory"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "no epoch ran: {}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// Output directories that do not exist are created, and said so.
+#[test]
+fn missing_output_directories_are_created_and_said() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("new").join("dir").join("m.safetensors");
+    let o = train(
+        &["--data", d.path().to_str().unwrap(), "--epochs", "1", "--hidden", "8", "--batch-size", "100"]
+            .into_iter()
+            .chain(["--out", out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+    assert!(stderr(&o).contains("created the output directory"), "{}", stderr(&o));
+}
+
+/// A resume with fewer epochs than the checkpoint has done is an error,
+/// not a model whose metadata disagrees with its weights.
+#[test]
+fn resuming_with_fewer_epochs_than_done_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let (ck, out) = (d.path().join("ck.safetensors"), d.path().join("x.safetensors"));
+    let run = |epochs: &str, resume: bool| {
+        let mut args = vec!["--data", d.path().to_str().unwrap(), "--hidden", "8", "--batch-size", "100"];
+        args.extend(["--epochs", epochs, "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        if resume {
+            args.extend(["--resume", ck.to_str().unwrap()]);
+        }
+        train(&args, d.path())
+    };
+    assert!(run("3", false).status.success());
+    let model = std::fs::read(&out).unwrap();
+    let o = run("2", true);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the checkpoint has 3 epochs done, more than --epochs 2"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), model, "the model is left as it was");
+}
+
+/// A class count taken from the labels must be believable: a stray label
+/// is reported with its evidence, and an explicit output layer trains that
+/// many classes on purpose.
+#[test]
+fn a_stray_label_is_reported_not_trained_as_a_class() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let out = d.path().join("m.safetensors");
+    let base = |extra: &[&str]| {
+        let mut args = vec!["--data", d.path().to_str().unwrap(), "--epochs", "1", "--batch-size", "100"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", out.to_str().unwrap()]);
+        train(&args, d.path())
+    };
+    let labels = d.path().join("t10k-labels-idx1-ubyte");
+    let good = std::fs::read(&labels).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() = 200;
+    std::fs::write(&labels, &bad).unwrap();
+    let o = base(&["--hidden", "8"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("label 200 occurs once in") && err.contains("and never in"), "{err}");
+    assert!(err.contains("201:softmax"), "names the way to mean it: {err}");
+    // On purpose: the output layer says so.
+    let o = base(&["--layers", "8:relu,201:softmax"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The training labels' last label 10 among 0-9.
+    std::fs::write(&labels, &good).unwrap();
+    let train_labels = d.path().join("train-labels-idx1-ubyte");
+    let mut bad = std::fs::read(&train_labels).unwrap();
+    *bad.last_mut().unwrap() = 10;
+    std::fs::write(&train_labels, &bad).unwrap();
+    let o = base(&["--hidden", "8"]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("label 10 occurs once in") && err.contains("t10k-labels-idx1-ubyte"), "{err}");
+    // A class that never occurs in training.
+    let mut gap = std::fs::read(&train_labels).unwrap();
+    let header = 8;
+    let n = gap.len() - header;
+    for (i, l) in gap[header..].iter_mut().enumerate() {
+        *l = if *l == 3 || i + 1 == n { 9 } else { *l };
+    }
+    std::fs::write(&train_labels, &gap).unwrap();
+    let o = base(&["--hidden", "8"]);
+    assert!(stderr(&o).contains("label 3 never occurs in"), "{}", stderr(&o));
+}
+
+/// Thread counts far above the machine's CPUs are refused; a few more than
+/// the CPUs run, with a warning.
+#[test]
+fn thread_counts_far_above_the_cpus_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = |threads: usize| {
+        let t = threads.to_string();
+        let args = ["--data", d.path().to_str().unwrap(), "--epochs", "1", "--hidden", "8", "--threads", &t];
+        train(
+            &args.into_iter().chain(["--out", d.path().join("m.safetensors").to_str().unwrap()]).collect::<Vec<_>>(),
+            d.path(),
+        )
+    };
+    let o = run(1000 * cpus);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(&format!("use at most {}", 4 * cpus)), "{}", stderr(&o));
+    let o = run(cpus + 1);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: --threads"), "{}", stderr(&o));
+}

@@ -187,10 +187,13 @@ fn a_checkpoint_of_another_run_is_a_one_line_error_and_nothing_is_overwritten() 
         assert_eq!(std::fs::read(&ckpt).unwrap(), bytes, "{what}: the checkpoint was overwritten");
         assert!(std::fs::read(d.path().join("m.safetensors")).unwrap() == model, "{what}: the model was overwritten");
     }
-    // A model file is not a checkpoint.
+    // A model file is not a checkpoint (a copy: the run's own --out is
+    // refused as an input it would overwrite, see tests/cli.rs).
+    let other = d.path().join("other.safetensors");
+    std::fs::copy(d.path().join("m.safetensors"), &other).unwrap();
     let o = run(d.path(), cache.path(), &{
         let mut a = args.clone();
-        a.extend(["--resume".into(), d.path().join("m.safetensors").to_str().unwrap().into()]);
+        a.extend(["--resume".into(), other.to_str().unwrap().into()]);
         a
     });
     assert!(error_line(&o).contains("expected \"kiln-checkpoint-v1\""), "{}", stderr(&o));

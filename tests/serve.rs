@@ -170,7 +170,7 @@ fn bad_requests_get_clear_json_errors() {
         v
     };
     let (_, png) = digit_file(0, image::ImageFormat::Png);
-    // 8000 x 8000 = 64 million pixels (over the 50 million accepted), a few
+    // 8000 x 8000 = 64 million pixels (over the 16,777,216 accepted), a few
     // hundred KB compressed: a decompression bomb under the body cap.
     let bomb = {
         let mut v = Vec::new();
@@ -183,7 +183,7 @@ fn bad_requests_get_clear_json_errors() {
         ("empty", Vec::new(), "request body: the file is empty (0 bytes), not an image"),
         ("corrupt", png[..60].to_vec(), "request body: corrupt image data"),
         ("blank", blank, "request body: no ink found: the image is blank"),
-        ("bomb", bomb, "request body: 8000x8000 pixels is more than the 50000000 accepted"),
+        ("bomb", bomb, "request body: 8000x8000 pixels is more than the 16777216 accepted"),
     ] {
         let (status, resp) = request("POST", "/api/predict", &body);
         assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&resp));

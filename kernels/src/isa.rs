@@ -1099,7 +1099,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 /// except that AVX-512's filing of each image's compressed list is
 /// fastest only on AMD Zen 4 (family 25); on Intel Sapphire Rapids and AMD
 /// Zen 5, listing the transposed batch is (docs/performance-log.md,
-/// 2026-12-02 fifth session and 2026-12-03 eighth session), and so on any
+/// 2026-12-02, e330d4e and 2026-12-03, 3f7f3f5), and so on any
 /// CPU not measured yet. Either way the lists, and so every result bit,
 /// are the same (tested).
 fn csc_lister<I: Isa>() -> Lister {

@@ -19,7 +19,7 @@
 //! Tasks are claimed in order from a shared counter; which thread runs a
 //! task changes no result (each task writes its own part of the output).
 //! This is what OpenMP runtimes do by default (`GOMP_SPINCOUNT`); measured:
-//! docs/performance-log.md, 2026-12-02 (sixth session).
+//! docs/performance-log.md, 2026-12-02, 63ba0a1.
 //!
 //! [`side_by_side`] runs two closures at once on a pool of two, each alone
 //! on its thread (every region inside runs on the thread that starts it):

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
+use kiln::data;
 use kiln::idx::{self, Kind};
 use kiln::preprocess::{self, Invert, SIDE};
 use serde_json::json;
@@ -54,15 +55,17 @@ fn main() -> ExitCode {
 }
 
 /// The image shape a model reads: 28x28 for 784 inputs, else the shape
-/// `train` recorded (`image_shape` = `RxC`), else one row of its inputs.
+/// `train` recorded (`image_shape` = `RxC`), else square when the input
+/// count is a square, else one row of its inputs.
 fn model_shape(inputs: usize, meta: &BTreeMap<String, String>) -> (usize, usize) {
     let recorded = meta.get("image_shape").and_then(|s| {
         let (r, c) = s.split_once('x')?;
         Some((r.parse::<usize>().ok()?, c.parse::<usize>().ok()?))
     });
+    let side = (inputs as f64).sqrt().round() as usize;
     match recorded {
         Some((r, c)) if r.checked_mul(c) == Some(inputs) => (r, c),
-        _ if inputs == SIDE * SIDE => (SIDE, SIDE),
+        _ if side * side == inputs => (side, side),
         _ => (1, inputs),
     }
 }
@@ -102,11 +105,14 @@ fn input_of(path: &Path, args: &Args, shape: (usize, usize)) -> Result<Vec<u8>> 
 
 /// Images `range` of an IDX images file, which must hold images of `shape`.
 fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(String, Vec<u8>)>> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let raw = kiln::fsutil::read_capped(path, data::MAX_IDX_BYTES, "an IDX file")?;
     let bytes = if raw.starts_with(&[0x1F, 0x8B]) {
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+        data::gunzip(&raw, data::MAX_IDX_BYTES, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         out
     } else {
         raw

@@ -7,6 +7,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
 use kiln::data::{self, Dataset};
+use kiln::fsutil::{self, Named};
 use kiln::model::{Arch, Model, Params};
 use kiln::train::{self, Config, EarlyStopping, EpochReport, Progress, Samples};
 use kiln_kernels::{Adam, Backend, Layer1Path, Optimizer, RmsProp, Schedule, Sgd};
@@ -14,7 +15,7 @@ use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -152,6 +153,51 @@ struct Outputs {
     chart: PathBuf,
     confusion: Option<PathBuf>,
     errors: Option<PathBuf>,
+    /// Their directories that do not exist yet, created when training starts.
+    new_dirs: Vec<PathBuf>,
+}
+
+/// Threads per CPU above which `--threads` is refused.
+const MAX_THREADS_PER_CPU: usize = 4;
+
+/// Before any work: no output of the run may be another output, an input
+/// (the data files and their cached copies, `--init`, `--resume` unless it
+/// is the checkpoint being continued), a directory or a device, and every
+/// output's directory must be writable. Returns the output directories
+/// that do not exist yet, which the run creates (and says so) when
+/// training starts, so that a refused run writes nothing.
+fn check_outputs(
+    outputs: &Outputs,
+    data: &Dataset,
+    data_dir: &Path,
+    init: &Option<PathBuf>,
+    resume: &Option<PathBuf>,
+    checkpoint: &Option<PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let mut outs = vec![
+        Named::new("--out", &outputs.model),
+        Named::new("--metrics", &outputs.metrics),
+        Named::new("--chart", &outputs.chart),
+    ];
+    outs.extend(outputs.confusion.as_deref().map(|p| Named::new("--confusion", p)));
+    outs.extend(outputs.errors.as_deref().map(|p| Named::new("--errors", p)));
+    outs.extend(checkpoint.as_deref().map(|p| Named::new("--checkpoint", p)));
+    let sums = data_dir.join("SHA256SUMS");
+    let mut ins: Vec<Named<'_>> = data.files().map(|p| Named::new("--data", p)).collect();
+    if sums.exists() {
+        ins.push(Named::new("--data", &sums));
+    }
+    ins.extend(init.as_deref().map(|p| Named::new("--init", p)));
+    if let Some(r) = resume.as_deref() {
+        let continued = match checkpoint.as_deref() {
+            Some(c) => fsutil::same_file(r, c)?,
+            None => false,
+        };
+        if !continued {
+            ins.push(Named::new("--resume", r));
+        }
+    }
+    fsutil::check_outputs(&outs, &ins)
 }
 
 fn main() -> ExitCode {
@@ -270,21 +316,21 @@ fn run(args: Args) -> Result<()> {
         "--early-stopping watches val_loss: add --validation-split F or --validate-on-test"
     );
     ensure!(args.hidden != Some(0), "--hidden must be at least 1 (got 0)");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match args.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1 (got 0)"),
+        // Each step waits for its slowest thread: threads far beyond the
+        // cores only queue behind each other (1000 on 2 cores ran ~180x
+        // slower), so that is refused rather than run.
+        Some(n) if n > MAX_THREADS_PER_CPU * cpus => anyhow::bail!(
+            "--threads {n}: this machine has {cpus} CPU(s), and more than {} threads only slow training down; \
+             use at most {} (or leave --threads out to use every CPU)",
+            MAX_THREADS_PER_CPU * cpus,
+            MAX_THREADS_PER_CPU * cpus
+        ),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => cpus,
     };
-    for (flag, p) in
-        [("--out", Some(&args.out)), ("--metrics", args.metrics.as_ref()), ("--chart", args.chart.as_ref())]
-            .into_iter()
-            .chain([("--confusion", args.confusion.as_ref()), ("--errors", args.errors.as_ref())])
-            .chain([("--checkpoint", args.checkpoint.as_ref()), ("--resume", args.resume.as_ref())])
-    {
-        if let Some(p) = p {
-            ensure!(!p.is_dir(), "{flag} {}: is a directory; expected a file path", p.display());
-        }
-    }
     let backend_name = match args.backend {
         Some(b) => b,
         None => std::env::var("KILN_BACKEND").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
@@ -304,19 +350,35 @@ fn run(args: Args) -> Result<()> {
         (None, None) => "512:relu".to_string(),
     };
     let flag = if args.layers.is_some() || args.hidden.is_none() { "--layers" } else { "--hidden" };
-    let arch = Arch::parse(&spec, data.train.width(), data.classes()).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    let (init, init_from) = match &args.init {
-        Some(p) => (kiln::checkpoint::load_init(p, &arch)?, p.display().to_string()),
-        None => (Params::glorot(&arch, cfg.seed), format!("glorot-uniform, seed {}", cfg.seed)),
+    // An output layer the user wrote may have classes the labels never
+    // show (on purpose); one left to the data must be believable.
+    let output_units = spec.rsplit(',').next().and_then(|last| {
+        let (units, act) = last.split_once(':')?;
+        (act.trim() == "softmax").then(|| units.trim().parse::<usize>().ok()).flatten()
+    });
+    let classes = match output_units {
+        Some(units) if units >= data.classes() => units,
+        Some(_) => data.classes(),
+        None => {
+            data.check_classes_from_labels()?;
+            data.classes()
+        }
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
-    let outputs = Outputs {
+    let arch = Arch::parse(&spec, data.train.width(), classes).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    let mut outputs = Outputs {
         metrics: args.metrics.unwrap_or_else(|| beside(&args.out, ".metrics.jsonl")),
         chart: args.chart.unwrap_or_else(|| beside(&args.out, ".training.png")),
         confusion: args.confusion,
         errors: args.errors,
         model: args.out,
+        new_dirs: Vec::new(),
     };
+    outputs.new_dirs = check_outputs(&outputs, &data, &data_dir, &args.init, &args.resume, &args.checkpoint)?;
+    let (init, init_from) = match &args.init {
+        Some(p) => (kiln::checkpoint::load_init(p, &arch)?, p.display().to_string()),
+        None => (Params::glorot(&arch, cfg.seed), format!("glorot-uniform, seed {}", cfg.seed)),
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
     let plan = Plan {
         arch,
         init,
@@ -346,6 +408,13 @@ fn train_and_save(
     let say = |line: String| if json { eprintln!("{line}") } else { kiln::outln!("{line}") };
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build and trains very slowly; use `cargo run --release --bin train`");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > cpus {
+        eprintln!(
+            "warning: --threads {threads} on {cpus} CPU(s): threads beyond the CPUs wait for each other and slow \
+             training down"
+        );
     }
     say(format!(
         "kiln {} | backend {} | layer 1 {layer1:?} | {threads} thread(s)",
@@ -416,6 +485,15 @@ fn train_and_save(
         let r = checkpoint::load_resume(path, arch, &run)?;
         r.restore(&mut model).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         progress = r.progress;
+        ensure!(
+            progress.epochs_done() <= cfg.epochs,
+            "--resume {}: the checkpoint has {} epochs done, more than --epochs {}; \
+             give --epochs {} or more to continue it",
+            path.display(),
+            progress.epochs_done(),
+            cfg.epochs,
+            progress.epochs_done()
+        );
         say(format!(
             "resumed from {}: {} epochs done, {} updates{}",
             path.display(),
@@ -426,6 +504,10 @@ fn train_and_save(
         for r in &progress.reports {
             say(epoch_line(r));
         }
+    }
+    for dir in &outputs.new_dirs {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+        eprintln!("note: created the output directory {}", dir.display());
     }
     let interactive = !json && std::io::stdout().is_terminal();
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
