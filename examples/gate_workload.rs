@@ -45,7 +45,7 @@ fn main() -> Result<()> {
             _ => bail!("unknown argument {a}; expected --steps N, --backend NAME, --threads N, --selftest-slowdown"),
         }
     }
-    let be = kiln_kernels::select(&backend).map_err(anyhow::Error::msg)?;
+    let be = kiln_kernels::select(&backend)?;
     let ds = Dataset::load(&data::default_data_dir(), &data::default_cache_dir())?;
     let data = Samples::from(&ds.train);
     let order = epoch_order(ds.train.len(), 1, 0);

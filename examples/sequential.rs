@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         .build()?;
     println!("{}", arch.summary());
 
-    let be = kiln_kernels::select("auto").map_err(anyhow::Error::msg)?;
+    let be = kiln_kernels::select("auto")?;
     let mut model = Model::new(be, &Params::glorot(&arch, 7), Adam::default(), 400);
     let early_stopping = Some(EarlyStopping { patience: 3, restore_best: true });
     let cfg = Config { epochs: 12, batch_size: 32, seed: 7, early_stopping, ..Config::default() };

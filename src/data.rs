@@ -178,8 +178,8 @@ impl Dataset {
     /// labels, and both splits have the same largest label. A class that
     /// never occurs, or a largest label that only one split has, is far
     /// likelier a corrupt labels file than a real class, so it is an error
-    /// with the evidence. Datasets that mean it name their output layer
-    /// (and then need not pass this).
+    /// with the evidence. Models that mean it name their output layer (and
+    /// then need not pass this).
     pub fn check_classes_from_labels(&self) -> Result<()> {
         let count = |s: &Split| {
             let mut n = [0usize; 256];
@@ -192,7 +192,8 @@ impl Dataset {
         let classes = self.classes();
         let top = classes - 1;
         let hint = format!(
-            "a class count of {classes} from the labels is likelier a corrupt labels file than real classes;              to train {classes} classes on purpose, give the output layer in --layers (e.g. 512:relu,{classes}:softmax)"
+            "a class count of {classes} from the labels is likelier a corrupt labels file than real classes \
+             (a model that means {classes} classes names its output layer)"
         );
         let (tr, te) = (self.train.labels_path().display(), self.test.labels_path().display());
         let times = |n: usize| if n == 1 { "once".to_string() } else { format!("{n} times") };

@@ -8,8 +8,8 @@
 //! let (pixels, labels) = ([255u8, 0, 0, 255, 200, 10, 5, 220], [1u8, 0, 1, 0]);
 //! let data = Samples::new(&pixels, &labels, 2).unwrap();
 //! let arch = Sequential::new(2).dense(8, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
-//! let be = kiln_kernels::select("auto").unwrap();
-//! let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::RmsProp { lr: 0.05, ..Default::default() }, 4);
+//! let be = kiln::kernels::select("auto").unwrap();
+//! let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln::kernels::RmsProp { lr: 0.05, ..Default::default() }, 4);
 //! let cfg = Config { epochs: 30, batch_size: 4, ..Config::default() };
 //! fit(&mut model, data, &cfg, |_| {}, |_| {}).unwrap();
 //! assert_eq!(evaluate(&mut model, data).unwrap().acc, 1.0);
@@ -27,21 +27,41 @@
 //! * [`preprocess`]: any image to a 28x28 MNIST-style digit.
 //! * [`draw`]: PNG charts and digit pictures without system libraries.
 //! * [`serve`]: the draw-a-digit page and its JSON API (axum on hyper and tokio).
-//! * [`fuzz_checks`]: the properties the fuzz targets check, shared with tests.
+//! * [`kernels`]: the kernel backends, chosen at run time for this CPU
+//!   (`select("auto")`: AVX-512, else AVX2+FMA, else NEON, else scalar;
+//!   BLAS when built with `--features blas` and asked for), the optimizers
+//!   and the learning-rate schedules.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod data;
 pub mod draw;
-pub mod fsutil;
-pub mod fuzz_checks;
 pub mod idx;
 pub mod model;
 pub mod preprocess;
-pub mod rng;
 pub mod serve;
 pub mod train;
+
+/// The kernels: backends ([`kernels::select`]), optimizers
+/// ([`kernels::RmsProp`], [`kernels::Sgd`], [`kernels::Adam`]), schedules;
+/// re-exported so that `kiln` is the only dependency a program needs.
+pub use kiln_kernels as kernels;
+
+// For kiln's own binaries, fuzz targets and tests, not for building on:
+// hidden from the documentation, and free to change.
+#[doc(hidden)]
+pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzz_checks;
+#[doc(hidden)]
+pub mod rng;
+
+/// README's code, compiled and run as doc tests by the test command, so
+/// that the library example users copy cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Prints `args` and a newline to standard output, as `println!` does,
 /// except when standard output has been closed (`train --json | head -1`,
@@ -54,6 +74,7 @@ pub mod train;
 /// ```
 /// kiln::stdout_line(format_args!("{} images", 60000));
 /// ```
+#[doc(hidden)]
 pub fn stdout_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +95,7 @@ pub fn stdout_line(args: std::fmt::Arguments<'_>) {
 /// ```
 /// kiln::outln!("test accuracy {:.2}%", 98.04);
 /// ```
+#[doc(hidden)]
 #[macro_export]
 macro_rules! outln {
     ($($arg:tt)*) => {
@@ -81,6 +103,7 @@ macro_rules! outln {
     };
 }
 
+#[doc(hidden)]
 /// The exit of a command-line tool: success when `result` is `Ok(true)`;
 /// `Ok(false)` (some inputs failed, already reported) and errors (printed
 /// here on one line, `error: ...`) are failures.

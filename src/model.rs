@@ -1,5 +1,6 @@
 //! A Keras-style `Sequential` stack of Dense layers over u8 images, trained
-//! with categorical cross-entropy and RMSprop exactly as Keras 3 does.
+//! with categorical cross-entropy and any of Keras 3's optimizers (RMSprop,
+//! SGD, Adam, AdamW) exactly as Keras 3 runs them.
 //!
 //! Dimensions, named once: `B` batch rows, `D` inputs (pixels per image),
 //! `U_l` the units of layer `l`, `C` classes (the output layer's units).

@@ -119,12 +119,12 @@ impl<'a> Samples<'a> {
     pub fn validation_split(&self, fraction: f64) -> Result<(Samples<'a>, Samples<'a>)> {
         ensure!(
             fraction.is_finite() && fraction > 0.0 && fraction < 1.0,
-            "--validation-split must be a fraction in (0, 1) (got {fraction})"
+            "the validation split must be a fraction in (0, 1) (got {fraction})"
         );
         let at = (self.len() as f64 * (1.0 - fraction)).floor() as usize;
         ensure!(
             at > 0 && at < self.len(),
-            "{}: --validation-split {fraction} of {} images leaves {} to train on and {} to validate on; \
+            "{}: a validation split of {fraction} of {} images leaves {} to train on and {} to validate on; \
              both need at least one",
             self.name,
             self.len(),
@@ -186,7 +186,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { epochs: 5, batch_size: 128, seed: 0, shuffle: true, steps_per_epoch: None, early_stopping: None }
+        Config { epochs: 5, batch_size: 128, seed: 1, shuffle: true, steps_per_epoch: None, early_stopping: None }
     }
 }
 
@@ -204,18 +204,54 @@ pub struct EarlyStopping {
 
 impl Config {
     /// Rejects settings that cannot train, with a message naming the flag.
-    pub fn validate(&self) -> Result<()> {
-        ensure!(self.epochs > 0, "--epochs must be at least 1 (got 0)");
-        ensure!(self.batch_size > 0, "--batch-size must be at least 1 (got 0)");
-        ensure!(self.batch_size <= u32::MAX as usize, "--batch-size {} is too large", self.batch_size);
-        ensure!(self.steps_per_epoch != Some(0), "--steps-per-epoch must be at least 1 (got 0)");
-        ensure!(
-            self.early_stopping.is_none_or(|e| e.patience > 0),
-            "--early-stopping must be at least 1 epoch (got 0)"
-        );
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, problem: String| Err(ConfigError { field, problem });
+        if self.epochs == 0 {
+            return fail("epochs", "must be at least 1 (got 0)".into());
+        }
+        if self.batch_size == 0 {
+            return fail("batch_size", "must be at least 1 (got 0)".into());
+        }
+        if self.batch_size > u32::MAX as usize {
+            return fail("batch_size", format!("{} is too large", self.batch_size));
+        }
+        if self.steps_per_epoch == Some(0) {
+            return fail("steps_per_epoch", "must be at least 1 (got 0)".into());
+        }
+        if self.early_stopping.is_some_and(|e| e.patience == 0) {
+            return fail("early_stopping", "must be at least 1 epoch (got 0)".into());
+        }
         Ok(())
     }
 }
+
+/// A [`Config`] field that cannot train: which field, and what is wrong
+/// with its value (`Config::epochs must be at least 1 (got 0)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    problem: String,
+}
+
+impl ConfigError {
+    /// The field's name (`epochs`, `batch_size`, `steps_per_epoch`,
+    /// `early_stopping`).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+    /// What is wrong with its value.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config::{} {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Keras's per-epoch log line.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -477,7 +513,7 @@ pub fn fit_with(
                 Ok(st) => run.add(st, rows.len()),
                 Err(st) => bail!(
                     "the loss became {} at epoch {}, step {}/{steps} (batch of {} images, first rows {:?}); \
-                     training stopped and no model was written (hint: lower --lr)",
+                     training stopped (hint: a lower learning rate)",
                     st.loss_sum / rows.len() as f32,
                     e + 1,
                     s + 1,
@@ -611,7 +647,7 @@ mod tests {
         let e = evaluate(&mut model, wide).unwrap_err().to_string();
         assert!(e.contains("images.idx: images of 3 pixels, but the model reads 2"), "{e}");
         let e = fit(&mut model, s, &Config { steps_per_epoch: Some(0), ..Config::default() }, |_| {}, |_| {});
-        assert!(e.unwrap_err().to_string().contains("--steps-per-epoch must be at least 1"));
+        assert!(e.unwrap_err().to_string().contains("Config::steps_per_epoch must be at least 1"));
         let good = Samples::new(&[0; 40], &[0; 20], 2).unwrap();
         let e = fit(&mut model, good, &Config { batch_size: 16, ..Config::default() }, |_| {}, |_| {});
         assert!(e

@@ -112,7 +112,7 @@ fn invalid_flags_are_clear_errors_and_write_nothing() {
         ("--weight-decay", "0.1", "--weight-decay is not an argument of --optimizer rmsprop (it belongs to adamw)"),
         ("--beta-1", "0.5", "--beta-1 is not an argument of --optimizer rmsprop (it belongs to adam, adamw)"),
         ("--nesterov", "--seed=1", "--nesterov is not an argument of --optimizer rmsprop (it belongs to sgd)"),
-        ("--validation-split", "1.5", "--validation-split must be a fraction in (0, 1)"),
+        ("--validation-split", "1.5", "--validation-split: the validation split must be a fraction in (0, 1)"),
         ("--early-stopping", "3", "--early-stopping watches val_loss: add --validation-split F or --validate-on-test"),
         ("--restore-best", "--seed=1", "the following required arguments were not provided"),
         ("--resume", "missing.ckpt", "missing.ckpt: cannot read the checkpoint"),

@@ -616,7 +616,19 @@ pub fn available_backends() -> Vec<&'static str> {
 /// runs (else `scalar`); any other name must be one of [`BACKEND_NAMES`] and
 /// runnable here, or the error says why. Never a silent fallback.
 /// Detection runs once; the backends are built once and cached.
-pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, String> {
+///
+/// The error is a [`SelectError`], a `std::error::Error`, so `?` takes it
+/// into `anyhow` or `Box<dyn Error>`:
+///
+/// ```
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let be = kiln_kernels::select("auto")?;
+///     println!("{}", be.describe());
+///     assert!(kiln_kernels::select("tpu").err().unwrap().to_string().contains("unknown backend `tpu`"));
+///     Ok(())
+/// }
+/// ```
+pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, SelectError> {
     use std::sync::OnceLock;
     static SCALAR: scalar::Scalar = scalar::Scalar;
     #[cfg(target_arch = "x86_64")]
@@ -625,8 +637,8 @@ pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, String> {
     static AVX512: OnceLock<Option<isa::SimdBackend<simd::Avx512>>> = OnceLock::new();
     #[cfg(target_arch = "aarch64")]
     static NEON: OnceLock<Option<isa::SimdBackend<simd::Neon>>> = OnceLock::new();
-    fn missing(name: &str, why: &str) -> String {
-        format!("backend `{name}` cannot run here: {why}")
+    fn missing(name: &str, why: &str) -> SelectError {
+        SelectError(format!("backend `{name}` cannot run here: {why}"))
     }
     match name {
         "scalar" => Ok(&SCALAR),
@@ -661,6 +673,19 @@ pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, String> {
         "blas" => Ok(blas::backend()),
         #[cfg(not(feature = "blas"))]
         "blas" => Err(missing(name, "this build lacks the `blas` cargo feature (build with --features blas)")),
-        _ => Err(format!("unknown backend `{name}`; expected one of: auto, {}", BACKEND_NAMES.join(", "))),
+        _ => Err(SelectError(format!("unknown backend `{name}`; expected one of: auto, {}", BACKEND_NAMES.join(", ")))),
     }
 }
+
+/// Why [`select`] gave no backend: an unknown name, or a backend this CPU
+/// or this build cannot run (the message says which and why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectError(String);
+
+impl std::fmt::Display for SelectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SelectError {}

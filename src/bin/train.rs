@@ -303,7 +303,8 @@ fn run(args: Args) -> Result<()> {
         steps_per_epoch: args.steps_per_epoch,
         early_stopping: args.early_stopping.map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
     };
-    cfg.validate()?;
+    // Each field is a flag of the same name.
+    cfg.validate().map_err(|e| anyhow::anyhow!("--{} {}", e.field().replace('_', "-"), e.problem()))?;
     let opt = optimizer_from(&args)?;
     let schedule = args.lr_schedule.parse::<Schedule>().map_err(|e| anyhow::anyhow!("--lr-schedule: {e}"))?;
     let validation = match (args.validation_split, args.validate_on_test) {
@@ -360,8 +361,13 @@ fn run(args: Args) -> Result<()> {
         Some(units) if units >= data.classes() => units,
         Some(_) => data.classes(),
         None => {
-            data.check_classes_from_labels()?;
-            data.classes()
+            let c = data.classes();
+            data.check_classes_from_labels().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; to train {c} classes on purpose, give the output layer: --layers {spec},{c}:softmax"
+                )
+            })?;
+            c
         }
     };
     let arch = Arch::parse(&spec, data.train.width(), classes).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
@@ -429,7 +435,7 @@ fn train_and_save(
     let (train_data, val_data) = match *validation {
         Validation::None => (all_train, None),
         Validation::Split(f) => {
-            let (t, v) = all_train.validation_split(f)?;
+            let (t, v) = all_train.validation_split(f).map_err(|e| anyhow::anyhow!("--validation-split: {e:#}"))?;
             (t, Some(v))
         }
         Validation::Test => (all_train, Some(Samples::from(&data.test))),
@@ -551,7 +557,8 @@ fn train_and_save(
             }
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}; no model was written"))?;
     let reports = &progress.reports;
     let st = &progress.stopping;
     if let Some(e) = st.stopped_epoch {
