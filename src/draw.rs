@@ -299,17 +299,14 @@ pub fn digit_grid(path: &Path, digits: &[(&[u8], String)], shape: (usize, usize)
     c.save(path)
 }
 
-/// One image of shape `(rows, cols)`, enlarged, with its label underneath.
-/// A 28x28 digit is drawn 10x (280 pixels wide).
-pub fn digit_png(path: &Path, pixels: &[u8], shape: (usize, usize), label: &str) -> Result<()> {
+/// One image of shape `(rows, cols)`, enlarged (a 28x28 digit 10x, 280
+/// pixels wide) and nothing else: no caption, so that the picture is the
+/// digit as the network sees it and `predict` reads it back as its label
+/// (a caption band would be taken for ink).
+pub fn digit_png(path: &Path, pixels: &[u8], shape: (usize, usize)) -> Result<()> {
     let (rows, cols) = shape;
     let scale = scale_for(280, shape);
-    let (iw, ih) = (cols as i64 * scale, rows as i64 * scale);
-    let w = Canvas::text_width(label, 3);
-    // A narrow image still gets room for its label.
-    let cw = iw.max(w + 20);
-    let mut c = Canvas::new(cw as u32, (ih + 40) as u32, WHITE);
-    c.digit((cw - iw) / 2, 0, pixels, cols, scale);
-    c.text((cw - w) / 2, ih + 10, label, 3, BLACK);
+    let mut c = Canvas::new((cols as i64 * scale) as u32, (rows as i64 * scale) as u32, BLACK);
+    c.digit(0, 0, pixels, cols, scale);
     c.save(path)
 }

@@ -201,3 +201,36 @@ fn every_format_and_colour_type_gives_the_same_digit() {
     }
     assert!(jpeg_agrees * 10 >= n * 9, "JPEG agreed with PNG on only {jpeg_agrees} of {n}");
 }
+
+/// The round trip a newcomer tries first: `digit --test I --png d.png`
+/// then `predict d.png` gives the digit's label back, for 98 or more of the
+/// first 100 test digits with a tutorial-trained model.
+#[test]
+fn digit_pictures_predict_as_their_labels() {
+    let (params, ds) = trained();
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("m.safetensors");
+    kiln::checkpoint::save(&model, params, &Default::default()).unwrap();
+    let mut pngs = Vec::new();
+    for i in 0..100 {
+        let png = d.path().join(format!("d{i}.png"));
+        let o = Command::new(env!("CARGO_BIN_EXE_digit"))
+            .args(["--test", &i.to_string(), "--png", png.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        pngs.push(png);
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_predict"))
+        .args(["--json", "--model", model.to_str().unwrap()])
+        .args(&pngs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let answers: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 100);
+    let right = answers.iter().zip(ds.test.labels()).filter(|(a, &l)| a["digit"] == u64::from(l)).count();
+    eprintln!("{right} of 100 digit pictures predicted as their label");
+    assert!(right >= 98, "{right} of 100 digit pictures predicted as their label");
+}

@@ -20,7 +20,7 @@ struct Args {
     /// Directory with the four IDX files [default: the vendored MNIST]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Also write it, enlarged and labelled, to this PNG file
+    /// Also write it, enlarged, to this PNG file (the image alone, so that `predict` reads it back)
     #[arg(long, value_name = "PATH")]
     png: Option<PathBuf>,
 }
@@ -40,8 +40,8 @@ fn run(args: Args) -> Result<()> {
     kiln::outln!("{name}_images[{}]: label {label} ({rows}x{cols} pixels)", args.index);
     kiln::outln!("{}", kiln::preprocess::render(pixels, cols).trim_end_matches('\n'));
     if let Some(p) = args.png {
-        kiln::draw::digit_png(&p, pixels, split.shape(), &format!("LABEL {label}"))?;
-        kiln::outln!("written to {}", p.display());
+        kiln::draw::digit_png(&p, pixels, split.shape())?;
+        kiln::outln!("written to {} (the image alone, enlarged; its label is {label})", p.display());
     }
     Ok(())
 }
