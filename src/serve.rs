@@ -56,11 +56,27 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time a client has to send its request body.
     pub body_timeout: Duration,
-    /// Largest image accepted (width x height), against decompression bombs.
+    /// Largest image accepted (width x height), against decompression
+    /// bombs; decoding one takes at most
+    /// [`preprocess::BYTES_PER_PIXEL`] bytes a pixel.
     pub max_pixels: u64,
     /// Predictions run at once (the size of the pool of models).
     pub workers: usize,
+    /// Request bodies held in memory at once, in bytes, all requests
+    /// together: a body reserves its declared length (a chunked one the
+    /// [`Config::max_body`]) before it is read; a request that cannot
+    /// reserve within [`BUDGET_WAIT`] gets 503.
+    pub body_budget: usize,
+    /// Connections open at once; further ones wait in the listen queue.
+    pub max_connections: usize,
 }
+
+/// The largest image the server decodes by default: 4 Mpx (2048 x 2048),
+/// plenty for a digit, and at most 48 MB to decode.
+pub const SERVE_MAX_PIXELS: u64 = 1 << 22;
+
+/// How long a request waits for room in the body budget before 503.
+pub const BUDGET_WAIT: Duration = Duration::from_millis(500);
 
 impl Default for Config {
     fn default() -> Self {
@@ -68,8 +84,10 @@ impl Default for Config {
             max_body: 10 << 20,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
-            max_pixels: preprocess::MAX_PIXELS,
+            max_pixels: SERVE_MAX_PIXELS,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            body_budget: 64 << 20,
+            max_connections: 128,
         }
     }
 }
@@ -83,6 +101,8 @@ pub struct Server {
     pool: Mutex<Vec<Model<'static, f32>>>,
     /// One permit per model of the pool: a request holds one while it predicts.
     slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per KiB of [`Config::body_budget`].
+    bodies: Arc<tokio::sync::Semaphore>,
     config: Config,
 }
 
@@ -108,11 +128,18 @@ impl Server {
             "the model reads {} pixels per image; serve's preprocessing makes 28x28 = 784 (train a model on 28x28 images)",
             params.arch().inputs()
         );
+        ensure!(
+            config.body_budget >= config.max_body,
+            "the body budget ({} bytes) must hold at least one body of the largest size accepted ({} bytes)",
+            config.body_budget,
+            config.max_body
+        );
         let workers = config.workers.max(1);
         // Models for single images (their optimizer state is unused).
         let pool = (0..workers).map(|_| Model::new(be, &params, RmsProp::default(), 1)).collect();
         let slots = Arc::new(tokio::sync::Semaphore::new(workers));
-        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(pool), slots, config }))
+        let bodies = Arc::new(tokio::sync::Semaphore::new(config.body_budget / 1024));
+        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(pool), slots, bodies, config }))
     }
 
     /// The probabilities of one preprocessed 28x28 input (the caller holds a
@@ -173,6 +200,19 @@ async fn predict(
     if declared.is_some_and(|n| n > s.config.max_body as u64) {
         return Err(too_large());
     }
+    // Room for the body in the budget of all bodies in flight, before any
+    // of it is read (a chunked body may grow to the cap).
+    let kib = declared.map_or(s.config.max_body as u64, |n| n).div_ceil(1024).max(1) as u32;
+    let reserve = Arc::clone(&s.bodies).acquire_many_owned(kib);
+    let _room = match tokio::time::timeout(BUDGET_WAIT, reserve).await {
+        Ok(permit) => permit.expect("the semaphore is never closed"),
+        Err(_) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy with other requests' bodies; try again shortly".into(),
+            ))
+        }
+    };
     let limited = http_body_util::Limited::new(body, s.config.max_body);
     let collected = tokio::time::timeout(s.config.body_timeout, http_body_util::BodyExt::collect(limited)).await;
     let bytes: Bytes = match collected {
@@ -226,8 +266,11 @@ pub fn router(server: Arc<Server>) -> Router {
 /// connection, HTTP/1.1 with keep-alive, the header timeout of the config.
 pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Result<()> {
     let header_timeout = server.config.header_timeout;
+    let connections = Arc::new(tokio::sync::Semaphore::new(server.config.max_connections.max(1)));
     let app = router(server);
     loop {
+        // At the cap, further clients wait in the kernel's listen queue.
+        let open = Arc::clone(&connections).acquire_owned().await.expect("the semaphore is never closed");
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             // Out of file descriptors and the like: back off, keep serving.
@@ -245,6 +288,7 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Re
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             // A client that goes away or stalls ends only its connection.
             let _ = conn.await;
+            drop(open);
         });
     }
 }

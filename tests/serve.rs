@@ -170,7 +170,7 @@ fn bad_requests_get_clear_json_errors() {
         v
     };
     let (_, png) = digit_file(0, image::ImageFormat::Png);
-    // 8000 x 8000 = 64 million pixels (over the 16,777,216 accepted), a few
+    // 8000 x 8000 = 64 million pixels (over the 4,194,304 a server accepts), a few
     // hundred KB compressed: a decompression bomb under the body cap.
     let bomb = {
         let mut v = Vec::new();
@@ -183,7 +183,7 @@ fn bad_requests_get_clear_json_errors() {
         ("empty", Vec::new(), "request body: the file is empty (0 bytes), not an image"),
         ("corrupt", png[..60].to_vec(), "request body: corrupt image data"),
         ("blank", blank, "request body: no ink found: the image is blank"),
-        ("bomb", bomb, "request body: 8000x8000 pixels is more than the 16777216 accepted"),
+        ("bomb", bomb, "request body: 8000x8000 pixels is more than the 4194304 accepted"),
     ] {
         let (status, resp) = request("POST", "/api/predict", &body);
         assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&resp));
@@ -294,4 +294,40 @@ fn serve_binary_refuses_a_missing_model_and_prints_the_url() {
     child.kill().unwrap();
     let _ = child.wait();
     assert!(line.starts_with("open http://127.0.0.1:") && line.contains("to draw a digit"), "{line}");
+}
+
+/// Bodies in flight share one budget: while a stalled client holds all of
+/// it, another request gets 503 after a brief wait instead of growing the
+/// server's memory, and is served once the budget is free again.
+#[test]
+fn request_bodies_share_a_budget_and_the_rest_get_503() {
+    let (params, meta) = kiln::checkpoint::load(&fixture().model).unwrap();
+    let config = kiln::serve::Config {
+        max_body: 64 << 10,
+        body_budget: 64 << 10,
+        body_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let be = kiln_kernels::select("auto").unwrap();
+    let addr = kiln::serve::spawn_local(Server::new(be, params, meta, config).unwrap()).unwrap();
+    let ask = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        )
+        .unwrap();
+        read_response(&mut s)
+    };
+    let mut hog = TcpStream::connect(addr).unwrap();
+    hog.write_all(b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n0123456789").unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // its reservation is made
+    let start = Instant::now();
+    let (status, body) = ask();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(json(&body)["error"].as_str().unwrap().contains("busy"));
+    assert!(start.elapsed() < Duration::from_secs(3), "a brief wait, then 503");
+    drop(hog);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ask().0, 400, "served (a 3-byte body is no image) once the budget is free");
 }

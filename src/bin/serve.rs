@@ -29,6 +29,12 @@ struct Args {
     /// Seconds a client has to send its request headers, and its body
     #[arg(long, value_name = "S", default_value_t = 10)]
     timeout: u64,
+    /// Largest image decoded, in pixels (width x height) [default: 4194304, 2048 x 2048]
+    #[arg(long, value_name = "N")]
+    max_pixels: Option<u64>,
+    /// Connections open at once; more wait in the listen queue
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -48,11 +54,26 @@ fn run(args: Args) -> Result<()> {
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second (got 0)");
     }
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cpus);
+    // Each thread holds a model; far more than the CPUs only queue.
+    if threads > 4 * cpus {
+        bail!("--threads {threads}: this machine has {cpus} CPU(s); use at most {}", 4 * cpus);
+    }
+    if args.max_connections == 0 || args.max_pixels == Some(0) {
+        bail!("--max-connections and --max-pixels must be at least 1");
+    }
     let (params, meta) = checkpoint::load(&args.model)?;
     let be = kiln_kernels::select(&args.backend).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
     let timeout = Duration::from_secs(args.timeout);
-    let config = Config { header_timeout: timeout, body_timeout: timeout, workers: threads, ..Config::default() };
+    let mut config = Config {
+        header_timeout: timeout,
+        body_timeout: timeout,
+        workers: threads,
+        max_connections: args.max_connections,
+        ..Config::default()
+    };
+    config.max_pixels = args.max_pixels.unwrap_or(config.max_pixels);
     let layers = params.arch().spec();
     let server = Server::new(be, params, meta, config).with_context(|| args.model.display().to_string())?;
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
