@@ -66,6 +66,9 @@ cargo run --release --quiet --example sequential
 step "the serve load test (benches/serve_load.rs: 20,000 requests, 16 clients; fails on any error)"
 cargo bench --quiet --bench serve_load 2>/dev/null
 
+step "the server under adversarial load (benches/serve_adversarial.rs: 100 connections holding 10 MB bodies, 8 clients posting 7000x7000 and 2048x2048 PNGs; fails if peak RSS reaches 256 MB or a legitimate prediction takes 1 s)"
+cargo bench --quiet --bench serve_adversarial 2>/dev/null
+
 step "tests with the BLAS backend (--features blas)"
 run_tests cargo test --workspace --release --features blas
 

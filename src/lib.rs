@@ -55,6 +55,8 @@ pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzz_checks;
 #[doc(hidden)]
+pub mod memory;
+#[doc(hidden)]
 pub mod rng;
 
 /// README's code, compiled and run as doc tests by the test command, so

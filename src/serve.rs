@@ -63,9 +63,9 @@ pub struct Config {
     /// Predictions run at once (the size of the pool of models).
     pub workers: usize,
     /// Request bodies held in memory at once, in bytes, all requests
-    /// together: a body reserves its declared length (a chunked one the
-    /// [`Config::max_body`]) before it is read; a request that cannot
-    /// reserve within [`BUDGET_WAIT`] gets 503.
+    /// together: a body over [`SMALL_BODY`] reserves its declared length (a
+    /// chunked one the [`Config::max_body`]) before it is read; a request
+    /// that cannot reserve within [`BUDGET_WAIT`] gets 503.
     pub body_budget: usize,
     /// Connections open at once; further ones wait in the listen queue.
     pub max_connections: usize,
@@ -74,6 +74,9 @@ pub struct Config {
 /// The largest image the server decodes by default: 4 Mpx (2048 x 2048),
 /// plenty for a digit, and at most 48 MB to decode.
 pub const SERVE_MAX_PIXELS: u64 = 1 << 22;
+
+/// Bodies up to this size (declared) need no room in the body budget.
+pub const SMALL_BODY: u64 = 64 << 10;
 
 /// How long a request waits for room in the body budget before 503.
 pub const BUDGET_WAIT: Duration = Duration::from_millis(500);
@@ -180,8 +183,24 @@ async fn model_info(State(s): State<Arc<Server>>) -> Json<Value> {
         "classes": arch.classes(),
         "parameters": arch.parameters(),
         "backend": s.be.name(),
-        "metadata": s.meta,
+        "metadata": public_meta(&s.meta),
     }))
+}
+
+/// The model file's metadata as `/api/model` shows it: a value that is an
+/// absolute path (the data directory, an `--init` file) is cut to its last
+/// component, so that the server does not reveal the machine's directories.
+fn public_meta(meta: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    meta.iter()
+        .map(|(k, v)| {
+            let p = std::path::Path::new(v);
+            let shown = match p.file_name() {
+                Some(name) if p.is_absolute() => name.to_string_lossy().into_owned(),
+                _ => v.clone(),
+            };
+            (k.clone(), shown)
+        })
+        .collect()
 }
 
 async fn predict(
@@ -201,16 +220,22 @@ async fn predict(
         return Err(too_large());
     }
     // Room for the body in the budget of all bodies in flight, before any
-    // of it is read (a chunked body may grow to the cap).
-    let kib = declared.map_or(s.config.max_body as u64, |n| n).div_ceil(1024).max(1) as u32;
-    let reserve = Arc::clone(&s.bodies).acquire_many_owned(kib);
-    let _room = match tokio::time::timeout(BUDGET_WAIT, reserve).await {
-        Ok(permit) => permit.expect("the semaphore is never closed"),
-        Err(_) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is busy with other requests' bodies; try again shortly".into(),
-            ))
+    // of it is read (a chunked body may grow to the cap). A small body (a
+    // drawing from the page is a few KB) needs none: their total is
+    // bounded by the connection cap, and large bodies cannot crowd them out.
+    let size = declared.unwrap_or(s.config.max_body as u64);
+    let _room = if size <= SMALL_BODY {
+        None
+    } else {
+        let kib = size.div_ceil(1024) as u32;
+        match tokio::time::timeout(BUDGET_WAIT, Arc::clone(&s.bodies).acquire_many_owned(kib)).await {
+            Ok(permit) => Some(permit.expect("the semaphore is never closed")),
+            Err(_) => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is busy with other requests' bodies; try again shortly".into(),
+                ))
+            }
         }
     };
     let limited = http_body_util::Limited::new(body, s.config.max_body);
@@ -287,7 +312,21 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Re
                 .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             // A client that goes away or stalls ends only its connection.
-            let _ = conn.await;
+            // Requests hyper answers itself (malformed: 400, headers too
+            // large: 431) never reach the router's log, so they are logged
+            // here, in its format.
+            if let Err(e) = conn.await {
+                let status = if e.is_parse_too_large() {
+                    "431"
+                } else if e.is_parse() {
+                    "400"
+                } else if e.is_timeout() {
+                    "408"
+                } else {
+                    "-"
+                };
+                eprintln!("- - {status} ({e})");
+            }
             drop(open);
         });
     }
@@ -298,8 +337,9 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> Re
 /// the server; returns the address. The server lives as long as the process.
 pub fn spawn_local(server: Arc<Server>) -> Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let workers = server.config.workers;
     std::thread::Builder::new().name("kiln-serve".into()).spawn(move || {
-        let rt = match tokio::runtime::Runtime::new() {
+        let rt = match runtime(workers) {
             Ok(rt) => rt,
             Err(e) => return tx.send(Err(anyhow::anyhow!("cannot start the runtime: {e}"))).unwrap_or(()),
         };
@@ -316,6 +356,19 @@ pub fn spawn_local(server: Arc<Server>) -> Result<SocketAddr> {
         });
     })?;
     rx.recv().context("the server thread ended before it listened")?
+}
+
+/// The server's runtime: `workers` threads for connections, and as many
+/// for predictions (decoding included). Predictions run on at most that
+/// many threads (each request also holds a permit of the model pool), so
+/// the memory their allocations leave in each thread's allocator arena is
+/// bounded too; tokio's default would be up to 512 blocking threads.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .max_blocking_threads(workers.max(1))
+        .enable_all()
+        .build()
 }
 
 /// Binds `addr` and returns the listener and the address bound (with port

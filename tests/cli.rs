@@ -872,3 +872,39 @@ fn thread_counts_far_above_the_cpus_are_refused() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("warning: --threads"), "{}", stderr(&o));
 }
+
+/// Layers too large for the memory the process may use stop the run with
+/// one line naming them, before anything large is allocated (not an abort
+/// with "memory allocation failed" and a backtrace).
+#[cfg(target_os = "linux")]
+#[test]
+fn layers_too_large_for_memory_are_a_one_line_error() {
+    use std::os::unix::process::CommandExt;
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    cmd.args(["--data", d.path().to_str().unwrap(), "--layers", "2000000:relu", "--epochs", "1"])
+        .args(["--out", d.path().join("m.safetensors").to_str().unwrap()])
+        .env("KILN_CACHE_DIR", d.path());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let o = cmd.output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--layers: the layers 2000000:relu,10:softmax (1590000010 parameters) need at least"),
+        "{err}"
+    );
+    assert!(err.contains("but only") && err.contains("is available"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line, no backtrace: {err}");
+    assert!(!d.path().join("m.safetensors").exists());
+}

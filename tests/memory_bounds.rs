@@ -3,9 +3,12 @@
 //! so that no other test's children share the measure).
 
 use kiln::model::{Arch, Params};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+#[path = "common/png16.rs"]
+mod png16;
+use png16::png16;
 
 /// Runs `predict` with `args` and returns its exit status, its standard
 /// error and its own peak resident memory in bytes (`wait4`'s rusage).
@@ -26,28 +29,6 @@ fn predict(args: &[&Path]) -> (bool, String, u64) {
     assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     (ok, std::fs::read_to_string(err.path()).unwrap(), usage.ru_maxrss as u64 * 1024)
-}
-
-/// A 16-bit RGBA PNG of `w x h`, black where `ink(x, y)`, else white,
-/// written a row at a time: this process stays small, since a child's
-/// peak as the kernel counts it starts from its parent's at the fork.
-fn png16(path: &Path, w: u32, h: u32, ink: impl Fn(u32, u32) -> bool) {
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()), w, h);
-    enc.set_color(png::ColorType::Rgba);
-    enc.set_depth(png::BitDepth::Sixteen);
-    let mut header = enc.write_header().unwrap();
-    let mut rows = header.stream_writer().unwrap();
-    for y in 0..h {
-        let row: Vec<u8> = (0..w)
-            .flat_map(|x| {
-                let v = if ink(x, y) { 0u8 } else { 255 };
-                [v, v, v, v, v, v, 255, 255]
-            })
-            .collect();
-        rows.write_all(&row).unwrap();
-    }
-    rows.finish().unwrap();
-    header.finish().unwrap();
 }
 
 fn model(dir: &Path) -> std::path::PathBuf {
@@ -79,14 +60,18 @@ fn decoding_the_largest_image_accepted_stays_within_its_bound() {
     assert_eq!(u64::from(side) * u64::from(side), kiln::preprocess::MAX_PIXELS);
     let big = d.path().join("big.png");
     // A dark "1" on white.
-    png16(&big, side, side, |x, y| (side / 4..side * 3 / 4).contains(&y) && x.abs_diff(side / 2) < side / 16);
+    std::fs::write(
+        &big,
+        png16(side, side, |x, y| (side / 4..side * 3 / 4).contains(&y) && x.abs_diff(side / 2) < side / 16),
+    )
+    .unwrap();
     let (ok, err, peak) = predict(&[Path::new("--model"), &m, &big]);
     assert!(ok, "{err}");
     let bound = kiln::preprocess::MAX_PIXELS * kiln::preprocess::BYTES_PER_PIXEL + (48 << 20);
     assert!(peak <= bound, "peak {} MB over the bound {} MB", peak >> 20, bound >> 20);
     // 7000 x 7000 16-bit RGBA, a few hundred KB on disk: refused unread.
     let huge = d.path().join("huge.png");
-    png16(&huge, 7000, 7000, |_, _| false);
+    std::fs::write(&huge, png16(7000, 7000, |_, _| false)).unwrap();
     let (ok, err, peak) = predict(&[Path::new("--model"), &m, &huge]);
     assert!(!ok && err.contains("7000x7000 pixels is more than the 16777216 accepted"), "{err}");
     assert!(peak < 64 << 20, "refused from its header: peak {} MB", peak >> 20);

@@ -77,11 +77,7 @@ fn run(args: Args) -> Result<()> {
     let layers = params.arch().spec();
     let server = Server::new(be, params, meta, config).with_context(|| args.model.display().to_string())?;
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = serve::runtime(threads).context("cannot start the runtime")?;
     rt.block_on(async {
         let (listener, local) = serve::bind(args.addr).await?;
         eprintln!("kiln serve: model {} ({layers}), backend {}, {threads} thread(s)", args.model.display(), be.name());

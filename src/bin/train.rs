@@ -157,6 +157,12 @@ struct Outputs {
     new_dirs: Vec<PathBuf>,
 }
 
+/// Rows a forward pass takes at once: the batch, and up to 1000 for
+/// evaluation, but never more than a split holds.
+fn model_capacity(cfg: &Config, data: &Dataset) -> usize {
+    cfg.batch_size.max(1000).min(data.train.len().max(data.test.len()))
+}
+
 /// Threads per CPU above which `--threads` is refused.
 const MAX_THREADS_PER_CPU: usize = 4;
 
@@ -371,6 +377,20 @@ fn run(args: Args) -> Result<()> {
         }
     };
     let arch = Arch::parse(&spec, data.train.width(), classes).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    // Before anything large is allocated: a run the machine cannot hold is
+    // a one-line error, not an abort mid-way.
+    let need = kiln::memory::training_bytes(&arch, &opt, model_capacity(&cfg, &data));
+    if let Some(room) = kiln::memory::available() {
+        ensure!(
+            need <= room,
+            "{flag}: the layers {} ({} parameters) need at least {} to train (weights, gradients, optimizer \
+             state, activations), but only {} is available",
+            arch.spec(),
+            arch.parameters(),
+            kiln::memory::human(need),
+            kiln::memory::human(room)
+        );
+    }
     let mut outputs = Outputs {
         metrics: args.metrics.unwrap_or_else(|| beside(&args.out, ".metrics.jsonl")),
         chart: args.chart.unwrap_or_else(|| beside(&args.out, ".training.png")),
@@ -465,7 +485,7 @@ fn train_and_save(
         if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() },
         train_data.len()
     ));
-    let capacity = cfg.batch_size.max(1000).min(data.train.len().max(data.test.len()));
+    let capacity = model_capacity(cfg, data);
     let mut model = Model::new(be, init, *opt, capacity).with_layer1_path(*layer1).with_schedule(*schedule);
     // What a resumed run must share with the checkpoint it resumes.
     let run_settings = || -> BTreeMap<String, String> {
