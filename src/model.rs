@@ -500,19 +500,8 @@ impl<'b, T: Real> Model<'b, T> {
         let opt = opt.into();
         let arch = params.arch.clone();
         let last = arch.layers.len() - 1;
-        let mut slots = Vec::new();
-        let mut at = 0;
-        for l in 0..=last {
-            let (k, n) = arch.kernel_shape(l);
-            let layout = if l < last { be.weight_layout(k, n) } else { PanelLayout::row_major(k, n) };
-            slots.push(Slot { dims: Dims { k, n }, layout, kernel: at..at + layout.len(), bias: 0..0 });
-            at += layout.len();
-        }
+        let (slots, at) = arena_slots(be, &arch);
         let tail = slots[last].kernel.start;
-        for s in &mut slots {
-            s.bias = at..at + s.dims.n;
-            at += s.dims.n;
-        }
         let mut model = Model {
             be,
             opt,
@@ -648,10 +637,7 @@ impl<'b, T: Real> Model<'b, T> {
     /// `params` belongs to another architecture.
     pub fn set_params(&mut self, params: &Params<T>) {
         assert_eq!(params.arch, self.arch, "parameters of another architecture");
-        for (l, s) in self.slots.iter().enumerate() {
-            s.layout.pack(params.kernel(l), &mut self.params[s.kernel.clone()]);
-            self.params[s.bias.clone()].copy_from_slice(params.bias(l));
-        }
+        pack_into(&self.slots, params, &mut self.params);
     }
 
     /// Forward pass only: probabilities of `batch` into the workspace, and
@@ -661,33 +647,23 @@ impl<'b, T: Real> Model<'b, T> {
         let b = batch.rows.len();
         assert!(b <= self.ws.capacity, "batch of {b} rows exceeds the capacity {}", self.ws.capacity);
         let last = self.slots.len() - 1;
-        let (be, ws, times, w) = (self.be, &mut self.ws, &mut self.times, &self.params[..]);
+        let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
+        let Workspace { acts, input, p, dz, .. } = &mut self.ws;
         let mut t = Instant::now();
-        for (l, s) in self.slots.iter().enumerate() {
-            let act = self.arch.layers[l].activation;
-            let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
-            if l == last {
-                let input: &[T] = if last == 0 {
-                    gather(&mut ws.input[..b * s.dims.k], batch, s.dims.k);
-                    &ws.input[..b * s.dims.k]
-                } else {
-                    &ws.acts[l - 1][..b * s.dims.k]
-                };
-                let (p, dz) = (&mut ws.p[..b * s.dims.n], &mut ws.dz[..b * s.dims.n]); // (B, C) each
-                let stats = be.output_softmax_xent(p, dz, input, kernel, bias, batch.labels, batch.rows, s.dims);
-                lap(&mut t, &mut times.forward[l]);
-                return stats;
-            }
-            let (below, here) = ws.acts.split_at_mut(l);
-            let h = &mut here[0][..b * s.dims.n]; // (B, U_l)
-            if l == 0 {
-                be.input_forward(h, batch.pixels, batch.rows, kernel, bias, s.dims, act, self.path);
-            } else {
-                be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act, self.path);
-            }
-            lap(&mut t, &mut times.forward[l]);
-        }
-        unreachable!("the output layer returns")
+        let a = forward_hidden(
+            be,
+            (&self.arch, &self.slots, w),
+            (acts, input),
+            (batch.pixels, batch.rows),
+            self.path,
+            |l| lap(&mut t, &mut times.forward[l]),
+        );
+        let s = &self.slots[last];
+        let (p, dz) = (&mut p[..b * s.dims.n], &mut dz[..b * s.dims.n]); // (B, C) each
+        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let stats = be.output_softmax_xent(p, dz, a, kernel, bias, batch.labels, batch.rows, s.dims);
+        lap(&mut t, &mut times.forward[last]);
+        stats
     }
 
     /// Probabilities of the last [`Model::forward`], `(B, C)`.
@@ -821,6 +797,192 @@ impl<'b, T: Real> Model<'b, T> {
     }
 }
 
+/// Where each layer's tensors sit in an arena of `arch`'s parameters on
+/// `be`: every kernel in the backend's panels (the output layer's
+/// row-major), then every bias. Returns the slots and the arena's length.
+fn arena_slots<T: Real>(be: &dyn Backend<T>, arch: &Arch) -> (Vec<Slot>, usize) {
+    let last = arch.layers.len() - 1;
+    let mut slots = Vec::new();
+    let mut at = 0;
+    for l in 0..=last {
+        let (k, n) = arch.kernel_shape(l);
+        let layout = if l < last { be.weight_layout(k, n) } else { PanelLayout::row_major(k, n) };
+        slots.push(Slot { dims: Dims { k, n }, layout, kernel: at..at + layout.len(), bias: 0..0 });
+        at += layout.len();
+    }
+    for s in &mut slots {
+        s.bias = at..at + s.dims.n;
+        at += s.dims.n;
+    }
+    (slots, at)
+}
+
+/// Packs row-major `params` into an arena laid out as `slots`.
+fn pack_into<T: Real>(slots: &[Slot], params: &Params<T>, arena: &mut [T]) {
+    for (l, s) in slots.iter().enumerate() {
+        s.layout.pack(params.kernel(l), &mut arena[s.kernel.clone()]);
+        arena[s.bias.clone()].copy_from_slice(params.bias(l));
+    }
+}
+
+/// The forward pass below the output layer, for rows `rows` of `pixels`
+/// (`(R, D)` u8): each hidden layer's activation into `acts[l]` (`(B,
+/// U_l)`), calling `done(l)` after layer `l`. Returns the output layer's
+/// input, `(B, K_L)`: the last hidden activation, or for a one-layer
+/// network the batch gathered into `input` as `pixel / 255`.
+fn forward_hidden<'a, T: Real>(
+    be: &dyn Backend<T>,
+    (arch, slots, w): (&Arch, &[Slot], &[T]),
+    (acts, input): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>),
+    (pixels, rows): (&[u8], &[u32]),
+    path: Layer1Path,
+    mut done: impl FnMut(usize),
+) -> &'a [T] {
+    let b = rows.len();
+    let last = slots.len() - 1;
+    for (l, s) in slots[..last].iter().enumerate() {
+        let act = arch.layers[l].activation;
+        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let (below, here) = acts.split_at_mut(l);
+        let h = &mut here[0][..b * s.dims.n]; // (B, U_l)
+        if l == 0 {
+            be.input_forward(h, pixels, rows, kernel, bias, s.dims, act, path);
+        } else {
+            be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act, path);
+        }
+        done(l);
+    }
+    let k = slots[last].dims.k;
+    if last == 0 {
+        gather(&mut input[..b * k], pixels, rows, k);
+        &input[..b * k]
+    } else {
+        &acts[last - 1][..b * k]
+    }
+}
+
+/// A network that predicts, and nothing more: its weights in the
+/// backend's layout and one batch's activations. No gradients, no
+/// optimizer state, no labels: what `predict` and `serve` run. Its
+/// probabilities are bit-identical to those of a [`Model`]'s forward pass
+/// on the same backend (the same kernels, and the output layer's
+/// [`Backend::output_softmax`]).
+///
+/// The weights are shared (reference-counted) between a predictor and its
+/// [`Predictor::fork`]s, so a pool of them, one per thread, holds one copy.
+///
+/// ```
+/// use kiln::model::{Activation, Params, Predictor, Sequential};
+/// let arch = Sequential::new(4).dense(3, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
+/// let be = kiln::kernels::select("auto").unwrap();
+/// let mut p = Predictor::new(be, &Params::glorot(&arch, 1), 8);
+/// let probs = p.predict(&[0, 255, 7, 9, 255, 255, 0, 1]).unwrap(); // two images
+/// assert_eq!(probs.len(), 2);
+/// assert!((probs[0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+/// let mut other = p.fork(1); // another thread's, same weights
+/// assert_eq!(other.predict(&[0, 255, 7, 9]).unwrap()[0], probs[0]);
+/// ```
+pub struct Predictor<'b, T: Real = f32> {
+    be: &'b dyn Backend<T>,
+    weights: std::sync::Arc<Weights<T>>,
+    path: Layer1Path,
+    /// `(B, U_l)` outputs of the hidden layers.
+    acts: Vec<AlignedVec<T>>,
+    /// `(B, D)` the gathered input, only for a one-layer network.
+    input: AlignedVec<T>,
+    /// `(B, C)` probabilities.
+    p: AlignedVec<T>,
+    capacity: usize,
+}
+
+/// A network's weights in a backend's layout, read-only.
+struct Weights<T: Real> {
+    arch: Arch,
+    slots: Vec<Slot>,
+    values: AlignedVec<T>,
+}
+
+impl<'b, T: Real> Predictor<'b, T> {
+    /// A predictor of `params` on `be` for batches of up to `capacity`
+    /// images (at least 1; [`Predictor::predict`] takes any number, in
+    /// batches of that many).
+    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, capacity: usize) -> Self {
+        let (slots, len) = arena_slots(be, &params.arch);
+        let mut values = AlignedVec::zeroed(len);
+        pack_into(&slots, params, &mut values);
+        let weights = std::sync::Arc::new(Weights { arch: params.arch.clone(), slots, values });
+        Self::with_weights(be, weights, capacity)
+    }
+
+    fn with_weights(be: &'b dyn Backend<T>, weights: std::sync::Arc<Weights<T>>, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let arch = &weights.arch;
+        let hidden = &arch.layers[..arch.layers.len() - 1];
+        let buf = |w: usize| AlignedVec::zeroed(capacity * w);
+        Predictor {
+            be,
+            acts: hidden.iter().map(|d| buf(d.units)).collect(),
+            input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
+            p: buf(arch.classes()),
+            capacity,
+            path: Layer1Path::Auto,
+            weights,
+        }
+    }
+
+    /// Another predictor of the same weights (not copied) with activations
+    /// of its own for batches of up to `capacity`: one per thread.
+    pub fn fork(&self, capacity: usize) -> Self {
+        let mut p = Self::with_weights(self.be, std::sync::Arc::clone(&self.weights), capacity);
+        p.path = self.path;
+        p
+    }
+
+    /// The layers.
+    pub fn arch(&self) -> &Arch {
+        &self.weights.arch
+    }
+
+    /// Softmax probabilities `(B, C)` of rows `rows` of `pixels` (`(R, D)`
+    /// u8 images). Panics when there are more rows than the capacity or a
+    /// row is out of range.
+    pub fn probs(&mut self, pixels: &[u8], rows: &[u32]) -> &[T] {
+        let b = rows.len();
+        assert!(b <= self.capacity, "batch of {b} rows exceeds the capacity {}", self.capacity);
+        let Weights { arch, slots, values } = &*self.weights;
+        let a = forward_hidden(
+            self.be,
+            (arch, slots, values),
+            (&mut self.acts, &mut self.input),
+            (pixels, rows),
+            self.path,
+            |_| {},
+        );
+        let s = &slots[slots.len() - 1];
+        let p = &mut self.p[..b * s.dims.n];
+        self.be.output_softmax(p, a, &values[s.kernel.clone()], &values[s.bias.clone()], s.dims);
+        p
+    }
+
+    /// Softmax probabilities of every image of `pixels` (`N` images of `D`
+    /// u8 pixels, row-major), one `Vec` of `C` per image; an error when
+    /// `pixels` is not a whole number of images.
+    pub fn predict(&mut self, pixels: &[u8]) -> Result<Vec<Vec<T>>> {
+        let (d, c) = (self.arch().inputs, self.arch().classes());
+        ensure!(
+            pixels.len().is_multiple_of(d),
+            "{} pixels are not a whole number of images of {d} pixels (the model's input)",
+            pixels.len()
+        );
+        let rows: Vec<u32> = (0..(pixels.len() / d) as u32).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.capacity) {
+            out.extend(self.probs(pixels, chunk).chunks_exact(c).map(<[T]>::to_vec));
+        }
+        Ok(out)
+    }
+}
+
 /// The update of the range `r` of the arena `w`, with `r` of each used
 /// state slot.
 fn fused<'a, T: Real>(
@@ -840,11 +1002,11 @@ fn split_pair<'a, T>(v: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'a
     (&mut lo[a.clone()], &mut hi[..b.len()])
 }
 
-/// `out (B, D) := x[rows] / 255` (the input of a one-layer network).
-fn gather<T: Real>(out: &mut [T], batch: Batch<'_>, d: usize) {
+/// `out (B, D) := pixels[rows] / 255` (the input of a one-layer network).
+fn gather<T: Real>(out: &mut [T], pixels: &[u8], rows: &[u32], d: usize) {
     let lut = kiln_kernels::pixel_table::<T>();
-    for (o, &r) in out.chunks_exact_mut(d.max(1)).zip(batch.rows) {
-        let src = &batch.pixels[r as usize * d..(r as usize + 1) * d];
+    for (o, &r) in out.chunks_exact_mut(d.max(1)).zip(rows) {
+        let src = &pixels[r as usize * d..(r as usize + 1) * d];
         for (v, &p) in o.iter_mut().zip(src) {
             *v = lut[usize::from(p)];
         }
@@ -855,28 +1017,39 @@ fn gather<T: Real>(out: &mut [T], batch: Batch<'_>, d: usize) {
 /// row-major), computed with `params` on `be`, one `Vec` of `C` per image;
 /// an error when `pixels` is not a whole number of `D`-pixel images.
 pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Result<Vec<Vec<f32>>> {
-    let d = params.arch.inputs;
-    ensure!(
-        pixels.len().is_multiple_of(d),
-        "{} pixels are not a whole number of images of {d} pixels (the model's input)",
-        pixels.len()
-    );
-    let n = pixels.len() / d;
-    let capacity = n.clamp(1, 1024);
-    let mut model = Model::new(be, params, Optimizer::default(), capacity);
-    let labels = vec![0u8; n];
-    let rows: Vec<u32> = (0..n as u32).collect();
-    let mut out = Vec::with_capacity(n);
-    for chunk in rows.chunks(capacity) {
-        model.forward(Batch { pixels, labels: &labels, rows: chunk });
-        out.extend(model.probs(chunk.len()).chunks_exact(params.arch.classes()).map(<[f32]>::to_vec));
-    }
-    Ok(out)
+    let n = pixels.len() / params.arch.inputs;
+    Predictor::new(be, params, n.clamp(1, 1024)).predict(pixels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A predictor's probabilities are a training model's forward
+    /// probabilities, bit for bit, for one-layer and deeper networks, on
+    /// every backend, in batches of any size.
+    #[test]
+    fn a_predictor_gives_the_training_forwards_probabilities() {
+        let mut rng = Rng::new(3, Stream::InitKernel(0));
+        let pixels: Vec<u8> = (0..70 * 64).map(|_| (rng.next_f64() * 256.0) as u8 % 255).collect();
+        let labels = vec![0u8; 70];
+        for spec in ["4:softmax", "32:relu,4:softmax", "24:tanh,16:sigmoid,8:linear,4:softmax"] {
+            let arch = Arch::parse(spec, 64, 4).unwrap();
+            let params = Params::glorot(&arch, 5);
+            for name in kiln_kernels::available_backends() {
+                let be = kiln_kernels::select(name).unwrap();
+                let mut model = Model::new(be, &params, Optimizer::default(), 70);
+                let rows: Vec<u32> = (0..70).collect();
+                model.forward(Batch { pixels: &pixels, labels: &labels, rows: &rows });
+                let want: Vec<u32> = model.probs(70).iter().map(|v| v.to_bits()).collect();
+                for capacity in [1, 9, 70] {
+                    let got = Predictor::new(be, &params, capacity).predict(&pixels).unwrap();
+                    let got: Vec<u32> = got.iter().flatten().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "{spec} on {name}, capacity {capacity}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn parse_appends_the_output_layer_and_checks_every_rule() {

@@ -26,7 +26,7 @@
 //! run in parallel, further ones wait for a model, memory stays bounded,
 //! and no request repacks the weights).
 
-use crate::model::{Batch, Model, Params};
+use crate::model::{Arch, Params, Predictor};
 use crate::preprocess::{self, Invert, SIDE};
 use anyhow::{ensure, Context, Result};
 use axum::body::{Body, Bytes};
@@ -36,7 +36,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kiln_kernels::{Backend, RmsProp};
+use kiln_kernels::Backend;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -99,9 +99,11 @@ impl Default for Config {
 /// models ready to run, and the limits.
 pub struct Server {
     be: &'static dyn Backend<f32>,
-    params: Params<f32>,
+    /// The layers (the weights live in the predictors, once).
+    arch: Arch,
     meta: BTreeMap<String, String>,
-    pool: Mutex<Vec<Model<'static, f32>>>,
+    /// Predictors of one image each, sharing one copy of the weights.
+    pool: Mutex<Vec<Predictor<'static, f32>>>,
     /// One permit per model of the pool: a request holds one while it predicts.
     slots: Arc<tokio::sync::Semaphore>,
     /// One permit per KiB of [`Config::body_budget`].
@@ -138,20 +140,22 @@ impl Server {
             config.max_body
         );
         let workers = config.workers.max(1);
-        // Models for single images (their optimizer state is unused).
-        let pool = (0..workers).map(|_| Model::new(be, &params, RmsProp::default(), 1)).collect();
+        // Inference only: one copy of the weights, and a single image's
+        // activations per worker.
+        let first = Predictor::new(be, &params, 1);
+        let mut pool: Vec<_> = (1..workers).map(|_| first.fork(1)).collect();
+        pool.push(first);
         let slots = Arc::new(tokio::sync::Semaphore::new(workers));
         let bodies = Arc::new(tokio::sync::Semaphore::new(config.body_budget / 1024));
-        Ok(Arc::new(Server { be, params, meta, pool: Mutex::new(pool), slots, bodies, config }))
+        let arch = params.arch().clone();
+        Ok(Arc::new(Server { be, arch, meta, pool: Mutex::new(pool), slots, bodies, config }))
     }
 
     /// The probabilities of one preprocessed 28x28 input (the caller holds a
     /// permit of `slots`, so a model is free).
     fn predict(&self, pixels: &[u8]) -> Vec<f32> {
         let mut model = self.pool.lock().expect("pool lock").pop().expect("a permit guarantees a free model");
-        let labels = [0u8];
-        model.forward(Batch { pixels, labels: &labels, rows: &[0] });
-        let probs = model.probs(1).to_vec();
+        let probs = model.probs(pixels, &[0]).to_vec();
         self.pool.lock().expect("pool lock").push(model);
         probs
     }
@@ -176,7 +180,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn model_info(State(s): State<Arc<Server>>) -> Json<Value> {
-    let arch = s.params.arch();
+    let arch = &s.arch;
     Json(json!({
         "layers": arch.spec(),
         "inputs": arch.inputs(),

@@ -12,7 +12,9 @@
 //! splits are its own), unlike kiln's own backends.
 
 use crate::denormals::Flushed;
-use crate::shared::{activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows};
+use crate::shared::{
+    activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
+};
 use crate::{scalar, Activation, Backend, Dims, Layer1Path, Update, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
@@ -304,6 +306,15 @@ impl Backend<f32> for Blas {
         broadcast(p, b);
         self.sgemm(false, false, batch, n, k, h, w, 1.0, p);
         softmax_xent_rows(p, dz, labels, rows, n)
+    }
+
+    fn output_softmax(&self, p: &mut [f32], h: &[f32], w: &[f32], b: &[f32], d: Dims) {
+        let _flushed = Flushed::new();
+        let Dims { k, n } = d;
+        let Some(batch) = output_rows(p.len(), h.len(), b.len(), d) else { return };
+        broadcast(p, b);
+        self.sgemm(false, false, batch, n, k, h, w, 1.0, p);
+        softmax_rows(p, n);
     }
 
     fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {

@@ -13,8 +13,8 @@ use crate::gemm::Lhs;
 use crate::par;
 use crate::params::{HIDDEN_FORWARD_MAX_DENSITY, HIDDEN_GRAD_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
-    activate_rest, activation_backward, check_len, check_rows, column_sums, softmax_xent_row, softmax_xent_rows,
-    UPDATE_CHUNK,
+    activate_rest, activation_backward, check_len, check_rows, column_sums, output_rows, softmax_rows,
+    softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::simd::{Lister, Simd};
 use crate::sparse::{self, Csc, Csr};
@@ -1031,6 +1031,29 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             stats.correct += usize::from(hit);
         }
         stats
+    }
+
+    fn output_softmax(&self, p: &mut [f32], h: &[f32], w: &[f32], b: &[f32], d: Dims) {
+        let _flushed = Flushed::new();
+        let Dims { k, n } = d;
+        let Some(batch) = output_rows(p.len(), h.len(), b.len(), d) else { return };
+        check_len("W", w.len(), k * n);
+        let wt = transpose(w, k, n);
+        if k == 0 || batch <= LAYER2_ROWS {
+            // SAFETY: I was detected; shapes checked above.
+            unsafe { I::logits(p, h, &wt, b, k, n) };
+            return softmax_rows(p, n);
+        }
+        // Blocks of rows in parallel, as `output_softmax_xent` runs them.
+        let blocks = p.chunks_mut(LAYER2_ROWS * n).zip(h.chunks(LAYER2_ROWS * k));
+        par::run(blocks.collect(), |(pc, hc)| {
+            // Flushed on this worker thread too, as for training.
+            let _flushed = Flushed::new();
+            // SAFETY: I was detected; the blocks are whole rows of the
+            // shapes checked above.
+            unsafe { I::logits(pc, hc, &wt, b, k, n) };
+            softmax_rows(pc, n);
+        });
     }
 
     fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {

@@ -591,6 +591,11 @@ pub trait Backend<T: Real>: Sync {
         d: Dims,
     ) -> XentStats<T>;
 
+    /// `P (B,N) := softmax(A W + b)` (`W` row-major, `B = P.len() / N`;
+    /// nothing when `N = 0`): the output layer of inference, without labels
+    /// or loss; the same bits as [`Backend::output_softmax_xent`]'s `P`.
+    fn output_softmax(&self, p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims);
+
     /// `dW (K,N) := A^T dZ`, `db (N) := column sums of dZ` (`A` is `(B,K)`,
     /// `dW` row-major).
     fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims);

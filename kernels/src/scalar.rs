@@ -13,7 +13,8 @@ use crate::denormals::Flushed;
 use crate::optim::update_serial;
 use crate::par;
 use crate::shared::{
-    activation_backward, check_len, check_rows, column_sums, pixel_table, softmax_xent_rows, UPDATE_CHUNK,
+    activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
+    UPDATE_CHUNK,
 };
 use crate::{Activation, Backend, Dims, Layer1Path, Real, Update, XentStats};
 
@@ -98,6 +99,15 @@ pub fn output_softmax_xent<T: Real>(
     check_len("dZ", dz.len(), batch * n);
     forward(p, batch, w, b, d, Activation::Linear, |i, kk| a[i * k + kk]);
     softmax_xent_rows(p, dz, labels, rows, n)
+}
+
+/// `P (B,N) := softmax(A W + b)`: [`output_softmax_xent`]'s `P`, without
+/// labels (inference).
+pub fn output_softmax<T: Real>(p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims) {
+    let Dims { k, n } = d;
+    let Some(batch) = output_rows(p.len(), a.len(), b.len(), d) else { return };
+    forward(p, batch, w, b, d, Activation::Linear, |i, kk| a[i * k + kk]);
+    softmax_rows(p, n);
 }
 
 /// `dW (K,N) := A^T dZ` where row `i` of `A` (length K) is `a_at(i, ..)`; rows
@@ -276,6 +286,10 @@ impl<T: Real> Backend<T> for Scalar {
     ) -> XentStats<T> {
         let _flushed = Flushed::new();
         output_softmax_xent(p, dz, a, w, b, labels, rows, d)
+    }
+    fn output_softmax(&self, p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims) {
+        let _flushed = Flushed::new();
+        output_softmax(p, a, w, b, d)
     }
     fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims) {
         let _flushed = Flushed::new();

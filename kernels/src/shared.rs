@@ -66,13 +66,36 @@ pub fn softmax_xent_rows<T: Real>(p: &mut [T], dz: &mut [T], labels: &[u8], rows
     XentStats { loss_sum, correct }
 }
 
-/// Turns one row of logits (bias already added) into probabilities in place,
-/// writes its logit gradient `(p - onehot(y)) / batch` into `dz`, and returns
-/// the clipped cross-entropy `-ln clip(p[y])` and whether `argmax p == y`.
-pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) -> (T, bool) {
+/// The batch of an inference output layer, `B = P.len() / N`, with the
+/// lengths of `P (B, N)`, `A (B, K)` and `b (N)` checked; `None` when there
+/// are no classes (`N = 0`: nothing to compute).
+pub fn output_rows(p: usize, a: usize, b: usize, d: crate::Dims) -> Option<usize> {
+    let crate::Dims { k, n } = d;
+    if n == 0 {
+        return None;
+    }
+    let batch = p / n;
+    check_len("P", p, batch * n);
+    check_len("A", a, batch * k);
+    check_len("b", b, n);
+    Some(batch)
+}
+
+/// Turns every row of `p (B, N)`, logits with the bias added, into
+/// probabilities in place ([`softmax_row`]): the forward's end without a
+/// loss, for inference.
+pub fn softmax_rows<T: Real>(p: &mut [T], n: usize) {
+    for row in p.chunks_exact_mut(n.max(1)) {
+        softmax_row(row);
+    }
+}
+
+/// One row of logits into probabilities in place: `exp(z - max z)`, each
+/// divided by their sum. Training's and inference's softmax are this one
+/// function, so they give the same bits.
+pub fn softmax_row<T: Real>(p: &mut [T]) {
     // exp underflows for logits far below the row's maximum (see `denormals`).
     let _flushed = crate::denormals::Flushed::new();
-    let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
     let max = p.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
     let mut sum = T::zero();
     for v in p.iter_mut() {
@@ -82,6 +105,14 @@ pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) 
     for v in p.iter_mut() {
         *v = *v / sum;
     }
+}
+
+/// Turns one row of logits (bias already added) into probabilities in place,
+/// writes its logit gradient `(p - onehot(y)) / batch` into `dz`, and returns
+/// the clipped cross-entropy `-ln clip(p[y])` and whether `argmax p == y`.
+pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) -> (T, bool) {
+    let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
+    softmax_row(p);
     // Clip with comparisons, not `max`/`min`, so that a NaN probability
     // stays NaN (as in TensorFlow) instead of becoming a finite loss.
     let py = p[y];

@@ -724,3 +724,31 @@ fn ceilings_are_measured_by_instruction_set_backends_only() {
     }
     assert!(Backend::<f32>::ceilings(&Scalar, 0.002).is_none());
 }
+
+/// Inference's output layer (`output_softmax`, no labels) gives training's
+/// probabilities bit for bit, on every backend (the scalar one included),
+/// for every shape, batches above and below the parallel block size too.
+#[test]
+fn output_softmax_is_the_training_forwards_probabilities() {
+    let mut g = Gen(31);
+    let all: Vec<(&str, &dyn Backend<f32>)> =
+        backends_under_test().into_iter().chain(std::iter::once(("scalar", &Scalar as &dyn Backend<f32>))).collect();
+    for (name, be) in all {
+        for &(b, k, n) in SHAPES.iter().chain(&[(9, 30, 10), (1000, 64, 10), (17, 5, 1)]) {
+            let n = if n == 0 { 0 } else { n.min(10) };
+            let d = Dims { k, n };
+            let labels = vec![0u8; b];
+            let rows: Vec<u32> = (0..b as u32).collect();
+            let h: Vec<f32> = g.vec(b * k).iter().map(|v| v.max(0.0)).collect();
+            let (w, bias) = (g.vec(k * n), g.vec(n));
+            let (mut p0, mut dz) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
+            if n > 0 {
+                be.output_softmax_xent(&mut p0, &mut dz, &h, &w, &bias, &labels, &rows, d);
+            }
+            let mut p1 = vec![f32::NAN; b * n];
+            be.output_softmax(&mut p1, &h, &w, &bias, d);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p1), bits(&p0), "{name} {b}x{k}x{n}");
+        }
+    }
+}
