@@ -346,7 +346,7 @@ fn kernels(c: &mut Criterion) {
             let be: &dyn Backend<f32> = kiln_kernels::select(name).unwrap();
             for threads in [1, 2] {
                 let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let mut m = Model::new(be, &params, RmsProp::default(), B);
+                let mut m = Model::new(be, &params, RmsProp::default()).unwrap();
                 let batch = Batch { pixels: &inp.x, labels: &inp.labels, rows: &inp.rows };
                 g.bench_function(BenchmarkId::new(*name, format!("{short}/t{threads}")), |bch| {
                     tp.install(|| bch.iter(|| black_box(m.train_step(batch).is_ok())))
@@ -370,7 +370,7 @@ fn epochs(c: &mut Criterion) {
         for threads in [1, 2] {
             let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let arch = Arch::parse("512:relu,10:softmax", D, C).unwrap();
-            let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), B);
+            let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
             let train = Samples::from(&ds.train);
             g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bch| {
                 tp.install(|| {

@@ -51,7 +51,7 @@ fn main() {
         Dataset::load(&kiln::data::default_data_dir(), &kiln::data::default_cache_dir()).expect("the vendored MNIST");
     let be = kiln_kernels::select("auto").unwrap();
     let arch = Arch::parse("512:relu", 784, 10).unwrap();
-    let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
+    let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
     fit(&mut m, Samples::from(&ds.train), &Config { epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
     let server = Server::new(be, m.params(), Default::default(), Default::default()).unwrap();
     let png = {

@@ -51,7 +51,7 @@ fn main() -> Result<()> {
     let order = epoch_order(ds.train.len(), 1, 0);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let arch = Arch::parse("512:relu,10:softmax", data.width(), 10)?;
-    let mut model = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
+    let mut model = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default())?;
     let start = Instant::now();
     let loss = pool.install(|| run_steps(&mut model, &data, &order, steps, slowdown));
     let seconds = start.elapsed().as_secs_f64();

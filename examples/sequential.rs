@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     println!("{}", arch.summary());
 
     let be = kiln_kernels::select("auto")?;
-    let mut model = Model::new(be, &Params::glorot(&arch, 7), Adam::default(), 400);
+    let mut model = Model::new(be, &Params::glorot(&arch, 7), Adam::default())?;
     let early_stopping = Some(EarlyStopping { patience: 3, restore_best: true });
     let cfg = Config { epochs: 12, batch_size: 32, seed: 7, early_stopping, ..Config::default() };
     let mut progress = Progress::default();

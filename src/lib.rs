@@ -9,7 +9,7 @@
 //! let data = Samples::new(&pixels, &labels, 2).unwrap();
 //! let arch = Sequential::new(2).dense(8, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
 //! let be = kiln::kernels::select("auto").unwrap();
-//! let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln::kernels::RmsProp { lr: 0.05, ..Default::default() }, 4);
+//! let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln::kernels::RmsProp { lr: 0.05, ..Default::default() }).unwrap();
 //! let cfg = Config { epochs: 30, batch_size: 4, ..Config::default() };
 //! fit(&mut model, data, &cfg, |_| {}, |_| {}).unwrap();
 //! assert_eq!(evaluate(&mut model, data).unwrap().acc, 1.0);

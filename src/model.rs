@@ -494,10 +494,24 @@ pub struct Model<'b, T: Real> {
 
 impl<'b, T: Real> Model<'b, T> {
     /// A model running on `be`, starting from `params`, updated by `opt`
-    /// (its state at zero, no update done yet), for batches of at most
-    /// `batch_capacity` rows (at least 1).
-    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: impl Into<Optimizer>, batch_capacity: usize) -> Self {
+    /// (its state at zero, no update done yet); an error naming the
+    /// argument when one of `opt`'s hyper-parameters cannot train (a NaN or
+    /// negative learning rate, a decay outside [0, 1), ...). Its
+    /// activations grow to the largest batch it is given.
+    ///
+    /// ```
+    /// use kiln::kernels::RmsProp;
+    /// use kiln::model::{Activation, Model, Params, Sequential};
+    /// let arch = Sequential::new(4).dense(2, Activation::Softmax).build().unwrap();
+    /// let be = kiln::kernels::select("auto").unwrap();
+    /// assert!(Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).is_ok());
+    /// let nan = RmsProp { lr: f64::NAN, ..RmsProp::default() };
+    /// let err = Model::new(be, &Params::glorot(&arch, 1), nan).err().unwrap();
+    /// assert!(err.to_string().contains("learning_rate"), "{err}");
+    /// ```
+    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: impl Into<Optimizer>) -> Result<Self> {
         let opt = opt.into();
+        opt.check().map_err(|e| anyhow::anyhow!("{}: {e}", opt.name()))?;
         let arch = params.arch.clone();
         let last = arch.layers.len() - 1;
         let (slots, at) = arena_slots(be, &arch);
@@ -517,12 +531,22 @@ impl<'b, T: Real> Model<'b, T> {
                 backward: vec![Duration::ZERO; last + 1],
                 update: Duration::ZERO,
             },
-            ws: Workspace::new(&arch, batch_capacity.max(1)),
+            ws: Workspace::new(&arch, 0),
             slots,
             arch,
         };
         model.set_params(params);
-        model
+        Ok(model)
+    }
+
+    /// Grows the activations to hold a batch of `b` rows, once per larger
+    /// batch (the kernels' copy, sized on use, is kept).
+    fn hold(&mut self, b: usize) {
+        if b > self.ws.capacity {
+            let copy = std::mem::replace(&mut self.ws.kernel_copy, AlignedVec::zeroed(0));
+            self.ws = Workspace::new(&self.arch, b);
+            self.ws.kernel_copy = copy;
+        }
     }
 
     /// The same model, with the treatment of zero inputs chosen: the input
@@ -576,7 +600,8 @@ impl<'b, T: Real> Model<'b, T> {
         &self.times
     }
 
-    /// The largest batch this model's workspace holds.
+    /// The largest batch this model's activations hold now (the largest
+    /// it has been given; they grow as needed).
     pub fn batch_capacity(&self) -> usize {
         self.ws.capacity
     }
@@ -641,11 +666,11 @@ impl<'b, T: Real> Model<'b, T> {
     }
 
     /// Forward pass only: probabilities of `batch` into the workspace, and
-    /// the summed loss and correct count. Panics when the batch exceeds the
-    /// capacity, a row is out of range or a label is not below `C`.
+    /// the summed loss and correct count. Panics when a row is out of range
+    /// or a label is not below `C`.
     pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
         let b = batch.rows.len();
-        assert!(b <= self.ws.capacity, "batch of {b} rows exceeds the capacity {}", self.ws.capacity);
+        self.hold(b);
         let last = self.slots.len() - 1;
         let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
         let Workspace { acts, input, p, dz, .. } = &mut self.ws;
@@ -1038,7 +1063,7 @@ mod tests {
             let params = Params::glorot(&arch, 5);
             for name in kiln_kernels::available_backends() {
                 let be = kiln_kernels::select(name).unwrap();
-                let mut model = Model::new(be, &params, Optimizer::default(), 70);
+                let mut model = Model::new(be, &params, Optimizer::default()).unwrap();
                 let rows: Vec<u32> = (0..70).collect();
                 model.forward(Batch { pixels: &pixels, labels: &labels, rows: &rows });
                 let want: Vec<u32> = model.probs(70).iter().map(|v| v.to_bits()).collect();
@@ -1094,14 +1119,14 @@ mod tests {
         let batch = Batch { pixels: &pixels, labels: &labels, rows: &rows };
         let sgd = |lr| Optimizer::Sgd(Sgd { lr, ..Sgd::default() });
         let sched = Schedule::Exponential { decay_steps: 1, rate: 0.5 };
-        let mut scheduled = Model::new(be, &params, sgd(0.1), 10).with_schedule(sched);
-        let mut constant = Model::new(be, &params, sgd(0.1), 10);
+        let mut scheduled = Model::new(be, &params, sgd(0.1)).unwrap().with_schedule(sched);
+        let mut constant = Model::new(be, &params, sgd(0.1)).unwrap();
         scheduled.train_step(batch).unwrap();
         constant.train_step(batch).unwrap();
         assert_eq!(scheduled.params().values(), constant.params().values(), "step 0 runs at the initial rate");
         let second_rate = f64::from(sched.lr::<f32>(0.1, 1));
         assert_eq!(second_rate, f64::from(0.1f32 * 0.5));
-        let mut by_hand = Model::new(be, &constant.params(), sgd(second_rate), 10);
+        let mut by_hand = Model::new(be, &constant.params(), sgd(second_rate)).unwrap();
         scheduled.train_step(batch).unwrap();
         by_hand.train_step(batch).unwrap();
         constant.train_step(batch).unwrap();

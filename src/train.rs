@@ -453,12 +453,12 @@ pub fn fit(
 /// let stop = Some(EarlyStopping { patience: 2, restore_best: false });
 /// let cfg = |epochs| Config { epochs, batch_size: 16, early_stopping: stop, ..Config::default() };
 /// // Four epochs in one go ...
-/// let mut whole = Model::new(be, &init, Adam::default(), 16);
+/// let mut whole = Model::new(be, &init, Adam::default()).unwrap();
 /// let mut p = Progress::default();
 /// fit_with(&mut whole, train, Some(val), &cfg(4), &mut p, |_| {}, |_, _, _| Ok(())).unwrap();
 /// assert!(p.reports.iter().all(|r| r.val_loss.is_some()));
 /// // ... or two, then two more from where they stopped: the same weights.
-/// let mut split = Model::new(be, &init, Adam::default(), 16);
+/// let mut split = Model::new(be, &init, Adam::default()).unwrap();
 /// let mut q = Progress::default();
 /// fit_with(&mut split, train, Some(val), &cfg(2), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
 /// fit_with(&mut split, train, Some(val), &cfg(4), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
@@ -484,12 +484,6 @@ pub fn fit_with(
         "early stopping watches val_loss and needs validation data (--validation-split or --validate-on-test)"
     );
     let n = data.len();
-    ensure!(
-        cfg.batch_size.min(n) <= model.batch_capacity(),
-        "batches of {} images do not fit a model built for batches of at most {} (Model::new's batch_capacity)",
-        cfg.batch_size.min(n),
-        model.batch_capacity()
-    );
     ensure!(progress.at <= n, "the progress is {} images into a pass over {n}", progress.at);
     let per_pass = n.div_ceil(cfg.batch_size);
     let steps = cfg.steps_per_epoch.unwrap_or(per_pass);
@@ -610,16 +604,22 @@ impl Evaluation {
     }
 }
 
+/// Rows [`evaluate`] runs at once, at least.
+pub const EVAL_ROWS: usize = 1000;
+
 /// Loss, accuracy and predictions of `model` on all of `data`, in order, in
-/// batches of the model's capacity; an error when the data does not fit
-/// the model ([`Samples::check_fits`]).
+/// chunks of [`EVAL_ROWS`] rows (or the largest batch the model has
+/// trained on, when larger); an error when the data does not fit the
+/// model ([`Samples::check_fits`]).
 pub fn evaluate(model: &mut Model<'_, f32>, data: Samples<'_>) -> Result<Evaluation> {
     data.check_fits(model)?;
     let rows: Vec<u32> = (0..data.len() as u32).collect();
     let classes = model.arch().classes();
     let mut run = Running::default();
     let mut predicted = Vec::with_capacity(data.len());
-    for chunk in rows.chunks(model.batch_capacity()) {
+    // The rows evaluated at once: `EVAL_ROWS`, or the training batch when
+    // larger (the loss is summed a chunk at a time, so this fixes its bits).
+    for chunk in rows.chunks(model.batch_capacity().max(EVAL_ROWS)) {
         let st = model.forward(data.batch(chunk));
         run.add(st, chunk.len());
         predicted.extend(model.probs(chunk.len()).chunks_exact(classes).map(|p| kiln_kernels::argmax(p) as u8));
@@ -636,7 +636,7 @@ mod tests {
     fn samples_that_do_not_fit_the_model_are_errors_naming_them() {
         let be = kiln_kernels::select("scalar").unwrap();
         let arch = Arch::parse("4:relu", 2, 3).unwrap();
-        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default(), 8);
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default()).unwrap();
         let labels = [0u8, 5, 1];
         let s = Samples::new(&[1, 2, 3, 4, 5, 6], &labels, 2).unwrap().named("labels.idx");
         let e = evaluate(&mut model, s).unwrap_err().to_string();
@@ -648,12 +648,10 @@ mod tests {
         assert!(e.contains("images.idx: images of 3 pixels, but the model reads 2"), "{e}");
         let e = fit(&mut model, s, &Config { steps_per_epoch: Some(0), ..Config::default() }, |_| {}, |_| {});
         assert!(e.unwrap_err().to_string().contains("Config::steps_per_epoch must be at least 1"));
+        // Any batch size fits: the model's activations grow to it, once.
         let good = Samples::new(&[0; 40], &[0; 20], 2).unwrap();
-        let e = fit(&mut model, good, &Config { batch_size: 16, ..Config::default() }, |_| {}, |_| {});
-        assert!(e
-            .unwrap_err()
-            .to_string()
-            .contains("batches of 16 images do not fit a model built for batches of at most 8"));
+        fit(&mut model, good, &Config { batch_size: 16, epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
+        assert_eq!(model.batch_capacity(), 16);
     }
 
     #[test]
@@ -662,7 +660,7 @@ mod tests {
         // of 2 steps take 8, then 2 + 4 (a new pass), then 4 + 2 images.
         let be = kiln_kernels::select("scalar").unwrap();
         let arch = Arch::parse("3:relu", 2, 2).unwrap();
-        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default(), 4);
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), kiln_kernels::Optimizer::default()).unwrap();
         let pixels: Vec<u8> = (0..20).collect();
         let labels: Vec<u8> = (0..10).map(|i| i % 2).collect();
         let s = Samples::new(&pixels, &labels, 2).unwrap();
@@ -701,7 +699,7 @@ mod tests {
             (0..120).map(|i| if i < 100 { u8::from(pixels[i * 4] > 127) } else { (i % 2) as u8 }).collect();
         let (train, val) = Samples::new(&pixels, &labels, 4).unwrap().validation_split(1.0 / 6.0).unwrap();
         let opt = kiln_kernels::RmsProp { lr: 0.05, ..Default::default() };
-        let mut model = Model::new(be, &Params::glorot(&arch, 1), opt, 20);
+        let mut model = Model::new(be, &Params::glorot(&arch, 1), opt).unwrap();
         let es = Some(EarlyStopping { patience: 3, restore_best: true });
         let cfg = Config { epochs: 40, batch_size: 20, early_stopping: es, ..Config::default() };
         let mut progress = super::Progress::default();

@@ -18,7 +18,7 @@ fn train(be: &dyn Backend<f32>, layers: &str) -> Params<f32> {
     let (images, labels) = (g.u8("images"), g.u8("labels"));
     let rows: Vec<u32> = (0..384).collect();
     let arch = Arch::parse(layers, 784, 10).unwrap();
-    let mut m = Model::new(be, &Params::glorot(&arch, 7), RmsProp::default(), BATCH);
+    let mut m = Model::new(be, &Params::glorot(&arch, 7), RmsProp::default()).unwrap();
     for s in 0..STEPS {
         let r = &rows[(s * BATCH) % 384..(s * BATCH) % 384 + BATCH];
         m.train_step(Batch { pixels: &images, labels: &labels, rows: r }).expect("finite loss");
@@ -115,8 +115,8 @@ fn fused_update_is_bit_identical_to_gradient_then_update() {
                 let b = Batch { pixels: &images, labels: &labels, rows: &rows };
                 let params = Params::glorot(&Arch::parse(layers, 784, 10).unwrap(), 3);
                 for opt in optimizers() {
-                    let mut fused = Model::new(be, &params, opt, batch);
-                    let mut split = Model::new(be, &params, opt, batch);
+                    let mut fused = Model::new(be, &params, opt).unwrap();
+                    let mut split = Model::new(be, &params, opt).unwrap();
                     for _ in 0..3 {
                         fused.train_step(b).unwrap();
                         split.forward_backward(b);
@@ -183,7 +183,7 @@ fn no_optimizer_state_ever_holds_a_subnormal() {
             for path in [Layer1Path::Dense, Layer1Path::Sparse] {
                 for opt in opts {
                     let what = format!("{name}, {threads} threads, {path:?}, {}", opt.describe());
-                    let mut m = Model::new(be, &Params::glorot(&arch, 3), opt, 16).with_layer1_path(path);
+                    let mut m = Model::new(be, &Params::glorot(&arch, 3), opt).unwrap().with_layer1_path(path);
                     let mut smallest = f32::INFINITY;
                     for s in 0..200 {
                         let r = if s == 0 { &rows[..16] } else { &rows[16 + (s % 3) * 16..32 + (s % 3) * 16] };

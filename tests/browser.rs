@@ -174,7 +174,7 @@ fn drawn_digits_are_read_right_in_a_real_browser() {
     let ds = Dataset::load(&kiln::data::default_data_dir(), &std::env::temp_dir().join("kiln-test-cache")).unwrap();
     let be = kiln_kernels::select("auto").unwrap();
     let arch = Arch::parse("512:relu", 784, 10).unwrap();
-    let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
+    let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
     fit(&mut m, Samples::from(&ds.train), &Config { epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
     let server = Server::new(be, m.params(), Default::default(), Default::default()).unwrap();
     let addr = kiln::serve::spawn_local(server).unwrap();

@@ -275,7 +275,7 @@ impl Case {
 fn check_every_tensor(spec: &str, seed: u64) -> usize {
     let case = Case::new(spec, seed);
     let arch = case.arch().clone();
-    let mut model = Model::new(&Scalar, &case.params, RmsProp::default(), BATCH);
+    let mut model = Model::new(&Scalar, &case.params, RmsProp::default()).unwrap();
     let base = case.reference(&case.params);
     let analytic = case.analytic(&mut model, &base);
     // Exactly: a pixel dark in every row gives its kernel row no gradient.
@@ -333,7 +333,7 @@ fn every_activation_gradients_match_central_differences_in_f64() {
 fn gradient_check_detects_a_wrong_gradient_in_every_tensor() {
     for (spec, seed) in [("16:relu", 11), ("12:tanh,8:sigmoid,6:linear,5:relu", 12)] {
         let case = Case::new(spec, seed);
-        let mut model = Model::new(&Scalar, &case.params, RmsProp::default(), BATCH);
+        let mut model = Model::new(&Scalar, &case.params, RmsProp::default()).unwrap();
         let base = case.reference(&case.params);
         let analytic = case.analytic(&mut model, &base);
         for t in Tensor::all(case.arch()) {
@@ -370,7 +370,7 @@ fn a_coordinate_across_a_relu_kink_is_skipped() {
         case.params.bias_mut(l)[j] -= z[j] - H / 4.0;
         let base = case.reference(&case.params);
         assert!(base.z[l][j] > 0.0 && base.z[l][j] < H / 2.0, "z = {}", base.z[l][j]);
-        let mut model = Model::new(&Scalar, &case.params, RmsProp::default(), BATCH);
+        let mut model = Model::new(&Scalar, &case.params, RmsProp::default()).unwrap();
         let analytic = case.analytic(&mut model, &base);
         let t = Tensor::Bias(l);
         let r = case.check(&mut model, &base, &analytic, t, &[j]);

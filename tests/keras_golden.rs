@@ -51,7 +51,7 @@ fn replay(name: &str, tol: f64, blas_tol: f64) -> f64 {
         let tol = if backend == "blas" { blas_tol } else { tol };
         for path in [Layer1Path::Dense, Layer1Path::Sparse] {
             let be = kiln_kernels::select(backend).unwrap();
-            let mut model = Model::new(be, &g.params(0), opt, 128).with_layer1_path(path);
+            let mut model = Model::new(be, &g.params(0), opt).unwrap().with_layer1_path(path);
             let mut worst = 0f64;
             for step in 0..3 {
                 let rows = &all_rows[step * 128..(step + 1) * 128];
@@ -118,7 +118,7 @@ fn reproduces_keras_tanh_sigmoid_forward() {
     let rows: Vec<u32> = (0..128).collect();
     for backend in backends_under_test() {
         let be = kiln_kernels::select(backend).unwrap();
-        let mut model = Model::new(be, &g.params(0), RmsProp::default(), 128);
+        let mut model = Model::new(be, &g.params(0), RmsProp::default()).unwrap();
         let stats = model.forward(Batch { pixels: &images, labels: &labels, rows: &rows });
         let mut worst = 0f64;
         check("probs.step0", backend, model.probs(128), &probs0, &mut worst, TOL);
@@ -138,7 +138,7 @@ fn golden_comparison_detects_small_deviations() {
     let rows: Vec<u32> = (0..128).collect();
     let be = kiln_kernels::select("scalar").unwrap();
     let opt = RmsProp { lr: 1.01e-3, ..RmsProp::default() };
-    let mut model = Model::new(be, &g.params(0), opt, 128);
+    let mut model = Model::new(be, &g.params(0), opt).unwrap();
     model.train_step(Batch { pixels: &images, labels: &labels, rows: &rows }).unwrap();
     for l in 0..3 {
         let e = rel_err(model.params().kernel(l), g.params(1).kernel(l));

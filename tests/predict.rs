@@ -19,7 +19,7 @@ fn trained() -> &'static (Params<f32>, Dataset) {
         let ds = Dataset::load(&kiln::data::default_data_dir(), &cache).unwrap();
         let be = kiln_kernels::select("auto").unwrap();
         let arch = Arch::parse("512:relu", 784, 10).unwrap();
-        let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
+        let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
         for epoch in 0..3 {
             for rows in epoch_order(ds.train.len(), 1, epoch).chunks(128) {
                 m.train_step(Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows }).unwrap();

@@ -57,7 +57,7 @@ fn extreme_inputs_train_without_nan() {
         for name in kiln_kernels::available_backends() {
             let be = kiln_kernels::select(name).unwrap();
             let arch = Arch::parse("32:relu,16:sigmoid", 784, 10).unwrap();
-            let mut m = Model::new(be, &Params::glorot(&arch, 5), RmsProp::default(), 64);
+            let mut m = Model::new(be, &Params::glorot(&arch, 5), RmsProp::default()).unwrap();
             for step in 0..30 {
                 let st = m.train_step(Batch { pixels: &pixels, labels: &labels, rows: &rows });
                 let st = st.unwrap_or_else(|_| panic!("{name}: non-finite loss at step {step} with pixels {fill}"));

@@ -32,7 +32,7 @@ fn fixture() -> &'static Fixture {
         let ds = Dataset::load(&kiln::data::default_data_dir(), &std::env::temp_dir().join("kiln-test-cache")).unwrap();
         let be = kiln_kernels::select("auto").unwrap();
         let arch = Arch::parse("128:relu", 784, 10).unwrap();
-        let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default(), 128);
+        let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
         fit(&mut m, Samples::from(&ds.train), &Config { epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
         let model = dir.path().join("model.safetensors");
         kiln::checkpoint::save(&model, &m.params(), &Default::default()).unwrap();

@@ -485,8 +485,7 @@ fn train_and_save(
         if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() },
         train_data.len()
     ));
-    let capacity = model_capacity(cfg, data);
-    let mut model = Model::new(be, init, *opt, capacity).with_layer1_path(*layer1).with_schedule(*schedule);
+    let mut model = Model::new(be, init, *opt)?.with_layer1_path(*layer1).with_schedule(*schedule);
     // What a resumed run must share with the checkpoint it resumes.
     let run_settings = || -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
