@@ -260,7 +260,7 @@ fn arch_of(meta: &BTreeMap<String, String>, path: &Path) -> Result<Arch> {
         meta.get(key)
             .and_then(|h| h.parse().ok())
             .filter(|&h: &usize| h > 0)
-            .ok_or_else(|| fail(format!("metadata `{key}` is {:?}, expected a positive integer", meta.get(key))))
+            .ok_or_else(|| fail(format!("metadata `{key}` is {}, expected a positive integer", shown(meta.get(key)))))
     };
     match meta.get("format").map(String::as_str) {
         Some(FORMAT) => {
@@ -272,8 +272,41 @@ fn arch_of(meta: &BTreeMap<String, String>, path: &Path) -> Result<Arch> {
             let hidden = number("hidden")?;
             Arch::parse(&format!("{hidden}:relu,10:softmax"), 784, 10).map_err(|e| fail(format!("{e:#}")))
         }
-        other => bail!(fail(format!("metadata `format` is {other:?}, expected \"{FORMAT}\" (or \"{FORMAT_V1}\")"))),
+        other => bail!(fail(format!(
+            "metadata `format` is {}, expected \"{FORMAT}\" (or \"{FORMAT_V1}\")",
+            shown(other.map(str::to_string).as_ref())
+        ))),
     }
+}
+
+/// A run setting of a checkpoint as its flag would say it: `--seed 2`,
+/// `--validation-split 0.1`, `--steps-per-epoch 3`, `no --early-stopping`.
+fn setting(key: &str, value: Option<&String>) -> String {
+    let Some(v) = value else { return format!("no {key}") };
+    let inner = v.strip_prefix("Some(").and_then(|r| r.strip_suffix(')'));
+    match (key, v.as_str()) {
+        ("validation", "None") => "no validation".into(),
+        ("validation", "Test") => "--validate-on-test".into(),
+        ("validation", s) => match s.strip_prefix("Split(").and_then(|r| r.strip_suffix(')')) {
+            Some(f) => format!("--validation-split {f}"),
+            None => format!("validation {s}"),
+        },
+        (_, "None") => format!("no {key}"),
+        ("--early-stopping", _) => {
+            let field = |name: &str| v.split(name).nth(1).and_then(|r| r.split([',', ' ', '}']).nth(1)).unwrap_or("?");
+            let restore = if field("restore_best:") == "true" { " --restore-best" } else { "" };
+            format!("--early-stopping {}{restore}", field("patience:"))
+        }
+        ("--no-shuffle", "true") => "--no-shuffle".into(),
+        ("--no-shuffle", _) => "shuffling".into(),
+        (k, _) if !k.starts_with("--") => format!("{k} {v}"),
+        (k, _) => format!("{k} {}", inner.unwrap_or(v)),
+    }
+}
+
+/// A metadata value for an error message: `"value"`, or `missing`.
+fn shown(v: Option<&String>) -> String {
+    v.map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
 }
 
 /// Loads and validates a model file written by [`save`]. Every failure is
@@ -396,8 +429,8 @@ pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> 
     let c = parse(&bytes, path)?;
     if c.meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         bail!(fail(format!(
-            "metadata `format` is {:?}, expected \"{CHECKPOINT_FORMAT}\" (a checkpoint written by train --checkpoint)",
-            c.meta.get("format")
+            "metadata `format` is {}, expected \"{CHECKPOINT_FORMAT}\" (a checkpoint written by train --checkpoint)",
+            shown(c.meta.get("format"))
         )));
     }
     let meta = |key: &str| c.meta.get(key).ok_or_else(|| fail(format!("metadata `{key}` is missing")));
@@ -411,14 +444,24 @@ pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> 
     }
     let saved: BTreeMap<String, String> =
         serde_json::from_str(meta("run")?).map_err(|e| fail(format!("metadata `run` is not a JSON map ({e})")))?;
-    for key in saved.keys().chain(run.keys()) {
+    // The flags first (`--init` last of them: it names the seed too, which
+    // `--seed` says better), then what follows from them (validation, the
+    // data's fingerprints), so the first difference named is the cause.
+    let rank = |k: &str| match k {
+        "--init" => 1,
+        k if k.starts_with("--") => 0,
+        "validation" => 2,
+        _ => 3,
+    };
+    let mut keys: Vec<&String> = saved.keys().chain(run.keys()).collect();
+    keys.sort_by_key(|k| (rank(k), k.as_str()));
+    for key in keys {
         let (a, b) = (saved.get(key), run.get(key));
         if a != b {
-            let show = |v: Option<&String>| v.map_or("(nothing)".to_string(), |v| v.clone());
             bail!(fail(format!(
-                "the checkpoint was made with {key} {}, but this run has {key} {}; resume with the same settings",
-                show(a),
-                show(b)
+                "the checkpoint was made with {}, but this run has {}; resume with the same settings",
+                setting(key, a),
+                setting(key, b)
             )));
         }
     }

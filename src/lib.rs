@@ -105,6 +105,32 @@ macro_rules! outln {
     };
 }
 
+/// `e` on one line: its message and its causes, joined by `: ` as
+/// `{e:#}` does, but without a cause that repeats what is already said (an
+/// `io::Error` or an image decoder's error often carries its own message as
+/// its source too: "Is a directory (os error 21): Is a directory (os error
+/// 21)").
+///
+/// ```
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+/// let e = anyhow::Error::new(io).context("m.safetensors: cannot write");
+/// assert_eq!(kiln::error_line(&e), "m.safetensors: cannot write: disk full");
+/// ```
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[doc(hidden)]
 /// The exit of a command-line tool: success when `result` is `Ok(true)`;
 /// `Ok(false)` (some inputs failed, already reported) and errors (printed
@@ -114,7 +140,7 @@ pub fn exit_code(result: anyhow::Result<bool>) -> std::process::ExitCode {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

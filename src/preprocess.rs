@@ -76,10 +76,10 @@ pub fn decode_gray(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<(Vec<f3
     let mut decoder = reader.into_decoder().with_context(|| format!("{}: cannot decode", path.display()))?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
-        bail!("{}: the image is empty ({w}x{h})", path.display());
+        bail!("{}: the image is empty ({h}x{w})", path.display());
     }
     if u64::from(w) * u64::from(h) > max_pixels {
-        bail!("{}: {w}x{h} pixels is more than the {max_pixels} accepted", path.display());
+        bail!("{}: {h}x{w} pixels (rows x columns) is more than the {max_pixels} accepted", path.display());
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).with_context(|| format!("{}: corrupt image data", path.display()))?;

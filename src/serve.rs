@@ -259,7 +259,7 @@ async fn predict(
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the prediction failed ({e})")))?;
-    answer.map(Json).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e:#}")))
+    answer.map(Json).map_err(|e| ApiError(StatusCode::BAD_REQUEST, crate::error_line(&e)))
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

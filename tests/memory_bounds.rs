@@ -73,6 +73,6 @@ fn decoding_the_largest_image_accepted_stays_within_its_bound() {
     let huge = d.path().join("huge.png");
     std::fs::write(&huge, png16(7000, 7000, |_, _| false)).unwrap();
     let (ok, err, peak) = predict(&[Path::new("--model"), &m, &huge]);
-    assert!(!ok && err.contains("7000x7000 pixels is more than the 16777216 accepted"), "{err}");
+    assert!(!ok && err.contains("7000x7000 pixels (rows x columns) is more than the 16777216 accepted"), "{err}");
     assert!(peak < 64 << 20, "refused from its header: peak {} MB", peak >> 20);
 }

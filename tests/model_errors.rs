@@ -374,23 +374,23 @@ fn metadata_is_checked() {
     let d = tempfile::tempdir().unwrap();
     let t = v1_tensors();
     let e = error(&write(d.path(), &t, Some(&[("hidden", "8")])));
-    assert_contains(&e, "metadata `format` is None, expected \"kiln-sequential-v1\" (or \"kiln-mlp-v1\")");
-    assert_contains(&error(&write(d.path(), &t, None)), "metadata `format` is None");
+    assert_contains(&e, "metadata `format` is missing, expected \"kiln-sequential-v1\" (or \"kiln-mlp-v1\")");
+    assert_contains(&error(&write(d.path(), &t, None)), "metadata `format` is missing");
     let e = error(&write(d.path(), &t, Some(&[("format", "kiln-mlp-v2")])));
-    assert_contains(&e, "metadata `format` is Some(\"kiln-mlp-v2\")");
+    assert_contains(&e, "metadata `format` is \"kiln-mlp-v2\"");
     let e = error(&write(d.path(), &t, Some(&[("format", "kiln-mlp-v1"), ("hidden", "eight")])));
-    assert_contains(&e, "metadata `hidden` is Some(\"eight\"), expected a positive integer");
+    assert_contains(&e, "metadata `hidden` is \"eight\", expected a positive integer");
     let e = error(&write(d.path(), &t, Some(&[("format", "kiln-mlp-v1")])));
-    assert_contains(&e, "metadata `hidden` is None, expected a positive integer");
+    assert_contains(&e, "metadata `hidden` is missing, expected a positive integer");
     let (f, l, i, c) = (("format", FORMAT), ("layers", "8:relu"), ("inputs", "784"), ("classes", "10"));
     assert_contains(&error(&write(d.path(), &t, Some(&[f, i, c]))), "metadata `layers` is missing");
     assert_contains(
         &error(&write(d.path(), &t, Some(&[f, l, c]))),
-        "metadata `inputs` is None, expected a positive integer",
+        "metadata `inputs` is missing, expected a positive integer",
     );
     let e = error(&write(d.path(), &t, Some(&[f, l, ("inputs", "0"), c])));
-    assert_contains(&e, "metadata `inputs` is Some(\"0\"), expected a positive integer");
-    assert_contains(&error(&write(d.path(), &t, Some(&[f, l, i]))), "metadata `classes` is None");
+    assert_contains(&e, "metadata `inputs` is \"0\", expected a positive integer");
+    assert_contains(&error(&write(d.path(), &t, Some(&[f, l, i]))), "metadata `classes` is missing");
     let e = error(&write(d.path(), &t, Some(&[f, ("layers", "8:gelu"), i, c])));
     assert_contains(&e, "metadata `layers`: ");
     assert_contains(&e, "unknown activation `gelu`");
@@ -418,7 +418,7 @@ fn load_init_accepts_a_file_without_metadata() {
     assert_eq!(got, Params::from_vec(&init_arch(), want).unwrap());
     assert_eq!(got.kernel(2)[7], 4.0 + 7.0 / 65536.0);
     // `load` needs the metadata that says what the file is.
-    assert_contains(&error(&p), "metadata `format` is None");
+    assert_contains(&error(&p), "metadata `format` is missing");
 }
 
 #[test]

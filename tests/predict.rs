@@ -163,7 +163,10 @@ fn empty_files_and_decompression_bombs_are_clear_errors() {
     GrayImage::new(8000, 8000).save(&bomb).unwrap();
     assert!(std::fs::metadata(&bomb).unwrap().len() < 1_000_000, "a bomb is small on disk");
     let e = format!("{:#}", load_gray(&bomb).unwrap_err());
-    assert!(e.contains("bomb.png") && e.contains("8000x8000 pixels is more than the 16777216 accepted"), "{e}");
+    assert!(
+        e.contains("bomb.png") && e.contains("8000x8000 pixels (rows x columns) is more than the 16777216 accepted"),
+        "{e}"
+    );
 }
 
 /// The same digit saved as 8-bit gray PNG, 16-bit gray PNG, palette GIF,

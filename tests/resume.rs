@@ -167,11 +167,12 @@ fn a_checkpoint_of_another_run_is_a_one_line_error_and_nothing_is_overwritten() 
         a.extend(["--resume".to_string(), ckpt.to_str().unwrap().to_string()]);
         a
     };
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[("--layers", "32:relu")], "the checkpoint is of the layers 64:relu,10:softmax"),
         (&[("--optimizer", "rmsprop")], "the checkpoint was made with --optimizer Adam("),
-        (&[("--validation-split", "0.2")], "the checkpoint was made with training data"),
+        (&[("--validation-split", "0.2")], "made with --validation-split 0.1, but this run has --validation-split 0.2"),
         (&[("--batch-size", "64")], "the checkpoint was made with --batch-size 128, but this run has --batch-size 64"),
+        (&[("--seed", "2")], "the checkpoint was made with --seed 1, but this run has --seed 2"),
     ];
     for (change, want) in cases {
         let e = error_line(&run(d.path(), cache.path(), &with(change)));

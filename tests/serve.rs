@@ -183,7 +183,7 @@ fn bad_requests_get_clear_json_errors() {
         ("empty", Vec::new(), "request body: the file is empty (0 bytes), not an image"),
         ("corrupt", png[..60].to_vec(), "request body: corrupt image data"),
         ("blank", blank, "request body: no ink found: the image is blank"),
-        ("bomb", bomb, "request body: 8000x8000 pixels is more than the 4194304 accepted"),
+        ("bomb", bomb, "request body: 8000x8000 pixels (rows x columns) is more than the 4194304 accepted"),
     ] {
         let (status, resp) = request("POST", "/api/predict", &body);
         assert_eq!(status, 400, "{what}: {}", String::from_utf8_lossy(&resp));

@@ -303,6 +303,17 @@ impl std::str::FromStr for Layer1Path {
     }
 }
 
+impl std::fmt::Display for Layer1Path {
+    /// The name `--layer1` takes: `auto`, `dense`, `sparse`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layer1Path::Auto => "auto",
+            Layer1Path::Dense => "dense",
+            Layer1Path::Sparse => "sparse",
+        })
+    }
+}
+
 /// The activation of a Dense layer, with Keras's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {

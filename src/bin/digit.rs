@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Show image INDEX of the training (or test) set with its label.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Which image (0-based)
     index: usize,

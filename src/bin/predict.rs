@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 /// Predict the digit of any input image with a model trained by `train`.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Images to classify (PNG, JPEG, BMP, GIF, PNM, WebP, TIFF, ICO)
     images: Vec<PathBuf>,
@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
     model: PathBuf,
     /// Print the K most likely digits
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, allow_negative_numbers = true)]
     top: usize,
     /// One JSON object per image on stdout
     #[arg(long)]
@@ -81,10 +81,10 @@ fn input_of(path: &Path, args: &Args, shape: (usize, usize)) -> Result<Vec<u8>> 
     if args.no_preprocess {
         if (h, w) != shape {
             bail!(
-                "{}: --no-preprocess needs a {}x{} image (the model's input), this one is {w}x{h}",
+                "{}: --no-preprocess needs a {}x{} image (the model's input; rows x columns), this one is {h}x{w}",
                 path.display(),
-                shape.1,
-                shape.0
+                shape.0,
+                shape.1
             );
         }
         let light = gray.iter().sum::<f32>() / gray.len() as f32 > 0.5;
@@ -129,14 +129,18 @@ fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(St
             shape.0 * shape.1
         );
     }
+    let index = |v: &str| v.trim().parse::<usize>().with_context(|| format!("--index {range}: not an index or I..J"));
     let (start, end) = match range.split_once("..") {
-        Some((a, b)) => (a.parse::<usize>()?, b.parse::<usize>()?),
+        Some((a, b)) => (index(a)?, index(b)?),
         None => {
-            let i = range.parse::<usize>().with_context(|| format!("--index {range}: not an index or I..J"))?;
+            let i = index(range)?;
             (i, i + 1)
         }
     };
-    if start >= end || end > header.count {
+    if start >= end {
+        bail!("--index {range}: an empty range (I..J takes images I to J-1, so J must be above I)");
+    }
+    if end > header.count {
         bail!("--index {range}: out of range for {} images in {}", header.count, path.display());
     }
     let d = header.rows * header.cols;
@@ -177,7 +181,7 @@ fn run(args: Args) -> Result<bool> {
         let pixels = match input {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", kiln::error_line(e));
                 all_ok = false;
                 continue;
             }

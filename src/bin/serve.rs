@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Serve a page to draw a digit on, and a JSON API, with a model trained by `train`.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The model file written by `train`
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
@@ -21,19 +21,19 @@ struct Args {
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Worker threads for connections and predictions [default: all cores]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Kernel backend, as for train
     #[arg(long, value_name = "NAME", default_value = "auto")]
     backend: String,
     /// Seconds a client has to send its request headers, and its body
-    #[arg(long, value_name = "S", default_value_t = 10)]
+    #[arg(long, value_name = "S", default_value_t = 10, allow_negative_numbers = true)]
     timeout: u64,
     /// Largest image decoded, in pixels (width x height) [default: 4194304, 2048 x 2048]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_pixels: Option<u64>,
     /// Connections open at once; more wait in the listen queue
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = 128, allow_negative_numbers = true)]
     max_connections: usize,
 }
 

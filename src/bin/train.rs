@@ -21,7 +21,7 @@ use std::time::Instant;
 
 /// Train a Sequential stack of Dense layers as Keras does.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Directory with the four IDX files (raw or .gz) [default: the vendored MNIST]
     #[arg(long, value_name = "DIR")]
@@ -30,17 +30,17 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Passes over the training set
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     epochs: usize,
     /// Images per training step
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     batch_size: usize,
     /// The layers, Keras order: UNITS:ACTIVATION,... (relu, sigmoid, tanh, linear; softmax last); the
     /// output layer may be left out (it is then C:softmax, C the data's classes) [default: 512:relu]
     #[arg(long, value_name = "SPEC", conflicts_with = "hidden")]
     layers: Option<String>,
     /// Shorthand for --layers N:relu (one hidden layer of N units)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     hidden: Option<usize>,
     /// Start from the weights in this safetensors file (dense_K.kernel [in, out], dense_K.bias;
     /// e.g. exported from Keras) instead of Glorot-uniform
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long)]
     no_shuffle: bool,
     /// Stop each epoch after N steps (Keras steps_per_epoch); the next epoch goes on from there
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     steps_per_epoch: Option<usize>,
     /// The optimizer, as Keras runs it: rmsprop, sgd, adam, adamw
     #[arg(long, value_name = "NAME", default_value = "rmsprop")]
@@ -88,13 +88,13 @@ struct Args {
     lr_schedule: String,
     /// Hold out the last fraction F of the training images, before shuffling, to validate on
     /// after every epoch (Keras validation_split)
-    #[arg(long, value_name = "F", conflicts_with = "validate_on_test")]
+    #[arg(long, value_name = "F", conflicts_with = "validate_on_test", allow_negative_numbers = true)]
     validation_split: Option<f64>,
     /// Validate on the test split after every epoch (Keras validation_data=(x_test, y_test))
     #[arg(long)]
     validate_on_test: bool,
     /// Stop when val_loss has not improved for N epochs (Keras EarlyStopping, min_delta 0)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     early_stopping: Option<usize>,
     /// With --early-stopping: end with the weights of the epoch of the lowest val_loss
     #[arg(long, requires = "early_stopping")]
@@ -106,16 +106,16 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     resume: Option<PathBuf>,
     /// Seed of the initial weights and of the shuffles
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Worker threads [default: all cores]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Kernel backend: auto, scalar, avx2, avx512, neon, blas [default: $KILN_BACKEND, else auto]
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
     /// Zero inputs (layer 1's zero pixels, the hidden layers' zero activations): auto (skipped when most are 0), dense, sparse [default: $KILN_LAYER1, else auto]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "MODE")]
     layer1: Option<String>,
     /// Where the trained model is written
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL_PATH)]
@@ -443,7 +443,7 @@ fn train_and_save(
         );
     }
     say(format!(
-        "kiln {} | backend {} | layer 1 {layer1:?} | {threads} thread(s)",
+        "kiln {} | backend {} | zero inputs: --layer1 {layer1} | {threads} thread(s)",
         env!("CARGO_PKG_VERSION"),
         be.describe()
     ));
@@ -527,6 +527,7 @@ fn train_and_save(
             if progress.stopped_early() { " (it had stopped early)" } else { "" }
         ));
         for r in &progress.reports {
+            say(format!("Epoch {}/{} (replayed from the checkpoint)", r.epoch, cfg.epochs));
             say(epoch_line(r));
         }
     }
@@ -577,7 +578,7 @@ fn train_and_save(
             Ok(())
         },
     )
-    .map_err(|e| anyhow::anyhow!("{e:#}; no model was written"))?;
+    .map_err(|e| anyhow::anyhow!("{}; no model was written", kiln::error_line(&e)))?;
     let reports = &progress.reports;
     let st = &progress.stopping;
     if let Some(e) = st.stopped_epoch {
@@ -694,9 +695,10 @@ fn epoch_line(r: &EpochReport) -> String {
         (Some(l), Some(a)) => format!(" - val_loss: {l:.4} - val_accuracy: {a:.4}"),
         _ => String::new(),
     };
+    let steps = if r.steps == 1 { "1 step".to_string() } else { format!("{} steps", r.steps) };
     format!(
-        "{} steps - {:.2}s - {:.0} images/s - loss: {:.4} - accuracy: {:.4}{val}",
-        r.steps, r.seconds, r.images_per_sec, r.loss, r.acc
+        "{steps} - {:.2}s - {:.0} images/s - loss: {:.4} - accuracy: {:.4}{val}",
+        r.seconds, r.images_per_sec, r.loss, r.acc
     )
 }
 
