@@ -352,7 +352,33 @@ fn decompress_cached(gz: &Path, name: &str, cache: &Path, expected: Option<&str>
     }
     tmp.as_file().sync_all().with_context(|| format!("{}: cannot sync", tmp.path().display()))?;
     tmp.persist(&target).with_context(|| format!("{}: cannot rename into place", target.display()))?;
+    prune_cache(cache, name, &target);
     Ok(target)
+}
+
+/// Copies of `name` the cache keeps, newest first (one per version of the
+/// `.gz` seen; older ones are removed once a day old, so a cache cannot
+/// grow without bound when a dataset keeps changing).
+const CACHE_VERSIONS: usize = 4;
+
+/// Removes the copies of `name` in `cache` beyond the [`CACHE_VERSIONS`]
+/// most recently written, but never `keep` nor one written in the last day
+/// (another run may be about to map it). Best effort.
+fn prune_cache(cache: &Path, name: &str, keep: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else { return };
+    let prefix = format!("{name}.");
+    let mut copies: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    copies.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(24 * 3600);
+    for (modified, path) in copies.into_iter().skip(CACHE_VERSIONS) {
+        if path != keep && modified < day_ago {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// Decompresses gzip data, handing the output to `sink` in chunks, and

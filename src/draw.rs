@@ -180,34 +180,40 @@ pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], val: (&[f64], &[f6
     c.line((l, t + ph), (l + pw, t + ph), 2, BLACK);
     c.line((l + pw, t), (l + pw, t + ph), 2, BLACK);
     let n = loss.len().max(1);
-    let max_loss = loss.iter().chain(val_loss).cloned().fold(0f64, f64::max).max(1e-9) * 1.1;
-    let (acc_lo, acc_hi) = {
-        let lo = acc.iter().chain(val_acc).cloned().chain([test_acc]).fold(1f64, f64::min);
-        ((lo - 0.02).max(0.0), 1.0)
-    };
+    // Both axes on round ticks: loss from 0, accuracy (in %) up to 100.
+    let top_loss = loss.iter().chain(val_loss).cloned().fold(0f64, f64::max).max(1e-9);
+    let loss_axis = Ticks::new(0.0, top_loss * 1.05, 5);
+    let low_acc = acc.iter().chain(val_acc).cloned().chain([test_acc]).fold(1f64, f64::min) * 100.0;
+    let acc_axis = Ticks::new((low_acc - 1.0).max(0.0), 100.0, 5);
     let px = |i: usize| l + if n == 1 { pw / 2 } else { i as i64 * pw / (n as i64 - 1) };
-    let py_loss = |v: f64| t + ph - (v / max_loss * ph as f64) as i64;
-    let py_acc = |v: f64| t + ph - ((v - acc_lo) / (acc_hi - acc_lo) * ph as f64) as i64;
-    for k in 0..=4 {
-        let y = t + k * ph / 4;
+    let py_loss = |v: f64| t + ph - (loss_axis.fraction(v) * ph as f64) as i64;
+    let py_acc = |v: f64| t + ph - (acc_axis.fraction(v * 100.0) * ph as f64) as i64;
+    for lv in loss_axis.values() {
+        let y = py_loss(lv);
         for x in (l..l + pw).step_by(6) {
             c.set(x, y, GREY);
         }
-        let lv = max_loss * (4 - k) as f64 / 4.0;
-        c.text(8, y - 7, &format!("{lv:.3}"), 2, BLUE);
-        let av = acc_lo + (acc_hi - acc_lo) * (4 - k) as f64 / 4.0;
-        c.text(l + pw + 6, y - 7, &format!("{:.1}", av * 100.0), 2, ORANGE);
+        c.text(8, y - 7, &loss_axis.label(lv), 2, BLUE);
+    }
+    for av in acc_axis.values() {
+        let y = t + ph - (acc_axis.fraction(av) * ph as f64) as i64;
+        c.text(l + pw + 6, y - 7, &acc_axis.label(av), 2, ORANGE);
     }
     for i in 0..n {
         let label = format!("{}", i + 1);
         c.text(px(i) - Canvas::text_width(&label, 2) / 2, t + ph + 10, &label, 2, BLACK);
     }
     c.text(l + pw / 2 - Canvas::text_width("EPOCH", 2) / 2, h - 22, "EPOCH", 2, BLACK);
+    // The test accuracy: a dashed line with its label at the right end, on
+    // white, the dashes stopping short of it.
     let y = py_acc(test_acc);
-    for x in (l..l + pw).step_by(12) {
-        c.rect(x, y - 1, 6, 2, ORANGE);
+    let label = format!("TEST {:.2}%", test_acc * 100.0);
+    let lw = Canvas::text_width(&label, 2);
+    let lx = l + pw - lw - 8;
+    let ly = if y - 22 > t { y - 22 } else { y + 6 };
+    for x in (l..lx - 6).step_by(12) {
+        c.rect(x, y - 1, 6.min(lx - 6 - x), 2, ORANGE);
     }
-    c.text(l + 6, y - 20, &format!("TEST {:.2}%", test_acc * 100.0), 2, ORANGE);
     for (series, py, col) in [(loss, &py_loss as &dyn Fn(f64) -> i64, BLUE), (acc, &py_acc, ORANGE)] {
         for i in 0..series.len() {
             if i + 1 < series.len() {
@@ -231,10 +237,59 @@ pub fn training_chart(path: &Path, loss: &[f64], acc: &[f64], val: (&[f64], &[f6
             c.rect(px(i) - 3, py(series[i]) - 3, 7, 7, WHITE);
         }
     }
+    // Last, so no curve crosses it.
+    c.rect(lx - 3, ly - 3, lw + 6, 20, WHITE);
+    c.text(lx, ly, &label, 2, ORANGE);
     if !val_loss.is_empty() {
         c.text(l + pw - Canvas::text_width("DASHED: VALIDATION", 2), t + 6, "DASHED: VALIDATION", 2, BLACK);
     }
     c.save(path)
+}
+
+/// Round ticks of an axis: a step of 1, 2, 2.5 or 5 times a power of ten,
+/// the axis widened to whole steps around the data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Ticks {
+    lo: f64,
+    hi: f64,
+    step: f64,
+}
+
+impl Ticks {
+    /// Ticks covering `[lo, hi]` in at most `max` steps.
+    fn new(lo: f64, hi: f64, max: usize) -> Self {
+        let span = (hi - lo).max(1e-12);
+        let raw = span / max.max(1) as f64;
+        let power = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+            .iter()
+            .map(|m| m * power)
+            .find(|&s| (hi / s).ceil() - (lo / s).floor() <= max as f64 + 1e-9)
+            .unwrap_or(10.0 * power);
+        Ticks { lo: (lo / step).floor() * step, hi: (hi / step).ceil() * step, step }
+    }
+
+    /// Where `v` sits on the axis, 0 at the bottom and 1 at the top.
+    fn fraction(&self, v: f64) -> f64 {
+        (v - self.lo) / (self.hi - self.lo)
+    }
+
+    /// The tick values, bottom to top.
+    fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        let n = ((self.hi - self.lo) / self.step).round() as usize;
+        (0..=n).map(move |i| self.lo + i as f64 * self.step)
+    }
+
+    /// `v` with as many decimals as the step needs (0.1 -> 1, 2.5 -> 1).
+    fn label(&self, v: f64) -> String {
+        let mut decimals = 0;
+        while decimals < 6
+            && ((self.step * 10f64.powi(decimals)).round() - self.step * 10f64.powi(decimals)).abs() > 1e-9
+        {
+            decimals += 1;
+        }
+        format!("{v:.*}", decimals as usize)
+    }
 }
 
 /// The confusion matrix (`C x C`) as a heatmap: row = true class, column =
@@ -309,4 +364,27 @@ pub fn digit_png(path: &Path, pixels: &[u8], shape: (usize, usize)) -> Result<()
     let mut c = Canvas::new((cols as i64 * scale) as u32, (rows as i64 * scale) as u32, BLACK);
     c.digit(0, 0, pixels, cols, scale);
     c.save(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ticks;
+
+    #[test]
+    fn ticks_are_round() {
+        let t = Ticks::new(0.0, 0.292 * 1.05, 5);
+        assert_eq!((t.lo, t.hi, t.step), (0.0, 0.4, 0.1));
+        assert_eq!(t.values().map(|v| t.label(v)).collect::<Vec<_>>(), ["0.0", "0.1", "0.2", "0.3", "0.4"]);
+        let a = Ticks::new(89.3, 100.0, 5);
+        assert_eq!((a.lo, a.hi, a.step), (87.5, 100.0, 2.5));
+        assert_eq!(a.label(92.5), "92.5");
+        assert_eq!(a.label(90.0), "90.0");
+        let b = Ticks::new(96.0, 100.0, 5);
+        assert_eq!((b.lo, b.hi, b.step), (96.0, 100.0, 1.0));
+        assert_eq!(b.label(97.0), "97");
+        for (lo, hi) in [(0.0, 2.3), (0.0, 1e-9), (12.0, 100.0), (99.9, 100.0)] {
+            let t = Ticks::new(lo, hi, 5);
+            assert!(t.lo <= lo && t.hi >= hi && t.values().count() <= 6, "{lo}..{hi}: {t:?}");
+        }
+    }
 }

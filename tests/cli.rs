@@ -908,3 +908,39 @@ fn layers_too_large_for_memory_are_a_one_line_error() {
     assert_eq!(err.trim().lines().count(), 1, "one line, no backtrace: {err}");
     assert!(!d.path().join("m.safetensors").exists());
 }
+
+/// The small things a user notices: negative values rejected in kiln's own
+/// words, each tool's --help about itself, "1 step", the banner without
+/// Rust's debug names, an empty --index range called so.
+#[test]
+fn messages_read_as_written_for_people() {
+    let d = tempfile::tempdir().unwrap();
+    small_dataset(d.path());
+    let data = d.path().to_str().unwrap();
+    let out = d.path().join("m.safetensors");
+    let o = train(&["--data", data, "--seed", "-1"], d.path());
+    assert!(stderr(&o).contains("invalid value '-1' for '--seed <SEED>'"), "{}", stderr(&o));
+    let o = train(&["--data", data, "--validation-split", "-0.5", "--out", out.to_str().unwrap()], d.path());
+    assert!(stderr(&o).contains("--validation-split: the validation split must be a fraction in (0, 1) (got -0.5)"));
+    for (bin, purpose) in [
+        (env!("CARGO_BIN_EXE_train"), "Train a Sequential stack"),
+        (env!("CARGO_BIN_EXE_predict"), "Predict the digit"),
+        (env!("CARGO_BIN_EXE_digit"), "Show image INDEX"),
+        (env!("CARGO_BIN_EXE_serve"), "Serve a page"),
+    ] {
+        let help = Command::new(bin).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.starts_with(purpose), "{bin}: {text}");
+    }
+    let args = ["--data", data, "--hidden", "8", "--epochs", "1", "--batch-size", "300", "--out"];
+    let o = train(&args.into_iter().chain([out.to_str().unwrap()]).collect::<Vec<_>>(), d.path());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("1 step - "), "{stdout}");
+    assert!(stdout.contains("--layer1 auto") && !stdout.contains("Auto"), "{stdout}");
+    let idx = d.path().join("t10k-images-idx3-ubyte");
+    let o = Command::new(env!("CARGO_BIN_EXE_predict"))
+        .args(["--model", out.to_str().unwrap(), "--idx", idx.to_str().unwrap(), "--index", "5..2"])
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("--index 5..2: an empty range"), "{}", stderr(&o));
+}

@@ -281,6 +281,36 @@ fn gzip_is_decompressed_once_into_the_cache_and_verified() {
     assert_eq!(left, 0, "a rejected file was left in the cache");
 }
 
+/// The cache keeps a few versions of each file: a dataset that keeps
+/// changing cannot grow it without bound, and recent copies (another run
+/// may be using them) are never removed.
+#[test]
+fn the_cache_keeps_a_bounded_number_of_versions() {
+    let d = valid_dir();
+    let raw = std::fs::read(d.path().join(TRAIN_IMAGES)).unwrap();
+    std::fs::remove_file(d.path().join(TRAIN_IMAGES)).unwrap();
+    std::fs::write(d.path().join(format!("{TRAIN_IMAGES}.gz")), gzip(&raw)).unwrap();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+    for i in 0..6 {
+        let f = std::fs::File::create(cache.join(format!("{TRAIN_IMAGES}.old{i}"))).unwrap();
+        f.set_modified(old - std::time::Duration::from_secs(i * 60)).unwrap();
+    }
+    std::fs::File::create(cache.join(format!("{TRAIN_IMAGES}.fresh"))).unwrap();
+    std::fs::File::create(cache.join("other-file.old")).unwrap().set_modified(old).unwrap();
+    load(d.path()).unwrap();
+    let mut left: Vec<String> =
+        std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    let ours: Vec<&String> = left.iter().filter(|n| n.starts_with(TRAIN_IMAGES)).collect();
+    assert_eq!(ours.len(), 4, "the new copy, the fresh one and the two newest old ones: {left:?}");
+    for kept in [".fresh", ".old0", ".old1"] {
+        assert!(left.contains(&format!("{TRAIN_IMAGES}{kept}")), "{kept} removed: {left:?}");
+    }
+    assert!(left.contains(&"other-file.old".to_string()), "another file's copy is not touched");
+}
+
 #[test]
 fn the_vendored_mnist_is_complete_and_verified() {
     let cache = tempfile::tempdir().unwrap();
