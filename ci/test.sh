@@ -45,6 +45,9 @@ rustc --version
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "cargo doc (every public item's docs and links, warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 step "cargo clippy (all targets, default features and blas, warnings are errors)"
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo clippy --workspace --all-targets --release --features blas -- -D warnings

@@ -21,10 +21,14 @@
 //! method, path, status, microseconds.
 //!
 //! The model is loaded once; each prediction runs the kiln kernels through
-//! the library on a blocking thread, with a [`Model`] taken from a pool of
-//! [`Config::workers`] models built at start (so up to that many requests
-//! run in parallel, further ones wait for a model, memory stays bounded,
-//! and no request repacks the weights).
+//! the library on one of [`Config::workers`] blocking threads, with an
+//! inference-only [`Predictor`] taken from a pool built at start, all
+//! sharing one copy of the packed weights (so up to that many requests run
+//! in parallel, further ones wait for a predictor, memory stays bounded,
+//! and no request repacks the weights). Memory is bounded as a whole:
+//! request bodies share [`Config::body_budget`], decoding is capped at
+//! [`Config::max_pixels`], and at most [`Config::max_connections`]
+//! connections are open.
 
 use crate::model::{Arch, Params, Predictor};
 use crate::preprocess::{self, Invert, SIDE};

@@ -1,6 +1,6 @@
 //! `digit`: shows one image of the dataset (of any size) with its label, in
 //! the terminal and optionally as a PNG (the tutorial's "plot the digit"
-//! step: `cargo run --release --bin digit -- 4` shows train_images[4], a 9).
+//! step: `cargo run --release --bin digit -- 4` shows `train_images[4]`, a 9).
 
 use anyhow::{bail, Result};
 use clap::Parser;
