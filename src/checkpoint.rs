@@ -313,10 +313,7 @@ fn shown(v: Option<&String>) -> String {
 /// one line naming the file and what is wrong.
 pub fn load(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
     if !path.exists() {
-        bail!(
-            "{}: cannot read the model file: it does not exist (hint: run `cargo run --release --bin train` first)",
-            path.display()
-        );
+        bail!("{}: cannot read the model file: it does not exist", path.display());
     }
     let bytes = read_capped(path, MAX_FILE_BYTES, "the model file")?;
     from_bytes(&bytes, path)
@@ -338,7 +335,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, BTreeMap<St
 /// from Keras loads as it is), and when it names layers they must be
 /// `arch`'s. The shapes must be exactly `arch`'s.
 pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
-    let bytes = read_capped(path, MAX_FILE_BYTES, "the --init file")?;
+    let bytes = read_capped(path, MAX_FILE_BYTES, "the initial weights file")?;
     let c = parse(&bytes, path)?;
     if let Some(spec) = c.meta.get("layers") {
         if *spec != arch.spec() {
@@ -429,7 +426,7 @@ pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> 
     let c = parse(&bytes, path)?;
     if c.meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         bail!(fail(format!(
-            "metadata `format` is {}, expected \"{CHECKPOINT_FORMAT}\" (a checkpoint written by train --checkpoint)",
+            "metadata `format` is {}, expected \"{CHECKPOINT_FORMAT}\" (a checkpoint written by checkpoint::save_resume, as train --checkpoint does)",
             shown(c.meta.get("format"))
         )));
     }

@@ -481,7 +481,7 @@ pub fn fit_with(
     }
     ensure!(
         cfg.early_stopping.is_none() || validation.is_some(),
-        "early stopping watches val_loss and needs validation data (--validation-split or --validate-on-test)"
+        "early stopping watches val_loss and needs validation data (fit_with's `validation`)"
     );
     let n = data.len();
     ensure!(progress.at <= n, "the progress is {} images into a pass over {n}", progress.at);

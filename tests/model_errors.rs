@@ -270,7 +270,7 @@ fn unreadable_not_safetensors_short_and_truncated_files() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("m.safetensors");
     assert_contains(&error(&p), "cannot read the model file");
-    assert_contains(&init_error(&p), "cannot read the --init file");
+    assert_contains(&init_error(&p), "cannot read the initial weights file");
     std::fs::write(&p, b"abc").unwrap();
     assert_contains(&error(&p), "not a safetensors file: 3 bytes, too short");
     assert_contains(&init_error(&p), "too short");

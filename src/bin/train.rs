@@ -401,7 +401,10 @@ fn run(args: Args) -> Result<()> {
     };
     outputs.new_dirs = check_outputs(&outputs, &data, &data_dir, &args.init, &args.resume, &args.checkpoint)?;
     let (init, init_from) = match &args.init {
-        Some(p) => (kiln::checkpoint::load_init(p, &arch)?, p.display().to_string()),
+        Some(p) => (
+            kiln::checkpoint::load_init(p, &arch).map_err(|e| anyhow::anyhow!("--init: {}", kiln::error_line(&e)))?,
+            p.display().to_string(),
+        ),
         None => (Params::glorot(&arch, cfg.seed), format!("glorot-uniform, seed {}", cfg.seed)),
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start the thread pool")?;
