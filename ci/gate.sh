@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The epoch-time regression gate. See README ("The CI gate") for the design.
+# The epoch-time regression gate. See README ("The CI gate on epoch time") for the design.
 #
 #   bash ci/gate.sh            check against ci/baseline.json (exit 1 on a regression)
 #   bash ci/gate.sh --update   measure and write ci/baseline.json

@@ -49,8 +49,8 @@ fn twenty_steps_match_the_scalar_backend() {
 /// Rounding differences between backends (FMA, summation order) are about
 /// 1e-7 of a tensor after one step; RMSprop divides each gradient by its own
 /// running RMS, which amplifies differences in gradients near zero, and
-/// twenty steps compound them. The bound is the golden test's (see README
-/// for the errors measured).
+/// twenty steps compound them. The bound is the golden test's (see README,
+/// "Keras exactness", for the errors measured).
 const TOL: f64 = 5e-6;
 
 /// Index of the first differing bit pattern, if any.
@@ -60,7 +60,7 @@ fn first_difference(a: &Params<f32>, b: &Params<f32>) -> Option<usize> {
 
 /// kiln's own backends split work so that no reduction depends on the
 /// thread count. OpenBLAS (the `blas` backend) splits its products its own
-/// way and is not covered: see README.
+/// way and is not covered: see README, "Threads".
 #[test]
 fn weights_are_bit_identical_for_any_thread_count() {
     for name in backends_under_test().into_iter().filter(|n| *n != "blas") {

@@ -6,7 +6,7 @@
 //! largest magnitude.
 //!
 //! Each tolerance is set from the worst error measured over every backend
-//! (printed by each run; see README's correctness section) with a small
+//! (printed by each run; see the table under README's "Keras exactness") with a small
 //! margin.
 
 mod common;

@@ -15,7 +15,7 @@ use crate::denormals::Flushed;
 use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
 };
-use crate::{scalar, Activation, Backend, Dims, Layer1Path, Update, XentStats};
+use crate::{scalar, Activation, Applied, Backend, Dims, Layer1Path, Update, XentStats};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::{Mutex, PoisonError};
@@ -159,7 +159,7 @@ impl Blas {
     /// `H := act(A W + b)`, `A (B, K)`, `W (K, N)` row-major.
     fn forward(&self, h: &mut [f32], a: &[f32], w: &[f32], bias: &[f32], d: Dims, act: Activation) {
         let Dims { k, n } = d;
-        assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
+        assert!(act.applied() != Applied::WithLoss, "softmax is fused with the cross-entropy (output_softmax_xent)");
         check_len("W", w.len(), k * n);
         check_len("b", bias.len(), n);
         let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));

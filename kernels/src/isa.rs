@@ -19,8 +19,8 @@ use crate::shared::{
 use crate::simd::{Lister, Simd};
 use crate::sparse::{self, Csc, Csr};
 use crate::{
-    gemm, optim, peak, small, Activation, AlignedVec, Backend, Ceilings, Dims, InputLists, Layer1Path, PanelLayout,
-    Update, XentStats,
+    gemm, optim, peak, small, Activation, AlignedVec, Applied, Backend, Ceilings, Dims, InputLists, Layer1Path,
+    PanelLayout, Update, XentStats,
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -128,6 +128,13 @@ pub(crate) trait Isa: Simd {
 /// in nothing but the type and the feature string.)
 macro_rules! isa_entry_points {
     ($isa:ty, $features:literal, $mr:expr, $nv:expr, $gv:expr) => {
+        // The edge-tile buffers (`[f32; MAX_TILE]`) hold this ISA's whole
+        // tile: a compile error, not an out-of-bounds write, when a tile
+        // grows past them.
+        const _: () = assert!(
+            $mr * $nv * <$isa as Simd>::LANES <= crate::params::MAX_TILE,
+            "MAX_TILE is smaller than this instruction set's MR * NR"
+        );
         impl Isa for $isa {
             const MR: usize = $mr;
             const NV: usize = $nv;
@@ -572,8 +579,8 @@ fn share(total: usize, unit: usize) -> usize {
 
 /// The activations the epilogues do not apply (see `shared::activate_rest`).
 fn finish_activation(h: &mut [f32], act: Activation) {
-    assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
-    if matches!(act, Activation::Sigmoid | Activation::Tanh) {
+    assert!(act.applied() != Applied::WithLoss, "softmax is fused with the cross-entropy (output_softmax_xent)");
+    if act.applied() == Applied::Elementwise {
         par::run(h.chunks_mut(UPDATE_CHUNK).collect(), |c| activate_rest(c, act));
     }
 }
@@ -756,7 +763,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let Dims { k, n } = d;
         check_rows(x, rows, k);
         check_len("H", h.len(), rows.len() * n);
-        let relu = act == Activation::Relu;
+        let relu = act.applied() == Applied::ReluInKernel;
         // SAFETY: I was detected (a SimdBackend<I> exists).
         let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
         if par::threads() >= SHARED_LISTS_MIN_THREADS {
@@ -879,7 +886,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         let batch = h.len().checked_div(n).unwrap_or(a.len() / k.max(1));
         check_len("H", h.len(), batch * n);
         check_len("A", a.len(), batch * k);
-        let relu = act == Activation::Relu;
+        let relu = act.applied() == Applied::ReluInKernel;
         self.forward(h, Lhs::Rows { a, m: batch }, w, b, d, relu, Self::sparse_rows(a, batch, k, w, n, relu, path));
         finish_activation(h, act);
     }
@@ -1095,7 +1102,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
         let wt = transpose(w, k, n);
         let chunk = share(batch, 1);
-        let mask = act == Activation::Relu;
+        let mask = act.applied() == Applied::ReluInKernel;
         par::run(dh.chunks_mut(chunk * k).zip(h.chunks(chunk * k)).enumerate().collect(), |(t, (dhc, hc))| {
             let rows = dhc.len() / k;
             let dzc = &dz[t * chunk * n..(t * chunk + rows) * n];

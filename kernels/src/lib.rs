@@ -119,7 +119,7 @@ mod sparse;
 pub use aligned::AlignedVec;
 pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
-pub use optim::{update_serial, Adam, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
+pub use optim::{update_serial, Adam, ArgError, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
@@ -314,6 +314,22 @@ impl std::fmt::Display for Layer1Path {
     }
 }
 
+/// How the kernels apply an activation ([`Activation::applied`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing to apply (linear).
+    Identity,
+    /// ReLU, inside the kernels: in the forward GEMM's epilogue, and as a
+    /// mask in the input gradient's.
+    ReluInKernel,
+    /// Elementwise after the product, with [`Activation::apply`] forward
+    /// and [`Activation::backward`] backward (sigmoid, tanh; the right
+    /// class for a new activation unless a kernel learns it).
+    Elementwise,
+    /// Softmax: only on the output layer, fused with the cross-entropy.
+    WithLoss,
+}
+
 /// The activation of a Dense layer, with Keras's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
@@ -334,6 +350,25 @@ impl Activation {
     /// Every activation, in the order errors list them.
     pub const ALL: [Activation; 5] =
         [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Linear, Activation::Softmax];
+
+    /// Where the kernels apply this activation. Every kernel asks this
+    /// (never `act == Relu` and the like), and the match has no wildcard:
+    /// a new activation does not compile until it is classified here, so
+    /// it can never silently become the identity on one backend.
+    ///
+    /// ```
+    /// use kiln_kernels::{Activation, Applied};
+    /// assert_eq!(Activation::Relu.applied(), Applied::ReluInKernel);
+    /// assert_eq!(Activation::Tanh.applied(), Applied::Elementwise);
+    /// ```
+    pub fn applied(self) -> Applied {
+        match self {
+            Activation::Linear => Applied::Identity,
+            Activation::Relu => Applied::ReluInKernel,
+            Activation::Sigmoid | Activation::Tanh => Applied::Elementwise,
+            Activation::Softmax => Applied::WithLoss,
+        }
+    }
 
     /// Keras's name (`relu`, `sigmoid`, ...).
     pub fn name(self) -> &'static str {

@@ -195,42 +195,46 @@ impl Optimizer {
         }
     }
 
-    /// Rejects hyper-parameters that cannot train; the message begins with
-    /// the argument's Keras name (`learning_rate`, `rho`, `momentum`,
-    /// `epsilon`, `nesterov`, `beta_1`, `beta_2`, `weight_decay`).
-    pub fn check(&self) -> Result<(), String> {
-        fn need(ok: bool, what: &str, v: f64) -> Result<(), String> {
+    /// Rejects hyper-parameters that cannot train, naming the argument by
+    /// its Keras name ([`ArgError::arg`]: `learning_rate`, `rho`,
+    /// `momentum`, `epsilon`, `nesterov`, `beta_1`, `beta_2`,
+    /// `weight_decay`).
+    ///
+    /// ```
+    /// use kiln_kernels::{Optimizer, RmsProp};
+    /// let e = Optimizer::RmsProp(RmsProp { rho: 1.5, ..RmsProp::default() }).check().unwrap_err();
+    /// assert_eq!((e.arg(), e.to_string().as_str()), ("rho", "rho must be in [0, 1) (got 1.5)"));
+    /// ```
+    pub fn check(&self) -> Result<(), ArgError> {
+        fn need(ok: bool, arg: &'static str, rule: &'static str, v: f64) -> Result<(), ArgError> {
             if ok {
                 Ok(())
             } else {
-                Err(format!("{what} (got {v})"))
+                Err(ArgError { arg, problem: format!("{rule} (got {v})") })
             }
         }
         let lr = self.lr();
-        need(lr.is_finite() && lr > 0.0, "learning_rate must be a positive number", lr)?;
+        need(lr.is_finite() && lr > 0.0, "learning_rate", "must be a positive number", lr)?;
         let unit = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
         let positive = |v: f64| v.is_finite() && v > 0.0;
         match *self {
             Optimizer::RmsProp(o) => {
-                need(unit(o.rho), "rho must be in [0, 1)", o.rho)?;
-                need(unit(o.momentum), "momentum must be in [0, 1)", o.momentum)?;
-                need(positive(o.eps), "epsilon must be a positive number", o.eps)
+                need(unit(o.rho), "rho", "must be in [0, 1)", o.rho)?;
+                need(unit(o.momentum), "momentum", "must be in [0, 1)", o.momentum)?;
+                need(positive(o.eps), "epsilon", "must be a positive number", o.eps)
             }
             Optimizer::Sgd(o) => {
                 // Keras allows a momentum of exactly 1.
-                need(
-                    o.momentum.is_finite() && (0.0..=1.0).contains(&o.momentum),
-                    "momentum must be in [0, 1]",
-                    o.momentum,
-                )?;
-                need(!o.nesterov || o.momentum > 0.0, "nesterov needs a momentum above 0", o.momentum)
+                let m = o.momentum;
+                need(m.is_finite() && (0.0..=1.0).contains(&m), "momentum", "must be in [0, 1]", m)?;
+                need(!o.nesterov || m > 0.0, "nesterov", "needs a momentum above 0", m)
             }
             Optimizer::Adam(o) => {
-                need(unit(o.beta_1), "beta_1 must be in [0, 1)", o.beta_1)?;
-                need(unit(o.beta_2), "beta_2 must be in [0, 1)", o.beta_2)?;
-                need(positive(o.eps), "epsilon must be a positive number", o.eps)?;
+                need(unit(o.beta_1), "beta_1", "must be in [0, 1)", o.beta_1)?;
+                need(unit(o.beta_2), "beta_2", "must be in [0, 1)", o.beta_2)?;
+                need(positive(o.eps), "epsilon", "must be a positive number", o.eps)?;
                 let wd = o.weight_decay.unwrap_or(0.0);
-                need(wd.is_finite() && wd >= 0.0, "weight_decay must be a number >= 0", wd)
+                need(wd.is_finite() && wd >= 0.0, "weight_decay", "must be a number >= 0", wd)
             }
         }
     }
@@ -884,3 +888,30 @@ pub(crate) unsafe fn update<S: Simd>(mut u: Update<'_, f32>, g: &[f32]) {
     let n = u.len();
     update_serial(u.range(body..n), &g[body..]);
 }
+
+/// An optimizer argument that cannot train: which one (Keras's name) and
+/// what is wrong with its value. Its text is `"{arg} {problem}"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArgError {
+    arg: &'static str,
+    problem: String,
+}
+
+impl ArgError {
+    /// The argument's Keras name (`learning_rate`, `rho`, ...).
+    pub fn arg(&self) -> &'static str {
+        self.arg
+    }
+    /// What is wrong with its value (`must be in [0, 1) (got 1.5)`).
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.arg, self.problem)
+    }
+}
+
+impl std::error::Error for ArgError {}

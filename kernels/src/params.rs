@@ -30,13 +30,14 @@ pub(crate) const NEON_MR: usize = 8;
 #[cfg(target_arch = "aarch64")]
 pub(crate) const NEON_NV: usize = 3;
 
-/// Largest `MR * NR` of any tile above: the size of the edge-tile buffer.
+/// Largest `MR * NR` of any tile above: the size of the edge-tile buffer
+/// (each instruction set's tile is checked against it at compile time).
 pub(crate) const MAX_TILE: usize = 12 * 32;
 
 /// Layer 1 takes the sparse path (`sparse.rs`) when at most this fraction
 /// of a batch's pixels is non-zero (`Layer1Path::Auto`): below that, the
-/// skipped FMAs outweigh listing the non-zero pixels (README, "Sparse
-/// layer 1").
+/// skipped FMAs outweigh listing the non-zero pixels (docs/performance-log.md,
+/// "Sparse layer 1").
 pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.5;
 
 /// A hidden layer's weight gradient skips the zeros of its input (a

@@ -16,7 +16,7 @@ use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
     UPDATE_CHUNK,
 };
-use crate::{Activation, Backend, Dims, Layer1Path, Real, Update, XentStats};
+use crate::{Activation, Applied, Backend, Dims, Layer1Path, Real, Update, XentStats};
 
 /// Rows of `H` computed together in the forward products, so that each row
 /// of `W` is loaded once per block rather than once per row.
@@ -39,7 +39,7 @@ where
     check_len("H", h.len(), batch * n);
     check_len("W", w.len(), k * n);
     check_len("b", b.len(), n);
-    assert!(act != Activation::Softmax, "softmax is fused with the cross-entropy (output_softmax_xent)");
+    assert!(act.applied() != Applied::WithLoss, "softmax is fused with the cross-entropy (output_softmax_xent)");
     if n == 0 {
         return;
     }

@@ -5,7 +5,7 @@
 //! from it. Each helper is a single fixed sequence of roundings, so every
 //! backend that calls it gets the same bits.
 
-use crate::{Activation, Real, XentStats, CLIP};
+use crate::{Activation, Applied, Real, XentStats, CLIP};
 
 /// Elements per task in the flat elementwise passes (the optimizer update).
 pub(crate) const UPDATE_CHUNK: usize = 1 << 14;
@@ -147,7 +147,7 @@ pub fn argmax<T: Real>(v: &[T]) -> usize {
 pub(crate) fn activate_rest<T: Real>(h: &mut [T], act: Activation) {
     // Also on rayon's worker threads (see `denormals`).
     let _flushed = crate::denormals::Flushed::new();
-    if matches!(act, Activation::Sigmoid | Activation::Tanh) {
+    if act.applied() == Applied::Elementwise {
         for v in h.iter_mut() {
             *v = act.apply(*v);
         }
@@ -159,7 +159,7 @@ pub(crate) fn activate_rest<T: Real>(h: &mut [T], act: Activation) {
 pub(crate) fn activation_backward<T: Real>(da: &mut [T], a: &[T], act: Activation) {
     // Also on rayon's worker threads (see `denormals`).
     let _flushed = crate::denormals::Flushed::new();
-    if act == Activation::Linear {
+    if act.applied() == Applied::Identity {
         return;
     }
     for (g, &y) in da.iter_mut().zip(a) {

@@ -265,13 +265,12 @@ fn optimizer_from(args: &Args) -> Result<Optimizer> {
     };
     opt.check().map_err(|e| {
         // Keras's argument names, as this command's flags.
-        let (arg, rest) = e.split_once(' ').unwrap_or((&e, ""));
-        let flag = match arg {
+        let flag = match e.arg() {
             "learning_rate" => "--lr".to_string(),
             "epsilon" => "--eps".to_string(),
             other => format!("--{}", other.replace('_', "-")),
         };
-        anyhow::anyhow!("{flag} {rest} (--optimizer {name})")
+        anyhow::anyhow!("{flag} {} (--optimizer {name})", e.problem())
     })?;
     Ok(opt)
 }
