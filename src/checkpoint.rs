@@ -17,7 +17,7 @@
 //! (the metadata, then the tensors) come out sorted and the tensors' data
 //! in layer order, so identical models give identical bytes.
 
-use crate::fsutil::{read_capped, write_atomic};
+use crate::fsutil::{read_regular, write_atomic};
 use crate::model::{Arch, Params};
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -315,7 +315,7 @@ pub fn load(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
     if !path.exists() {
         bail!("{}: cannot read the model file: it does not exist", path.display());
     }
-    let bytes = read_capped(path, MAX_FILE_BYTES, "the model file")?;
+    let bytes = read_regular(path, MAX_FILE_BYTES, "the model file")?;
     from_bytes(&bytes, path)
 }
 
@@ -335,7 +335,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, BTreeMap<St
 /// from Keras loads as it is), and when it names layers they must be
 /// `arch`'s. The shapes must be exactly `arch`'s.
 pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
-    let bytes = read_capped(path, MAX_FILE_BYTES, "the initial weights file")?;
+    let bytes = read_regular(path, MAX_FILE_BYTES, "the initial weights file")?;
     let c = parse(&bytes, path)?;
     if let Some(spec) = c.meta.get("layers") {
         if *spec != arch.spec() {
@@ -422,7 +422,7 @@ pub fn save_resume(
 /// the file and what differs.
 pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> Result<Resume> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
-    let bytes = read_capped(path, MAX_FILE_BYTES, "the checkpoint")?;
+    let bytes = read_regular(path, MAX_FILE_BYTES, "the checkpoint")?;
     let c = parse(&bytes, path)?;
     if c.meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         bail!(fail(format!(

@@ -19,7 +19,7 @@ use flate2::read::GzDecoder;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Largest IDX file kiln reads into memory, and largest it accepts
@@ -192,23 +192,23 @@ impl Dataset {
         let classes = self.classes();
         let top = classes - 1;
         let hint = format!(
-            "a class count of {classes} from the labels is likelier a corrupt labels file than real classes \
-             (a model that means {classes} classes names its output layer)"
+            "so the {classes} classes the labels imply look wrong (a corrupt labels file?), though a dataset \
+             may mean them (EMNIST Letters numbers its classes from 1)"
         );
         let (tr, te) = (self.train.labels_path().display(), self.test.labels_path().display());
         let times = |n: usize| if n == 1 { "once".to_string() } else { format!("{n} times") };
         if train[top] == 0 {
-            bail!("label {top} occurs {} in {te} and never in {tr}: {hint}", times(test[top]));
+            bail!("label {top} occurs {} in {te} and never in {tr}, {hint}", times(test[top]));
         }
         if test[top] == 0 {
-            bail!("label {top} occurs {} in {tr} and never in {te}: {hint}", times(train[top]));
+            bail!("label {top} occurs {} in {tr} and never in {te}, {hint}", times(train[top]));
         }
         let missing: Vec<String> = (0..classes).filter(|&c| train[c] == 0).map(|c| c.to_string()).collect();
         if !missing.is_empty() {
             let (n, list) = (missing.len(), missing.join(", "));
             let which =
                 if n == 1 { format!("label {list} never occurs") } else { format!("labels {list} never occur") };
-            bail!("{which} in {tr}, whose largest label is {top}: {hint}");
+            bail!("{which} in {tr}, whose largest label is {top}, {hint}");
         }
         Ok(())
     }
@@ -252,11 +252,12 @@ fn split(images: IdxFile, labels: IdxFile) -> Result<Split> {
 /// when the directory has none.
 fn read_sums(dir: &Path) -> Result<Vec<(String, String)>> {
     let path = dir.join("SHA256SUMS");
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    // A few lines per file: 1 MiB is far more than any list needs.
+    let bytes = crate::fsutil::read_regular(&path, 1 << 20, "a list of SHA-256 sums")?;
+    let text = String::from_utf8_lossy(&bytes);
     Ok(text
         .lines()
         .filter_map(|l| {

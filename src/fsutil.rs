@@ -65,6 +65,14 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// `path` with every symbolic link at its end followed (the link's target,
 /// which need not exist yet); `path` itself when it is no link.
+///
+/// A link is followed only where the kernel's own protection
+/// (`fs.protected_symlinks`) would follow it for this process: not one in
+/// a sticky, world-writable directory (such as `/tmp`) whose owner is
+/// neither this process's user nor the directory's owner. kiln replaces a
+/// link's target by rename, which that protection cannot see, so it
+/// applies the rule itself: another user's link planted in `/tmp` at a
+/// predictable output name can never make kiln overwrite a file of yours.
 pub fn resolve_links(path: &Path) -> Result<PathBuf> {
     // Linux's own limit on links followed in one lookup.
     const MAX_LINKS: usize = 40;
@@ -72,6 +80,7 @@ pub fn resolve_links(path: &Path) -> Result<PathBuf> {
     for _ in 0..MAX_LINKS {
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
+                refuse_planted_link(&p, &m)?;
                 let to = std::fs::read_link(&p).with_context(|| format!("{}: cannot read the link", p.display()))?;
                 p = if to.is_absolute() { to } else { parent_dir(&p).join(to) };
             }
@@ -79,6 +88,38 @@ pub fn resolve_links(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{}: more than {MAX_LINKS} symbolic links in a row (a loop?)", path.display())
+}
+
+/// An error when the link `p` (whose metadata is `m`) sits in a sticky,
+/// world-writable directory and belongs neither to this process's user
+/// nor to the directory's owner (see [`resolve_links`]).
+fn refuse_planted_link(p: &Path, m: &std::fs::Metadata) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = std::fs::metadata(parent_dir(p)) else { return Ok(()) };
+        let shared = dir.mode() & 0o1002 == 0o1002; // sticky and world-writable
+        if shared && m.uid() != dir.uid() && Some(m.uid()) != effective_uid() {
+            bail!(
+                "{}: a symbolic link owned by another user in a shared directory ({}); \
+                 refusing to follow it",
+                p.display(),
+                parent_dir(p).display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (p, m);
+    Ok(())
+}
+
+/// This process's effective user id, from `/proc/self/status` (Linux);
+/// `None` where it cannot be read.
+#[cfg(unix)]
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// What a file that is not a regular file is, for an error message; `None`
@@ -157,6 +198,19 @@ fn file_id(path: &Path) -> Result<FileId> {
     // Not there yet: the real path of its nearest existing ancestor, then
     // the rest as written (`..` taken lexically).
     let abs = std::path::absolute(&target).with_context(|| format!("{}: cannot resolve", path.display()))?;
+    // `.` and `..` taken lexically first: `new/../new/m` and `new/m` are
+    // one place even while `new` does not exist.
+    let mut lexical = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let abs = lexical;
     let mut base = abs.as_path();
     let mut rest = Vec::new();
     while !base.exists() {
@@ -272,6 +326,18 @@ pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// [`read_capped`] for files that must be regular files (models,
+/// checkpoints, datasets): a device, a FIFO or a socket is refused before
+/// anything is read, so `--init /dev/zero` costs nothing.
+pub fn read_regular(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    if let Ok(m) = std::fs::metadata(path) {
+        if let Some(kind) = not_a_file(&m) {
+            bail!("{}: is {kind}; expected {what}", path.display());
+        }
+    }
+    read_capped(path, cap, what)
+}
+
 /// How old a temporary file of kiln's must be before it is taken for the
 /// leftover of a killed run: writing one takes seconds, so a concurrent
 /// writer's file is never this old.
@@ -370,6 +436,34 @@ mod tests {
         assert!(err.contains("symbolic links in a row"), "{err}");
     }
 
+    /// Another user's link in a sticky, world-writable directory (a planted
+    /// `/tmp/m.metrics.jsonl -> ~/.bashrc`) is not followed; one's own is.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_in_a_shared_directory_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("tmp");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = dir.path().join("bashrc");
+        std::fs::write(&victim, b"mine").unwrap();
+        let link = shared.join("m.metrics.jsonl");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        write_atomic(&link, b"own link: followed").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"own link: followed");
+        // Only root can give the link to another user.
+        if std::os::unix::fs::lchown(&link, Some(54321), None).is_err() {
+            eprintln!("skipped the planted case: cannot chown (not root)");
+            return;
+        }
+        let err = write_atomic(&link, b"planted").unwrap_err().to_string();
+        assert!(err.contains("owned by another user in a shared directory"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"own link: followed", "the target is untouched");
+        let err = check_outputs(&[Named::new("--metrics", &link)], &[]).unwrap_err().to_string();
+        assert!(err.contains("refusing to follow it"), "{err}");
+    }
+
     #[test]
     fn devices_and_directories_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -424,6 +518,12 @@ mod tests {
         // A directory, and a missing directory reported for the caller.
         let err = check_outputs(&[Named::new("--out", d)], &[]).unwrap_err().to_string();
         assert!(err.contains("is a directory"), "{err}");
+        let spelled = d.join("new").join("..").join("new").join("m.bin");
+        let err =
+            check_outputs(&[Named::new("--out", &d.join("new").join("m.bin")), Named::new("--metrics", &spelled)], &[])
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("same file"), "a missing directory spelled two ways: {err}");
         let deep = d.join("new").join("deeper").join("m.bin");
         assert_eq!(check_outputs(&[Named::new("--out", &deep)], &[]).unwrap(), [d.join("new").join("deeper")]);
         assert!(!d.join("new").exists());
@@ -442,6 +542,9 @@ mod tests {
             // Reports size 0 and never ends: the cap must still hold.
             let err = read_capped(Path::new("/dev/zero"), 1 << 20, "an image").unwrap_err().to_string();
             assert!(err.contains("holds more; at most 1048576 bytes are read for an image"), "{err}");
+            // Where only a regular file makes sense, a device is refused unread.
+            let err = read_regular(Path::new("/dev/zero"), 8 << 30, "a model file").unwrap_err().to_string();
+            assert!(err.contains("is a character device; expected a model file"), "{err}");
         }
     }
 }

@@ -8,9 +8,13 @@ use kiln_kernels::Optimizer;
 /// Bytes this process can still allocate: the least of the memory the
 /// system reports available, the room under the address-space limit
 /// (`ulimit -v`) and under the data limit, and the room under the control
-/// group's memory limit. `None` where none of these can be read (not
-/// Linux).
+/// group's memory limit (its page cache counted as free). `None` where none
+/// of these can be read (not Linux), or when `KILN_SKIP_MEMORY_CHECK` is
+/// set: the way out when a limit is mismeasured.
 pub fn available() -> Option<u64> {
+    if std::env::var_os("KILN_SKIP_MEMORY_CHECK").is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let kib_field = |text: &str, key: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(key))?;
@@ -34,7 +38,14 @@ pub fn available() -> Option<u64> {
     }
     let cgroup = |p: &str| read(p).and_then(|t| t.trim().parse::<u64>().ok());
     if let (Some(max), Some(cur)) = (cgroup("/sys/fs/cgroup/memory.max"), cgroup("/sys/fs/cgroup/memory.current")) {
-        room.push(max.saturating_sub(cur));
+        // The group's usage counts page cache the kernel reclaims on
+        // demand (a build's files, say): that much is free to take too.
+        let stat = read("/sys/fs/cgroup/memory.stat").unwrap_or_default();
+        let field = |key: &str| {
+            stat.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        let reclaimable = field("inactive_file ").saturating_add(field("active_file "));
+        room.push(max.saturating_sub(cur.saturating_sub(reclaimable)));
     }
     room.into_iter().min()
 }
@@ -75,6 +86,8 @@ mod tests {
         assert_eq!(human(3 << 29), "1.5 GB");
         assert_eq!(human(320 << 20), "320 MB");
         #[cfg(target_os = "linux")]
-        assert!(available().is_some_and(|b| b > 0));
+        if std::env::var_os("KILN_SKIP_MEMORY_CHECK").is_none() {
+            assert!(available().is_some(), "Linux reports the memory available");
+        }
     }
 }

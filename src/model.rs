@@ -539,9 +539,12 @@ impl<'b, T: Real> Model<'b, T> {
         Ok(model)
     }
 
-    /// Grows the activations to hold a batch of `b` rows, once per larger
-    /// batch (the kernels' copy, sized on use, is kept).
-    fn hold(&mut self, b: usize) {
+    /// Grows the activations to hold a batch of `b` rows now (they would
+    /// grow at the first such batch anyway; `fit` reserves its batch size
+    /// so that [`Model::batch_capacity`], and with it `evaluate`'s chunks,
+    /// depend on the settings, not on what ran before). Never shrinks; the
+    /// kernels' copy, sized on use, is kept.
+    pub fn reserve(&mut self, b: usize) {
         if b > self.ws.capacity {
             let copy = std::mem::replace(&mut self.ws.kernel_copy, AlignedVec::zeroed(0));
             self.ws = Workspace::new(&self.arch, b);
@@ -600,8 +603,8 @@ impl<'b, T: Real> Model<'b, T> {
         &self.times
     }
 
-    /// The largest batch this model's activations hold now (the largest
-    /// it has been given; they grow as needed).
+    /// The largest batch this model's activations hold now: the largest it
+    /// has been given or reserved ([`Model::reserve`]; they grow as needed).
     pub fn batch_capacity(&self) -> usize {
         self.ws.capacity
     }
@@ -670,7 +673,7 @@ impl<'b, T: Real> Model<'b, T> {
     /// or a label is not below `C`.
     pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
         let b = batch.rows.len();
-        self.hold(b);
+        self.reserve(b);
         let last = self.slots.len() - 1;
         let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
         let Workspace { acts, input, p, dz, .. } = &mut self.ws;

@@ -138,6 +138,11 @@ impl Server {
             params.arch().inputs()
         );
         ensure!(
+            u32::try_from(config.max_body.div_ceil(1024)).is_ok(),
+            "the largest body accepted ({} bytes) must be under 4 TiB",
+            config.max_body
+        );
+        ensure!(
             config.body_budget >= config.max_body,
             "the body budget ({} bytes) must hold at least one body of the largest size accepted ({} bytes)",
             config.body_budget,
@@ -150,7 +155,9 @@ impl Server {
         let mut pool: Vec<_> = (1..workers).map(|_| first.fork(1)).collect();
         pool.push(first);
         let slots = Arc::new(tokio::sync::Semaphore::new(workers));
-        let bodies = Arc::new(tokio::sync::Semaphore::new(config.body_budget / 1024));
+        // Permits in KiB, rounded as requests round theirs (up), so a body of
+        // the largest size accepted always fits an empty budget.
+        let bodies = Arc::new(tokio::sync::Semaphore::new(config.body_budget.div_ceil(1024)));
         let arch = params.arch().clone();
         Ok(Arc::new(Server { be, arch, meta, pool: Mutex::new(pool), slots, bodies, config }))
     }
@@ -195,15 +202,17 @@ async fn model_info(State(s): State<Arc<Server>>) -> Json<Value> {
     }))
 }
 
-/// The model file's metadata as `/api/model` shows it: a value that is an
-/// absolute path (the data directory, an `--init` file) is cut to its last
-/// component, so that the server does not reveal the machine's directories.
+/// The model file's metadata as `/api/model` shows it: a value that is a
+/// path (the data directory, an `--init` file; absolute or relative, with
+/// `/` or `\`) is cut to its last component, so that the server does not
+/// reveal the machine's directories.
 fn public_meta(meta: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     meta.iter()
         .map(|(k, v)| {
-            let p = std::path::Path::new(v);
-            let shown = match p.file_name() {
-                Some(name) if p.is_absolute() => name.to_string_lossy().into_owned(),
+            // Any path, absolute or relative, Unix or Windows: its last part.
+            let trimmed = v.trim_end_matches(['/', '\\']);
+            let shown = match trimmed.rsplit(['/', '\\']).next() {
+                Some(last) if v.contains(['/', '\\']) => last.to_string(),
                 _ => v.clone(),
             };
             (k.clone(), shown)
@@ -235,7 +244,8 @@ async fn predict(
     let _room = if size <= SMALL_BODY {
         None
     } else {
-        let kib = size.div_ceil(1024) as u32;
+        // At most `max_body`'s KiB (checked when the server was built).
+        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX);
         match tokio::time::timeout(BUDGET_WAIT, Arc::clone(&s.bodies).acquire_many_owned(kib)).await {
             Ok(permit) => Some(permit.expect("the semaphore is never closed")),
             Err(_) => {

@@ -484,6 +484,10 @@ pub fn fit_with(
         "early stopping watches val_loss and needs validation data (fit_with's `validation`)"
     );
     let n = data.len();
+    // The activations for this fit's batches from the start, so that the
+    // evaluations' chunks (`evaluate`) are the same whether or not an epoch
+    // runs here (a resumed run may have none left).
+    model.reserve(cfg.batch_size.min(n));
     ensure!(progress.at <= n, "the progress is {} images into a pass over {n}", progress.at);
     let per_pass = n.div_ceil(cfg.batch_size);
     let steps = cfg.steps_per_epoch.unwrap_or(per_pass);
@@ -608,9 +612,9 @@ impl Evaluation {
 pub const EVAL_ROWS: usize = 1000;
 
 /// Loss, accuracy and predictions of `model` on all of `data`, in order, in
-/// chunks of [`EVAL_ROWS`] rows (or the largest batch the model has
-/// trained on, when larger); an error when the data does not fit the
-/// model ([`Samples::check_fits`]).
+/// chunks of [`EVAL_ROWS`] rows, or of [`Model::batch_capacity`] when
+/// larger (after `fit`: its batch size); an error when the data does not
+/// fit the model ([`Samples::check_fits`]).
 pub fn evaluate(model: &mut Model<'_, f32>, data: Samples<'_>) -> Result<Evaluation> {
     data.check_fits(model)?;
     let rows: Vec<u32> = (0..data.len() as u32).collect();

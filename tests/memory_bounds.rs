@@ -1,6 +1,8 @@
 //! Reads and decodes a user can steer are bounded in memory, measured as
 //! the peak resident memory of the `predict` process (its own test binary,
-//! so that no other test's children share the measure).
+//! so that no other test's children share the measure). Linux only:
+//! `ru_maxrss` is in KiB there (bytes on macOS), and `/dev/zero` is read.
+#![cfg(target_os = "linux")]
 
 use kiln::model::{Arch, Params};
 use std::path::Path;

@@ -322,6 +322,19 @@ fn request_bodies_share_a_budget_and_the_rest_get_503() {
         read_response(&mut s)
     };
     let big = kiln::serve::SMALL_BODY as usize + 1;
+    // A budget of exactly the largest body, not a whole number of KiB: a
+    // body of nearly that size still fits an empty budget.
+    let (params, meta) = kiln::checkpoint::load(&fixture().model).unwrap();
+    let odd = kiln::serve::Config { max_body: 1_000_000, body_budget: 1_000_000, ..Default::default() };
+    let odd_addr = kiln::serve::spawn_local(Server::new(be, params, meta, odd).unwrap()).unwrap();
+    let mut s = TcpStream::connect(odd_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999500\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    s.write_all(&vec![b'a'; 999_500]).unwrap();
+    assert_eq!(read_response(&mut s).0, 400, "served (no image), not 503");
     let mut hog = TcpStream::connect(addr).unwrap();
     hog.write_all(b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 262144\r\n\r\n0123456789")
         .unwrap();
@@ -343,7 +356,7 @@ fn the_model_route_hides_paths_and_hyper_answers_are_logged() {
     let d = tempfile::tempdir().unwrap();
     let (params, _) = kiln::checkpoint::load(&fixture().model).unwrap();
     let model = d.path().join("m.safetensors");
-    let meta = [("data", "/home/someone/datasets/mnist"), ("init", "glorot-uniform, seed 1")];
+    let meta = [("data", "/home/someone/datasets/mnist/"), ("init", "weights/acme/w.safetensors")];
     let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     kiln::checkpoint::save(&model, &params, &meta).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_serve"))
@@ -367,6 +380,7 @@ fn the_model_route_hides_paths_and_hyper_answers_are_logged() {
     };
     let info = send(b"GET /api/model HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert!(info.contains("\"data\":\"mnist\"") && !info.contains("/home/someone"), "{info}");
+    assert!(info.contains("\"init\":\"w.safetensors\"") && !info.contains("acme"), "relative paths too: {info}");
     assert!(send(b"NOT A REQUEST\r\n\r\n").starts_with("HTTP/1.1 400"));
     let huge = format!("GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
     assert!(send(huge.as_bytes()).starts_with("HTTP/1.1 431"));

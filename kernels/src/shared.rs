@@ -111,6 +111,8 @@ pub fn softmax_row<T: Real>(p: &mut [T]) {
 /// writes its logit gradient `(p - onehot(y)) / batch` into `dz`, and returns
 /// the clipped cross-entropy `-ln clip(p[y])` and whether `argmax p == y`.
 pub fn softmax_xent_row<T: Real>(p: &mut [T], dz: &mut [T], y: usize, batch: T) -> (T, bool) {
+    // The whole row flushed, `dz`'s division too (see `denormals`).
+    let _flushed = crate::denormals::Flushed::new();
     let (lo, hi) = (T::from_f64(CLIP), T::one() - T::from_f64(CLIP));
     softmax_row(p);
     // Clip with comparisons, not `max`/`min`, so that a NaN probability

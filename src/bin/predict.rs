@@ -105,7 +105,7 @@ fn input_of(path: &Path, args: &Args, shape: (usize, usize)) -> Result<Vec<u8>> 
 
 /// Images `range` of an IDX images file, which must hold images of `shape`.
 fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(String, Vec<u8>)>> {
-    let raw = kiln::fsutil::read_capped(path, data::MAX_IDX_BYTES, "an IDX file")?;
+    let raw = kiln::fsutil::read_regular(path, data::MAX_IDX_BYTES, "an IDX file")?;
     let bytes = if raw.starts_with(&[0x1F, 0x8B]) {
         let mut out = Vec::new();
         data::gunzip(&raw, data::MAX_IDX_BYTES, |chunk| {
@@ -134,7 +134,7 @@ fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(St
         Some((a, b)) => (index(a)?, index(b)?),
         None => {
             let i = index(range)?;
-            (i, i + 1)
+            (i, i.saturating_add(1))
         }
     };
     if start >= end {

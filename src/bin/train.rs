@@ -367,10 +367,10 @@ fn run(args: Args) -> Result<()> {
         Some(_) => data.classes(),
         None => {
             let c = data.classes();
+            // The spec's own mistakes first: they are the likelier ones.
+            Arch::parse(&spec, data.train.width(), c).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
             data.check_classes_from_labels().map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}; to train {c} classes on purpose, give the output layer: --layers {spec},{c}:softmax"
-                )
+                anyhow::anyhow!("{e}; to train {c} classes, give the output layer: --layers {spec},{c}:softmax")
             })?;
             c
         }
