@@ -1,0 +1,93 @@
+//! How a backend lays a network's parameters out in one arena, and the
+//! forward pass below the output layer: shared by training ([`super::Model`])
+//! and inference ([`super::Predictor`]), so both compute the same bits.
+
+use super::{Arch, Params};
+use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real};
+use std::ops::Range;
+
+/// Where one layer's tensors sit in a [`Model`]'s arenas.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    /// `K = in`, `N = out`.
+    pub(super) dims: Dims,
+    /// The kernel's storage (the backend's panels, or row-major for the output layer).
+    pub(super) layout: PanelLayout,
+    pub(super) kernel: Range<usize>,
+    pub(super) bias: Range<usize>,
+}
+
+/// Where each layer's tensors sit in an arena of `arch`'s parameters on
+/// `be`: every kernel in the backend's panels (the output layer's
+/// row-major), then every bias. Returns the slots and the arena's length.
+pub(super) fn arena_slots<T: Real>(be: &dyn Backend<T>, arch: &Arch) -> (Vec<Slot>, usize) {
+    let last = arch.layers.len() - 1;
+    let mut slots = Vec::new();
+    let mut at = 0;
+    for l in 0..=last {
+        let (k, n) = arch.kernel_shape(l);
+        let layout = if l < last { be.weight_layout(k, n) } else { PanelLayout::row_major(k, n) };
+        slots.push(Slot { dims: Dims { k, n }, layout, kernel: at..at + layout.len(), bias: 0..0 });
+        at += layout.len();
+    }
+    for s in &mut slots {
+        s.bias = at..at + s.dims.n;
+        at += s.dims.n;
+    }
+    (slots, at)
+}
+
+/// Packs row-major `params` into an arena laid out as `slots`.
+pub(super) fn pack_into<T: Real>(slots: &[Slot], params: &Params<T>, arena: &mut [T]) {
+    for (l, s) in slots.iter().enumerate() {
+        s.layout.pack(params.kernel(l), &mut arena[s.kernel.clone()]);
+        arena[s.bias.clone()].copy_from_slice(params.bias(l));
+    }
+}
+
+/// The forward pass below the output layer, for rows `rows` of `pixels`
+/// (`(R, D)` u8): each hidden layer's activation into `acts[l]` (`(B,
+/// U_l)`), calling `done(l)` after layer `l`. Returns the output layer's
+/// input, `(B, K_L)`: the last hidden activation, or for a one-layer
+/// network the batch gathered into `input` as `pixel / 255`.
+pub(super) fn forward_hidden<'a, T: Real>(
+    be: &dyn Backend<T>,
+    (arch, slots, w): (&Arch, &[Slot], &[T]),
+    (acts, input): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>),
+    (pixels, rows): (&[u8], &[u32]),
+    path: Layer1Path,
+    mut done: impl FnMut(usize),
+) -> &'a [T] {
+    let b = rows.len();
+    let last = slots.len() - 1;
+    for (l, s) in slots[..last].iter().enumerate() {
+        let act = arch.layers[l].activation;
+        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let (below, here) = acts.split_at_mut(l);
+        let h = &mut here[0][..b * s.dims.n]; // (B, U_l)
+        if l == 0 {
+            be.input_forward(h, pixels, rows, kernel, bias, s.dims, act, path);
+        } else {
+            be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act, path);
+        }
+        done(l);
+    }
+    let k = slots[last].dims.k;
+    if last == 0 {
+        gather(&mut input[..b * k], pixels, rows, k);
+        &input[..b * k]
+    } else {
+        &acts[last - 1][..b * k]
+    }
+}
+
+/// `out (B, D) := pixels[rows] / 255` (the input of a one-layer network).
+fn gather<T: Real>(out: &mut [T], pixels: &[u8], rows: &[u32], d: usize) {
+    let lut = kiln_kernels::pixel_table::<T>();
+    for (o, &r) in out.chunks_exact_mut(d.max(1)).zip(rows) {
+        let src = &pixels[r as usize * d..(r as usize + 1) * d];
+        for (v, &p) in o.iter_mut().zip(src) {
+            *v = lut[usize::from(p)];
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! [`Model`]: a network with its gradients, optimizer state and one
+//! batch's activations, trained step by step as Keras does.
+
+use super::arena::{arena_slots, forward_hidden, pack_into, Slot};
+use super::{Arch, Params};
+use anyhow::{ensure, Result};
+use kiln_kernels::{
+    Activation, AlignedVec, Backend, Layer1Path, Optimizer, Real, Schedule, Update, XentStats, MAX_SLOTS,
+};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Activations and their gradients for one batch of at most `capacity` rows.
+#[derive(Debug)]
+struct Workspace<T: Real> {
+    /// `(B, U_l)` outputs of layers 0 .. L-1.
+    acts: Vec<AlignedVec<T>>,
+    /// `(B, U_l)` gradients w.r.t. the pre-activations of layers 0 .. L-1.
+    grads: Vec<AlignedVec<T>>,
+    /// `(B, D)` the gathered input, only for a one-layer network.
+    input: AlignedVec<T>,
+    /// `(B, C)` softmax probabilities.
+    p: AlignedVec<T>,
+    /// `(B, C)` gradient of the mean loss w.r.t. the logits.
+    dz: AlignedVec<T>,
+    /// A copy of the hidden layers' kernels (`Model::backward` runs their
+    /// input gradients from it while their updates run; empty until then).
+    kernel_copy: AlignedVec<T>,
+    capacity: usize,
+}
+
+impl<T: Real> Workspace<T> {
+    fn new(arch: &Arch, capacity: usize) -> Self {
+        let hidden = &arch.layers[..arch.layers.len() - 1];
+        let buf = |w: usize| AlignedVec::zeroed(capacity * w);
+        Workspace {
+            acts: hidden.iter().map(|d| buf(d.units)).collect(),
+            grads: hidden.iter().map(|d| buf(d.units)).collect(),
+            input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
+            p: buf(arch.classes()),
+            dz: buf(arch.classes()),
+            kernel_copy: AlignedVec::zeroed(0),
+            capacity,
+        }
+    }
+
+    /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
+    /// `act_below` the activation of the layer below): `dZ_{l-1} := (dZ_l
+    /// W_l^T) * act_below'`, then `dW_l`, `db_l` (with `step`'s update of
+    /// `W_l` when given). With `copied`, the input gradient runs side by
+    /// side with the weight gradient, reading `W_l` from the copy of the
+    /// hidden kernels (which starts at arena index `copied`) when the
+    /// update changes it meanwhile.
+    fn hidden_backward(
+        &mut self,
+        be: &dyn Backend<T>,
+        (l, s, act_below, b): (usize, &Slot, Activation, usize),
+        (w, g, state): (&mut [T], &mut [T], &mut [AlignedVec<T>; MAX_SLOTS]),
+        (step, path): (Option<kiln_kernels::Step<T>>, Layer1Path),
+        copied: Option<usize>,
+    ) {
+        let (lower, upper) = self.grads.split_at_mut(l);
+        let dz = &upper[0][..b * s.dims.n];
+        let a = &self.acts[l - 1][..b * s.dims.k];
+        let da = &mut lower[l - 1][..b * s.dims.k];
+        let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+        // The kernel the input gradient reads: the copy when the other side
+        // updates it meanwhile.
+        let (kernel, u) = match (copied, step) {
+            (Some(start), Some(st)) => {
+                (&self.kernel_copy[s.kernel.start - start..s.kernel.end - start], Some(fused(w, state, &s.kernel, st)))
+            }
+            (Some(_), None) => (&w[s.kernel.clone()], None),
+            (None, _) => {
+                be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+                be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
+                return;
+            }
+        };
+        kiln_kernels::side_by_side(
+            || be.hidden_backward_input(da, dz, kernel, a, s.dims, act_below, path),
+            || be.hidden_backward(gk, gb, a, dz, s.dims, u, path),
+        );
+    }
+}
+
+/// Wall time spent in each layer's forward and backward so far (for the
+/// epoch breakdown; the timers cost a few tens of nanoseconds per step).
+#[derive(Clone, Debug, Default)]
+pub struct PhaseTimes {
+    /// Per layer: its forward (the output layer's includes softmax-xent).
+    pub forward: Vec<Duration>,
+    /// Per layer: its weight gradient (with the fused update where there is
+    /// one) and the input gradient below it.
+    pub backward: Vec<Duration>,
+    /// The flat update of whatever was not updated inside a product.
+    pub update: Duration,
+}
+
+impl PhaseTimes {
+    /// The phases in the order a step runs them, as (name, seconds):
+    /// `layer1_forward` .. `layerN_forward`, `layerN_backward` ..
+    /// `layer1_backward`, `update`.
+    pub fn named(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .forward
+            .iter()
+            .enumerate()
+            .map(|(l, d)| (format!("layer{}_forward", l + 1), d.as_secs_f64()))
+            .collect();
+        for (l, d) in self.backward.iter().enumerate().rev() {
+            v.push((format!("layer{}_backward", l + 1), d.as_secs_f64()));
+        }
+        v.push(("update".into(), self.update.as_secs_f64()));
+        v
+    }
+}
+
+/// Adds the time since `*t` to `acc` and restarts `*t`.
+fn lap(t: &mut Instant, acc: &mut Duration) {
+    let now = Instant::now();
+    *acc += now - *t;
+    *t = now;
+}
+
+/// A batch: row indices into a whole dataset of `u8` images and labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// All pixels of the dataset, `(R, D)`.
+    pub pixels: &'a [u8],
+    /// All labels of the dataset, `(R)`.
+    pub labels: &'a [u8],
+    /// The rows of this batch, `(B)`.
+    pub rows: &'a [u32],
+}
+
+/// Borrows `r` of `v` mutably (one range of one arena at a time).
+fn part<'a, T>(v: &'a mut [T], r: &Range<usize>) -> &'a mut [T] {
+    &mut v[r.clone()]
+}
+
+/// The network with its gradients, optimizer state and activations, bound
+/// to the kernel backend that runs it. The parameters live in the
+/// backend's layout and are only reachable through row-major copies
+/// ([`Model::params`]), so no caller can misread them.
+pub struct Model<'b, T: Real> {
+    be: &'b dyn Backend<T>,
+    arch: Arch,
+    opt: Optimizer,
+    schedule: Schedule,
+    /// Updates applied so far (Keras's `optimizer.iterations`).
+    iterations: u64,
+    path: Layer1Path,
+    slots: Vec<Slot>,
+    /// Start of `[W_L | b_0 .. b_L]`, updated by one flat pass.
+    tail: usize,
+    params: AlignedVec<T>,
+    grads: AlignedVec<T>,
+    /// The optimizer's state arrays by slot (empty where unused).
+    state: [AlignedVec<T>; MAX_SLOTS],
+    times: PhaseTimes,
+    ws: Workspace<T>,
+}
+
+impl<'b, T: Real> Model<'b, T> {
+    /// A model running on `be`, starting from `params`, updated by `opt`
+    /// (its state at zero, no update done yet); an error naming the
+    /// argument when one of `opt`'s hyper-parameters cannot train (a NaN or
+    /// negative learning rate, a decay outside [0, 1), ...). Its
+    /// activations grow to the largest batch it is given.
+    ///
+    /// ```
+    /// use kiln::kernels::RmsProp;
+    /// use kiln::model::{Activation, Model, Params, Sequential};
+    /// let arch = Sequential::new(4).dense(2, Activation::Softmax).build().unwrap();
+    /// let be = kiln::kernels::select("auto").unwrap();
+    /// assert!(Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).is_ok());
+    /// let nan = RmsProp { lr: f64::NAN, ..RmsProp::default() };
+    /// let err = Model::new(be, &Params::glorot(&arch, 1), nan).err().unwrap();
+    /// assert!(err.to_string().contains("learning_rate"), "{err}");
+    /// ```
+    pub fn new(be: &'b dyn Backend<T>, params: &Params<T>, opt: impl Into<Optimizer>) -> Result<Self> {
+        let opt = opt.into();
+        opt.check().map_err(|e| anyhow::anyhow!("{}: {e}", opt.name()))?;
+        let arch = params.arch.clone();
+        let last = arch.layers.len() - 1;
+        let (slots, at) = arena_slots(be, &arch);
+        let tail = slots[last].kernel.start;
+        let mut model = Model {
+            be,
+            opt,
+            schedule: Schedule::Constant,
+            iterations: 0,
+            path: Layer1Path::Auto,
+            tail,
+            params: AlignedVec::zeroed(at),
+            grads: AlignedVec::zeroed(at),
+            state: opt.slots().map(|used| AlignedVec::zeroed(if used.is_some() { at } else { 0 })),
+            times: PhaseTimes {
+                forward: vec![Duration::ZERO; last + 1],
+                backward: vec![Duration::ZERO; last + 1],
+                update: Duration::ZERO,
+            },
+            ws: Workspace::new(&arch, 0),
+            slots,
+            arch,
+        };
+        model.set_params(params);
+        Ok(model)
+    }
+
+    /// Grows the activations to hold a batch of `b` rows now (they would
+    /// grow at the first such batch anyway; `fit` reserves its batch size
+    /// so that [`Model::batch_capacity`], and with it `evaluate`'s chunks,
+    /// depend on the settings, not on what ran before). Never shrinks; the
+    /// kernels' copy, sized on use, is kept.
+    pub fn reserve(&mut self, b: usize) {
+        if b > self.ws.capacity {
+            let copy = std::mem::replace(&mut self.ws.kernel_copy, AlignedVec::zeroed(0));
+            self.ws = Workspace::new(&self.arch, b);
+            self.ws.kernel_copy = copy;
+        }
+    }
+
+    /// The same model, with the treatment of zero inputs chosen: the input
+    /// layer's zero pixels, and the hidden layers' zero activations (and
+    /// the zeros a ReLU leaves in their gradients). Results are
+    /// bit-identical for every choice.
+    pub fn with_layer1_path(mut self, path: Layer1Path) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// The same model, its learning rate following `schedule` (Keras's
+    /// `learning_rate=` a schedule) from the optimizer's learning rate.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    /// The backend this model runs on.
+    pub fn backend(&self) -> &'b dyn Backend<T> {
+        self.be
+    }
+
+    /// The optimizer and its hyper-parameters.
+    pub fn optimizer(&self) -> Optimizer {
+        self.opt
+    }
+
+    /// Updates applied so far (Keras's `optimizer.iterations`).
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// The path chosen by [`Model::with_layer1_path`].
+    pub fn layer1_path(&self) -> Layer1Path {
+        self.path
+    }
+
+    /// Time spent per phase so far.
+    pub fn times(&self) -> &PhaseTimes {
+        &self.times
+    }
+
+    /// The largest batch this model's activations hold now: the largest it
+    /// has been given or reserved ([`Model::reserve`]; they grow as needed).
+    pub fn batch_capacity(&self) -> usize {
+        self.ws.capacity
+    }
+
+    /// Copies an arena into row-major [`Params`].
+    fn export(&self, arena: &[T]) -> Params<T> {
+        let mut p = Params::zeros(&self.arch);
+        for (l, s) in self.slots.iter().enumerate() {
+            s.layout.unpack(&arena[s.kernel.clone()], p.kernel_mut(l));
+            p.bias_mut(l).copy_from_slice(&arena[s.bias.clone()]);
+        }
+        p
+    }
+
+    /// The weights, row-major.
+    pub fn params(&self) -> Params<T> {
+        self.export(&self.params)
+    }
+
+    /// The gradients of the last [`Model::forward_backward`], row-major.
+    pub fn grads(&self) -> Params<T> {
+        self.export(&self.grads)
+    }
+
+    /// The optimizer's state arrays, row-major, by Keras's names (e.g.
+    /// RMSprop's `velocity`, Adam's `momentum` and `velocity`).
+    pub fn optimizer_state(&self) -> Vec<(&'static str, Params<T>)> {
+        let names = self.opt.slots();
+        names.iter().zip(&self.state).filter_map(|(name, s)| name.map(|n| (n, self.export(s)))).collect()
+    }
+
+    /// Restores the optimizer's state (as [`Model::optimizer_state`] gives
+    /// it) and its update count, e.g. to resume training exactly; an error
+    /// when a state array is missing, unknown or of another architecture.
+    pub fn set_optimizer_state(&mut self, iterations: u64, state: &[(String, Params<T>)]) -> Result<()> {
+        let names = self.opt.slots();
+        for (name, p) in state {
+            ensure!(names.contains(&Some(name.as_str())), "{} keeps no state called `{name}`", self.opt.name());
+            ensure!(p.arch == self.arch, "optimizer state `{name}` belongs to the layers {}", p.arch.spec());
+        }
+        for name in names.iter().flatten() {
+            ensure!(state.iter().any(|(n, _)| n == name), "optimizer state `{name}` is missing");
+        }
+        for (slot, name) in names.iter().enumerate() {
+            if let Some(p) = name.and_then(|n| state.iter().find(|(m, _)| m == n)).map(|(_, p)| p) {
+                let arena = &mut self.state[slot];
+                for (l, s) in self.slots.iter().enumerate() {
+                    s.layout.pack(p.kernel(l), &mut arena[s.kernel.clone()]);
+                    arena[s.bias.clone()].copy_from_slice(p.bias(l));
+                }
+            }
+        }
+        self.iterations = iterations;
+        Ok(())
+    }
+
+    /// Replaces the weights (the optimizer state is kept). Panics when
+    /// `params` belongs to another architecture.
+    pub fn set_params(&mut self, params: &Params<T>) {
+        assert_eq!(params.arch, self.arch, "parameters of another architecture");
+        pack_into(&self.slots, params, &mut self.params);
+    }
+
+    /// Forward pass only: probabilities of `batch` into the workspace, and
+    /// the summed loss and correct count. Panics when a row is out of range
+    /// or a label is not below `C`.
+    pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
+        let b = batch.rows.len();
+        self.reserve(b);
+        let last = self.slots.len() - 1;
+        let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
+        let Workspace { acts, input, p, dz, .. } = &mut self.ws;
+        let mut t = Instant::now();
+        let a = forward_hidden(
+            be,
+            (&self.arch, &self.slots, w),
+            (acts, input),
+            (batch.pixels, batch.rows),
+            self.path,
+            |l| lap(&mut t, &mut times.forward[l]),
+        );
+        let s = &self.slots[last];
+        let (p, dz) = (&mut p[..b * s.dims.n], &mut dz[..b * s.dims.n]); // (B, C) each
+        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let stats = be.output_softmax_xent(p, dz, a, kernel, bias, batch.labels, batch.rows, s.dims);
+        lap(&mut t, &mut times.forward[last]);
+        stats
+    }
+
+    /// Probabilities of the last [`Model::forward`], `(B, C)`.
+    pub fn probs(&self, b: usize) -> &[T] {
+        &self.ws.p[..b * self.arch.classes()]
+    }
+
+    /// Forward and backward: fills the gradients ([`Model::grads`]) of the
+    /// mean clipped cross-entropy of `batch`; returns the forward's stats.
+    pub fn forward_backward(&mut self, batch: Batch<'_>) -> XentStats<T> {
+        let stats = self.forward(batch);
+        self.backward(batch, false);
+        stats
+    }
+
+    /// The backward pass of the last [`Model::forward`] on `batch`, from the
+    /// output layer down. With `update`, it also applies the optimizer's
+    /// next step: each kernel below the output layer is updated inside its
+    /// gradient product (after its input gradient used the old weights),
+    /// then the rest of the arena in one flat pass.
+    fn backward(&mut self, batch: Batch<'_>, update: bool) {
+        let b = batch.rows.len();
+        let last = self.slots.len() - 1;
+        let step = self.next_step();
+        // On a pool of two threads, a network with hidden layers runs each
+        // hidden layer's input gradient (from a copy of the kernels, which
+        // its update changes meanwhile) on one thread beside its weight
+        // gradient and update on the other, each op alone on its core:
+        // split over both threads, every op listed its operand's non-zeros
+        // twice and waited for the slower half. Before them the output
+        // layer and the copy run while the backend may list the batch's
+        // pixels for the input layer, whose weight gradient comes last on
+        // both threads.
+        let paired = last >= 2 && kiln_kernels::runs_side_by_side();
+        // The hidden layers' kernels, contiguous in the arena.
+        let hidden = if paired { self.slots[1].kernel.start..self.slots[last - 1].kernel.end } else { 0..0 };
+        let (be, path, ws, times) = (self.be, self.path, &mut self.ws, &mut self.times);
+        let (w, g, state) = (&mut self.params[..], &mut self.grads[..], &mut self.state);
+        let k0 = self.slots[0].dims.k;
+        let mut t = Instant::now();
+        // Everything above the input layer (when paired: the output layer
+        // and the copy); meanwhile the backend may list the batch's non-zero
+        // pixels for the input layer on another thread.
+        let mut above = || {
+            // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
+            let s = &self.slots[last];
+            let dz = &ws.dz[..b * s.dims.n];
+            let input = if last == 0 { &ws.input[..b * s.dims.k] } else { &ws.acts[last - 1][..b * s.dims.k] };
+            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            be.output_backward(gk, gb, input, dz, s.dims);
+            if last > 0 {
+                let act = self.arch.layers[last - 1].activation;
+                let da = &mut ws.grads[last - 1][..b * s.dims.k];
+                be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
+            }
+            if paired {
+                // Only an update changes the kernels while they are read.
+                if update {
+                    // Made once a model first pairs (most never do).
+                    if ws.kernel_copy.len() != hidden.len() {
+                        ws.kernel_copy = AlignedVec::zeroed(hidden.len());
+                    }
+                    ws.kernel_copy.copy_from_slice(&w[hidden.clone()]);
+                }
+                return;
+            }
+            lap(&mut t, &mut times.backward[last]);
+            // Hidden layers, top down.
+            for l in (1..last).rev() {
+                let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
+                ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), None);
+                lap(&mut t, &mut times.backward[l]);
+            }
+        };
+        if last == 0 {
+            above();
+        } else {
+            let lists = be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above);
+            if paired {
+                lap(&mut t, &mut times.backward[last]);
+                for l in (1..last).rev() {
+                    let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
+                    let copied = Some(hidden.start);
+                    ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), copied);
+                    lap(&mut t, &mut times.backward[l]);
+                }
+            }
+            // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
+            let s = &self.slots[0];
+            let dz = &ws.grads[0][..b * s.dims.n];
+            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            let u = update.then(|| fused(w, state, &s.kernel, step));
+            be.input_backward_listed(lists, (gk, gb), dz, s.dims, path, u);
+            lap(&mut t, &mut times.backward[0]);
+        }
+        if update {
+            let tail = self.tail..w.len();
+            be.update(fused(w, state, &tail, step), &g[tail]);
+            lap(&mut t, &mut times.update);
+            self.iterations += 1;
+        }
+    }
+
+    /// The coefficients of the next update (number `iterations + 1`, at
+    /// the schedule's learning rate after `iterations` updates).
+    fn next_step(&self) -> kiln_kernels::Step<T> {
+        self.opt.step(self.iterations + 1, self.schedule.lr(self.opt.lr(), self.iterations))
+    }
+
+    /// One optimizer step of every parameter from the gradients (after
+    /// [`Model::forward_backward`]).
+    pub fn update(&mut self) {
+        let mut t = Instant::now();
+        let step = self.next_step();
+        let all = 0..self.params.len();
+        self.be.update(fused(&mut self.params, &mut self.state, &all, step), &self.grads);
+        lap(&mut t, &mut self.times.update);
+        self.iterations += 1;
+    }
+
+    /// A whole training step on `batch`: forward, backward, update (the
+    /// same weights, bit for bit, as `forward_backward` then `update`). When
+    /// the loss is not finite nothing is updated and `Err` carries the stats.
+    pub fn train_step(&mut self, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
+        let stats = self.forward(batch);
+        if !stats.loss_sum.is_finite() {
+            return Err(stats);
+        }
+        self.backward(batch, true);
+        Ok(stats)
+    }
+}
+
+/// The update of the range `r` of the arena `w`, with `r` of each used
+/// state slot.
+fn fused<'a, T: Real>(
+    w: &'a mut [T],
+    state: &'a mut [AlignedVec<T>; MAX_SLOTS],
+    r: &Range<usize>,
+    step: kiln_kernels::Step<T>,
+) -> Update<'a, T> {
+    let slots = state.each_mut().map(|s| if s.is_empty() { &mut [][..] } else { &mut s[r.clone()] });
+    Update::new(part(w, r), slots, step)
+}
+
+/// The disjoint ranges `a` (a kernel) and `b` (a bias, after it) of `v`.
+fn split_pair<'a, T>(v: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [T], &'a mut [T]) {
+    assert!(a.end <= b.start, "kernels precede biases in the arena");
+    let (lo, hi) = v.split_at_mut(b.start);
+    (&mut lo[a.clone()], &mut hi[..b.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_sets_each_updates_learning_rate() {
+        // SGD keeps no state, so a scheduled model's second update must
+        // equal one constant-rate update at the schedule's second rate.
+        use kiln_kernels::Sgd;
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("8:relu", 4, 3).unwrap();
+        let params = Params::<f32>::glorot(&arch, 2);
+        let pixels: Vec<u8> = (0..40).map(|i| (i * 37 % 256) as u8).collect();
+        let labels: Vec<u8> = (0..10).map(|i| i % 3).collect();
+        let rows: Vec<u32> = (0..10).collect();
+        let batch = Batch { pixels: &pixels, labels: &labels, rows: &rows };
+        let sgd = |lr| Optimizer::Sgd(Sgd { lr, ..Sgd::default() });
+        let sched = Schedule::Exponential { decay_steps: 1, rate: 0.5 };
+        let mut scheduled = Model::new(be, &params, sgd(0.1)).unwrap().with_schedule(sched);
+        let mut constant = Model::new(be, &params, sgd(0.1)).unwrap();
+        scheduled.train_step(batch).unwrap();
+        constant.train_step(batch).unwrap();
+        assert_eq!(scheduled.params().values(), constant.params().values(), "step 0 runs at the initial rate");
+        let second_rate = f64::from(sched.lr::<f32>(0.1, 1));
+        assert_eq!(second_rate, f64::from(0.1f32 * 0.5));
+        let mut by_hand = Model::new(be, &constant.params(), sgd(second_rate)).unwrap();
+        scheduled.train_step(batch).unwrap();
+        by_hand.train_step(batch).unwrap();
+        constant.train_step(batch).unwrap();
+        assert_eq!(scheduled.params().values(), by_hand.params().values());
+        assert_ne!(scheduled.params().values(), constant.params().values());
+    }
+}
