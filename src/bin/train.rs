@@ -431,7 +431,7 @@ fn train_and_save(
     json: bool,
     profile: bool,
 ) -> Result<()> {
-    let Plan { arch, init, init_from, opt, cfg, layer1, validation, schedule, checkpoint, resume } = plan;
+    let Plan { arch, init, opt, cfg, layer1, validation, schedule, checkpoint, resume, .. } = plan;
     let out = outputs.model.as_path();
     let say = |line: String| if json { eprintln!("{line}") } else { kiln::outln!("{line}") };
     if cfg!(debug_assertions) {
@@ -452,7 +452,6 @@ fn train_and_save(
     say(format!("data: {}", data.describe()));
     say(format!("model: Sequential, --layers {}", arch.spec()));
     say(arch.summary());
-    let steps_note = cfg.steps_per_epoch.map_or(String::new(), |n| format!(", {n} steps per epoch"));
     let all_train = Samples::from(&data.train);
     let (train_data, val_data) = match *validation {
         Validation::None => (all_train, None),
@@ -462,51 +461,13 @@ fn train_and_save(
         }
         Validation::Test => (all_train, Some(Samples::from(&data.test))),
     };
-    let val_note = match (*validation, &val_data) {
-        (Validation::Split(f), Some(v)) => {
-            format!("; validation: the last {} training images (--validation-split {f})", v.len())
-        }
-        (Validation::Test, Some(v)) => format!("; validation: the {} test images", v.len()),
-        _ => String::new(),
-    };
-    let stop_note = cfg.early_stopping.map_or(String::new(), |e| {
-        format!(
-            "; early stopping: patience {} on val_loss{}",
-            e.patience,
-            if e.restore_best { ", restoring the best epoch's weights" } else { "" }
-        )
-    });
-    let schedule_note =
-        if *schedule == Schedule::Constant { String::new() } else { format!(", --lr-schedule {}", schedule.spec()) };
-    say(format!(
-        "{}{schedule_note}; batch {}, {} epochs{steps_note}, {}; {} training images{val_note}{stop_note}; \
-         weights: {init_from}",
-        opt.describe(),
-        cfg.batch_size,
-        cfg.epochs,
-        if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() },
-        train_data.len()
-    ));
+    say(describe_run(plan, train_data.len(), val_data.as_ref().map(Samples::len)));
     let mut model = Model::new(be, init, *opt)?.with_layer1_path(*layer1).with_schedule(*schedule);
-    // What a resumed run must share with the checkpoint it resumes.
-    let run_settings = || -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        m.insert("--optimizer".into(), opt.describe());
-        m.insert("--lr-schedule".into(), schedule.spec());
-        m.insert("--batch-size".into(), cfg.batch_size.to_string());
-        m.insert("--seed".into(), cfg.seed.to_string());
-        m.insert("--no-shuffle".into(), (!cfg.shuffle).to_string());
-        m.insert("--steps-per-epoch".into(), format!("{:?}", cfg.steps_per_epoch));
-        m.insert("--init".into(), init_from.clone());
-        m.insert("validation".into(), format!("{validation:?}"));
-        m.insert("--early-stopping".into(), format!("{:?}", cfg.early_stopping));
-        m.insert("training data".into(), train_data.fingerprint());
-        if let Some(v) = &val_data {
-            m.insert("validation data".into(), v.fingerprint());
-        }
-        m
+    let run = if checkpoint.is_some() || resume.is_some() {
+        run_settings(plan, train_data, val_data)
+    } else {
+        BTreeMap::new()
     };
-    let run = if checkpoint.is_some() || resume.is_some() { run_settings() } else { BTreeMap::new() };
     let mut progress = Progress::default();
     if let Some(path) = resume {
         let r = checkpoint::load_resume(path, arch, &run)?;
@@ -596,27 +557,104 @@ fn train_and_save(
     }
     ensure!(!reports.is_empty(), "no epoch was trained");
     let train_seconds = start.elapsed().as_secs_f64();
-    let phases = model.times().named();
-    let data_seconds = train_seconds - phases.iter().map(|(_, s)| s).sum::<f64>();
     if profile {
-        let epochs = (reports.len() - resumed_at).max(1) as f64;
-        let rows = phases.iter().cloned().chain(std::iter::once(("data_and_loop".to_string(), data_seconds)));
-        if json {
-            let mut o = serde_json::Map::new();
-            for (name, s) in rows {
-                o.insert(format!("{name}_seconds_per_epoch"), json!(s / epochs));
-            }
-            kiln::outln!("{}", serde_json::Value::Object(o));
-        } else {
-            kiln::outln!("time per epoch by phase:");
-            for (name, s) in rows {
-                kiln::outln!("  {name:<16} {:>8.4}s  {:>5.1}%", s / epochs, 100.0 * s / train_seconds);
-            }
-        }
+        print_profile(&model, train_seconds, (reports.len() - resumed_at).max(1), json);
     }
     let eval = train::evaluate(&mut model, Samples::from(&data.test))?;
     let (test_loss, test_acc) = (eval.loss, eval.acc);
     let confusion = eval.confusion(data.test.labels());
+    let meta = model_metadata(plan, be, data, (test_loss, test_acc), reports.len());
+    checkpoint::save(out, &model.params(), &meta)?;
+    write_side_outputs(outputs, reports, &eval, data)?;
+    let timed = &reports[resumed_at.min(reports.len() - 1)..];
+    let mean_epoch = timed.iter().map(|r| r.seconds).sum::<f64>() / timed.len() as f64;
+    let summary = Summary { eval: &eval, train_seconds, mean_epoch, threads, confusion: &confusion };
+    print_summary(plan, be, data, outputs, json, &summary);
+    Ok(())
+}
+
+/// What a resumed run must share with the checkpoint it resumes: the
+/// settings by flag, and the training and validation images' fingerprints.
+fn run_settings(plan: &Plan, train_data: Samples<'_>, val_data: Option<Samples<'_>>) -> BTreeMap<String, String> {
+    let Plan { init_from, opt, cfg, validation, schedule, .. } = plan;
+    let mut m = BTreeMap::new();
+    m.insert("--optimizer".into(), opt.describe());
+    m.insert("--lr-schedule".into(), schedule.spec());
+    m.insert("--batch-size".into(), cfg.batch_size.to_string());
+    m.insert("--seed".into(), cfg.seed.to_string());
+    m.insert("--no-shuffle".into(), (!cfg.shuffle).to_string());
+    m.insert("--steps-per-epoch".into(), format!("{:?}", cfg.steps_per_epoch));
+    m.insert("--init".into(), init_from.clone());
+    m.insert("validation".into(), format!("{validation:?}"));
+    m.insert("--early-stopping".into(), format!("{:?}", cfg.early_stopping));
+    m.insert("training data".into(), train_data.fingerprint());
+    if let Some(v) = &val_data {
+        m.insert("validation data".into(), v.fingerprint());
+    }
+    m
+}
+
+/// `--profile`: the time per epoch of each phase of the step.
+fn print_profile(model: &Model<'_, f32>, train_seconds: f64, epochs: usize, json: bool) {
+    let phases = model.times().named();
+    let data_seconds = train_seconds - phases.iter().map(|(_, s)| s).sum::<f64>();
+    let epochs = epochs as f64;
+    let rows = phases.iter().cloned().chain(std::iter::once(("data_and_loop".to_string(), data_seconds)));
+    if json {
+        let mut o = serde_json::Map::new();
+        for (name, s) in rows {
+            o.insert(format!("{name}_seconds_per_epoch"), json!(s / epochs));
+        }
+        kiln::outln!("{}", serde_json::Value::Object(o));
+    } else {
+        kiln::outln!("time per epoch by phase:");
+        for (name, s) in rows {
+            kiln::outln!("  {name:<16} {:>8.4}s  {:>5.1}%", s / epochs, 100.0 * s / train_seconds);
+        }
+    }
+}
+
+/// The banner's line on how the run trains: the optimizer, schedule, batch,
+/// epochs, shuffling, the training and validation images, early stopping
+/// and the initial weights.
+fn describe_run(plan: &Plan, train_images: usize, val_images: Option<usize>) -> String {
+    let Plan { init_from, opt, cfg, validation, schedule, .. } = plan;
+    let steps_note = cfg.steps_per_epoch.map_or(String::new(), |n| format!(", {n} steps per epoch"));
+    let val_note = match (*validation, val_images) {
+        (Validation::Split(f), Some(v)) => {
+            format!("; validation: the last {v} training images (--validation-split {f})")
+        }
+        (Validation::Test, Some(v)) => format!("; validation: the {v} test images"),
+        _ => String::new(),
+    };
+    let stop_note = cfg.early_stopping.map_or(String::new(), |e| {
+        format!(
+            "; early stopping: patience {} on val_loss{}",
+            e.patience,
+            if e.restore_best { ", restoring the best epoch's weights" } else { "" }
+        )
+    });
+    let schedule_note =
+        if *schedule == Schedule::Constant { String::new() } else { format!(", --lr-schedule {}", schedule.spec()) };
+    format!(
+        "{}{schedule_note}; batch {}, {} epochs{steps_note}, {}; {train_images} training images{val_note}{stop_note}; \
+         weights: {init_from}",
+        opt.describe(),
+        cfg.batch_size,
+        cfg.epochs,
+        if cfg.shuffle { format!("shuffled (seed {})", cfg.seed) } else { "not shuffled".to_string() },
+    )
+}
+
+/// The model file's metadata: the run's settings and its test results.
+fn model_metadata(
+    plan: &Plan,
+    be: &dyn Backend<f32>,
+    data: &Dataset,
+    (test_loss, test_acc): (f64, f64),
+    epochs_trained: usize,
+) -> BTreeMap<String, String> {
+    let Plan { init_from, opt, cfg, validation, schedule, .. } = plan;
     let mut meta = BTreeMap::new();
     for (k, v) in [
         ("seed", cfg.seed.to_string()),
@@ -644,9 +682,21 @@ fn train_and_save(
     }
     if let Some(e) = cfg.early_stopping {
         meta.insert("early_stopping".into(), format!("patience {}, restore best {}", e.patience, e.restore_best));
-        meta.insert("epochs_trained".into(), reports.len().to_string());
+        meta.insert("epochs_trained".into(), epochs_trained.to_string());
     }
-    checkpoint::save(out, &model.params(), &meta)?;
+    meta
+}
+
+/// The metrics (JSON lines), the chart, and when asked the confusion
+/// heatmap and the grid of misclassified test images.
+fn write_side_outputs(
+    outputs: &Outputs,
+    reports: &[EpochReport],
+    eval: &train::Evaluation,
+    data: &Dataset,
+) -> Result<()> {
+    let (test_loss, test_acc) = (eval.loss, eval.acc);
+    let confusion = eval.confusion(data.test.labels());
     let mut lines = String::new();
     for r in reports {
         lines.push_str(&format!("{}\n", epoch_json(r)));
@@ -667,8 +717,23 @@ fn train_and_save(
             .collect();
         kiln::draw::digit_grid(p, &wrong, data.test.shape(), 10)?;
     }
-    let timed = &reports[resumed_at.min(reports.len() - 1)..];
-    let mean_epoch = timed.iter().map(|r| r.seconds).sum::<f64>() / timed.len() as f64;
+    Ok(())
+}
+
+/// What the final report says beside the plan.
+struct Summary<'a> {
+    eval: &'a train::Evaluation,
+    train_seconds: f64,
+    mean_epoch: f64,
+    threads: usize,
+    confusion: &'a [Vec<usize>],
+}
+
+/// The final report: one JSON line, or the test results, the confusion
+/// matrix and where everything was written.
+fn print_summary(plan: &Plan, be: &dyn Backend<f32>, data: &Dataset, outputs: &Outputs, json: bool, s: &Summary<'_>) {
+    let Summary { eval, train_seconds, mean_epoch, threads, confusion } = *s;
+    let (test_loss, test_acc, arch, out) = (eval.loss, eval.acc, &plan.arch, outputs.model.as_path());
     if json {
         let line = json!({"test_loss": test_loss, "test_acc": test_acc, "train_seconds": train_seconds,
                           "mean_epoch_seconds": mean_epoch, "backend": be.name(), "threads": threads,
@@ -688,7 +753,6 @@ fn train_and_save(
         kiln::outln!("metrics: {}; chart: {}", outputs.metrics.display(), outputs.chart.display());
         kiln::outln!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
     }
-    Ok(())
 }
 
 /// An epoch's log line, as Keras prints it.
