@@ -98,6 +98,7 @@
 
 #![warn(missing_docs)]
 
+mod activation;
 mod aligned;
 #[cfg(feature = "blas")]
 mod blas;
@@ -105,60 +106,31 @@ mod caches;
 mod denormals;
 mod gemm;
 mod isa;
+mod layout;
 mod optim;
 mod par;
 mod params;
 mod peak;
 mod prefetch;
+mod real;
 pub mod scalar;
+mod select;
 mod shared;
 mod simd;
 mod small;
 mod sparse;
 
+pub use activation::{Activation, Applied};
 pub use aligned::AlignedVec;
 pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
+pub use layout::{Dims, PanelLayout};
 pub use optim::{update_serial, Adam, ArgError, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
+pub use real::Real;
+pub use select::{available_backends, select, SelectError, BACKEND_NAMES};
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
-use std::fmt::Debug;
-
-/// The element type of the kernels: `f32` for training, `f64` for the
-/// reference path of the gradient checks.
-pub trait Real: num_traits::Float + bytemuck::Pod + Default + Debug + Send + Sync + 'static {
-    /// `v` converted exactly (every `u8` is representable).
-    fn from_u8(v: u8) -> Self;
-    /// `v` rounded to the nearest representable value.
-    fn from_f64(v: f64) -> Self;
-    /// `self` widened (exactly for `f32` and `f64`).
-    fn to_f64(self) -> f64;
-}
-
-impl Real for f32 {
-    fn from_u8(v: u8) -> Self {
-        f32::from(v)
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-}
-
-impl Real for f64 {
-    fn from_u8(v: u8) -> Self {
-        f64::from(v)
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-}
 
 /// Probabilities are clipped to `[CLIP, 1 - CLIP]` before the logarithm of the
 /// cross-entropy, as Keras does (`keras.backend.epsilon()`).
@@ -204,79 +176,6 @@ pub struct XentStats<T> {
     pub correct: usize,
 }
 
-/// Shapes shared by the dense ops: the reduction length `k` and the output
-/// width `n`. The batch size `B` is implied by the slices (`rows.len()`, or
-/// the length of the output divided by `n`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    /// Inner (reduction) dimension `K`.
-    pub k: usize,
-    /// Output columns `N`.
-    pub n: usize,
-}
-
-/// How a `(K, N)` matrix is stored in panels of `nr` columns: panel `p`
-/// holds columns `p*nr .. (p+1)*nr` as a row-major `(K, nr)` block, and the
-/// columns past `N` in the last panel are zero. `nr == N` is row-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PanelLayout {
-    /// Rows `K`.
-    pub k: usize,
-    /// Columns `N` (without padding).
-    pub n: usize,
-    /// Panel width (at least 1).
-    pub nr: usize,
-}
-
-impl PanelLayout {
-    /// Plain row-major `(K, N)`.
-    pub fn row_major(k: usize, n: usize) -> Self {
-        PanelLayout { k, n, nr: n.max(1) }
-    }
-    /// Panels of `nr` columns.
-    pub fn panels_of(k: usize, n: usize, nr: usize) -> Self {
-        assert!(nr > 0, "panel width 0");
-        PanelLayout { k, n, nr }
-    }
-    /// Number of panels.
-    pub fn panels(&self) -> usize {
-        self.n.div_ceil(self.nr)
-    }
-    /// Stored elements, padding included.
-    pub fn len(&self) -> usize {
-        self.panels() * self.k * self.nr
-    }
-    /// Whether nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Position of element `(row, col)`.
-    pub fn index(&self, row: usize, col: usize) -> usize {
-        (col / self.nr) * self.k * self.nr + row * self.nr + col % self.nr
-    }
-    /// Copies row-major `src (K, N)` into this layout (padding set to zero).
-    pub fn pack<T: Real>(&self, src: &[T], dst: &mut [T]) {
-        assert_eq!(src.len(), self.k * self.n, "source is not (K, N)");
-        assert_eq!(dst.len(), self.len(), "destination does not fit the layout");
-        dst.fill(T::zero());
-        for (row, r) in src.chunks_exact(self.n.max(1)).enumerate().take(self.k) {
-            for (col, &v) in r.iter().enumerate() {
-                dst[self.index(row, col)] = v;
-            }
-        }
-    }
-    /// Copies this layout back into row-major `dst (K, N)`.
-    pub fn unpack<T: Real>(&self, src: &[T], dst: &mut [T]) {
-        assert_eq!(src.len(), self.len(), "source does not fit the layout");
-        assert_eq!(dst.len(), self.k * self.n, "destination is not (K, N)");
-        for (row, r) in dst.chunks_exact_mut(self.n.max(1)).enumerate().take(self.k) {
-            for (col, v) in r.iter_mut().enumerate() {
-                *v = src[self.index(row, col)];
-            }
-        }
-    }
-}
-
 /// How the products treat zeros in their left operand (SIMD backends): the
 /// input layer's zero pixels, and a hidden layer's zero inputs (and the
 /// zeros of its output gradient, in its input gradient).
@@ -310,139 +209,6 @@ impl std::fmt::Display for Layer1Path {
             Layer1Path::Auto => "auto",
             Layer1Path::Dense => "dense",
             Layer1Path::Sparse => "sparse",
-        })
-    }
-}
-
-/// How the kernels apply an activation ([`Activation::applied`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// Nothing to apply (linear).
-    Identity,
-    /// ReLU, inside the kernels: in the forward GEMM's epilogue, and as a
-    /// mask in the input gradient's.
-    ReluInKernel,
-    /// Elementwise after the product, with [`Activation::apply`] forward
-    /// and [`Activation::backward`] backward (sigmoid, tanh; the right
-    /// class for a new activation unless a kernel learns it).
-    Elementwise,
-    /// Softmax: only on the output layer, fused with the cross-entropy.
-    WithLoss,
-}
-
-/// The activation of a Dense layer, with Keras's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Activation {
-    /// `z` (no activation).
-    Linear,
-    /// `max(0, z)`.
-    Relu,
-    /// `1 / (1 + exp(-z))`.
-    Sigmoid,
-    /// `tanh(z)`.
-    Tanh,
-    /// Softmax over the row; only for the output layer, where it is fused
-    /// with the categorical cross-entropy.
-    Softmax,
-}
-
-impl Activation {
-    /// Every activation, in the order errors list them.
-    pub const ALL: [Activation; 5] =
-        [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Linear, Activation::Softmax];
-
-    /// Where the kernels apply this activation. Every kernel asks this
-    /// (never `act == Relu` and the like), and the match has no wildcard:
-    /// a new activation does not compile until it is classified here, so
-    /// it can never silently become the identity on one backend.
-    ///
-    /// ```
-    /// use kiln_kernels::{Activation, Applied};
-    /// assert_eq!(Activation::Relu.applied(), Applied::ReluInKernel);
-    /// assert_eq!(Activation::Tanh.applied(), Applied::Elementwise);
-    /// ```
-    pub fn applied(self) -> Applied {
-        match self {
-            Activation::Linear => Applied::Identity,
-            Activation::Relu => Applied::ReluInKernel,
-            Activation::Sigmoid | Activation::Tanh => Applied::Elementwise,
-            Activation::Softmax => Applied::WithLoss,
-        }
-    }
-
-    /// Keras's name (`relu`, `sigmoid`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Linear => "linear",
-            Activation::Relu => "relu",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Softmax => "softmax",
-        }
-    }
-
-    /// `act(z)` for one element (every activation but softmax, which needs
-    /// the whole row: `Softmax` returns `z`). ReLU keeps NaN and `-0.0` as
-    /// `if z < 0 { 0 } else { z }` does, like the SIMD epilogues.
-    ///
-    /// ```
-    /// use kiln_kernels::Activation;
-    /// assert_eq!(Activation::Relu.apply(-2.0f32), 0.0);
-    /// assert_eq!(Activation::Sigmoid.apply(0.0f32), 0.5);
-    /// ```
-    pub fn apply<T: Real>(self, z: T) -> T {
-        match self {
-            Activation::Linear | Activation::Softmax => z,
-            Activation::Relu => {
-                if z < T::zero() {
-                    T::zero()
-                } else {
-                    z
-                }
-            }
-            Activation::Sigmoid => T::one() / (T::one() + (-z).exp()),
-            Activation::Tanh => z.tanh(),
-        }
-    }
-
-    /// The gradient with respect to `z` from the gradient `g` with respect
-    /// to the output `y = act(z)`, in TensorFlow's order of operations:
-    /// ReLU `g * [y > 0]`, sigmoid `g * y * (1 - y)`, tanh `g * (1 - y * y)`,
-    /// linear `g`. (Softmax is never asked: its gradient is fused with the
-    /// cross-entropy; it returns `g`.)
-    ///
-    /// ```
-    /// use kiln_kernels::Activation;
-    /// assert_eq!(Activation::Tanh.backward(0.5f32, 2.0), 1.5);
-    /// ```
-    pub fn backward<T: Real>(self, y: T, g: T) -> T {
-        match self {
-            Activation::Linear | Activation::Softmax => g,
-            Activation::Relu => {
-                if y > T::zero() {
-                    g
-                } else {
-                    T::zero()
-                }
-            }
-            Activation::Sigmoid => g * y * (T::one() - y),
-            Activation::Tanh => g * (T::one() - y * y),
-        }
-    }
-}
-
-impl std::fmt::Display for Activation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Activation {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Activation::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Activation::ALL.iter().map(|a| a.name()).collect();
-            format!("unknown activation `{s}`; expected one of {}", names.join(", "))
         })
     }
 }
@@ -653,90 +419,3 @@ pub trait Backend<T: Real>: Sync {
     /// as long as the weights).
     fn update(&self, u: Update<'_, T>, g: &[T]);
 }
-
-/// Every backend name [`select`] knows, fastest first (the order `auto`
-/// tries them in, BLAS excepted: it is never chosen automatically).
-pub const BACKEND_NAMES: &[&str] = &["avx512", "avx2", "neon", "blas", "scalar"];
-
-/// The backends this build and this CPU can run, fastest first.
-pub fn available_backends() -> Vec<&'static str> {
-    BACKEND_NAMES.iter().copied().filter(|name| select(name).is_ok()).collect()
-}
-
-/// The backend called `name`: `auto` picks the fastest SIMD backend this CPU
-/// runs (else `scalar`); any other name must be one of [`BACKEND_NAMES`] and
-/// runnable here, or the error says why. Never a silent fallback.
-/// Detection runs once; the backends are built once and cached.
-///
-/// The error is a [`SelectError`], a `std::error::Error`, so `?` takes it
-/// into `anyhow` or `Box<dyn Error>`:
-///
-/// ```
-/// fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     let be = kiln_kernels::select("auto")?;
-///     println!("{}", be.describe());
-///     assert!(kiln_kernels::select("tpu").err().unwrap().to_string().contains("unknown backend `tpu`"));
-///     Ok(())
-/// }
-/// ```
-pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, SelectError> {
-    use std::sync::OnceLock;
-    static SCALAR: scalar::Scalar = scalar::Scalar;
-    #[cfg(target_arch = "x86_64")]
-    static AVX2: OnceLock<Option<isa::SimdBackend<simd::Avx2>>> = OnceLock::new();
-    #[cfg(target_arch = "x86_64")]
-    static AVX512: OnceLock<Option<isa::SimdBackend<simd::Avx512>>> = OnceLock::new();
-    #[cfg(target_arch = "aarch64")]
-    static NEON: OnceLock<Option<isa::SimdBackend<simd::Neon>>> = OnceLock::new();
-    fn missing(name: &str, why: &str) -> SelectError {
-        SelectError(format!("backend `{name}` cannot run here: {why}"))
-    }
-    match name {
-        "scalar" => Ok(&SCALAR),
-        "auto" => {
-            for candidate in ["avx512", "avx2", "neon"] {
-                if let Ok(b) = select(candidate) {
-                    return Ok(b);
-                }
-            }
-            Ok(&SCALAR)
-        }
-        #[cfg(target_arch = "x86_64")]
-        "avx2" => match AVX2.get_or_init(isa::SimdBackend::new) {
-            Some(b) => Ok(b),
-            None => Err(missing(name, "this CPU lacks AVX2 or FMA")),
-        },
-        #[cfg(target_arch = "x86_64")]
-        "avx512" => match AVX512.get_or_init(isa::SimdBackend::new) {
-            Some(b) => Ok(b),
-            None => Err(missing(name, "this CPU lacks AVX-512F")),
-        },
-        #[cfg(target_arch = "aarch64")]
-        "neon" => match NEON.get_or_init(isa::SimdBackend::new) {
-            Some(b) => Ok(b),
-            None => Err(missing(name, "this CPU lacks NEON")),
-        },
-        #[cfg(not(target_arch = "x86_64"))]
-        "avx2" | "avx512" => Err(missing(name, "it is an x86_64 instruction set")),
-        #[cfg(not(target_arch = "aarch64"))]
-        "neon" => Err(missing(name, "it is an aarch64 instruction set")),
-        #[cfg(feature = "blas")]
-        "blas" => Ok(blas::backend()),
-        #[cfg(not(feature = "blas"))]
-        "blas" => Err(missing(name, "this build lacks the `blas` cargo feature (build with --features blas)")),
-        _ => Err(SelectError(format!("unknown backend `{name}`; expected one of: auto, {}", BACKEND_NAMES.join(", ")))),
-    }
-}
-
-/// Why [`select`] gave no backend: an unknown name, or a backend this CPU
-/// or this build cannot run (the message says which and why).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SelectError(String);
-
-impl std::fmt::Display for SelectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SelectError {}
