@@ -131,6 +131,34 @@ pub fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Threads per CPU above which a tool's `--threads` is refused.
+const MAX_THREADS_PER_CPU: usize = 4;
+
+#[doc(hidden)]
+/// The thread count a tool runs with, from its `--threads`: every CPU when
+/// not given; 0 is an error, and so is more than [`MAX_THREADS_PER_CPU`]
+/// times the CPUs (every parallel region waits for its slowest thread, so
+/// threads far beyond the cores only queue: 1000 on 2 cores trained ~180x
+/// slower). More than the CPUs runs, with a warning on stderr.
+pub fn threads_for(requested: Option<usize>) -> anyhow::Result<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = MAX_THREADS_PER_CPU * cpus;
+    match requested {
+        None => Ok(cpus),
+        Some(0) => anyhow::bail!("--threads must be at least 1 (got 0)"),
+        Some(n) if n > most => anyhow::bail!(
+            "--threads {n}: this machine has {cpus} CPU(s), and more than {most} threads only slow the work down; \
+             use at most {most} (or leave --threads out to use every CPU)"
+        ),
+        Some(n) => {
+            if n > cpus {
+                eprintln!("warning: --threads {n} on {cpus} CPU(s): threads beyond the CPUs wait for each other");
+            }
+            Ok(n)
+        }
+    }
+}
+
 #[doc(hidden)]
 /// The exit of a command-line tool: success when `result` is `Ok(true)`;
 /// `Ok(false)` (some inputs failed, already reported) and errors (printed

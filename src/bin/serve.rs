@@ -48,18 +48,10 @@ fn run(args: Args) -> Result<()> {
             args.model.display()
         );
     }
-    if args.threads == Some(0) {
-        bail!("--threads must be at least 1 (got 0)");
-    }
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second (got 0)");
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = args.threads.unwrap_or(cpus);
-    // Each thread holds a model; far more than the CPUs only queue.
-    if threads > 4 * cpus {
-        bail!("--threads {threads}: this machine has {cpus} CPU(s); use at most {}", 4 * cpus);
-    }
+    let threads = kiln::threads_for(args.threads)?;
     if args.max_connections == 0 || args.max_pixels == Some(0) {
         bail!("--max-connections and --max-pixels must be at least 1");
     }

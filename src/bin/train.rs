@@ -163,9 +163,6 @@ fn model_capacity(cfg: &Config, data: &Dataset) -> usize {
     cfg.batch_size.max(1000).min(data.train.len().max(data.test.len()))
 }
 
-/// Threads per CPU above which `--threads` is refused.
-const MAX_THREADS_PER_CPU: usize = 4;
-
 /// Before any work: no output of the run may be another output, an input
 /// (the data files and their cached copies, `--init`, `--resume` unless it
 /// is the checkpoint being continued), a directory or a device, and every
@@ -322,21 +319,7 @@ fn run(args: Args) -> Result<()> {
         "--early-stopping watches val_loss: add --validation-split F or --validate-on-test"
     );
     ensure!(args.hidden != Some(0), "--hidden must be at least 1 (got 0)");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = match args.threads {
-        Some(0) => anyhow::bail!("--threads must be at least 1 (got 0)"),
-        // Each step waits for its slowest thread: threads far beyond the
-        // cores only queue behind each other (1000 on 2 cores ran ~180x
-        // slower), so that is refused rather than run.
-        Some(n) if n > MAX_THREADS_PER_CPU * cpus => anyhow::bail!(
-            "--threads {n}: this machine has {cpus} CPU(s), and more than {} threads only slow training down; \
-             use at most {} (or leave --threads out to use every CPU)",
-            MAX_THREADS_PER_CPU * cpus,
-            MAX_THREADS_PER_CPU * cpus
-        ),
-        Some(n) => n,
-        None => cpus,
-    };
+    let threads = kiln::threads_for(args.threads)?;
     let backend_name = match args.backend {
         Some(b) => b,
         None => std::env::var("KILN_BACKEND").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "auto".into()),
@@ -436,13 +419,6 @@ fn train_and_save(
     let say = |line: String| if json { eprintln!("{line}") } else { kiln::outln!("{line}") };
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build and trains very slowly; use `cargo run --release --bin train`");
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads > cpus {
-        eprintln!(
-            "warning: --threads {threads} on {cpus} CPU(s): threads beyond the CPUs wait for each other and slow \
-             training down"
-        );
     }
     say(format!(
         "kiln {} | backend {} | zero inputs: --layer1 {layer1} | {threads} thread(s)",
