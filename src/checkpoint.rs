@@ -192,13 +192,13 @@ fn layer_shapes(c: &Contents<'_>, path: &Path) -> Result<Vec<(usize, usize)>> {
 fn read_params(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Params<f32>> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
     let shapes = layer_shapes(c, path)?;
-    if shapes.len() != arch.layers().len() {
+    if shapes.len() != arch.dense().len() {
         bail!(fail(format!(
             "holds {} layers (dense_1 .. dense_{}), but the model {} has {}",
             shapes.len(),
             shapes.len(),
             arch.spec(),
-            arch.layers().len()
+            arch.dense().len()
         )));
     }
     // The kernels' shapes must be the architecture's before anything is
@@ -343,7 +343,7 @@ pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
         }
     }
     let shapes = layer_shapes(&c, path)?;
-    let want: Vec<(usize, usize)> = (0..arch.layers().len()).map(|l| arch.kernel_shape(l)).collect();
+    let want: Vec<(usize, usize)> = (0..arch.dense().len()).map(|l| arch.kernel_shape(l)).collect();
     if shapes != want {
         let show = |s: &[(usize, usize)]| s.iter().map(|(i, o)| format!("{i}x{o}")).collect::<Vec<_>>().join(", ");
         bail!(

@@ -57,7 +57,7 @@ pub fn available() -> Option<u64> {
 pub fn training_bytes(arch: &Arch, opt: &Optimizer, capacity: usize) -> u64 {
     let p = arch.parameters() as u64;
     let slots = opt.slots().iter().filter(|s| s.is_some()).count() as u64;
-    let units: u64 = arch.layers().iter().map(|d| d.units as u64).sum();
+    let units: u64 = arch.dense().iter().map(|d| d.units as u64).sum();
     let f32s = p.saturating_mul(3 + slots).saturating_add((capacity as u64).saturating_mul(2 * units));
     f32s.saturating_mul(4)
 }

@@ -172,7 +172,7 @@ pub struct Config {
     pub epochs: usize,
     /// Rows per batch (the last batch of a pass may be smaller).
     pub batch_size: usize,
-    /// Seed of every epoch's shuffle.
+    /// Seed of every epoch's shuffle and of the Dropout masks ([`Model::with_seed`]).
     pub seed: u64,
     /// Shuffle before each pass (Keras `shuffle=True`); else the data's order.
     pub shuffle: bool,
@@ -483,6 +483,7 @@ pub fn fit_with(
         cfg.early_stopping.is_none() || validation.is_some(),
         "early stopping watches val_loss and needs validation data (fit_with's `validation`)"
     );
+    model.set_seed(cfg.seed);
     let n = data.len();
     // The activations for this fit's batches from the start, so that the
     // evaluations' chunks (`evaluate`) are the same whether or not an epoch

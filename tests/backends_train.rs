@@ -1,7 +1,8 @@
 //! Whole training steps on every backend, for the tutorial network and for
 //! deeper stacks with every activation: twenty steps on real MNIST digits
 //! match the scalar reference, the same seed gives bit-identical weights
-//! under 1, 2 and 3 threads, and the fused updates equal gradient-then-update.
+//! under 1, 2 and 3 threads (with Dropout too), and the fused updates equal
+//! gradient-then-update.
 
 mod common;
 use common::{backends_under_test, rel_err, Golden};
@@ -28,12 +29,14 @@ fn train(be: &dyn Backend<f32>, layers: &str) -> Params<f32> {
 
 #[test]
 fn twenty_steps_match_the_scalar_backend() {
-    for layers in ["100:relu", "64:relu,48:tanh,40:sigmoid,33:linear", "10:softmax"] {
+    for layers in
+        ["100:relu", "64:relu,48:tanh,40:sigmoid,33:linear", "10:softmax", "64:relu,dropout:0.2,48:tanh,dropout:0.5"]
+    {
         let reference = train(kiln_kernels::select("scalar").unwrap(), layers);
         for name in backends_under_test() {
             let be = kiln_kernels::select(name).unwrap();
             let got = train(be, layers);
-            for l in 0..got.arch().layers().len() {
+            for l in 0..got.arch().dense().len() {
                 for (t, x, y) in
                     [("kernel", got.kernel(l), reference.kernel(l)), ("bias", got.bias(l), reference.bias(l))]
                 {
@@ -72,13 +75,14 @@ fn weights_are_bit_identical_for_any_thread_count() {
                 // backward runs in pairs of ops (`kiln_kernels::side_by_side`).
                 let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
                 assert_eq!(kiln_kernels::runs_side_by_side(), threads == 2 && cores >= 2);
-                (train(be, "130:relu"), train(be, "130:relu,70:sigmoid,40:tanh"))
+                let dropout = "130:relu,dropout:0.3,70:sigmoid,dropout:0.1,dropout:0.2,40:tanh";
+                (train(be, "130:relu"), train(be, "130:relu,70:sigmoid,40:tanh"), train(be, dropout))
             })
         };
         let one = run(1);
         for threads in [2, 3] {
             let other = run(threads);
-            for (a, b) in [(&one.0, &other.0), (&one.1, &other.1)] {
+            for (a, b) in [(&one.0, &other.0), (&one.1, &other.1), (&one.2, &other.2)] {
                 if let Some(i) = first_difference(a, b) {
                     panic!(
                         "{name} {}: {threads} threads differ from 1 thread, first at parameter {i}",
@@ -109,6 +113,7 @@ fn fused_update_is_bit_identical_to_gradient_then_update() {
                 ("37:relu", 300),
                 ("100:relu,37:tanh", 32),
                 ("37:sigmoid,33:relu", 300),
+                ("100:relu,dropout:0.3,37:tanh,dropout:0.2", 32),
                 ("10:softmax", 32),
             ] {
                 let rows: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 384).collect();

@@ -106,6 +106,11 @@ fn invalid_flags_are_clear_errors_and_write_nothing() {
         ("--layers", "10:softmax,64:relu", "layer 1 is softmax"),
         ("--layers", "64:relu,7:softmax", "the output layer has 7 units, but the data has 10 classes"),
         ("--layers", "99999999999:relu", "kiln can hold in memory"),
+        ("--layers", "dropout:0.2,64:relu", "layer 1 is dropout; a Dropout must follow a Dense layer"),
+        ("--layers", "64:relu,dropout:1", "layer 2 `dropout:1`: dropout rate 1 is outside [0, 1)"),
+        ("--layers", "64:relu,dropout:-0.2", "dropout rate -0.2 is outside [0, 1)"),
+        ("--layers", "64:relu,dropout:nan", "dropout rate NaN is outside [0, 1)"),
+        ("--layers", "64:relu,dropout:x", "`x` is not a dropout rate"),
         ("--steps-per-epoch", "0", "--steps-per-epoch must be at least 1"),
         ("--optimizer", "lion", "unknown optimizer `lion`; expected one of rmsprop, sgd, adam, adamw"),
         ("--momentum", "-0.5", "--momentum must be in [0, 1)"),
@@ -478,7 +483,7 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
             "--data",
             d.path().to_str().unwrap(),
             "--layers",
-            "40:relu,30:tanh",
+            "40:relu,dropout:0.25,30:tanh",
             "--epochs",
             "3",
             "--batch-size",
@@ -492,7 +497,8 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
     assert!(o.status.success(), "{}", stderr(&o));
     let (params, meta) = kiln::checkpoint::load(&out).unwrap();
     assert_eq!((params.arch().inputs(), params.arch().classes()), (196, 26));
-    assert_eq!(params.arch().spec(), "40:relu,30:tanh,26:softmax");
+    assert_eq!(params.arch().spec(), "40:relu,dropout:0.25,30:tanh,26:softmax");
+    assert_eq!(meta["layers"], "40:relu,dropout:0.25,30:tanh,26:softmax");
     assert_eq!(meta["image_shape"], "14x14");
     let stdout = String::from_utf8_lossy(&o.stdout);
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -508,7 +514,7 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
         String::from_utf8_lossy(&p.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(answers.len(), 3);
     assert_eq!(answers[0]["probabilities"].as_array().unwrap().len(), 26);
-    assert_eq!(answers[0]["layers"], "40:relu,30:tanh,26:softmax");
+    assert_eq!(answers[0]["layers"], "40:relu,dropout:0.25,30:tanh,26:softmax");
     // An output width that is not the data's class count is a one-line error.
     let o = train(
         &[
@@ -528,7 +534,7 @@ fn a_14x14_dataset_with_26_classes_trains_and_predicts() {
 }
 
 /// Identical runs write identical bytes, whatever the thread count, for a
-/// three-layer model (the metadata is written in sorted order).
+/// three-layer model with Dropout (the metadata is written in sorted order).
 #[test]
 fn model_files_are_byte_identical_for_any_thread_count() {
     let d = tempfile::tempdir().unwrap();
@@ -541,7 +547,7 @@ fn model_files_are_byte_identical_for_any_thread_count() {
                 "--data",
                 d.path().to_str().unwrap(),
                 "--layers",
-                "48:relu,32:sigmoid,24:tanh",
+                "48:relu,dropout:0.2,32:sigmoid,24:tanh",
                 "--epochs",
                 "2",
                 "--batch-size",

@@ -3,7 +3,8 @@
 //! every bias of two networks: the tutorial shape with a small hidden width
 //! (784 -> 16 relu -> 10 softmax) and a deeper one that uses every
 //! activation (784 -> 12 tanh -> 8 sigmoid -> 6 linear -> 5 relu -> 10
-//! softmax), on a batch of real MNIST images.
+//! softmax), on a batch of real MNIST images; and both again with Dropout
+//! layers, their masks fixed (those of the first update, seed `SEED`).
 //!
 //! The loss is not differentiable where a ReLU pre-activation is zero, so a
 //! coordinate is skipped when perturbing it by `+-H` flips the sign of any
@@ -11,7 +12,7 @@
 //! from a plain f64 forward pass written here (which also reproduces the
 //! model's loss, so it is checked to be the same function).
 
-use kiln::model::{Activation, Arch, Batch, Model, Params};
+use kiln::model::{dropout_keep_mask, Activation, Arch, Batch, Layer, Model, Params};
 use kiln::rng::{Rng, Stream};
 use kiln_kernels::{scalar::Scalar, RmsProp};
 use safetensors::{Dtype, SafeTensors};
@@ -30,6 +31,8 @@ const DARK_SAMPLES: usize = 20;
 /// Cross-entropy's clip bound (its gradient ignores the clip, so the check
 /// needs every probability well inside it).
 const CLIP: f64 = 1e-7;
+/// The seed of the models' Dropout masks.
+const SEED: u64 = 5;
 
 /// MNIST training images and labels: the inputs of the Keras golden file.
 fn mnist() -> (Vec<u8>, Vec<u8>) {
@@ -70,7 +73,7 @@ enum Tensor {
 
 impl Tensor {
     fn all(arch: &Arch) -> Vec<Tensor> {
-        (0..arch.layers().len()).flat_map(|l| [Tensor::Kernel(l), Tensor::Bias(l)]).collect()
+        (0..arch.dense().len()).flat_map(|l| [Tensor::Kernel(l), Tensor::Bias(l)]).collect()
     }
 
     fn name(self) -> String {
@@ -116,7 +119,7 @@ impl Case {
         let arch = Arch::parse(spec, 784, 10).unwrap();
         let mut params = Params::<f64>::glorot(&arch, seed);
         let mut rng = Rng::new(seed, Stream::Shuffle(7));
-        for l in 0..arch.layers().len() {
+        for l in 0..arch.dense().len() {
             for b in params.bias_mut(l) {
                 *b = 0.2 * (2.0 * rng.next_f64() - 1.0);
             }
@@ -140,10 +143,14 @@ impl Case {
         f64::from(self.images[self.rows[b] as usize * 784 + k]) / 255.0
     }
 
-    /// The model's mean loss with `params`.
+    /// The model's mean loss with `params`: in training mode when the
+    /// network has Dropout (the masks of the first update: none is applied
+    /// here), else the forward pass alone.
     fn loss(&self, model: &mut Model<'_, f64>, params: &Params<f64>) -> f64 {
         model.set_params(params);
-        model.forward(self.batch()).loss_sum / BATCH as f64
+        let stats =
+            if self.arch().has_dropout() { model.forward_backward(self.batch()) } else { model.forward(self.batch()) };
+        stats.loss_sum / BATCH as f64
     }
 
     /// The plain f64 forward pass with `p`.
@@ -152,7 +159,23 @@ impl Case {
         let mut a: Vec<f64> =
             (0..BATCH).flat_map(|b| (0..784).map(move |k| (b, k))).map(|(b, k)| self.pixel(b, k)).collect();
         let mut zs = Vec::new();
-        for (l, layer) in arch.layers().iter().enumerate() {
+        let (mut l, mut dropouts) = (0, 0);
+        for layer in arch.layers() {
+            let d = match layer {
+                Layer::Dense(d) => d,
+                Layer::Dropout(d) => {
+                    // Training: (a * scale) * keep, the mask the model draws.
+                    let (scale, n) = (1.0 / (1.0 - d.rate()), arch.kernel_shape(l - 1).1);
+                    for (b, row) in a.chunks_exact_mut(n).enumerate() {
+                        let keep = dropout_keep_mask(SEED, dropouts, 0, self.rows[b], n, d.rate());
+                        for (v, k) in row.iter_mut().zip(keep) {
+                            *v = if k { *v * scale } else { 0.0 };
+                        }
+                    }
+                    dropouts += 1;
+                    continue;
+                }
+            };
             let (k, n) = arch.kernel_shape(l);
             let (w, bias) = (p.kernel(l), p.bias(l));
             let mut z = vec![0.0; BATCH * n];
@@ -167,8 +190,9 @@ impl Case {
                 }
             }
             // Softmax is applied below, with the loss (`apply` leaves it as is).
-            a = z.iter().map(|&v| layer.activation.apply(v)).collect();
+            a = z.iter().map(|&v| d.activation.apply(v)).collect();
             zs.push(z);
+            l += 1;
         }
         let c = arch.classes();
         let (mut loss, mut lo, mut hi) = (0.0, 1f64, 0f64);
@@ -190,7 +214,7 @@ impl Case {
     /// model's rounding from this test's).
     fn crosses_kink(&self, base: &Forward, other: &Forward) -> bool {
         self.arch()
-            .layers()
+            .dense()
             .iter()
             .zip(base.z.iter().zip(&other.z))
             .filter(|(d, _)| d.activation == Activation::Relu)
@@ -275,7 +299,7 @@ impl Case {
 fn check_every_tensor(spec: &str, seed: u64) -> usize {
     let case = Case::new(spec, seed);
     let arch = case.arch().clone();
-    let mut model = Model::new(&Scalar, &case.params, RmsProp::default()).unwrap();
+    let mut model = Model::new(&Scalar, &case.params, RmsProp::default()).unwrap().with_seed(SEED);
     let base = case.reference(&case.params);
     let analytic = case.analytic(&mut model, &base);
     // Exactly: a pixel dark in every row gives its kernel row no gradient.
@@ -318,6 +342,15 @@ fn check_every_tensor(spec: &str, seed: u64) -> usize {
 fn tutorial_shape_gradients_match_central_differences_in_f64() {
     let total = check_every_tensor("16:relu", 11);
     eprintln!("16:relu,10:softmax: {total} coordinates compared over 4 tensors");
+}
+
+#[test]
+fn dropout_gradients_match_central_differences_with_the_masks_fixed() {
+    let total = check_every_tensor("16:relu,dropout:0.5", 13);
+    eprintln!("16:relu,dropout:0.5,10:softmax: {total} coordinates compared over 4 tensors");
+    let spec = "12:tanh,dropout:0.3,dropout:0.2,8:sigmoid,dropout:0.1,6:linear,dropout:0,5:relu,dropout:0.4";
+    let total = check_every_tensor(spec, 14);
+    eprintln!("{spec}: {total} coordinates compared over 10 tensors");
 }
 
 #[test]
@@ -364,9 +397,9 @@ fn gradient_check_detects_a_wrong_gradient_in_every_tensor() {
 fn a_coordinate_across_a_relu_kink_is_skipped() {
     for (spec, seed, l) in [("16:relu", 11, 0), ("12:tanh,8:sigmoid,6:linear,5:relu", 12, 3)] {
         let mut case = Case::new(spec, seed);
-        assert_eq!(case.arch().layers()[l].activation, Activation::Relu);
+        assert_eq!(case.arch().dense()[l].activation, Activation::Relu);
         let z = case.reference(&case.params).z.swap_remove(l);
-        let j = (0..case.arch().layers()[l].units).find(|&j| z[j] > 0.1).expect("an active unit in row 0");
+        let j = (0..case.arch().dense()[l].units).find(|&j| z[j] > 0.1).expect("an active unit in row 0");
         case.params.bias_mut(l)[j] -= z[j] - H / 4.0;
         let base = case.reference(&case.params);
         assert!(base.z[l][j] > 0.0 && base.z[l][j] < H / 2.0, "z = {}", base.z[l][j]);

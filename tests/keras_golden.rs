@@ -66,7 +66,7 @@ fn replay(name: &str, tol: f64, blas_tol: f64) -> f64 {
                 worst = worst.max(e);
                 assert!(e <= tol, "{backend}: loss of step {step} is {loss}, Keras {}: {e:.3e}", losses[step]);
                 let (got, want) = (model.params(), g.params(step + 1));
-                for l in 0..got.arch().layers().len() {
+                for l in 0..got.arch().dense().len() {
                     let t = format!("dense_{}", l + 1);
                     let (kernel, bias) = (format!("{t}.kernel.step{}", step + 1), format!("{t}.bias.step{}", step + 1));
                     check(&kernel, backend, got.kernel(l), want.kernel(l), &mut worst, tol);

@@ -83,7 +83,7 @@ fn params(spec: &str, inputs: usize, classes: usize, seed: u64) -> Params<f32> {
     let arch = Arch::parse(spec, inputs, classes).unwrap();
     let mut p = Params::<f32>::glorot(&arch, seed);
     let mut rng = Rng::new(seed, Stream::Shuffle(3));
-    for l in 0..arch.layers().len() {
+    for l in 0..arch.dense().len() {
         for b in p.bias_mut(l) {
             *b = rng.next_f64() as f32 - 0.5;
         }
@@ -201,7 +201,7 @@ fn three_layer_models_round_trip_identically() {
     for (spec, inputs, classes) in [("12:tanh,8:sigmoid", 784, 10), ("32:relu,16:linear", 100, 26)] {
         let p = d.path().join(format!("{inputs}.safetensors"));
         let params = params(spec, inputs, classes, 5);
-        assert_eq!(params.arch().layers().len(), 3);
+        assert_eq!(params.arch().dense().len(), 3);
         let extra: BTreeMap<String, String> =
             [("seed", "5"), ("epochs", "2")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         save(&p, &params, &extra).unwrap();

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The run every test here makes: the vendored MNIST, a small network, an
+/// The run every test here makes: the vendored MNIST, a small network with
+/// Dropout (whose masks a resumed run must draw as the first run would), an
 /// optimizer with two state slots, validation and early stopping with
 /// restore-best (all of which a checkpoint must carry), on one thread so
 /// that an epoch lasts long enough to be killed inside.
@@ -15,7 +16,7 @@ fn base_args(dir: &Path) -> Vec<String> {
     let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     [
         "--layers",
-        "64:relu",
+        "64:relu,dropout:0.3",
         "--optimizer",
         "adam",
         "--epochs",
@@ -168,7 +169,7 @@ fn a_checkpoint_of_another_run_is_a_one_line_error_and_nothing_is_overwritten() 
         a
     };
     let cases: [(&[(&str, &str)], &str); 5] = [
-        (&[("--layers", "32:relu")], "the checkpoint is of the layers 64:relu,10:softmax"),
+        (&[("--layers", "32:relu")], "the checkpoint is of the layers 64:relu,dropout:0.3,10:softmax"),
         (&[("--optimizer", "rmsprop")], "the checkpoint was made with --optimizer Adam("),
         (&[("--validation-split", "0.2")], "made with --validation-split 0.1, but this run has --validation-split 0.2"),
         (&[("--batch-size", "64")], "the checkpoint was made with --batch-size 128, but this run has --batch-size 64"),

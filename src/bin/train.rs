@@ -35,7 +35,8 @@ struct Args {
     /// Images per training step
     #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     batch_size: usize,
-    /// The layers, Keras order: UNITS:ACTIVATION,... (relu, sigmoid, tanh, linear; softmax last); the
+    /// The layers, Keras order, comma-separated: UNITS:ACTIVATION for a Dense layer (relu, sigmoid,
+    /// tanh, linear; softmax last), dropout:RATE for a Dropout of the layer below (training only); the
     /// output layer may be left out (it is then C:softmax, C the data's classes) [default: 512:relu]
     #[arg(long, value_name = "SPEC", conflicts_with = "hidden")]
     layers: Option<String>,
@@ -105,7 +106,7 @@ struct Args {
     /// Continue the run whose checkpoint is PATH (same settings; --epochs may grow)
     #[arg(long, value_name = "PATH")]
     resume: Option<PathBuf>,
-    /// Seed of the initial weights and of the shuffles
+    /// Seed of the initial weights, the shuffles and the Dropout masks
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Worker threads [default: all cores]

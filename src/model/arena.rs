@@ -2,6 +2,7 @@
 //! forward pass below the output layer: shared by training ([`super::Model`])
 //! and inference ([`super::Predictor`]), so both compute the same bits.
 
+use super::dropout::{self, StepKey};
 use super::{Arch, Params};
 use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real};
 use std::ops::Range;
@@ -21,7 +22,7 @@ pub(super) struct Slot {
 /// `be`: every kernel in the backend's panels (the output layer's
 /// row-major), then every bias. Returns the slots and the arena's length.
 pub(super) fn arena_slots<T: Real>(be: &dyn Backend<T>, arch: &Arch) -> (Vec<Slot>, usize) {
-    let last = arch.layers.len() - 1;
+    let last = arch.dense.len() - 1;
     let mut slots = Vec::new();
     let mut at = 0;
     for l in 0..=last {
@@ -45,15 +46,24 @@ pub(super) fn pack_into<T: Real>(slots: &[Slot], params: &Params<T>, arena: &mut
     }
 }
 
+/// How the forward pass treats Dropout: inference passes values through;
+/// training keeps each Dense layer's own output in `pre` (where a Dropout
+/// follows it) and the masks in `keep`, both indexed by Dense layer.
+pub(super) enum Mode<'a, T: Real> {
+    Inference,
+    Training { key: StepKey, pre: &'a mut [AlignedVec<T>], keep: &'a mut [Vec<u8>] },
+}
+
 /// The forward pass below the output layer, for rows `rows` of `pixels`
-/// (`(R, D)` u8): each hidden layer's activation into `acts[l]` (`(B,
-/// U_l)`), calling `done(l)` after layer `l`. Returns the output layer's
-/// input, `(B, K_L)`: the last hidden activation, or for a one-layer
-/// network the batch gathered into `input` as `pixel / 255`.
+/// (`(R, D)` u8): each hidden layer's output (after its Dropouts, in
+/// training) into `acts[l]` (`(B, U_l)`), calling `done(l)` after layer
+/// `l`. Returns the output layer's input, `(B, K_L)`: the last hidden
+/// activation, or for a one-layer network the batch gathered into `input`
+/// as `pixel / 255`.
 pub(super) fn forward_hidden<'a, T: Real>(
     be: &dyn Backend<T>,
     (arch, slots, w): (&Arch, &[Slot], &[T]),
-    (acts, input): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>),
+    (acts, input, mut mode): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>, Mode<'_, T>),
     (pixels, rows): (&[u8], &[u32]),
     path: Layer1Path,
     mut done: impl FnMut(usize),
@@ -61,14 +71,23 @@ pub(super) fn forward_hidden<'a, T: Real>(
     let b = rows.len();
     let last = slots.len() - 1;
     for (l, s) in slots[..last].iter().enumerate() {
-        let act = arch.layers[l].activation;
+        let act = arch.dense[l].activation;
         let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
         let (below, here) = acts.split_at_mut(l);
-        let h = &mut here[0][..b * s.dims.n]; // (B, U_l)
-        if l == 0 {
-            be.input_forward(h, pixels, rows, kernel, bias, s.dims, act, path);
-        } else {
-            be.hidden_forward(h, &below[l - 1][..b * s.dims.k], kernel, bias, s.dims, act, path);
+        let bn = b * s.dims.n;
+        let drops = &arch.dropouts[l][..];
+        let x = (l > 0).then(|| &below[l - 1][..b * s.dims.k]); // (B, K) above the input layer
+        let out = &mut here[0][..bn];
+        // With Dropouts to apply, the Dense layer writes its own output
+        // aside and the masked copy goes on.
+        match &mut mode {
+            Mode::Training { key, pre, keep } if !drops.is_empty() => {
+                let h = &mut pre[l][..bn];
+                dense_forward(be, h, (pixels, rows, x), (kernel, bias), s.dims, act, path);
+                let keep = &mut keep[l][..dropout::mask_len(drops, b, s.dims.n)];
+                dropout::forward(drops, *key, rows, (h, out, keep));
+            }
+            _ => dense_forward(be, out, (pixels, rows, x), (kernel, bias), s.dims, act, path),
         }
         done(l);
     }
@@ -78,6 +97,23 @@ pub(super) fn forward_hidden<'a, T: Real>(
         &input[..b * k]
     } else {
         &acts[last - 1][..b * k]
+    }
+}
+
+/// `h := act(x @ kernel + bias)` for a hidden Dense layer: the input layer
+/// (`x` `None`) reads the pixels of `rows`, the others `x` `(B, K)`.
+fn dense_forward<T: Real>(
+    be: &dyn Backend<T>,
+    h: &mut [T],
+    (pixels, rows, x): (&[u8], &[u32], Option<&[T]>),
+    (kernel, bias): (&[T], &[T]),
+    dims: Dims,
+    act: kiln_kernels::Activation,
+    path: Layer1Path,
+) {
+    match x {
+        None => be.input_forward(h, pixels, rows, kernel, bias, dims, act, path),
+        Some(x) => be.hidden_forward(h, x, kernel, bias, dims, act, path),
     }
 }
 

@@ -1,7 +1,9 @@
 //! [`Model`]: a network with its gradients, optimizer state and one
 //! batch's activations, trained step by step as Keras does.
 
-use super::arena::{arena_slots, forward_hidden, pack_into, Slot};
+use super::arch::DropoutAt;
+use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
+use super::dropout::{self, StepKey};
 use super::{Arch, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
@@ -17,6 +19,11 @@ struct Workspace<T: Real> {
     acts: Vec<AlignedVec<T>>,
     /// `(B, U_l)` gradients w.r.t. the pre-activations of layers 0 .. L-1.
     grads: Vec<AlignedVec<T>>,
+    /// `(B, U_l)` the Dense layer's own output where Dropouts follow it
+    /// (their masked copy is in `acts`), in training; empty elsewhere.
+    pre: Vec<AlignedVec<T>>,
+    /// `(drops, B, U_l)` the masks of the Dropouts after layer `l`.
+    keep: Vec<Vec<u8>>,
     /// `(B, D)` the gathered input, only for a one-layer network.
     input: AlignedVec<T>,
     /// `(B, C)` softmax probabilities.
@@ -31,11 +38,18 @@ struct Workspace<T: Real> {
 
 impl<T: Real> Workspace<T> {
     fn new(arch: &Arch, capacity: usize) -> Self {
-        let hidden = &arch.layers[..arch.layers.len() - 1];
+        let hidden = &arch.dense[..arch.dense.len() - 1];
         let buf = |w: usize| AlignedVec::zeroed(capacity * w);
+        let dropping = |l: usize| !arch.dropouts[l].is_empty();
         Workspace {
             acts: hidden.iter().map(|d| buf(d.units)).collect(),
             grads: hidden.iter().map(|d| buf(d.units)).collect(),
+            pre: hidden.iter().enumerate().map(|(l, d)| buf(if dropping(l) { d.units } else { 0 })).collect(),
+            keep: hidden
+                .iter()
+                .enumerate()
+                .map(|(l, d)| vec![0; dropout::mask_len(&arch.dropouts[l], capacity, d.units)])
+                .collect(),
             input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
             p: buf(arch.classes()),
             dz: buf(arch.classes()),
@@ -45,16 +59,17 @@ impl<T: Real> Workspace<T> {
     }
 
     /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
-    /// `act_below` the activation of the layer below): `dZ_{l-1} := (dZ_l
-    /// W_l^T) * act_below'`, then `dW_l`, `db_l` (with `step`'s update of
-    /// `W_l` when given). With `copied`, the input gradient runs side by
-    /// side with the weight gradient, reading `W_l` from the copy of the
-    /// hidden kernels (which starts at arena index `copied`) when the
-    /// update changes it meanwhile.
+    /// `below` the activation of the layer below and the Dropouts after
+    /// it): `dZ_{l-1} := (dZ_l W_l^T)` through the Dropouts' masks and
+    /// `act_below'`, then `dW_l`, `db_l` (with `step`'s update of `W_l`
+    /// when given). With `copied`, the input gradient runs side by side
+    /// with the weight gradient, reading `W_l` from the copy of the hidden
+    /// kernels (which starts at arena index `copied`) when the update
+    /// changes it meanwhile.
     fn hidden_backward(
         &mut self,
         be: &dyn Backend<T>,
-        (l, s, act_below, b): (usize, &Slot, Activation, usize),
+        (l, s, below, b): (usize, &Slot, (Activation, &[DropoutAt]), usize),
         (w, g, state): (&mut [T], &mut [T], &mut [AlignedVec<T>; MAX_SLOTS]),
         (step, path): (Option<kiln_kernels::Step<T>>, Layer1Path),
         copied: Option<usize>,
@@ -63,7 +78,18 @@ impl<T: Real> Workspace<T> {
         let dz = &upper[0][..b * s.dims.n];
         let a = &self.acts[l - 1][..b * s.dims.k];
         let da = &mut lower[l - 1][..b * s.dims.k];
+        let (act_below, drops) = below;
+        let h = &self.pre[l - 1][..if drops.is_empty() { 0 } else { b * s.dims.k }];
+        let keep = &self.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)];
+        let (act_k, at) = dropout::kernel_derivative(drops, act_below, a, h);
         let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+        // The input gradient, through the Dropouts when there are any.
+        let input_grad = |da: &mut [T], kernel: &[T]| {
+            be.hidden_backward_input(da, dz, kernel, at, s.dims, act_k, path);
+            if !drops.is_empty() {
+                dropout::backward(drops, act_below, (h, keep), da);
+            }
+        };
         // The kernel the input gradient reads: the copy when the other side
         // updates it meanwhile.
         let (kernel, u) = match (copied, step) {
@@ -72,15 +98,12 @@ impl<T: Real> Workspace<T> {
             }
             (Some(_), None) => (&w[s.kernel.clone()], None),
             (None, _) => {
-                be.hidden_backward_input(da, dz, &w[s.kernel.clone()], a, s.dims, act_below, path);
+                input_grad(da, &w[s.kernel.clone()]);
                 be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
                 return;
             }
         };
-        kiln_kernels::side_by_side(
-            || be.hidden_backward_input(da, dz, kernel, a, s.dims, act_below, path),
-            || be.hidden_backward(gk, gb, a, dz, s.dims, u, path),
-        );
+        kiln_kernels::side_by_side(|| input_grad(da, kernel), || be.hidden_backward(gk, gb, a, dz, s.dims, u, path));
     }
 }
 
@@ -150,6 +173,8 @@ pub struct Model<'b, T: Real> {
     schedule: Schedule,
     /// Updates applied so far (Keras's `optimizer.iterations`).
     iterations: u64,
+    /// Keys the Dropout masks (with the update number and the row).
+    seed: u64,
     path: Layer1Path,
     slots: Vec<Slot>,
     /// Start of `[W_L | b_0 .. b_L]`, updated by one flat pass.
@@ -183,7 +208,7 @@ impl<'b, T: Real> Model<'b, T> {
         let opt = opt.into();
         opt.check().map_err(|e| anyhow::anyhow!("{}: {e}", opt.name()))?;
         let arch = params.arch.clone();
-        let last = arch.layers.len() - 1;
+        let last = arch.dense.len() - 1;
         let (slots, at) = arena_slots(be, &arch);
         let tail = slots[last].kernel.start;
         let mut model = Model {
@@ -191,6 +216,7 @@ impl<'b, T: Real> Model<'b, T> {
             opt,
             schedule: Schedule::Constant,
             iterations: 0,
+            seed: 0,
             path: Layer1Path::Auto,
             tail,
             params: AlignedVec::zeroed(at),
@@ -236,6 +262,24 @@ impl<'b, T: Real> Model<'b, T> {
     pub fn with_schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+
+    /// The same model, its Dropout masks keyed by `seed` (0 until set;
+    /// [`crate::train::fit`] sets it to its `Config::seed`). A mask depends
+    /// on the seed, the Dropout, the update number ([`Model::iterations`])
+    /// and the dataset row, and on nothing else.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The seed of the Dropout masks.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub(crate) fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 
     /// The learning-rate schedule.
@@ -338,20 +382,32 @@ impl<'b, T: Real> Model<'b, T> {
         pack_into(&self.slots, params, &mut self.params);
     }
 
-    /// Forward pass only: probabilities of `batch` into the workspace, and
-    /// the summed loss and correct count. Panics when a row is out of range
-    /// or a label is not below `C`.
+    /// Forward pass only, in inference mode (Dropout passes values
+    /// through), as evaluation runs it: probabilities of `batch` into the
+    /// workspace, and the summed loss and correct count. Panics when a row
+    /// is out of range or a label is not below `C`.
     pub fn forward(&mut self, batch: Batch<'_>) -> XentStats<T> {
+        self.forward_in(batch, false)
+    }
+
+    /// The forward pass in training mode (`training`: Dropouts drop) or in
+    /// inference mode.
+    fn forward_in(&mut self, batch: Batch<'_>, training: bool) -> XentStats<T> {
         let b = batch.rows.len();
         self.reserve(b);
         let last = self.slots.len() - 1;
         let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
-        let Workspace { acts, input, p, dz, .. } = &mut self.ws;
+        let Workspace { acts, input, p, dz, pre, keep, .. } = &mut self.ws;
+        let mode = if training && self.arch.has_dropout() {
+            Mode::Training { key: StepKey { seed: self.seed, step: self.iterations }, pre, keep }
+        } else {
+            Mode::Inference
+        };
         let mut t = Instant::now();
         let a = forward_hidden(
             be,
             (&self.arch, &self.slots, w),
-            (acts, input),
+            (acts, input, mode),
             (batch.pixels, batch.rows),
             self.path,
             |l| lap(&mut t, &mut times.forward[l]),
@@ -369,10 +425,11 @@ impl<'b, T: Real> Model<'b, T> {
         &self.ws.p[..b * self.arch.classes()]
     }
 
-    /// Forward and backward: fills the gradients ([`Model::grads`]) of the
+    /// Forward and backward in training mode (with the masks the next
+    /// update would draw): fills the gradients ([`Model::grads`]) of the
     /// mean clipped cross-entropy of `batch`; returns the forward's stats.
     pub fn forward_backward(&mut self, batch: Batch<'_>) -> XentStats<T> {
-        let stats = self.forward(batch);
+        let stats = self.forward_in(batch, true);
         self.backward(batch, false);
         stats
     }
@@ -413,9 +470,16 @@ impl<'b, T: Real> Model<'b, T> {
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
             be.output_backward(gk, gb, input, dz, s.dims);
             if last > 0 {
-                let act = self.arch.layers[last - 1].activation;
-                let da = &mut ws.grads[last - 1][..b * s.dims.k];
-                be.output_backward_input(da, dz, &w[s.kernel.clone()], &ws.acts[last - 1][..b * s.dims.k], s.dims, act);
+                let (act, drops) = (self.arch.dense[last - 1].activation, &self.arch.dropouts[last - 1][..]);
+                let bk = b * s.dims.k;
+                let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
+                let (act_k, at) = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
+                let da = &mut ws.grads[last - 1][..bk];
+                be.output_backward_input(da, dz, &w[s.kernel.clone()], at, s.dims, act_k);
+                if !drops.is_empty() {
+                    let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
+                    dropout::backward(drops, act, (h, keep), da);
+                }
             }
             if paired {
                 // Only an update changes the kernels while they are read.
@@ -431,8 +495,8 @@ impl<'b, T: Real> Model<'b, T> {
             lap(&mut t, &mut times.backward[last]);
             // Hidden layers, top down.
             for l in (1..last).rev() {
-                let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
-                ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), None);
+                let (s, below) = (&self.slots[l], below(&self.arch, l));
+                ws.hidden_backward(be, (l, s, below, b), (w, g, state), (update.then_some(step), path), None);
                 lap(&mut t, &mut times.backward[l]);
             }
         };
@@ -443,9 +507,9 @@ impl<'b, T: Real> Model<'b, T> {
             if paired {
                 lap(&mut t, &mut times.backward[last]);
                 for l in (1..last).rev() {
-                    let (s, act_below) = (&self.slots[l], self.arch.layers[l - 1].activation);
+                    let (s, below) = (&self.slots[l], below(&self.arch, l));
                     let copied = Some(hidden.start);
-                    ws.hidden_backward(be, (l, s, act_below, b), (w, g, state), (update.then_some(step), path), copied);
+                    ws.hidden_backward(be, (l, s, below, b), (w, g, state), (update.then_some(step), path), copied);
                     lap(&mut t, &mut times.backward[l]);
                 }
             }
@@ -486,13 +550,19 @@ impl<'b, T: Real> Model<'b, T> {
     /// same weights, bit for bit, as `forward_backward` then `update`). When
     /// the loss is not finite nothing is updated and `Err` carries the stats.
     pub fn train_step(&mut self, batch: Batch<'_>) -> Result<XentStats<T>, XentStats<T>> {
-        let stats = self.forward(batch);
+        let stats = self.forward_in(batch, true);
         if !stats.loss_sum.is_finite() {
             return Err(stats);
         }
         self.backward(batch, true);
         Ok(stats)
     }
+}
+
+/// What Dense layer `l`'s input gradient passes through below it: the
+/// activation of layer `l - 1` and the Dropouts after that layer.
+fn below(arch: &Arch, l: usize) -> (Activation, &[DropoutAt]) {
+    (arch.dense[l - 1].activation, &arch.dropouts[l - 1])
 }
 
 /// The update of the range `r` of the arena `w`, with `r` of each used

@@ -39,7 +39,7 @@ impl<T: Real> Params<T> {
     /// `seed`, and zero biases.
     pub fn glorot(arch: &Arch, seed: u64) -> Self {
         let mut p = Self::zeros(arch);
-        for l in 0..arch.layers.len() {
+        for l in 0..arch.dense.len() {
             let (fan_in, fan_out) = arch.kernel_shape(l);
             let mut rng = Rng::new(seed, Stream::InitKernel(l as u32));
             let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
@@ -110,7 +110,7 @@ impl<T: Real> Params<T> {
     /// `(in, out)` and `dense_K.bias` for K = 1..n.
     pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
         let mut out = Vec::new();
-        for l in 0..self.arch.layers.len() {
+        for l in 0..self.arch.dense.len() {
             let (i, o) = self.arch.kernel_shape(l);
             out.push((format!("dense_{}.kernel", l + 1), vec![i, o], self.kernel(l)));
             out.push((format!("dense_{}.bias", l + 1), vec![o], self.bias(l)));

@@ -1,6 +1,6 @@
 //! [`Predictor`]: inference only, the weights and one batch's activations.
 
-use super::arena::{arena_slots, forward_hidden, pack_into, Slot};
+use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
 use super::{Arch, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{AlignedVec, Backend, Layer1Path, Real};
@@ -61,7 +61,7 @@ impl<'b, T: Real> Predictor<'b, T> {
     fn with_weights(be: &'b dyn Backend<T>, weights: std::sync::Arc<Weights<T>>, capacity: usize) -> Self {
         let capacity = capacity.max(1);
         let arch = &weights.arch;
-        let hidden = &arch.layers[..arch.layers.len() - 1];
+        let hidden = &arch.dense[..arch.dense.len() - 1];
         let buf = |w: usize| AlignedVec::zeroed(capacity * w);
         Predictor {
             be,
@@ -97,7 +97,7 @@ impl<'b, T: Real> Predictor<'b, T> {
         let a = forward_hidden(
             self.be,
             (arch, slots, values),
-            (&mut self.acts, &mut self.input),
+            (&mut self.acts, &mut self.input, Mode::Inference),
             (pixels, rows),
             self.path,
             |_| {},

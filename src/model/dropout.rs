@@ -1,0 +1,242 @@
+//! Dropout's computation, forward and backward side by side: its masks,
+//! drawn from a counter-based generator, applied to the output of the Dense
+//! layer below it in training, and the gradient through them.
+//!
+//! Semantics are Keras 3 on TensorFlow (`tf.nn.experimental.stateless_dropout`):
+//! `y = (x * scale) * keep` with `scale = 1 / (1 - rate)` formed in f64 and
+//! rounded once, `keep = [u >= rate]` for `u` uniform in `[0, 1)` on the
+//! float32 grid of `2^-23`; the gradient is `(g * keep) * scale`. Inference
+//! passes values unchanged (the caller simply does not call this module).
+//!
+//! A mask depends on (seed, which Dropout, update number, dataset row,
+//! unit) and on nothing else: not on the thread count, the batch's order
+//! or what ran before, so a resumed run draws the masks an uninterrupted
+//! one would.
+
+use super::arch::DropoutAt;
+use kiln_kernels::{Activation, Real};
+
+/// What keys one training step's masks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StepKey {
+    /// The training seed.
+    pub(super) seed: u64,
+    /// Updates applied before this step (Keras's `optimizer.iterations`).
+    pub(super) step: u64,
+}
+
+/// The 23-bit uniform `k` is kept when `k * 2^-23 >= rate` (rate rounded to
+/// f32, as TensorFlow compares in the input's type): when `k >= threshold`.
+fn threshold(rate: f64) -> u32 {
+    // Exact: an f32 times 2^23 is representable in f64.
+    (f64::from(rate as f32) * f64::from(1u32 << 23)).ceil() as u32
+}
+
+/// `1 / (1 - rate)` in f64, rounded once to `T`.
+fn scale<T: Real>(rate: f64) -> T {
+    T::from_f64(1.0 / (1.0 - rate))
+}
+
+/// SplitMix64's finalizer: a bijection of u64 with full avalanche.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Wellons's `lowbias32`: a bijection of u32 with low bias, cheap enough to
+/// run per value (the compiler vectorizes the row loop).
+#[inline(always)]
+fn lowbias32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The key of one row's mask for the Dropout numbered `ordinal`.
+fn row_key(key: StepKey, ordinal: u32, row: u32) -> u32 {
+    let z = mix64(key.seed ^ (u64::from(ordinal) + 1).wrapping_mul(0xD605_BBB5_8C8A_BEC1));
+    let z = mix64(z ^ key.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (mix64(z ^ u64::from(row)) >> 32) as u32
+}
+
+/// One row's mask: `keep[j] = 1` when unit `j` is kept.
+fn draw_row(keep: &mut [u8], row_key: u32, threshold: u32) {
+    for (j, k) in keep.iter_mut().enumerate() {
+        let bits = lowbias32(row_key.wrapping_add((j as u32).wrapping_mul(0x9E37_79B9)));
+        *k = u8::from(bits >> 9 >= threshold);
+    }
+}
+
+/// The mask the Dropout numbered `ordinal` (0-based, counting Dropouts
+/// only) of rate `rate` draws for dataset row `row` of `units` values at
+/// update `step` with `seed` (`true`: kept). For reference
+/// implementations and tests: the model draws the same, in place.
+///
+/// ```
+/// let keep = kiln::model::dropout_keep_mask(1, 0, 0, 7, 1000, 0.2);
+/// let kept = keep.iter().filter(|&&k| k).count();
+/// assert!((700..900).contains(&kept), "{kept}");
+/// ```
+#[doc(hidden)]
+pub fn keep_mask(seed: u64, ordinal: u32, step: u64, row: u32, units: usize, rate: f64) -> Vec<bool> {
+    let mut keep = vec![0u8; units];
+    draw_row(&mut keep, row_key(StepKey { seed, step }, ordinal, row), threshold(rate));
+    keep.into_iter().map(|k| k != 0).collect()
+}
+
+/// Bytes of masks the Dropouts `drops` keep for a batch of `b` rows of `n` units.
+pub(super) fn mask_len(drops: &[DropoutAt], b: usize, n: usize) -> usize {
+    drops.len() * b * n
+}
+
+/// Training forward of the Dropouts `drops` (in order) over the output `h`
+/// (`(B, n)`) of the Dense layer below, for the dataset rows `rows`: `a :=
+/// drops(h)`, each Dropout's mask recorded in `keep` (`(drops, B, n)`).
+pub(super) fn forward<T: Real>(
+    drops: &[DropoutAt],
+    key: StepKey,
+    rows: &[u32],
+    (h, a, keep): (&[T], &mut [T], &mut [u8]),
+) {
+    let b = rows.len();
+    let n = h.len() / b.max(1);
+    a.copy_from_slice(h);
+    for (d, at) in drops.iter().enumerate() {
+        let (t, s) = (threshold(at.dropout.rate()), scale::<T>(at.dropout.rate()));
+        let masks = &mut keep[d * b * n..(d + 1) * b * n];
+        for ((a_row, m), &r) in a.chunks_exact_mut(n).zip(masks.chunks_exact_mut(n)).zip(rows) {
+            draw_row(m, row_key(key, at.ordinal, r), t);
+            for (v, &k) in a_row.iter_mut().zip(m.iter()) {
+                // `(x * scale) * keep`, as TensorFlow computes it (a dropped
+                // value is a signed zero, or NaN from a non-finite one).
+                let x = *v * s;
+                *v = if k != 0 { x } else { x * T::zero() };
+            }
+        }
+    }
+}
+
+/// Training backward of the Dropouts `drops` after a Dense layer with
+/// activation `act` and output `h` (`(B, n)`): `da` holds the gradient with
+/// respect to the Dropouts' output and becomes the gradient with respect to
+/// the Dense layer's pre-activation: through each mask, last first, `(g *
+/// keep) * scale`, then the activation's derivative at `h`.
+pub(super) fn backward<T: Real>(drops: &[DropoutAt], act: Activation, (h, keep): (&[T], &[u8]), da: &mut [T]) {
+    let bn = h.len();
+    for (d, at) in drops.iter().enumerate().rev() {
+        let s: T = scale(at.dropout.rate());
+        for (g, &k) in da.iter_mut().zip(&keep[d * bn..(d + 1) * bn]) {
+            let kept = if k != 0 { *g } else { *g * T::zero() };
+            *g = kept * s;
+        }
+    }
+    // One loop per activation, so that each is compiled (and vectorized)
+    // with its formula inlined; the match has no wildcard.
+    fn each<T: Real>(h: &[T], da: &mut [T], f: impl Fn(T, T) -> T) {
+        for (g, &y) in da.iter_mut().zip(h) {
+            *g = f(y, *g);
+        }
+    }
+    match act {
+        Activation::Relu => each(h, da, |y, g| Activation::Relu.backward(y, g)),
+        Activation::Sigmoid => each(h, da, |y, g| Activation::Sigmoid.backward(y, g)),
+        Activation::Tanh => each(h, da, |y, g| Activation::Tanh.backward(y, g)),
+        Activation::Linear | Activation::Softmax => {}
+    }
+}
+
+/// What the input-gradient kernel of the Dense layer above applies, and at
+/// which values: the activation at `a` when no Dropout (with a rate above
+/// 0) sits between, else nothing (`Linear`) and [`backward`] applies the
+/// masks and then the activation at the Dense layer's own output `h`.
+pub(super) fn kernel_derivative<'a, T>(
+    drops: &[DropoutAt],
+    act: Activation,
+    a: &'a [T],
+    h: &'a [T],
+) -> (Activation, &'a [T]) {
+    if drops.is_empty() {
+        (act, a)
+    } else {
+        (Activation::Linear, h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Dropout;
+
+    fn at(ordinal: u32, rate: f64) -> DropoutAt {
+        DropoutAt { ordinal, dropout: Dropout::new(rate).unwrap() }
+    }
+
+    #[test]
+    fn kept_fraction_is_within_binomial_bounds() {
+        for rate in [0.1, 0.2, 0.5, 0.9] {
+            let (rows, n) = (200u32, 500usize);
+            let mut keep = vec![0u8; n];
+            let mut kept = 0u64;
+            for step in 0..3 {
+                for r in 0..rows {
+                    draw_row(&mut keep, row_key(StepKey { seed: 7, step }, 0, r), threshold(rate));
+                    kept += keep.iter().map(|&k| u64::from(k)).sum::<u64>();
+                }
+            }
+            let trials = 3.0 * f64::from(rows) * n as f64;
+            let (mean, sd) = (trials * (1.0 - rate), (trials * rate * (1.0 - rate)).sqrt());
+            // Five standard deviations: a correct generator fails about once in 3.5 million.
+            assert!((kept as f64 - mean).abs() < 5.0 * sd, "rate {rate}: kept {kept}, expected {mean} +- {sd}");
+        }
+    }
+
+    #[test]
+    fn masks_differ_by_seed_dropout_step_and_row_but_not_by_anything_else() {
+        let mask = |seed, ordinal, step, row| {
+            let mut k = vec![0u8; 256];
+            draw_row(&mut k, row_key(StepKey { seed, step }, ordinal, row), threshold(0.5));
+            k
+        };
+        let base = mask(1, 0, 5, 9);
+        assert_eq!(base, mask(1, 0, 5, 9));
+        for other in [mask(2, 0, 5, 9), mask(1, 1, 5, 9), mask(1, 0, 6, 9), mask(1, 0, 5, 10)] {
+            let same = base.iter().zip(&other).filter(|(a, b)| a == b).count();
+            assert!((90..=166).contains(&same), "masks should be independent: {same} of 256 agree");
+        }
+    }
+
+    #[test]
+    fn the_threshold_follows_the_float32_grid_and_rate_0_keeps_everything() {
+        assert_eq!(threshold(0.0), 0);
+        assert_eq!(threshold(0.5), 1 << 22);
+        // 0.2 rounds up to f32 0.2000000030, so k = 0.2 * 2^23 rounded up.
+        assert_eq!(threshold(0.2), 1_677_722);
+        assert_eq!(scale::<f32>(0.2), 1.25);
+        assert_eq!(scale::<f32>(0.1), (1.0f64 / 0.9) as f32);
+    }
+
+    #[test]
+    fn forward_and_backward_apply_each_mask_in_order_and_the_derivative_at_h() {
+        let drops = [at(0, 0.5), at(1, 0.2)];
+        let rows = [3u32, 8];
+        let h: Vec<f64> = (0..8).map(|i| f64::from(i) * 0.25 - 1.0).collect();
+        let mut a = vec![0.0; 8];
+        let mut keep = vec![0u8; 16];
+        let key = StepKey { seed: 4, step: 2 };
+        forward(&drops, key, &rows, (&h, &mut a, &mut keep));
+        let (s0, s1) = (2.0, 1.25);
+        for i in 0..8 {
+            let want = h[i] * s0 * f64::from(keep[i]) * s1 * f64::from(keep[8 + i]);
+            assert_eq!(a[i], want, "value {i}");
+        }
+        let mut g = vec![1.0; 8];
+        backward(&drops, Activation::Tanh, (&h, &keep), &mut g);
+        for i in 0..8 {
+            let want = f64::from(keep[i]) * f64::from(keep[8 + i]) * s1 * s0 * (1.0 - h[i] * h[i]);
+            assert_eq!(g[i], want, "gradient {i}");
+        }
+    }
+}
