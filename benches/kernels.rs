@@ -14,7 +14,7 @@
 //! `cargo bench --bench kernels` (add `--features blas` for the BLAS column).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln::model::{Arch, Batch, Model, Params};
+use kiln::model::{self, Arch, Batch, Model, Params};
 use kiln::train::Samples;
 use kiln_kernels::{Activation, Adam, AlignedVec, Backend, Dims, Layer1Path, Optimizer, RmsProp, Sgd, Update};
 use std::hint::black_box;
@@ -347,7 +347,7 @@ fn kernels(c: &mut Criterion) {
             for threads in [1, 2] {
                 let tp = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut m = Model::new(be, &params, RmsProp::default()).unwrap();
-                let batch = Batch { pixels: &inp.x, labels: &inp.labels, rows: &inp.rows };
+                let batch = Batch { inputs: model::Inputs::Pixels(&inp.x), labels: &inp.labels, rows: &inp.rows };
                 g.bench_function(BenchmarkId::new(*name, format!("{short}/t{threads}")), |bch| {
                     tp.install(|| bch.iter(|| black_box(m.train_step(batch).is_ok())))
                 });

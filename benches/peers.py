@@ -4,16 +4,19 @@ frameworks that are installed (Keras/TensorFlow, PyTorch, JAX), on the
 vendored MNIST, so their epoch times can be compared on one machine.
 
     python3 benches/peers.py [--epochs 5] [--threads 2] [--only keras,torch,jax]
-                             [--layers 512:relu,10:softmax]
+                             [--layers 512:relu,10:softmax] [--validate]
 
---layers is the stack of Dense layers in kiln's syntax and Keras order, input
-784 implied, output layer included: comma-separated UNITS:ACTIVATION, with
-ACTIVATION one of relu, sigmoid, tanh, linear, softmax (softmax only on the
-last layer, and with 10 units, one per digit). If the last layer given is not
-softmax, 10:softmax is appended. The default, 512:relu,10:softmax, is the
-tutorial network, Dense(784 -> 512, ReLU) -> Dense(512 -> 10, softmax);
-e.g. --layers 512:relu,256:relu builds Dense(784 -> 512, ReLU) -> Dense(512
--> 256, ReLU) -> Dense(256 -> 10, softmax).
+--layers is the stack of layers in kiln's syntax and Keras order, input 784
+implied, output layer included: comma-separated UNITS:ACTIVATION for a Dense
+layer, with ACTIVATION one of relu, sigmoid, tanh, linear, softmax (softmax
+only on the last layer, and with 10 units, one per digit), or dropout:RATE
+for a Dropout of the layer below. If the last layer given is not softmax,
+10:softmax is appended. The default, 512:relu,10:softmax, is the tutorial
+network, Dense(784 -> 512, ReLU) -> Dense(512 -> 10, softmax); e.g. --layers
+512:relu,dropout:0.2,512:relu,dropout:0.2 is Keras's examples/mnist_mlp.py.
+--validate evaluates the test set after every epoch, inside the epoch's time,
+as mnist_mlp.py's validation_data does (compare with kiln's wall time per
+epoch under --validate-on-test).
 
 Each framework builds exactly that stack and trains it as kiln does:
 categorical cross-entropy, RMSprop as Keras 3 runs it (v = 0.9 v + 0.1 g^2;
@@ -40,14 +43,23 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear", "softmax")
 
 
 def parse_layers(spec):
-    """`512:relu,256:relu[,10:softmax]` -> [(512, "relu"), (256, "relu"), (10, "softmax")]."""
+    """`512:relu,dropout:0.2[,10:softmax]` -> [("dense", 512, "relu"), ("dropout", 0.2), ("dense", 10, "softmax")]."""
     layers = []
     items = [item.strip() for item in spec.split(",")]
     for i, item in enumerate(items):
-        units, sep, act = item.partition(":")
-        act = act.strip().lower()
+        head, sep, tail = item.partition(":")
+        if head.strip() == "dropout":
+            try:
+                rate = float(tail)
+            except ValueError:
+                rate = -1.0
+            if not 0 <= rate < 1 or not layers:
+                raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: expected dropout:RATE, 0 <= RATE < 1, after a Dense layer")
+            layers.append(("dropout", rate))
+            continue
+        act = tail.strip().lower()
         try:
-            n = int(units)
+            n = int(head)
         except ValueError:
             n = 0
         if not sep or n <= 0:
@@ -58,19 +70,30 @@ def parse_layers(spec):
             raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: softmax only on the last layer")
         if act == "softmax" and n != CLASSES:
             raise argparse.ArgumentTypeError(f"layer {i + 1} {item!r}: the softmax layer has {CLASSES} units")
-        layers.append((n, act))
-    if layers[-1][1] != "softmax":
-        layers.append((CLASSES, "softmax"))
+        layers.append(("dense", n, act))
+    if layers[-1][0] != "dense" or layers[-1][2] != "softmax":
+        layers.append(("dense", CLASSES, "softmax"))
     return layers
 
 
 def layers_str(layers):
-    return ",".join(f"{n}:{act}" for n, act in layers)
+    return ",".join(f"{l[1]}:{l[2]}" if l[0] == "dense" else f"dropout:{l[1]}" for l in layers)
+
+
+def dense(layers):
+    """[(units, activation, dropout rates after it)] of the Dense layers."""
+    out = []
+    for l in layers:
+        if l[0] == "dense":
+            out.append((l[1], l[2], []))
+        else:
+            out[-1][2].append(l[1])
+    return out
 
 
 def widths(layers):
-    """(fan_in, fan_out) of each layer."""
-    sizes = [PIXELS] + [n for n, _ in layers]
+    """(fan_in, fan_out) of each Dense layer."""
+    sizes = [PIXELS] + [n for n, _, _ in dense(layers)]
     return list(zip(sizes[:-1], sizes[1:]))
 
 
@@ -100,18 +123,21 @@ def init_params(rng, layers):
     return params
 
 
-def report(name, layers, epoch_times, acc):
+def report(name, layers, epoch_times, acc, validate):
     steady = epoch_times[1:] or epoch_times
-    print(json.dumps({"framework": name, "layers": layers_str(layers), "epoch_seconds": epoch_times,
-                      "mean_epoch_seconds_after_first": sum(steady) / len(steady), "test_acc": acc}), flush=True)
+    print(json.dumps({"framework": name, "layers": layers_str(layers), "validate": validate,
+                      "epoch_seconds": epoch_times, "mean_epoch_seconds_after_first": sum(steady) / len(steady),
+                      "test_acc": acc}), flush=True)
 
 
-def run_keras(data, layers, epochs):
+def run_keras(data, layers, epochs, validate):
     import keras
 
     xtr, ytr, xte, yte = data
     # Dense's defaults are the Glorot-uniform kernel and zero bias.
-    model = keras.Sequential([keras.Input((PIXELS,))] + [keras.layers.Dense(n, activation=act) for n, act in layers])
+    made = [keras.layers.Dense(l[1], activation=l[2]) if l[0] == "dense" else keras.layers.Dropout(l[1])
+            for l in layers]
+    model = keras.Sequential([keras.Input((PIXELS,))] + made)
     model.compile(optimizer=keras.optimizers.RMSprop(), loss="categorical_crossentropy", metrics=["accuracy"])
     times = []
 
@@ -122,13 +148,14 @@ def run_keras(data, layers, epochs):
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
 
+    val = (xte, keras.utils.to_categorical(yte, 10)) if validate else None
     model.fit(xtr, keras.utils.to_categorical(ytr, 10), epochs=epochs, batch_size=128, verbose=0,
-              callbacks=[Timer()])
+              callbacks=[Timer()], validation_data=val)
     _, acc = model.evaluate(xte, keras.utils.to_categorical(yte, 10), verbose=0)
-    report("keras", layers, times, float(acc))
+    report("keras", layers, times, float(acc), validate)
 
 
-def run_torch(data, layers, epochs, threads):
+def run_torch(data, layers, epochs, threads, validate):
     import torch
 
     torch.set_num_threads(threads)
@@ -141,11 +168,19 @@ def run_torch(data, layers, epochs, threads):
     vel = [torch.zeros_like(p) for p in params]
     acts = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "linear": lambda z: z}
 
-    def forward(x):
+    stack = dense(layers)
+
+    def forward(x, training):
         # Logits: the last layer's softmax is inside cross_entropy.
-        for i, (_, act) in enumerate(layers[:-1]):
+        for i, (_, act, rates) in enumerate(stack[:-1]):
             x = acts[act](x @ params[2 * i] + params[2 * i + 1])
+            for rate in rates:
+                x = torch.nn.functional.dropout(x, rate, training=training)
         return x @ params[-2] + params[-1]
+
+    def test_acc():
+        with torch.no_grad():
+            return (forward(xte, False).argmax(1) == yte).float().mean().item()
 
     times = []
     for _ in range(epochs):
@@ -153,19 +188,19 @@ def run_torch(data, layers, epochs, threads):
         perm = torch.randperm(len(xtr))
         for i in range(0, len(xtr), 128):
             idx_ = perm[i : i + 128]
-            loss = torch.nn.functional.cross_entropy(forward(xtr[idx_]), ytr[idx_])
+            loss = torch.nn.functional.cross_entropy(forward(xtr[idx_], True), ytr[idx_])
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 for p, g, v in zip(params, grads, vel):
                     v.mul_(0.9).add_(0.1 * g * g)
                     p.sub_(1e-3 * g / torch.sqrt(v + 1e-7))
+        if validate:
+            test_acc()
         times.append(time.perf_counter() - t)
-    with torch.no_grad():
-        acc = (forward(xte).argmax(1) == yte).float().mean().item()
-    report("torch", layers, times, acc)
+    report("torch", layers, times, test_acc(), validate)
 
 
-def run_jax(data, layers, epochs):
+def run_jax(data, layers, epochs, validate):
     import jax
     import jax.numpy as jnp
 
@@ -175,34 +210,46 @@ def run_jax(data, layers, epochs):
     vel = [jnp.zeros_like(p) for p in params]
     acts = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "linear": lambda z: z}
 
-    def forward(p, x):
+    stack = dense(layers)
+
+    def forward(p, x, key=None):
         # Logits: the last layer's softmax is inside the loss's log_softmax.
-        for i, (_, act) in enumerate(layers[:-1]):
+        for i, (_, act, rates) in enumerate(stack[:-1]):
             x = acts[act](x @ p[2 * i] + p[2 * i + 1])
+            for j, rate in enumerate(rates):
+                if key is not None and rate > 0:
+                    keep = jax.random.bernoulli(jax.random.fold_in(key, 16 * i + j), 1 - rate, x.shape)
+                    x = jnp.where(keep, x / (1 - rate), 0)
         return x @ p[-2] + p[-1]
 
-    def loss(p, x, y):
-        logp = jax.nn.log_softmax(forward(p, x))
+    def loss(p, x, y, key):
+        logp = jax.nn.log_softmax(forward(p, x, key))
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], 1))
 
+    predict = jax.jit(lambda p, x: forward(p, x).argmax(1))
+
     @jax.jit
-    def step(p, v, x, y):
-        g = jax.grad(loss)(p, x, y)
+    def step(p, v, x, y, key):
+        g = jax.grad(loss)(p, x, y, key)
         v = [0.9 * vi + 0.1 * gi * gi for vi, gi in zip(v, g)]
         p = [pi - 1e-3 * gi / jnp.sqrt(vi + 1e-7) for pi, gi, vi in zip(p, g, v)]
         return p, v
 
     times = []
+    key = jax.random.PRNGKey(1)
     for _ in range(epochs):
         t = time.perf_counter()
         perm = rng.permutation(len(xtr))
         for i in range(0, len(xtr), 128):
             idx_ = perm[i : i + 128]
-            params, vel = step(params, vel, xtr[idx_], ytr[idx_].astype("int32"))
+            key, sub = jax.random.split(key)
+            params, vel = step(params, vel, xtr[idx_], ytr[idx_].astype("int32"), sub)
         jax.block_until_ready(params)
+        if validate:
+            float((predict(params, xte) == yte).mean())
         times.append(time.perf_counter() - t)
-    acc = float((forward(params, xte).argmax(1) == yte).mean())
-    report("jax", layers, times, acc)
+    acc = float((predict(params, xte) == yte).mean())
+    report("jax", layers, times, acc, validate)
 
 
 def main():
@@ -211,9 +258,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="keras,torch,jax")
     ap.add_argument("--layers", type=parse_layers, default="512:relu,10:softmax",
-                    help="Dense stack, Keras order, output included: UNITS:ACTIVATION,... (relu, sigmoid, tanh, "
-                         "linear, softmax last; 10:softmax appended if the last is not softmax) "
-                         "[default: 512:relu,10:softmax]")
+                    help="the stack, Keras order, output included: UNITS:ACTIVATION (relu, sigmoid, tanh, linear, "
+                         "softmax last) or dropout:RATE, comma-separated; 10:softmax appended if the last is not "
+                         "softmax [default: 512:relu,10:softmax]")
+    ap.add_argument("--validate", action="store_true",
+                    help="evaluate the test set after every epoch, inside the epoch's time")
     args = ap.parse_args()
     # Limit every framework to the same number of threads as kiln's run.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -221,9 +270,9 @@ def main():
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}"
     data = load()
-    runners = {"keras": lambda: run_keras(data, args.layers, args.epochs),
-               "torch": lambda: run_torch(data, args.layers, args.epochs, args.threads),
-               "jax": lambda: run_jax(data, args.layers, args.epochs)}
+    runners = {"keras": lambda: run_keras(data, args.layers, args.epochs, args.validate),
+               "torch": lambda: run_torch(data, args.layers, args.epochs, args.threads, args.validate),
+               "jax": lambda: run_jax(data, args.layers, args.epochs, args.validate)}
     for name in args.only.split(","):
         try:
             runners[name]()

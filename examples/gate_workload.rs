@@ -25,7 +25,7 @@ fn run_steps(model: &mut Model<'_, f32>, data: &Samples<'_>, order: &[u32], step
     for (rows, next) in batches_with_next(&order[..order.len().min(steps * 128)], 128) {
         if slowdown {
             let part = &rows[..rows.len() * 3 / 5];
-            model.forward(Batch { pixels: data.pixels(), labels: data.labels(), rows: part });
+            model.forward(Batch { inputs: data.inputs(), labels: data.labels(), rows: part });
         }
         loss += f64::from(step(model, data, rows, next).expect("finite loss").loss_sum);
     }

@@ -1,20 +1,21 @@
 //! The training loop as Keras's `fit` runs it: epochs of (shuffled)
 //! batches, Keras's running metrics, and evaluation on a held-out split.
-//! Data comes as [`Samples`]: u8 image rows and labels from memory or from
-//! a memory-mapped IDX [`Split`].
+//! Data comes as [`Samples`]: u8 image rows or f32 feature rows, and
+//! labels, from memory or from a memory-mapped IDX [`Split`].
 
 use crate::data::Split;
-use crate::model::{Batch, Model};
+use crate::model::{Batch, Inputs, Model};
 use crate::rng::{Rng, Stream};
 use anyhow::{bail, ensure, Result};
 use kiln_kernels::XentStats;
 use std::time::Instant;
 
-/// Images and labels to train or evaluate on: `pixels` is `(R, width)` u8
-/// row-major, `labels` `(R)`. Borrowed, never copied.
+/// Inputs and labels to train or evaluate on: `inputs` is `(R, width)`
+/// row-major, u8 pixels ([`Samples::new`]) or f32 features
+/// ([`Samples::features`]), `labels` `(R)`. Borrowed, never copied.
 #[derive(Clone, Copy, Debug)]
 pub struct Samples<'a> {
-    pixels: &'a [u8],
+    inputs: Inputs<'a>,
     labels: &'a [u8],
     width: usize,
     /// Names the labels (and, unless `images` says otherwise, the images) in errors.
@@ -33,16 +34,46 @@ impl<'a> Samples<'a> {
     /// assert!(Samples::new(&[0, 1, 2], &[1, 0], 2).is_err());
     /// ```
     pub fn new(pixels: &'a [u8], labels: &'a [u8], width: usize) -> Result<Self> {
-        ensure!(width > 0, "images of 0 pixels");
+        Self::of(Inputs::Pixels(pixels), labels, width)
+    }
+
+    /// `labels.len()` rows of `width` f32 features each, or an error when
+    /// the lengths disagree or a value is not finite. The input layer reads
+    /// them as a hidden layer reads activations. (Features that are all
+    /// exactly `k / 255` train to the same bits, faster, as the pixels
+    /// [`crate::model::exact_pixels`] returns.)
+    ///
+    /// ```
+    /// use kiln::train::Samples;
+    /// let s = Samples::features(&[0.5, -1.0, 2.0, 0.25], &[1, 0], 2).unwrap();
+    /// assert_eq!(s.len(), 2);
+    /// let e = Samples::features(&[0.5, f32::NAN], &[1], 2).unwrap_err();
+    /// assert!(e.to_string().contains("value 1 (row 0, column 1) is NaN"), "{e}");
+    /// ```
+    pub fn features(x: &'a [f32], labels: &'a [u8], width: usize) -> Result<Self> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "value {i} (row {}, column {}) is {}; features must be finite",
+                i / width.max(1),
+                i % width.max(1),
+                x[i]
+            );
+        }
+        Self::of(Inputs::Features(x), labels, width)
+    }
+
+    fn of(inputs: Inputs<'a>, labels: &'a [u8], width: usize) -> Result<Self> {
+        ensure!(width > 0, "rows of 0 values");
+        let what = if matches!(inputs, Inputs::Pixels(_)) { "pixels" } else { "values" };
         ensure!(
-            pixels.len() == labels.len().saturating_mul(width),
-            "{} pixels for {} labels of {width}-pixel images; expected {}",
-            pixels.len(),
+            inputs.len() == labels.len().saturating_mul(width),
+            "{} {what} for {} labels of {width}-value rows; expected {}",
+            inputs.len(),
             labels.len(),
             labels.len().saturating_mul(width)
         );
-        ensure!(labels.len() <= u32::MAX as usize, "more than 2^32 images");
-        Ok(Samples { pixels, labels, width, name: "the labels", images: None })
+        ensure!(labels.len() <= u32::MAX as usize, "more than 2^32 rows");
+        Ok(Samples { inputs, labels, width, name: "the labels", images: None })
     }
 
     /// The same samples, named `name` in errors (e.g. the labels file).
@@ -61,14 +92,14 @@ impl<'a> Samples<'a> {
         self.labels.is_empty()
     }
 
-    /// Pixels per image.
+    /// Values per row (pixels per image).
     pub fn width(&self) -> usize {
         self.width
     }
 
-    /// All pixels, `(R, width)`.
-    pub fn pixels(&self) -> &'a [u8] {
-        self.pixels
+    /// All inputs, `(R, width)`.
+    pub fn inputs(&self) -> Inputs<'a> {
+        self.inputs
     }
 
     /// All labels, `(R)`.
@@ -85,9 +116,11 @@ impl<'a> Samples<'a> {
     /// width and every label is below its output width.
     pub fn check_fits<T: kiln_kernels::Real>(&self, model: &Model<'_, T>) -> Result<()> {
         let arch = model.arch();
+        let (rows, values) =
+            if matches!(self.inputs, Inputs::Pixels(_)) { ("images", "pixels") } else { ("rows", "values") };
         ensure!(
             self.width == arch.inputs(),
-            "{}: images of {} pixels, but the model reads {}",
+            "{}: {rows} of {} {values}, but the model reads {}",
             self.images.unwrap_or(self.name),
             self.width,
             arch.inputs()
@@ -131,15 +164,19 @@ impl<'a> Samples<'a> {
             at,
             self.len() - at
         );
+        let w = self.width;
         let cut = |r: std::ops::Range<usize>| Samples {
-            pixels: &self.pixels[r.start * self.width..r.end * self.width],
+            inputs: match self.inputs {
+                Inputs::Pixels(p) => Inputs::Pixels(&p[r.start * w..r.end * w]),
+                Inputs::Features(x) => Inputs::Features(&x[r.start * w..r.end * w]),
+            },
             labels: &self.labels[r],
             ..*self
         };
         Ok((cut(0..at), cut(at..self.len())))
     }
 
-    /// A short digest of the samples (width, labels and pixels), to tell
+    /// A short digest of the samples (width, labels and inputs), to tell
     /// whether a checkpoint was made on the same data.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
@@ -147,12 +184,20 @@ impl<'a> Samples<'a> {
         h.update((self.width as u64).to_le_bytes());
         h.update((self.len() as u64).to_le_bytes());
         h.update(self.labels);
-        h.update(self.pixels);
+        match self.inputs {
+            Inputs::Pixels(p) => h.update(p),
+            Inputs::Features(x) => {
+                h.update(b"f32");
+                for chunk in x.chunks(4096) {
+                    h.update(chunk.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+                }
+            }
+        }
         h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn batch(&self, rows: &'a [u32]) -> Batch<'a> {
-        Batch { pixels: self.pixels, labels: self.labels, rows }
+        Batch { inputs: self.inputs, labels: self.labels, rows }
     }
 }
 
@@ -160,7 +205,7 @@ impl<'a> From<&'a Split> for Samples<'a> {
     fn from(s: &'a Split) -> Self {
         let name = s.labels_path().to_str().unwrap_or("the labels file");
         let images = s.images_path().to_str();
-        Samples { pixels: s.pixels(), labels: s.labels(), width: s.width(), name, images }
+        Samples { inputs: Inputs::Pixels(s.pixels()), labels: s.labels(), width: s.width(), name, images }
     }
 }
 
@@ -340,8 +385,8 @@ pub fn step(
     rows: &[u32],
     next: Option<&[u32]>,
 ) -> Result<XentStats<f32>, XentStats<f32>> {
-    if let Some(next) = next {
-        kiln_kernels::prefetch_rows(data.pixels, next, data.width);
+    if let (Some(next), Inputs::Pixels(pixels)) = (next, data.inputs) {
+        kiln_kernels::prefetch_rows(pixels, next, data.width);
     }
     model.train_step(data.batch(rows))
 }

@@ -6,7 +6,7 @@
 
 mod common;
 use common::{backends_under_test, rel_err, Golden};
-use kiln::model::{Arch, Batch, Model, Params};
+use kiln::model::{Arch, Batch, Inputs, Model, Params};
 use kiln_kernels::{Adam, Backend, Optimizer, RmsProp, Sgd};
 
 const STEPS: usize = 20;
@@ -22,7 +22,7 @@ fn train(be: &dyn Backend<f32>, layers: &str) -> Params<f32> {
     let mut m = Model::new(be, &Params::glorot(&arch, 7), RmsProp::default()).unwrap();
     for s in 0..STEPS {
         let r = &rows[(s * BATCH) % 384..(s * BATCH) % 384 + BATCH];
-        m.train_step(Batch { pixels: &images, labels: &labels, rows: r }).expect("finite loss");
+        m.train_step(Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: r }).expect("finite loss");
     }
     m.params()
 }
@@ -117,7 +117,7 @@ fn fused_update_is_bit_identical_to_gradient_then_update() {
                 ("10:softmax", 32),
             ] {
                 let rows: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % 384).collect();
-                let b = Batch { pixels: &images, labels: &labels, rows: &rows };
+                let b = Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: &rows };
                 let params = Params::glorot(&Arch::parse(layers, 784, 10).unwrap(), 3);
                 for opt in optimizers() {
                     let mut fused = Model::new(be, &params, opt).unwrap();
@@ -192,7 +192,9 @@ fn no_optimizer_state_ever_holds_a_subnormal() {
                     let mut smallest = f32::INFINITY;
                     for s in 0..200 {
                         let r = if s == 0 { &rows[..16] } else { &rows[16 + (s % 3) * 16..32 + (s % 3) * 16] };
-                        pool.install(|| m.train_step(Batch { pixels: &pixels, labels: &labels, rows: r }).unwrap());
+                        pool.install(|| {
+                            m.train_step(Batch { inputs: Inputs::Pixels(&pixels), labels: &labels, rows: r }).unwrap()
+                        });
                         for (slot, st) in m.optimizer_state() {
                             if let Some(v) = st.values().iter().find(|v| v.is_subnormal()) {
                                 panic!("{what}: step {s}: {slot} holds the subnormal {v:e}");

@@ -7,7 +7,7 @@
 
 mod common;
 use common::{backends_under_test, Golden};
-use kiln::model::{Arch, Batch, Model, Params, Predictor};
+use kiln::model::{Arch, Batch, Inputs, Model, Params, Predictor};
 use kiln::train::{evaluate, Samples};
 use kiln_kernels::RmsProp;
 
@@ -24,7 +24,7 @@ fn inference_ignores_dropout_on_every_backend() {
     let dropped = Arch::parse("64:relu,dropout:0.5,32:tanh,dropout:0.3", 784, 10).unwrap();
     let params = Params::<f32>::glorot(&plain, 3);
     let rows: Vec<u32> = (0..100).collect();
-    let batch = Batch { pixels: &images, labels: &labels, rows: &rows };
+    let batch = Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: &rows };
     for name in backends_under_test() {
         let be = kiln_kernels::select(name).unwrap();
         let mut a = Model::new(be, &params, RmsProp::default()).unwrap();
@@ -55,7 +55,7 @@ fn train(be: &dyn kiln_kernels::Backend<f32>, layers: &str, seed: u64) -> Params
     let rows: Vec<u32> = (0..384).collect();
     for s in 0..20 {
         let r = &rows[(s * 32) % 384..(s * 32) % 384 + 32];
-        m.train_step(Batch { pixels: &images, labels: &labels, rows: r }).unwrap();
+        m.train_step(Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: r }).unwrap();
     }
     m.params()
 }
@@ -87,7 +87,7 @@ fn the_masked_activations_reach_the_next_layer_and_change_each_step() {
     let be = kiln_kernels::select("scalar").unwrap();
     let mut m = Model::new(be, &Params::<f32>::glorot(&arch, 1), RmsProp::default()).unwrap();
     let rows = [0u32, 1, 2, 3];
-    let batch = Batch { pixels: &images, labels: &labels, rows: &rows };
+    let batch = Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: &rows };
     let zero_rows = |m: &mut Model<'_, f32>| -> Vec<bool> {
         m.forward_backward(batch);
         let grads = m.grads();

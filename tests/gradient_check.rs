@@ -12,7 +12,7 @@
 //! from a plain f64 forward pass written here (which also reproduces the
 //! model's loss, so it is checked to be the same function).
 
-use kiln::model::{dropout_keep_mask, Activation, Arch, Batch, Layer, Model, Params};
+use kiln::model::{dropout_keep_mask, Activation, Arch, Batch, Inputs, Layer, Model, Params};
 use kiln::rng::{Rng, Stream};
 use kiln_kernels::{scalar::Scalar, RmsProp};
 use safetensors::{Dtype, SafeTensors};
@@ -136,7 +136,7 @@ impl Case {
     }
 
     fn batch(&self) -> Batch<'_> {
-        Batch { pixels: &self.images, labels: &self.labels, rows: &self.rows }
+        Batch { inputs: Inputs::Pixels(&self.images), labels: &self.labels, rows: &self.rows }
     }
 
     fn pixel(&self, b: usize, k: usize) -> f64 {

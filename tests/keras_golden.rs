@@ -11,7 +11,7 @@
 
 mod common;
 use common::{backends_under_test, rel_err, Golden};
-use kiln::model::{Batch, Model};
+use kiln::model::{Batch, Inputs, Model};
 use kiln_kernels::{Layer1Path, RmsProp};
 
 /// The RMSprop files' tolerance (and the forward's).
@@ -55,7 +55,7 @@ fn replay(name: &str, tol: f64, blas_tol: f64) -> f64 {
             let mut worst = 0f64;
             for step in 0..3 {
                 let rows = &all_rows[step * 128..(step + 1) * 128];
-                let batch = Batch { pixels: &images, labels: &labels, rows };
+                let batch = Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows };
                 if step == 0 {
                     model.forward(batch);
                     check("probs.step0", backend, model.probs(128), &probs0, &mut worst, tol);
@@ -119,7 +119,7 @@ fn reproduces_keras_tanh_sigmoid_forward() {
     for backend in backends_under_test() {
         let be = kiln_kernels::select(backend).unwrap();
         let mut model = Model::new(be, &g.params(0), RmsProp::default()).unwrap();
-        let stats = model.forward(Batch { pixels: &images, labels: &labels, rows: &rows });
+        let stats = model.forward(Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: &rows });
         let mut worst = 0f64;
         check("probs.step0", backend, model.probs(128), &probs0, &mut worst, TOL);
         let loss = stats.loss_sum / 128.0;
@@ -139,7 +139,7 @@ fn golden_comparison_detects_small_deviations() {
     let be = kiln_kernels::select("scalar").unwrap();
     let opt = RmsProp { lr: 1.01e-3, ..RmsProp::default() };
     let mut model = Model::new(be, &g.params(0), opt).unwrap();
-    model.train_step(Batch { pixels: &images, labels: &labels, rows: &rows }).unwrap();
+    model.train_step(Batch { inputs: Inputs::Pixels(&images), labels: &labels, rows: &rows }).unwrap();
     for l in 0..3 {
         let e = rel_err(model.params().kernel(l), g.params(1).kernel(l));
         assert!(e > 10.0 * TOL, "a 1% learning-rate change gave only {e:.2e} on layer {l}");

@@ -3,7 +3,7 @@
 
 use image::{GrayImage, Rgba, RgbaImage};
 use kiln::data::Dataset;
-use kiln::model::{predict, Arch, Batch, Model, Params};
+use kiln::model::{predict, Arch, Batch, Inputs, Model, Params};
 use kiln::preprocess::{load_gray, to_mnist, Invert, SIDE};
 use kiln::train::epoch_order;
 use kiln_kernels::RmsProp;
@@ -22,7 +22,8 @@ fn trained() -> &'static (Params<f32>, Dataset) {
         let mut m = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
         for epoch in 0..3 {
             for rows in epoch_order(ds.train.len(), 1, epoch).chunks(128) {
-                m.train_step(Batch { pixels: ds.train.pixels(), labels: ds.train.labels(), rows }).unwrap();
+                m.train_step(Batch { inputs: Inputs::Pixels(ds.train.pixels()), labels: ds.train.labels(), rows })
+                    .unwrap();
             }
         }
         (m.params(), ds)

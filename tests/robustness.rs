@@ -2,7 +2,7 @@
 //! inputs.
 
 use kiln::idx::{parse, Kind};
-use kiln::model::{Arch, Batch, Model, Params};
+use kiln::model::{Arch, Batch, Inputs, Model, Params};
 use kiln_kernels::RmsProp;
 use proptest::prelude::*;
 
@@ -59,7 +59,7 @@ fn extreme_inputs_train_without_nan() {
             let arch = Arch::parse("32:relu,16:sigmoid", 784, 10).unwrap();
             let mut m = Model::new(be, &Params::glorot(&arch, 5), RmsProp::default()).unwrap();
             for step in 0..30 {
-                let st = m.train_step(Batch { pixels: &pixels, labels: &labels, rows: &rows });
+                let st = m.train_step(Batch { inputs: Inputs::Pixels(&pixels), labels: &labels, rows: &rows });
                 let st = st.unwrap_or_else(|_| panic!("{name}: non-finite loss at step {step} with pixels {fill}"));
                 assert!(st.loss_sum.is_finite());
             }

@@ -94,7 +94,9 @@
 //! `simd` (one vector type per instruction set), `denormals` (the
 //! floating-point mode) < `gemm`, `sparse`, `small`
 //! (generic kernel bodies), `optim` (the update's maths), `shared` (helpers
-//! every backend calls) < `isa` (the SIMD backends), `scalar`, `blas`.
+//! every backend calls), `dropout` (Dropout's masks and elementwise passes,
+//! the same bits on every backend) < `isa` (the SIMD backends), `scalar`,
+//! `blas`.
 
 #![warn(missing_docs)]
 
@@ -104,6 +106,7 @@ mod aligned;
 mod blas;
 mod caches;
 mod denormals;
+mod dropout;
 mod gemm;
 mod isa;
 mod layout;
@@ -124,6 +127,7 @@ pub use activation::{Activation, Applied};
 pub use aligned::AlignedVec;
 pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
+pub use dropout::{dropout_backward, dropout_forward, dropout_mask};
 pub use layout::{Dims, PanelLayout};
 pub use optim::{update_serial, Adam, ArgError, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use par::{runs_side_by_side, side_by_side};

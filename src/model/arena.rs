@@ -3,7 +3,8 @@
 //! and inference ([`super::Predictor`]), so both compute the same bits.
 
 use super::dropout::{self, StepKey};
-use super::{Arch, Params};
+use super::inputs::at_least;
+use super::{Arch, Inputs, Params};
 use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real};
 use std::ops::Range;
 
@@ -54,76 +55,84 @@ pub(super) enum Mode<'a, T: Real> {
     Training { key: StepKey, pre: &'a mut [AlignedVec<T>], keep: &'a mut [Vec<u8>] },
 }
 
-/// The forward pass below the output layer, for rows `rows` of `pixels`
-/// (`(R, D)` u8): each hidden layer's output (after its Dropouts, in
+/// The forward pass below the output layer, for rows `rows` of `inputs`
+/// (`(R, D)`): each hidden layer's output (after its Dropouts, in
 /// training) into `acts[l]` (`(B, U_l)`), calling `done(l)` after layer
 /// `l`. Returns the output layer's input, `(B, K_L)`: the last hidden
-/// activation, or for a one-layer network the batch gathered into `input`
-/// as `pixel / 255`.
+/// activation, or for a one-layer network the batch gathered into `input`.
+/// The input layer reads u8 pixels in place; f32 features are gathered
+/// into `input` first (`(B, D)`, grown as needed), and read from there as
+/// a hidden layer reads the activations below it.
 pub(super) fn forward_hidden<'a, T: Real>(
     be: &dyn Backend<T>,
     (arch, slots, w): (&Arch, &[Slot], &[T]),
     (acts, input, mut mode): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>, Mode<'_, T>),
-    (pixels, rows): (&[u8], &[u32]),
+    (inputs, rows): (Inputs<'_>, &[u32]),
     path: Layer1Path,
     mut done: impl FnMut(usize),
 ) -> &'a [T] {
     let b = rows.len();
     let last = slots.len() - 1;
+    let d = slots[0].dims.k;
+    let gathered = matches!(inputs, Inputs::Features(_)) || last == 0;
+    if gathered {
+        inputs.gather(at_least(input, b * d), rows, d);
+    }
+    let input = &input[..if gathered { b * d } else { 0 }];
     for (l, s) in slots[..last].iter().enumerate() {
         let act = arch.dense[l].activation;
         let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
         let (below, here) = acts.split_at_mut(l);
         let bn = b * s.dims.n;
         let drops = &arch.dropouts[l][..];
-        let x = (l > 0).then(|| &below[l - 1][..b * s.dims.k]); // (B, K) above the input layer
+        // What the layer reads: the pixels in place, or a (B, K) matrix.
+        let x = match (l, inputs) {
+            (0, Inputs::Pixels(pixels)) => Read::Pixels(pixels, rows),
+            (0, Inputs::Features(_)) => Read::Matrix(input),
+            _ => Read::Matrix(&below[l - 1][..b * s.dims.k]),
+        };
         let out = &mut here[0][..bn];
         // With Dropouts to apply, the Dense layer writes its own output
         // aside and the masked copy goes on.
         match &mut mode {
             Mode::Training { key, pre, keep } if !drops.is_empty() => {
                 let h = &mut pre[l][..bn];
-                dense_forward(be, h, (pixels, rows, x), (kernel, bias), s.dims, act, path);
+                dense_forward(be, h, x, (kernel, bias), s.dims, act, path);
                 let keep = &mut keep[l][..dropout::mask_len(drops, b, s.dims.n)];
                 dropout::forward(drops, *key, rows, (h, out, keep));
             }
-            _ => dense_forward(be, out, (pixels, rows, x), (kernel, bias), s.dims, act, path),
+            _ => dense_forward(be, out, x, (kernel, bias), s.dims, act, path),
         }
         done(l);
     }
-    let k = slots[last].dims.k;
     if last == 0 {
-        gather(&mut input[..b * k], pixels, rows, k);
-        &input[..b * k]
+        input
     } else {
-        &acts[last - 1][..b * k]
+        &acts[last - 1][..b * slots[last].dims.k]
     }
 }
 
-/// `h := act(x @ kernel + bias)` for a hidden Dense layer: the input layer
-/// (`x` `None`) reads the pixels of `rows`, the others `x` `(B, K)`.
+/// What a hidden Dense layer reads.
+#[derive(Clone, Copy)]
+enum Read<'a, T> {
+    /// The rows `rows` of u8 pixels (the input layer).
+    Pixels(&'a [u8], &'a [u32]),
+    /// A `(B, K)` matrix.
+    Matrix(&'a [T]),
+}
+
+/// `h := act(x @ kernel + bias)` for a Dense layer below the output layer.
 fn dense_forward<T: Real>(
     be: &dyn Backend<T>,
     h: &mut [T],
-    (pixels, rows, x): (&[u8], &[u32], Option<&[T]>),
+    x: Read<'_, T>,
     (kernel, bias): (&[T], &[T]),
     dims: Dims,
     act: kiln_kernels::Activation,
     path: Layer1Path,
 ) {
     match x {
-        None => be.input_forward(h, pixels, rows, kernel, bias, dims, act, path),
-        Some(x) => be.hidden_forward(h, x, kernel, bias, dims, act, path),
-    }
-}
-
-/// `out (B, D) := pixels[rows] / 255` (the input of a one-layer network).
-fn gather<T: Real>(out: &mut [T], pixels: &[u8], rows: &[u32], d: usize) {
-    let lut = kiln_kernels::pixel_table::<T>();
-    for (o, &r) in out.chunks_exact_mut(d.max(1)).zip(rows) {
-        let src = &pixels[r as usize * d..(r as usize + 1) * d];
-        for (v, &p) in o.iter_mut().zip(src) {
-            *v = lut[usize::from(p)];
-        }
+        Read::Pixels(pixels, rows) => be.input_forward(h, pixels, rows, kernel, bias, dims, act, path),
+        Read::Matrix(x) => be.hidden_forward(h, x, kernel, bias, dims, act, path),
     }
 }

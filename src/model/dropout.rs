@@ -44,30 +44,11 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Wellons's `lowbias32`: a bijection of u32 with low bias, cheap enough to
-/// run per value (the compiler vectorizes the row loop).
-#[inline(always)]
-fn lowbias32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
 /// The key of one row's mask for the Dropout numbered `ordinal`.
 fn row_key(key: StepKey, ordinal: u32, row: u32) -> u32 {
     let z = mix64(key.seed ^ (u64::from(ordinal) + 1).wrapping_mul(0xD605_BBB5_8C8A_BEC1));
     let z = mix64(z ^ key.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     (mix64(z ^ u64::from(row)) >> 32) as u32
-}
-
-/// One row's mask: `keep[j] = 1` when unit `j` is kept.
-fn draw_row(keep: &mut [u8], row_key: u32, threshold: u32) {
-    for (j, k) in keep.iter_mut().enumerate() {
-        let bits = lowbias32(row_key.wrapping_add((j as u32).wrapping_mul(0x9E37_79B9)));
-        *k = u8::from(bits >> 9 >= threshold);
-    }
 }
 
 /// The mask the Dropout numbered `ordinal` (0-based, counting Dropouts
@@ -83,7 +64,7 @@ fn draw_row(keep: &mut [u8], row_key: u32, threshold: u32) {
 #[doc(hidden)]
 pub fn keep_mask(seed: u64, ordinal: u32, step: u64, row: u32, units: usize, rate: f64) -> Vec<bool> {
     let mut keep = vec![0u8; units];
-    draw_row(&mut keep, row_key(StepKey { seed, step }, ordinal, row), threshold(rate));
+    kiln_kernels::dropout_mask(&mut keep, row_key(StepKey { seed, step }, ordinal, row), threshold(rate));
     keep.into_iter().map(|k| k != 0).collect()
 }
 
@@ -105,17 +86,9 @@ pub(super) fn forward<T: Real>(
     let n = h.len() / b.max(1);
     a.copy_from_slice(h);
     for (d, at) in drops.iter().enumerate() {
-        let (t, s) = (threshold(at.dropout.rate()), scale::<T>(at.dropout.rate()));
+        let keys: Vec<u32> = rows.iter().map(|&r| row_key(key, at.ordinal, r)).collect();
         let masks = &mut keep[d * b * n..(d + 1) * b * n];
-        for ((a_row, m), &r) in a.chunks_exact_mut(n).zip(masks.chunks_exact_mut(n)).zip(rows) {
-            draw_row(m, row_key(key, at.ordinal, r), t);
-            for (v, &k) in a_row.iter_mut().zip(m.iter()) {
-                // `(x * scale) * keep`, as TensorFlow computes it (a dropped
-                // value is a signed zero, or NaN from a non-finite one).
-                let x = *v * s;
-                *v = if k != 0 { x } else { x * T::zero() };
-            }
-        }
+        kiln_kernels::dropout_forward(a, masks, &keys, threshold(at.dropout.rate()), scale(at.dropout.rate()));
     }
 }
 
@@ -125,27 +98,12 @@ pub(super) fn forward<T: Real>(
 /// the Dense layer's pre-activation: through each mask, last first, `(g *
 /// keep) * scale`, then the activation's derivative at `h`.
 pub(super) fn backward<T: Real>(drops: &[DropoutAt], act: Activation, (h, keep): (&[T], &[u8]), da: &mut [T]) {
-    let bn = h.len();
-    for (d, at) in drops.iter().enumerate().rev() {
-        let s: T = scale(at.dropout.rate());
-        for (g, &k) in da.iter_mut().zip(&keep[d * bn..(d + 1) * bn]) {
-            let kept = if k != 0 { *g } else { *g * T::zero() };
-            *g = kept * s;
-        }
+    if h.is_empty() {
+        return; // an empty batch
     }
-    // One loop per activation, so that each is compiled (and vectorized)
-    // with its formula inlined; the match has no wildcard.
-    fn each<T: Real>(h: &[T], da: &mut [T], f: impl Fn(T, T) -> T) {
-        for (g, &y) in da.iter_mut().zip(h) {
-            *g = f(y, *g);
-        }
-    }
-    match act {
-        Activation::Relu => each(h, da, |y, g| Activation::Relu.backward(y, g)),
-        Activation::Sigmoid => each(h, da, |y, g| Activation::Sigmoid.backward(y, g)),
-        Activation::Tanh => each(h, da, |y, g| Activation::Tanh.backward(y, g)),
-        Activation::Linear | Activation::Softmax => {}
-    }
+    let keeps: Vec<&[u8]> = keep.chunks_exact(h.len()).take(drops.len()).collect();
+    let scales: Vec<T> = drops.iter().map(|at| scale(at.dropout.rate())).collect();
+    kiln_kernels::dropout_backward(da, &keeps, &scales, act, h);
 }
 
 /// What the input-gradient kernel of the Dense layer above applies, and at
@@ -182,7 +140,7 @@ mod tests {
             let mut kept = 0u64;
             for step in 0..3 {
                 for r in 0..rows {
-                    draw_row(&mut keep, row_key(StepKey { seed: 7, step }, 0, r), threshold(rate));
+                    kiln_kernels::dropout_mask(&mut keep, row_key(StepKey { seed: 7, step }, 0, r), threshold(rate));
                     kept += keep.iter().map(|&k| u64::from(k)).sum::<u64>();
                 }
             }
@@ -197,7 +155,7 @@ mod tests {
     fn masks_differ_by_seed_dropout_step_and_row_but_not_by_anything_else() {
         let mask = |seed, ordinal, step, row| {
             let mut k = vec![0u8; 256];
-            draw_row(&mut k, row_key(StepKey { seed, step }, ordinal, row), threshold(0.5));
+            kiln_kernels::dropout_mask(&mut k, row_key(StepKey { seed, step }, ordinal, row), threshold(0.5));
             k
         };
         let base = mask(1, 0, 5, 9);

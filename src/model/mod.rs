@@ -36,6 +36,7 @@
 mod arch;
 mod arena;
 mod dropout;
+mod inputs;
 mod net;
 mod params;
 mod predictor;
@@ -43,6 +44,7 @@ mod predictor;
 pub use arch::{Arch, Dense, Dropout, Layer, Sequential};
 #[doc(hidden)]
 pub use dropout::keep_mask as dropout_keep_mask;
+pub use inputs::{exact_pixels, Inputs};
 pub use kiln_kernels::Activation;
 pub use net::{Batch, Model, PhaseTimes};
 pub use params::Params;

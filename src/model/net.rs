@@ -4,7 +4,7 @@
 use super::arch::DropoutAt;
 use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
 use super::dropout::{self, StepKey};
-use super::{Arch, Params};
+use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
     Activation, AlignedVec, Backend, Layer1Path, Optimizer, Real, Schedule, Update, XentStats, MAX_SLOTS,
@@ -24,7 +24,8 @@ struct Workspace<T: Real> {
     pre: Vec<AlignedVec<T>>,
     /// `(drops, B, U_l)` the masks of the Dropouts after layer `l`.
     keep: Vec<Vec<u8>>,
-    /// `(B, D)` the gathered input, only for a one-layer network.
+    /// `(B, D)` the gathered input: of a one-layer network, and of f32
+    /// features (grown when first needed).
     input: AlignedVec<T>,
     /// `(B, C)` softmax probabilities.
     p: AlignedVec<T>,
@@ -146,11 +147,11 @@ fn lap(t: &mut Instant, acc: &mut Duration) {
     *t = now;
 }
 
-/// A batch: row indices into a whole dataset of `u8` images and labels.
+/// A batch: row indices into a whole dataset's inputs and labels.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
-    /// All pixels of the dataset, `(R, D)`.
-    pub pixels: &'a [u8],
+    /// All inputs of the dataset, `(R, D)`.
+    pub inputs: Inputs<'a>,
     /// All labels of the dataset, `(R)`.
     pub labels: &'a [u8],
     /// The rows of this batch, `(B)`.
@@ -408,7 +409,7 @@ impl<'b, T: Real> Model<'b, T> {
             be,
             (&self.arch, &self.slots, w),
             (acts, input, mode),
-            (batch.pixels, batch.rows),
+            (batch.inputs, batch.rows),
             self.path,
             |l| lap(&mut t, &mut times.forward[l]),
         );
@@ -503,7 +504,14 @@ impl<'b, T: Real> Model<'b, T> {
         if last == 0 {
             above();
         } else {
-            let lists = be.overlap_input_lists(batch.pixels, batch.rows, k0, path, &mut above);
+            // Pixels are listed beside the layers above; features need no list.
+            let lists = match batch.inputs {
+                Inputs::Pixels(pixels) => Some(be.overlap_input_lists(pixels, batch.rows, k0, path, &mut above)),
+                Inputs::Features(_) => {
+                    above();
+                    None
+                }
+            };
             if paired {
                 lap(&mut t, &mut times.backward[last]);
                 for l in (1..last).rev() {
@@ -513,12 +521,16 @@ impl<'b, T: Real> Model<'b, T> {
                     lap(&mut t, &mut times.backward[l]);
                 }
             }
-            // The input layer: dW_0 = X^T dZ_0 (its input gradient is never needed).
+            // The input layer: dW_0 = X^T dZ_0 (its input gradient is never
+            // needed), from the listed pixels or the gathered features.
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
             let u = update.then(|| fused(w, state, &s.kernel, step));
-            be.input_backward_listed(lists, (gk, gb), dz, s.dims, path, u);
+            match lists {
+                Some(lists) => be.input_backward_listed(lists, (gk, gb), dz, s.dims, path, u),
+                None => be.hidden_backward(gk, gb, &ws.input[..b * k0], dz, s.dims, u, path),
+            }
             lap(&mut t, &mut times.backward[0]);
         }
         if update {
@@ -599,7 +611,7 @@ mod tests {
         let pixels: Vec<u8> = (0..40).map(|i| (i * 37 % 256) as u8).collect();
         let labels: Vec<u8> = (0..10).map(|i| i % 3).collect();
         let rows: Vec<u32> = (0..10).collect();
-        let batch = Batch { pixels: &pixels, labels: &labels, rows: &rows };
+        let batch = Batch { inputs: Inputs::Pixels(&pixels), labels: &labels, rows: &rows };
         let sgd = |lr| Optimizer::Sgd(Sgd { lr, ..Sgd::default() });
         let sched = Schedule::Exponential { decay_steps: 1, rate: 0.5 };
         let mut scheduled = Model::new(be, &params, sgd(0.1)).unwrap().with_schedule(sched);

@@ -1,7 +1,7 @@
 //! [`Predictor`]: inference only, the weights and one batch's activations.
 
 use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
-use super::{Arch, Params};
+use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{AlignedVec, Backend, Layer1Path, Real};
 
@@ -32,7 +32,7 @@ pub struct Predictor<'b, T: Real = f32> {
     path: Layer1Path,
     /// `(B, U_l)` outputs of the hidden layers.
     acts: Vec<AlignedVec<T>>,
-    /// `(B, D)` the gathered input, only for a one-layer network.
+    /// `(B, D)` the gathered input: of a one-layer network, and of f32 features (grown when first needed).
     input: AlignedVec<T>,
     /// `(B, C)` probabilities.
     p: AlignedVec<T>,
@@ -87,10 +87,10 @@ impl<'b, T: Real> Predictor<'b, T> {
         &self.weights.arch
     }
 
-    /// Softmax probabilities `(B, C)` of rows `rows` of `pixels` (`(R, D)`
-    /// u8 images). Panics when there are more rows than the capacity or a
-    /// row is out of range.
-    pub fn probs(&mut self, pixels: &[u8], rows: &[u32]) -> &[T] {
+    /// Softmax probabilities `(B, C)` of rows `rows` of `inputs` (`(R, D)`
+    /// u8 images or f32 features). Panics when there are more rows than the
+    /// capacity or a row is out of range.
+    pub fn probs<'x>(&mut self, inputs: impl Into<Inputs<'x>>, rows: &[u32]) -> &[T] {
         let b = rows.len();
         assert!(b <= self.capacity, "batch of {b} rows exceeds the capacity {}", self.capacity);
         let Weights { arch, slots, values } = &*self.weights;
@@ -98,7 +98,7 @@ impl<'b, T: Real> Predictor<'b, T> {
             self.be,
             (arch, slots, values),
             (&mut self.acts, &mut self.input, Mode::Inference),
-            (pixels, rows),
+            (inputs.into(), rows),
             self.path,
             |_| {},
         );
@@ -108,31 +108,41 @@ impl<'b, T: Real> Predictor<'b, T> {
         p
     }
 
-    /// Softmax probabilities of every image of `pixels` (`N` images of `D`
-    /// u8 pixels, row-major), one `Vec` of `C` per image; an error when
-    /// `pixels` is not a whole number of images.
-    pub fn predict(&mut self, pixels: &[u8]) -> Result<Vec<Vec<T>>> {
+    /// Softmax probabilities of every row of `inputs` (`N` images of `D`
+    /// u8 pixels, or `N` rows of `D` f32 features, row-major), one `Vec` of
+    /// `C` per row; an error when `inputs` is not a whole number of rows.
+    pub fn predict<'x>(&mut self, inputs: impl Into<Inputs<'x>>) -> Result<Vec<Vec<T>>> {
+        let inputs = inputs.into();
         let (d, c) = (self.arch().inputs, self.arch().classes());
+        let what = if matches!(inputs, Inputs::Pixels(_)) { "pixels" } else { "values" };
         ensure!(
-            pixels.len().is_multiple_of(d),
-            "{} pixels are not a whole number of images of {d} pixels (the model's input)",
-            pixels.len()
+            inputs.len().is_multiple_of(d),
+            "{} {what} are not a whole number of rows of {d} (the model's input)",
+            inputs.len()
         );
-        let rows: Vec<u32> = (0..(pixels.len() / d) as u32).collect();
+        let n = inputs.len() / d;
+        ensure!(n <= u32::MAX as usize, "{n} rows: more than 2^32");
+        let rows: Vec<u32> = (0..n as u32).collect();
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.capacity) {
-            out.extend(self.probs(pixels, chunk).chunks_exact(c).map(<[T]>::to_vec));
+            out.extend(self.probs(inputs, chunk).chunks_exact(c).map(<[T]>::to_vec));
         }
         Ok(out)
     }
 }
 
-/// Softmax probabilities `(N, C)` of `pixels` (`N` images of `D` u8 pixels,
-/// row-major), computed with `params` on `be`, one `Vec` of `C` per image;
-/// an error when `pixels` is not a whole number of `D`-pixel images.
-pub fn predict(be: &dyn Backend<f32>, params: &Params<f32>, pixels: &[u8]) -> Result<Vec<Vec<f32>>> {
-    let n = pixels.len() / params.arch.inputs;
-    Predictor::new(be, params, n.clamp(1, 1024)).predict(pixels)
+/// Softmax probabilities `(N, C)` of `inputs` (`N` images of `D` u8
+/// pixels, or `N` rows of `D` f32 features, row-major), computed with
+/// `params` on `be`, one `Vec` of `C` per row; an error when `inputs` is
+/// not a whole number of rows.
+pub fn predict<'x>(
+    be: &dyn Backend<f32>,
+    params: &Params<f32>,
+    inputs: impl Into<Inputs<'x>>,
+) -> Result<Vec<Vec<f32>>> {
+    let inputs = inputs.into();
+    let n = inputs.len() / params.arch.inputs;
+    Predictor::new(be, params, n.clamp(1, 1024)).predict(inputs)
 }
 
 #[cfg(test)]
@@ -162,7 +172,7 @@ mod tests {
                     // batch size; kiln's kernels' do not).
                     let mut want = Vec::new();
                     for chunk in rows.chunks(capacity) {
-                        model.forward(Batch { pixels: &pixels, labels: &labels, rows: chunk });
+                        model.forward(Batch { inputs: Inputs::Pixels(&pixels), labels: &labels, rows: chunk });
                         want.extend(model.probs(chunk.len()).iter().map(|v| v.to_bits()));
                     }
                     let got = Predictor::new(be, &params, capacity).predict(&pixels).unwrap();
