@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bounded fuzzing of every parser kiln runs on files it did not write (IDX
-# raw and gzip, model files, images) with cargo-fuzz (libFuzzer), when the
+# Bounded fuzzing of every parser kiln runs on files it did not write (IDX,
+# raw and gzip, model files, images, .npy and .npz) with cargo-fuzz (libFuzzer), when the
 # nightly toolchain is there; cargo-fuzz is installed from crates.io if
 # missing. Each target starts from its committed seeds (fuzz/seeds/<target>,
 # written by fuzz/make_seeds.py) and runs for FUZZ_SECONDS (default 45).
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-45}
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(idx_raw idx_gzip model image)
+[ "${#targets[@]}" -gt 0 ] || targets=(idx_raw idx_gzip model image npz)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain here; skipped (cargo-fuzz needs nightly)"

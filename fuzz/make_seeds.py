@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the fuzz targets into fuzz/seeds/<target>/:
 small valid files cut from the vendored MNIST data, a valid tiny model, the
-same digit as PGM/BMP/PNG (8/16-bit, gray/RGBA), and the malformed cases of
+same digit as PGM/BMP/PNG (8/16-bit, gray/RGBA), .npy arrays and .npz
+archives (stored and deflated), and the malformed cases of
 the tests (empty, short, wrong or byte-swapped magic, float element type,
 payload one byte short or one too long, corrupt gzip, truncated or
 duplicated model headers, transposed shapes, NaN values, ...).
@@ -132,3 +133,49 @@ write("image", "truncated.png", png(28, 28, 0, 8, inverted)[:60])
 write("image", "zero_size.png", png(0, 0, 0, 8, []))
 write("image", "huge_claim.png", png(100000, 100000, 0, 8, [])[:33])
 write("image", "not_an_image.txt", b"hello, not an image\n")
+
+
+def npy(descr, shape, payload, fortran="False"):
+    """A .npy v1.0 array, its header padded to 64 bytes as NumPy writes it."""
+    dims = "(" + "".join(f"{d}, " for d in shape).rstrip(" ") + ")" if len(shape) != 1 else f"({shape[0]},)"
+    if not shape:
+        dims = "()"
+    h = f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {dims}, }}"
+    h += " " * ((64 - (10 + len(h) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + payload
+
+
+def npz(arrays, compress):
+    """A .npz archive of `arrays` (name -> .npy bytes), as np.savez(_compressed) writes it."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in arrays.items():
+            info = zipfile.ZipInfo(name + ".npy", (1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+x8 = npy("|u1", (3, 4), bytes(range(12)))
+y8 = npy("|u1", (3,), bytes([0, 1, 2]))
+f4 = npy("<f4", (2, 2), struct.pack("<4f", 0.0, 1 / 255, 0.5, -1.0))
+keras = {"x_train": x8, "y_train": y8, "x_test": x8, "y_test": y8}
+write("npz", "x_u8.npy", x8)
+write("npz", "f32.npy", f4)
+write("npz", "scalar_i8.npy", npy("<i8", (), struct.pack("<q", 7)))
+write("npz", "stored.npz", npz(keras, False))
+write("npz", "deflated.npz", npz(keras, True))
+write("npz", "npy_short", x8[:-1])
+write("npz", "npy_big_endian", npy(">f4", (1,), b"\0\0\0\0"))
+write("npz", "npy_fortran", npy("<f4", (1,), b"\0\0\0\0", "True"))
+write("npz", "npy_bad_shape", npy("<f4", ("x",), b""))
+write("npz", "npy_header_past_end", x8[:8] + b"\xff\xff" + x8[10:])
+deflated = bytearray(npz(keras, True))
+deflated[60] ^= 0xFF
+write("npz", "deflated_corrupt.npz", bytes(deflated))
+write("npz", "truncated.npz", npz(keras, False)[:-30])
+write("npz", "not_npy_entry.npz", npz({"readme.txt": b"hello"}, False))

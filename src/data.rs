@@ -1,5 +1,7 @@
 //! Datasets of u8 images of any size (at least 1x1, the same in both splits)
-//! with u8 labels, memory-mapped from IDX files. The classes are the labels
+//! with u8 labels, memory-mapped from IDX files, or read from a Keras-style
+//! `.npz` archive (`x_train`, `y_train`, `x_test`, `y_test`: [`Dataset::load_npz`]),
+//! whose `x` may also be f32 features. The classes are the labels
 //! `0..=max`; whether they fit the model is checked by whoever uses them.
 //!
 //! A directory holds the four standard names (`train-images-idx3-ubyte`,
@@ -14,7 +16,7 @@
 //! and the kernels read them through row indices (see `kiln_kernels`).
 
 use crate::idx::{self, Kind};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use flate2::read::GzDecoder;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
@@ -62,11 +64,53 @@ impl IdxFile {
     }
 }
 
-/// One split of a dataset: images `(n, rows * cols)` u8 and labels `(n)`.
+/// Where a split's images or labels come from.
+#[derive(Debug)]
+enum Column {
+    /// A mapped IDX file.
+    Idx(IdxFile),
+    /// An array of the `.npz` archive `path`.
+    Npz { path: PathBuf, values: Values },
+}
+
+/// An `.npz` array's values as kiln keeps them.
+#[derive(Debug)]
+enum Values {
+    /// u8 as stored (mapped when stored uncompressed).
+    Array(crate::npz::Array),
+    /// u8 made from the array: class ids, or floats that were all `k / 255`.
+    Bytes(Vec<u8>),
+    /// f32 features.
+    Floats(Vec<f32>),
+}
+
+impl Column {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Column::Idx(f) => f.payload(),
+            Column::Npz { values: Values::Array(a), .. } => a.bytes(),
+            Column::Npz { values: Values::Bytes(b), .. } => b,
+            Column::Npz { values: Values::Floats(_), .. } => &[],
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Column::Idx(f) => &f.path,
+            Column::Npz { path, .. } => path,
+        }
+    }
+}
+
+/// One split of a dataset: images `(n, rows * cols)` u8 (or f32 features
+/// `(n, width)`) and labels `(n)`.
 #[derive(Debug)]
 pub struct Split {
-    images: IdxFile,
-    labels: IdxFile,
+    images: Column,
+    labels: Column,
+    len: usize,
+    /// `(rows, cols)` of an image; `(1, width)` for features.
+    shape: (usize, usize),
     /// Max label + 1, found at load time so that callers need not rescan.
     classes: usize,
 }
@@ -74,36 +118,50 @@ pub struct Split {
 impl Split {
     /// Number of images (and labels).
     pub fn len(&self) -> usize {
-        self.images.header.count
+        self.len
     }
     /// Whether the split holds no image.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// `(rows, cols)` of each image, both at least 1.
+    /// `(rows, cols)` of each image, both at least 1; `(1, width)` for
+    /// features, or images that were not 2-D.
     pub fn shape(&self) -> (usize, usize) {
-        (self.images.header.rows, self.images.header.cols)
+        self.shape
     }
-    /// Pixels per image, `rows * cols`.
+    /// Pixels per image, `rows * cols` (values per sample).
     pub fn width(&self) -> usize {
-        // Cannot overflow: the header check proved `len * rows * cols` fits
-        // and a split holds at least one image.
-        self.images.header.rows * self.images.header.cols
+        // Cannot overflow: the loaders proved `len * rows * cols` fits and
+        // a split holds at least one image.
+        self.shape.0 * self.shape.1
+    }
+    /// Whether the split holds images (u8 pixels), not f32 features.
+    pub fn is_images(&self) -> bool {
+        !matches!(self.images, Column::Npz { values: Values::Floats(_), .. })
+    }
+    /// All inputs: the pixels, or the f32 features.
+    pub fn inputs(&self) -> crate::model::Inputs<'_> {
+        match &self.images {
+            Column::Npz { values: Values::Floats(x), .. } => crate::model::Inputs::Features(x),
+            other => crate::model::Inputs::Pixels(other.bytes()),
+        }
     }
     /// Number of classes: the largest label + 1 (1 to 256).
     pub fn classes(&self) -> usize {
         self.classes
     }
-    /// All pixels, `(len, width)` row-major, straight from the mapping.
+    /// All pixels, `(len, width)` row-major, straight from the mapping;
+    /// empty for features ([`Split::inputs`] has them).
     pub fn pixels(&self) -> &[u8] {
-        self.images.payload()
+        self.images.bytes()
     }
     /// All labels, `(len)`, each below [`Split::classes`].
     pub fn labels(&self) -> &[u8] {
-        self.labels.payload()
+        self.labels.bytes()
     }
     /// The [`Split::width`] pixels of image `i`, row-major; panics when `i`
-    /// is not below [`Split::len`], like slice indexing.
+    /// is not below [`Split::len`], like slice indexing, or the split holds
+    /// features.
     pub fn image(&self, i: usize) -> &[u8] {
         let w = self.width();
         &self.pixels()[i * w..(i + 1) * w]
@@ -111,29 +169,33 @@ impl Split {
     /// The images file as the user named it (the `.gz` when compressed), for
     /// error messages.
     pub fn images_path(&self) -> &Path {
-        &self.images.path
+        self.images.path()
     }
     /// The labels file as the user named it, for error messages (e.g. a
     /// label the model has no output for).
     pub fn labels_path(&self) -> &Path {
-        &self.labels.path
+        self.labels.path()
     }
     fn verified(&self) -> bool {
-        self.images.verified && self.labels.verified
+        [&self.images, &self.labels].iter().all(|c| matches!(c, Column::Idx(f) if f.verified))
     }
     /// Every file this split reads: the images and labels files as named,
     /// and the decompressed copies of `.gz` files in the cache.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        [&self.images, &self.labels]
-            .into_iter()
-            .flat_map(|f| std::iter::once(f.path.as_path()).chain(f.cached.as_deref()))
+        [&self.images, &self.labels].into_iter().flat_map(|c| {
+            let cached = match c {
+                Column::Idx(f) => f.cached.as_deref(),
+                Column::Npz { .. } => None,
+            };
+            std::iter::once(c.path()).chain(cached)
+        })
     }
 }
 
 /// A training split and a test split, loaded from one directory.
 #[derive(Debug)]
 pub struct Dataset {
-    /// The directory the files came from.
+    /// The directory the files came from (the archive, for `.npz`).
     pub dir: PathBuf,
     /// The 60,000 training images for MNIST.
     pub train: Split,
@@ -159,6 +221,41 @@ impl Dataset {
             bail!("{}: images are {tr}x{tc}, but the training images are {r}x{c}", test.images_path().display());
         }
         Ok(Dataset { dir: dir.to_path_buf(), train, test })
+    }
+
+    /// Loads a Keras-style `.npz` archive (as `keras.datasets.mnist` caches
+    /// `mnist.npz`): the arrays `x_train`, `y_train`, `x_test`, `y_test` and
+    /// no others; `x` uint8, float32 or float64 of shape `(N, ...)`, `y`
+    /// integer class ids `(N,)` or one-hot `(N, C)`. Float `x` that is all
+    /// exactly `k / 255` (`x.astype("float32") / 255`) is kept as the
+    /// pixels `k`, which train to the same bits, faster.
+    pub fn load_npz(path: &Path) -> Result<Dataset> {
+        let mut arrays = crate::npz::read_npz(path)?;
+        let mut take = |name: &str| {
+            arrays.remove(name).with_context(|| {
+                format!(
+                    "{}: no array `{name}`; expected x_train, y_train, x_test and y_test \
+                     (the layout of keras.datasets' .npz files)",
+                    path.display()
+                )
+            })
+        };
+        let (xtr, ytr, xte, yte) = (take("x_train")?, take("y_train")?, take("x_test")?, take("y_test")?);
+        if let Some(extra) = arrays.keys().next() {
+            bail!("{}: unexpected array `{extra}`; expected only x_train, y_train, x_test and y_test", path.display());
+        }
+        let train = npz_split(path, xtr, &ytr)?;
+        let test = npz_split(path, xte, &yte)?;
+        ensure!(
+            train.width() == test.width() && train.is_images() == test.is_images(),
+            "{}: x_test holds {} {}, but x_train holds {} {}; expected the same kind and width",
+            path.display(),
+            test.width(),
+            if test.is_images() { "pixels" } else { "features" },
+            train.width(),
+            if train.is_images() { "pixels" } else { "features" }
+        );
+        Ok(Dataset { dir: path.to_path_buf(), train, test })
     }
 
     /// Every file the dataset reads (both splits' [`Split::files`]), which a
@@ -219,8 +316,13 @@ impl Dataset {
         let check = if self.train.verified() && self.test.verified() { ", SHA-256 verified" } else { "" };
         let (rows, cols) = self.train.shape();
         let classes = self.classes();
+        let (what, shape) = if self.train.is_images() {
+            ("images", format!("{rows}x{cols}"))
+        } else {
+            ("samples", format!("{} f32 features", self.train.width()))
+        };
         format!(
-            "{} ({} train / {} test images, {rows}x{cols}, {classes} class{}{check})",
+            "{} ({} train / {} test {what}, {shape}, {classes} class{}{check})",
             self.dir.display(),
             self.train.len(),
             self.test.len(),
@@ -245,7 +347,41 @@ fn split(images: IdxFile, labels: IdxFile) -> Result<Split> {
     }
     // Not empty (checked above), so there is a max.
     let classes = labels.payload().iter().max().map_or(0, |&m| usize::from(m) + 1);
-    Ok(Split { images, labels, classes })
+    let shape = (images.header.rows, images.header.cols);
+    Ok(Split { images: Column::Idx(images), labels: Column::Idx(labels), len: ni, shape, classes })
+}
+
+/// A split from the arrays `x` and `y` of the `.npz` archive `path`: `x`
+/// uint8, float32 or float64 of shape `(N, ...)` (flattened; floats that
+/// are all exactly `k / 255` become the pixels `k`), `y` class ids `(N,)`
+/// or one-hot `(N, C)`.
+fn npz_split(path: &Path, x: crate::npz::Array, y: &crate::npz::Array) -> Result<Split> {
+    use crate::npz::Dtype;
+    let o = x.origin().to_string();
+    let (n, rest) = match x.shape() {
+        [n, rest @ ..] if !rest.is_empty() => (*n, rest.to_vec()),
+        s => bail!("{o}: shape {s:?}; expected (samples, ...), e.g. (60000, 28, 28) or (60000, 784)"),
+    };
+    ensure!(n > 0, "{o}: holds no samples; expected at least one");
+    ensure!(n <= u32::MAX as usize, "{o}: {n} samples; at most 2^32 are read");
+    let width: usize = rest.iter().product();
+    ensure!(width > 0, "{o}: samples of shape {rest:?} hold no values");
+    let shape = if let [r, c] = rest[..] { (r, c) } else { (1, width) };
+    let values = match x.dtype() {
+        Dtype::U8 => Values::Array(x),
+        Dtype::F32 | Dtype::F64 => {
+            let f = x.to_f32()?;
+            match crate::model::exact_pixels(&f) {
+                Some(pixels) => Values::Bytes(pixels),
+                None => Values::Floats(f),
+            }
+        }
+        other => bail!("{o}: {} samples; expected uint8 pixels, or float32 or float64 features", other.name()),
+    };
+    let labels = crate::npz::labels_of(y, n)?;
+    let classes = labels.iter().max().map_or(0, |&m| usize::from(m) + 1);
+    let column = |values| Column::Npz { path: path.to_path_buf(), values };
+    Ok(Split { images: column(values), labels: column(Values::Bytes(labels)), len: n, shape, classes })
 }
 
 /// `SHA256SUMS` of `dir`, as (file name, lowercase hex digest) pairs; empty
@@ -292,7 +428,7 @@ fn open_idx(dir: &Path, name: &str, kind: Kind, cache: &Path, sums: &[(String, S
 
 /// Maps `path` read-only. An empty file cannot be mapped, so it is returned
 /// as an empty anonymous map and rejected by the header check.
-fn map_file(path: &Path) -> Result<Mmap> {
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
     if len == 0 {

@@ -83,3 +83,25 @@ pub fn image(data: &[u8]) -> bool {
         }
     }
 }
+
+/// The `.npy` and `.npz` readers: an archive (starting `PK`) or a single
+/// array; every array accepted holds exactly its shape's bytes, and its
+/// conversions cannot panic. Decompression is capped at [`GZIP_LIMIT`].
+pub fn npz(data: &[u8]) -> bool {
+    let arrays: Vec<crate::npz::Array> = if data.starts_with(b"PK") {
+        match crate::npz::read_npz_from(data.to_vec(), "fuzz.npz", GZIP_LIMIT) {
+            Ok(a) => a.into_values().collect(),
+            Err(_) => return false,
+        }
+    } else {
+        match crate::npz::read_npy_from(data.to_vec(), "fuzz.npy") {
+            Ok(a) => vec![a],
+            Err(_) => return false,
+        }
+    };
+    for a in &arrays {
+        assert_eq!(a.bytes().len(), a.len() * a.dtype().size(), "{a:?}: bytes must match the shape");
+        let _ = (a.to_f32(), a.to_i64(), crate::npz::labels_of(a, a.shape().first().copied().unwrap_or(0)));
+    }
+    true
+}

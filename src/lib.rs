@@ -1,5 +1,6 @@
-//! kiln: trains and runs Keras-style Sequential stacks of Dense layers on a
-//! CPU, Keras-exact, from u8 images (MNIST's by default).
+//! kiln: trains and runs Keras-style Sequential stacks of Dense and Dropout
+//! layers on a CPU, Keras-exact, from u8 images (MNIST's by default) or f32
+//! features.
 //!
 //! ```
 //! use kiln::model::{predict, Activation, Model, Params, Sequential};
@@ -17,9 +18,12 @@
 //! assert!(predict(be, &model.params(), &[250, 3, 7]).is_err()); // not whole images
 //! ```
 //!
-//! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated).
-//! * [`model`]: the layers ([`model::Sequential`], [`model::Arch`]), their
-//!   parameters, and the model on a kernel backend, generic over `f32`/`f64`.
+//! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated), and
+//!   Keras-style `.npz` datasets.
+//! * [`npz`]: strict `.npy` and `.npz` readers.
+//! * [`model`]: the layers ([`model::Sequential`], [`model::Arch`]: Dense
+//!   and Dropout), their parameters, and the model on a kernel backend,
+//!   generic over `f32`/`f64`.
 //! * [`train`]: Keras's `fit` (epochs, shuffling, `steps_per_epoch`),
 //!   running metrics, `evaluate`, over [`train::Samples`] from memory or IDX.
 //! * [`checkpoint`]: safetensors model files, written atomically and
@@ -39,6 +43,7 @@ pub mod data;
 pub mod draw;
 pub mod idx;
 pub mod model;
+pub mod npz;
 pub mod preprocess;
 pub mod serve;
 pub mod train;

@@ -205,7 +205,7 @@ impl<'a> From<&'a Split> for Samples<'a> {
     fn from(s: &'a Split) -> Self {
         let name = s.labels_path().to_str().unwrap_or("the labels file");
         let images = s.images_path().to_str();
-        Samples { inputs: Inputs::Pixels(s.pixels()), labels: s.labels(), width: s.width(), name, images }
+        Samples { inputs: s.inputs(), labels: s.labels(), width: s.width(), name, images }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `train` binary as a user runs it: flags, JSON output, errors, and that
 //! a failed run writes nothing.
 
+mod common;
+use common::write_idx;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -342,14 +344,6 @@ fn a_killed_train_never_leaves_a_truncated_file() {
     // The sweep spans runs killed early and runs that finished (and so
     // passed through their saves).
     assert!(finished > 0 && killed > 0, "sweep did not span the run: {finished} finished, {killed} killed");
-}
-
-/// Writes an IDX file `name` into `dir`.
-fn write_idx(dir: &Path, name: &str, dims: &[u32], data: &[u8]) {
-    let mut v = vec![0, 0, 8, dims.len() as u8];
-    dims.iter().for_each(|d| v.extend_from_slice(&d.to_be_bytes()));
-    v.extend_from_slice(data);
-    std::fs::write(dir.join(name), v).unwrap();
 }
 
 /// The replay: `train --init G --no-shuffle --steps-per-epoch 3

@@ -8,11 +8,12 @@ use std::path::Path;
 
 type Check = fn(&[u8]) -> bool;
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("idx_raw", kiln::fuzz_checks::idx_raw),
     ("idx_gzip", kiln::fuzz_checks::idx_gzip),
     ("model", kiln::fuzz_checks::model),
     ("image", kiln::fuzz_checks::image),
+    ("npz", kiln::fuzz_checks::npz),
 ];
 
 /// Every file of `fuzz/<dir>/<target>/`, with its name.
@@ -49,7 +50,7 @@ fn valid_seeds_are_accepted_and_malformed_ones_refused() {
             assert_eq!(check(&bytes), want, "{target}/{name}: accepted should be {want}");
         }
     };
-    let [raw, gz, model, image] = TARGETS.map(|(_, c)| c);
+    let [raw, gz, model, image, npz] = TARGETS.map(|(_, c)| c);
     expect("idx_raw", raw, &["images3", "labels3", "labels_as_images", "not_28"]);
     expect("idx_gzip", gz, &["images3.gz", "labels3.gz", "labels_as_images.gz", "not_28.gz"]);
     expect("model", model, &["good_h1", "good_seq3"]);
@@ -58,4 +59,5 @@ fn valid_seeds_are_accepted_and_malformed_ones_refused() {
         image,
         &["blank.pgm", "digit.bmp", "digit.pgm", "digit_gray16.png", "digit_gray8.png", "digit_rgba.png"],
     );
+    expect("npz", npz, &["deflated.npz", "f32.npy", "scalar_i8.npy", "stored.npz", "x_u8.npy"]);
 }

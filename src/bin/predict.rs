@@ -45,6 +45,10 @@ struct Args {
     /// Which images of --idx: I, or a range I..J (J excluded)
     #[arg(long, value_name = "I[..J]", requires = "idx")]
     index: Option<String>,
+    /// A NumPy .npy array of inputs to classify, one per row: (N, D) or (N, rows, cols), float32 or
+    /// float64 features, or uint8 pixels
+    #[arg(long, value_name = "FILE")]
+    npy: Option<PathBuf>,
     /// Kernel backend, as for train
     #[arg(long, value_name = "NAME", default_value = "auto")]
     backend: String,
@@ -151,9 +155,35 @@ fn idx_inputs(path: &Path, range: &str, shape: (usize, usize)) -> Result<Vec<(St
         .collect())
 }
 
+/// The rows of a `.npy` array for a model reading `d` values: named
+/// `FILE[i]`, pixels (uint8) or features (float32, float64).
+fn npy_inputs(path: &Path, d: usize) -> Result<(Vec<String>, Rows)> {
+    let a = kiln::npz::read_npy(path)?;
+    let (n, rest) = match a.shape() {
+        [n, rest @ ..] if !rest.is_empty() => (*n, rest),
+        s => bail!("{}: shape {s:?}; expected (rows, values per row)", path.display()),
+    };
+    let width: usize = rest.iter().product();
+    if width != d {
+        bail!("{}: rows of {width} values (shape {:?}), but the model reads {d}", path.display(), a.shape());
+    }
+    let names = (0..n).map(|i| format!("{}[{i}]", path.display())).collect();
+    let rows = match a.as_u8() {
+        Some(p) => Rows::Pixels(p.to_vec()),
+        None => Rows::Features(a.to_f32()?),
+    };
+    Ok((names, rows))
+}
+
+/// Inputs of a `.npy` file.
+enum Rows {
+    Pixels(Vec<u8>),
+    Features(Vec<f32>),
+}
+
 fn run(args: Args) -> Result<bool> {
-    if args.images.is_empty() && args.idx.is_none() {
-        bail!("no input: give image files, or --idx FILE --index I");
+    if args.images.is_empty() && args.idx.is_none() && args.npy.is_none() {
+        bail!("no input: give image files, --idx FILE --index I, or --npy FILE");
     }
     if !args.model.exists() {
         bail!(
@@ -174,19 +204,11 @@ fn run(args: Args) -> Result<bool> {
         let range = args.index.as_deref().unwrap_or("0");
         inputs.extend(idx_inputs(path, range, shape)?.into_iter().map(|(n, a)| (n, Ok(a))));
     }
+    let npy = args.npy.as_deref().map(|p| npy_inputs(p, inputs_n)).transpose()?;
     let good: Vec<u8> = inputs.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
     let mut probs = kiln::model::predict(be, &params, &good)?.into_iter();
     let mut all_ok = true;
-    for (name, input) in &inputs {
-        let pixels = match input {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: {}", kiln::error_line(e));
-                all_ok = false;
-                continue;
-            }
-        };
-        let p = probs.next().expect("one prediction per good input");
+    let report = |name: &str, p: &[f32], pixels: Option<&[u8]>| {
         let mut order: Vec<usize> = (0..classes).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
         if args.json {
@@ -197,8 +219,30 @@ fn run(args: Args) -> Result<bool> {
             let best: Vec<String> = order[..args.top].iter().map(|&d| format!("{d} ({:.1}%)", 100.0 * p[d])).collect();
             kiln::outln!("{name}: {}", best.join(", "));
         }
-        if args.show {
+        if let (true, Some(pixels)) = (args.show, pixels) {
             kiln::outln!("{}", preprocess::render(pixels, shape.1).trim_end_matches('\n'));
+        }
+    };
+    for (name, input) in &inputs {
+        match input {
+            Ok(pixels) => report(name, &probs.next().expect("one prediction per good input"), Some(pixels)),
+            Err(e) => {
+                eprintln!("error: {}", kiln::error_line(e));
+                all_ok = false;
+            }
+        }
+    }
+    if let Some((names, rows)) = &npy {
+        let probs = match rows {
+            Rows::Pixels(p) => kiln::model::predict(be, &params, p)?,
+            Rows::Features(x) => kiln::model::predict(be, &params, x)?,
+        };
+        for (i, (name, p)) in names.iter().zip(&probs).enumerate() {
+            let pixels = match rows {
+                Rows::Pixels(px) => Some(&px[i * inputs_n..(i + 1) * inputs_n]),
+                Rows::Features(_) => None,
+            };
+            report(name, p, pixels);
         }
     }
     Ok(all_ok)

@@ -2,7 +2,7 @@
 //! by default) on an IDX dataset (the vendored MNIST by default), reports
 //! Keras-style progress, evaluates on the test split and saves the model.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::checkpoint::{self, DEFAULT_MODEL_PATH};
@@ -23,8 +23,9 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Directory with the four IDX files (raw or .gz) [default: the vendored MNIST]
-    #[arg(long, value_name = "DIR")]
+    /// Directory with the four IDX files (raw or .gz), or a Keras-style .npz archive (x_train,
+    /// y_train, x_test, y_test; x uint8, float32 or float64) [default: the vendored MNIST]
+    #[arg(long, value_name = "DIR|FILE.npz")]
     data: Option<PathBuf>,
     /// Where decompressed .gz files are cached [default: $KILN_CACHE_DIR, else ~/.cache/kiln]
     #[arg(long, value_name = "DIR")]
@@ -333,7 +334,14 @@ fn run(args: Args) -> Result<()> {
     let layer1 = layer1.parse::<Layer1Path>().map_err(|e| anyhow::anyhow!("--layer1: {e}"))?;
     let data_dir = args.data.unwrap_or_else(data::default_data_dir);
     let cache = args.cache_dir.unwrap_or_else(data::default_cache_dir);
-    let data = Dataset::load(&data_dir, &cache)?;
+    let data = if data_dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+        Dataset::load_npz(&data_dir)?
+    } else {
+        Dataset::load(&data_dir, &cache)?
+    };
+    if args.errors.is_some() && !data.test.is_images() {
+        bail!("--errors draws misclassified images, but {} holds f32 features, not images", data_dir.display());
+    }
     let spec = match (&args.layers, args.hidden) {
         (Some(l), _) => l.clone(),
         (None, Some(h)) => format!("{h}:relu"),

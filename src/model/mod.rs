@@ -1,4 +1,5 @@
-//! A Keras-style `Sequential` stack of layers over u8 images, trained with
+//! A Keras-style `Sequential` stack of layers over u8 images or f32
+//! features ([`Inputs`]), trained with
 //! categorical cross-entropy and any of Keras 3's optimizers (RMSprop, SGD,
 //! Adam, AdamW) exactly as Keras 3 runs them.
 //!
@@ -11,7 +12,8 @@
 //!
 //! Dimensions, named once: `B` batch rows, `D` inputs (pixels per image),
 //! `U_l` the units of Dense layer `l`, `C` classes (the output layer's
-//! units). Dense layer 0 (the input layer) reads the mapped u8 pixels;
+//! units). Dense layer 0 (the input layer) reads the mapped u8 pixels (or
+//! gathered f32 features, as a hidden layer reads activations);
 //! layers 1 .. L-1 (hidden) read the f32 activations below them; layer L
 //! (the output layer) is fused with softmax cross-entropy. A one-layer
 //! network is its own output layer (its input is then gathered to f32

@@ -5,6 +5,14 @@ use kiln::model::{Arch, Params};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
+/// Writes an IDX file `name` (u8 elements of shape `dims`) into `dir`.
+pub fn write_idx(dir: &std::path::Path, name: &str, dims: &[u32], data: &[u8]) {
+    let mut v = vec![0, 0, 8, dims.len() as u8];
+    dims.iter().for_each(|d| v.extend_from_slice(&d.to_be_bytes()));
+    v.extend_from_slice(data);
+    std::fs::write(dir.join(name), v).unwrap();
+}
+
 /// A file under `tests/data/`.
 pub fn test_data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join(name)
