@@ -6,10 +6,12 @@
 #   2. once per instruction set the CPU has, forced (KILN_TEST_BACKEND), so a
 #      forced ISA that silently did not run fails the build;
 #   3. the NEON backend, cross-built for aarch64 and run under qemu;
-#   4. bounded fuzzing of every parser (ci/fuzz.sh, cargo-fuzz on nightly);
+#   4. the Python package, installed with pip into a virtual environment
+#      of its own, and its tests (python/tests);
+#   5. bounded fuzzing of every parser (ci/fuzz.sh, cargo-fuzz on nightly);
 #      the draw-a-digit page in headless Chromium (tests/browser.rs) and a
 #      bounded load test of the server run with the suite;
-#   5. the epoch-time regression gate (ci/gate.sh) and its self-test.
+#   6. the epoch-time regression gate (ci/gate.sh) and its self-test.
 # Usage: bash ci/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +77,17 @@ cargo bench --quiet --bench serve_adversarial 2>/dev/null
 step "tests with the BLAS backend (--features blas)"
 run_tests cargo test --workspace --release --features blas
 
+step "the Python package: pip install ./python into a virtual environment, then its tests (python/tests: the tutorial's program and Keras's mnist_mlp.py as users run them, and the Keras-shaped API)"
+venv=target/py-venv
+if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q numpy pytest
+"$venv/bin/pip" install -q --force-reinstall --no-deps ./python
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir python python/tests
+
 for isa in avx2 avx512; do
   flag=$isa
   [ "$isa" = avx512 ] && flag=avx512f
@@ -96,7 +109,7 @@ KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-l
 KILN_TEST_BACKEND=neon run_tests cargo test --release --target aarch64-unknown-linux-gnu \
   -p kiln --test backends_train --test keras_golden
 
-step "fuzzing: IDX raw and gzip, model files, images (ci/fuzz.sh, 45 s per target)"
+step "fuzzing: IDX raw and gzip, model files, images, .npy and .npz (ci/fuzz.sh, 45 s per target)"
 bash ci/fuzz.sh
 
 step "epoch-time regression gate (ci/gate.sh), and its self-test on a deliberately slower build"

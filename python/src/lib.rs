@@ -1,0 +1,313 @@
+//! `kiln._kiln`: the Rust module under the `kiln` Python package. It holds
+//! a network (`Network`: the `kiln` crate's `Model` on the best backend for
+//! this CPU) and runs the crate's own `fit`, `evaluate` and `predict` with
+//! the GIL released; the Keras-shaped surface (layers, `compile`, argument
+//! checking, label encodings) is the pure-Python package around it. Nothing
+//! here computes anything the crate does not.
+
+use kiln::model::{exact_pixels, Arch, Inputs, Model, Params};
+use kiln::train::{self, Config, Samples};
+use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+/// A kiln error as Python's `ValueError`, with kiln's one-line message.
+fn value_error(e: anyhow::Error) -> PyErr {
+    PyValueError::new_err(kiln::error_line(&e))
+}
+
+/// A dataset's rows as the model reads them: pixels when the data are u8
+/// or floats that are all exactly `k / 255`, else f32 features.
+enum Rows {
+    Pixels(Vec<u8>),
+    Features(Vec<f32>),
+}
+
+impl Rows {
+    fn inputs(&self) -> Inputs<'_> {
+        match self {
+            Rows::Pixels(p) => Inputs::Pixels(p),
+            Rows::Features(x) => Inputs::Features(x),
+        }
+    }
+}
+
+/// The rows of `x`, a 2-D C-contiguous uint8 or float32 array (the
+/// Python layer flattens and casts), and their width.
+fn rows_of(x: &Bound<'_, PyAny>) -> PyResult<(Rows, usize)> {
+    if let Ok(a) = x.extract::<PyReadonlyArray2<'_, u8>>() {
+        let width = a.shape()[1];
+        return Ok((Rows::Pixels(a.as_slice()?.to_vec()), width));
+    }
+    let a = x.extract::<PyReadonlyArray2<'_, f32>>()?;
+    let width = a.shape()[1];
+    let values = a.as_slice()?;
+    Ok(match exact_pixels(values) {
+        Some(p) => (Rows::Pixels(p), width),
+        None => (Rows::Features(values.to_vec()), width),
+    })
+}
+
+fn samples<'a>(rows: &'a Rows, labels: &'a [u8], width: usize, name: &'a str) -> PyResult<Samples<'a>> {
+    let s = match rows {
+        Rows::Pixels(p) => Samples::new(p, labels, width),
+        Rows::Features(x) => Samples::features(x, labels, width),
+    };
+    Ok(s.map_err(value_error)?.named(name))
+}
+
+/// A network and its optimizer state, trained and run by the `kiln` crate.
+#[pyclass(module = "kiln._kiln")]
+struct Network {
+    model: Model<'static, f32>,
+}
+
+/// The optimizer named `name` with Keras's arguments (those not given keep
+/// Keras's defaults).
+fn optimizer(name: &str, args: &Bound<'_, pyo3::types::PyDict>) -> PyResult<Optimizer> {
+    let get = |key: &str| -> PyResult<Option<f64>> {
+        match args.get_item(key)? {
+            Some(v) if !v.is_none() => Ok(Some(v.extract::<f64>()?)),
+            _ => Ok(None),
+        }
+    };
+    let flag =
+        |key: &str| -> PyResult<bool> { Ok(args.get_item(key)?.map(|v| v.is_truthy()).transpose()?.unwrap_or(false)) };
+    Ok(match name {
+        "rmsprop" => {
+            let d = RmsProp::default();
+            Optimizer::RmsProp(RmsProp {
+                lr: get("learning_rate")?.unwrap_or(d.lr),
+                rho: get("rho")?.unwrap_or(d.rho),
+                momentum: get("momentum")?.unwrap_or(d.momentum),
+                eps: get("epsilon")?.unwrap_or(d.eps),
+                centered: flag("centered")?,
+            })
+        }
+        "sgd" => {
+            let d = Sgd::default();
+            Optimizer::Sgd(Sgd {
+                lr: get("learning_rate")?.unwrap_or(d.lr),
+                momentum: get("momentum")?.unwrap_or(d.momentum),
+                nesterov: flag("nesterov")?,
+            })
+        }
+        "adam" | "adamw" => {
+            let d = Adam::default();
+            Optimizer::Adam(Adam {
+                lr: get("learning_rate")?.unwrap_or(d.lr),
+                beta_1: get("beta_1")?.unwrap_or(d.beta_1),
+                beta_2: get("beta_2")?.unwrap_or(d.beta_2),
+                eps: get("epsilon")?.unwrap_or(d.eps),
+                weight_decay: if name == "adamw" { Some(get("weight_decay")?.unwrap_or(0.004)) } else { None },
+            })
+        }
+        other => return Err(PyValueError::new_err(format!("unknown optimizer `{other}`"))),
+    })
+}
+
+#[pymethods]
+impl Network {
+    /// A network of the layers `spec` (kiln's `--layers` syntax) on
+    /// `inputs` values and `classes` classes, Glorot-initialized from
+    /// `seed`, trained by the optimizer `opt` with Keras's arguments `args`.
+    #[new]
+    fn new(
+        spec: &str,
+        inputs: usize,
+        classes: usize,
+        seed: u64,
+        opt: &str,
+        args: &Bound<'_, pyo3::types::PyDict>,
+    ) -> PyResult<Self> {
+        let arch = Arch::parse(spec, inputs, classes).map_err(value_error)?;
+        let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let model = Model::new(be, &Params::glorot(&arch, seed), optimizer(opt, args)?).map_err(value_error)?;
+        Ok(Network { model: model.with_seed(seed) })
+    }
+
+    /// The layers in kiln's `--layers` syntax.
+    fn spec(&self) -> String {
+        self.model.arch().spec()
+    }
+
+    /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
+    /// (uint8), as Keras's `fit` does; `report(epoch, logs)` is called
+    /// after every epoch (with the GIL) and may raise to stop. Returns one
+    /// dict of logs per epoch.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, y, epochs, batch_size, shuffle, seed, validation, report))]
+    fn fit(
+        &mut self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        y: PyReadonlyArray1<'_, u8>,
+        epochs: usize,
+        batch_size: usize,
+        shuffle: bool,
+        seed: u64,
+        validation: Option<(Bound<'_, PyAny>, PyReadonlyArray1<'_, u8>)>,
+        report: Py<PyAny>,
+    ) -> PyResult<()> {
+        let (rows, width) = rows_of(x)?;
+        let labels = y.as_slice()?.to_vec();
+        let val = match &validation {
+            Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
+            None => None,
+        };
+        let cfg = Config { epochs, batch_size, seed, shuffle, ..Config::default() };
+        let model = &mut self.model;
+        py.detach(|| -> PyResult<()> {
+            let data = samples(&rows, &labels, width, "y")?;
+            let val_data = match &val {
+                Some(((r, w), l)) => Some(samples(r, l, *w, "validation_data")?),
+                None => None,
+            };
+            let mut progress = train::Progress::default();
+            let mut stopped: Option<PyErr> = None;
+            let result = train::fit_with(
+                model,
+                data,
+                val_data,
+                &cfg,
+                &mut progress,
+                |_| {},
+                |r, _, _| {
+                    Python::attach(|py| -> anyhow::Result<()> {
+                        let logs = pyo3::types::PyDict::new(py);
+                        let set = |k: &str, v: f64| logs.set_item(k, v);
+                        let filled = set("loss", r.loss)
+                            .and_then(|_| set("accuracy", r.acc))
+                            .and_then(|_| set("seconds", r.seconds))
+                            .and_then(|_| set("steps", r.steps as f64))
+                            .and_then(|_| r.val_loss.map_or(Ok(()), |v| set("val_loss", v)))
+                            .and_then(|_| r.val_acc.map_or(Ok(()), |v| set("val_accuracy", v)))
+                            .and_then(|_| py.check_signals())
+                            .and_then(|_| report.call1(py, (r.epoch - 1, logs)).map(drop));
+                        if let Err(e) = filled {
+                            stopped = Some(e);
+                            anyhow::bail!("stopped");
+                        }
+                        Ok(())
+                    })
+                },
+            );
+            match (result, stopped) {
+                (_, Some(e)) => Err(e),
+                (Err(e), None) => Err(value_error(e)),
+                (Ok(()), None) => Ok(()),
+            }
+        })
+    }
+
+    /// `(loss, accuracy)` on rows `x` with class ids `y`.
+    fn evaluate(&mut self, py: Python<'_>, x: &Bound<'_, PyAny>, y: PyReadonlyArray1<'_, u8>) -> PyResult<(f64, f64)> {
+        let (rows, width) = rows_of(x)?;
+        let labels = y.as_slice()?.to_vec();
+        let model = &mut self.model;
+        py.detach(|| {
+            let data = samples(&rows, &labels, width, "y")?;
+            let e = train::evaluate(model, data).map_err(value_error)?;
+            Ok((e.loss, e.acc))
+        })
+    }
+
+    /// Class probabilities `(N, C)` of rows `x`.
+    fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (rows, width) = rows_of(x)?;
+        let arch = self.model.arch();
+        if width != arch.inputs() {
+            return Err(PyValueError::new_err(format!(
+                "rows of {width} values, but the model reads {}",
+                arch.inputs()
+            )));
+        }
+        let (be, params, classes) = (self.model.backend(), self.model.params(), arch.classes());
+        let n = rows.inputs().len() / width.max(1);
+        let probs = py.detach(|| kiln::model::predict(be, &params, rows.inputs())).map_err(value_error)?;
+        let flat: Vec<f32> = probs.concat();
+        let array = numpy::ndarray::Array2::from_shape_vec((n, classes), flat)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(array.into_pyarray(py))
+    }
+
+    /// The weights as Keras orders them: per Dense layer its kernel
+    /// `(in, out)` and its bias `(out,)`, as flat lists with shapes.
+    fn get_weights(&self) -> Vec<(Vec<usize>, Vec<f32>)> {
+        let p = self.model.params();
+        let mut out = Vec::new();
+        for k in 0..p.arch().dense().len() {
+            let (i, o) = p.arch().kernel_shape(k);
+            out.push((vec![i, o], p.kernel(k).to_vec()));
+            out.push((vec![o], p.bias(k).to_vec()));
+        }
+        out
+    }
+
+    /// Replaces the weights (Keras's order, flat float32 lists).
+    fn set_weights(&mut self, weights: Vec<Vec<f32>>) -> PyResult<()> {
+        let arch = self.model.arch().clone();
+        let want = 2 * arch.dense().len();
+        if weights.len() != want {
+            return Err(PyValueError::new_err(format!("{} arrays given; the model has {want}", weights.len())));
+        }
+        let mut p = Params::<f32>::zeros(&arch);
+        for (k, pair) in weights.chunks_exact(2).enumerate() {
+            let (i, o) = arch.kernel_shape(k);
+            if pair[0].len() != i * o || pair[1].len() != o {
+                return Err(PyValueError::new_err(format!(
+                    "Dense layer {}: a kernel of {} and a bias of {} values given; expected ({i}, {o}) and ({o},)",
+                    k + 1,
+                    pair[0].len(),
+                    pair[1].len()
+                )));
+            }
+            p.kernel_mut(k).copy_from_slice(&pair[0]);
+            p.bias_mut(k).copy_from_slice(&pair[1]);
+        }
+        if let Some(bad) = p.values().iter().position(|v| !v.is_finite()) {
+            return Err(PyValueError::new_err(format!("weight {bad} is not finite")));
+        }
+        self.model.set_params(&p);
+        Ok(())
+    }
+
+    /// Writes the model to a kiln safetensors file (as `train` writes them).
+    fn save(&self, path: std::path::PathBuf) -> PyResult<()> {
+        kiln::checkpoint::save(&path, &self.model.params(), &Default::default()).map_err(value_error)
+    }
+}
+
+/// Keras's `model.summary()` text of the layers `spec` on `inputs` values
+/// (before any network exists: Keras prints it before `compile`).
+#[pyfunction]
+fn summary(spec: &str, inputs: usize, classes: usize) -> PyResult<String> {
+    Ok(Arch::parse(spec, inputs, classes).map_err(value_error)?.summary())
+}
+
+/// MNIST from the vendored IDX files: `(x_train (60000, 28, 28) uint8,
+/// y_train (60000,) uint8, x_test, y_test)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn load_mnist(py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+    let dir =
+        std::env::var_os("KILN_MNIST_DIR").map(std::path::PathBuf::from).unwrap_or_else(kiln::data::default_data_dir);
+    let ds = kiln::data::Dataset::load(&dir, &kiln::data::default_cache_dir()).map_err(value_error)?;
+    let images = |s: &kiln::data::Split| -> PyResult<Py<PyAny>> {
+        let (r, c) = s.shape();
+        let a = numpy::ndarray::Array3::from_shape_vec((s.len(), r, c), s.pixels().to_vec())
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py).into_any().unbind())
+    };
+    let labels = |s: &kiln::data::Split| s.labels().to_vec().into_pyarray(py).into_any().unbind();
+    Ok((images(&ds.train)?, labels(&ds.train), images(&ds.test)?, labels(&ds.test)))
+}
+
+#[pymodule]
+fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Network>()?;
+    m.add_function(wrap_pyfunction!(load_mnist, m)?)?;
+    m.add_function(wrap_pyfunction!(summary, m)?)?;
+    Ok(())
+}

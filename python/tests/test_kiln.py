@@ -1,0 +1,216 @@
+"""kiln's Python package as a user runs it: the acceptance programs (the
+tutorial's and Keras's mnist_mlp.py, with their imports changed) in
+subprocesses of the installed package, and the Keras-shaped API around
+them. Run by the test command (ci/test.sh) after `pip install ./python`."""
+
+import pathlib
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln import layers, models, optimizers
+from kiln.datasets import mnist
+from kiln.utils import to_categorical
+
+HERE = pathlib.Path(__file__).resolve().parent
+EXAMPLES = HERE.parent / "examples"
+ROOT = HERE.parent.parent
+
+
+def run(program):
+    out = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_tutorial_program_runs_unchanged():
+    stdout = run(EXAMPLES / "tutorial_kiln.py")
+    # Keras-style progress lines, one per epoch.
+    assert stdout.count("469/469") == 5 and "Epoch 5/5" in stdout, stdout
+    acc = float(stdout.split("test_acc:")[1].split()[0])
+    assert acc >= 0.975, stdout
+
+
+def test_keras_mnist_mlp_runs_unchanged():
+    stdout = run(EXAMPLES / "mnist_mlp.py")
+    assert "dropout_1 (Dropout)" in stdout and "Total params: 669706" in stdout, stdout
+    assert stdout.count("val_accuracy:") == 20, stdout
+    acc = float(stdout.split("Test accuracy:")[1].split()[0])
+    assert acc >= 0.983, stdout
+
+
+def tutorial_data(n=None):
+    (x, y), (xt, yt) = mnist.load_data()
+    n = n or len(x)
+    return (x[:n].reshape(n, 784).astype("float32") / 255, y[:n]), (xt.reshape(10000, 784).astype("float32") / 255, yt)
+
+
+def tutorial_model(loss="categorical_crossentropy", **compile_args):
+    m = models.Sequential()
+    m.add(layers.Dense(512, activation="relu", input_shape=(784,)))
+    m.add(layers.Dense(10, activation="softmax"))
+    m.compile(optimizer="rmsprop", loss=loss, metrics=["accuracy"], **compile_args)
+    return m
+
+
+def test_load_data_has_keras_shapes_and_dtypes():
+    (x, y), (xt, yt) = mnist.load_data()
+    assert (x.shape, x.dtype, y.shape, y.dtype) == ((60000, 28, 28), np.uint8, (60000,), np.uint8)
+    assert (xt.shape, yt.shape) == ((10000, 28, 28), (10000,))
+    assert y[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+def test_float_pixels_train_to_the_clis_bits(tmp_path):
+    """x.astype('float32') / 255 takes the u8 path: the same weights as `train`."""
+    (x, y), _ = tutorial_data(1024)
+    m = tutorial_model()
+    m.fit(x, to_categorical(y), epochs=1, batch_size=128, verbose=0, shuffle=False)
+    idx = tmp_path / "data"
+    idx.mkdir()
+    (xr, yr), (xtr, ytr) = mnist.load_data()
+    for name, arr in (("train-images-idx3-ubyte", xr[:1024]), ("train-labels-idx1-ubyte", yr[:1024]),
+                      ("t10k-images-idx3-ubyte", xtr[:100]), ("t10k-labels-idx1-ubyte", ytr[:100])):
+        dims = arr.shape
+        header = bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+        (idx / name).write_bytes(header + arr.tobytes())
+    train = ROOT / "target" / "release" / "train"
+    if not train.exists():
+        pytest.skip("the train binary is not built (cargo build --release)")
+    out = tmp_path / "m.safetensors"
+    subprocess.run([str(train), "--data", str(idx), "--epochs", "1", "--no-shuffle", "--out", str(out), "--json"],
+                   check=True, capture_output=True)
+    saved = tmp_path / "py.safetensors"
+    m.save(saved)
+    # Compare tensors, not files (the CLI's metadata differs).
+    from_cli, from_py = read_tensors(out), read_tensors(saved)
+    assert from_cli.keys() == from_py.keys()
+    for k in from_cli:
+        assert from_cli[k] == from_py[k], k
+
+
+def read_tensors(path):
+    import json
+
+    b = pathlib.Path(path).read_bytes()
+    n = int.from_bytes(b[:8], "little")
+    header = json.loads(b[8 : 8 + n])
+    return {k: b[8 + n + v["data_offsets"][0] : 8 + n + v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_history_predict_evaluate_and_sparse_labels():
+    (x, y), (xt, yt) = tutorial_data(4000)
+    m = tutorial_model(loss="sparse_categorical_crossentropy")
+    h = m.fit(x, y, epochs=3, batch_size=64, verbose=0, validation_split=0.1)
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(h.history["loss"]) == 3 and h.history["loss"][2] < h.history["loss"][0]
+    p = m.predict(xt[:7], verbose=0)
+    assert p.shape == (7, 10) and p.dtype == np.float32
+    assert np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    loss, acc = m.evaluate(xt, yt, verbose=0)
+    assert acc > 0.85 and loss > 0
+    assert acc == float((m.predict(xt, verbose=0).argmax(1) == yt).mean())
+
+
+def test_weights_move_in_keras_order_and_shapes():
+    m = tutorial_model()
+    w = m.get_weights()
+    assert [a.shape for a in w] == [(784, 512), (512,), (512, 10), (10,)]
+    assert all(np.all(b == 0) for b in w[1::2])
+    limit = np.sqrt(6 / (784 + 512))
+    assert np.abs(w[0]).max() <= limit and np.abs(w[0]).max() > 0.9 * limit
+    w[3] = np.arange(10, dtype="float32")
+    m.set_weights(w)
+    assert np.array_equal(m.get_weights()[3], np.arange(10, dtype="float32"))
+    assert np.array_equal(m.layers[1].get_weights()[1], np.arange(10, dtype="float32"))
+    with pytest.raises(ValueError, match="array 0 has shape"):
+        m.set_weights([w[0].T] + w[1:])
+
+
+def test_unsupported_things_are_errors_naming_them():
+    with pytest.raises(ValueError, match="activation 'gelu' is not supported"):
+        layers.Dense(10, activation="gelu")
+    with pytest.raises(ValueError, match="rate must be in"):
+        layers.Dropout(1.0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        layers.Dense(10, kernel_size=3)
+    with pytest.raises(ValueError, match="use_bias=False is not supported"):
+        layers.Dense(10, use_bias=False)
+    m = models.Sequential([layers.Dense(10, activation="softmax", input_shape=(784,))])
+    with pytest.raises(ValueError, match="loss 'mse' is not supported"):
+        m.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="optimizer 'lion' is not supported"):
+        m.compile(optimizer="lion", loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="clipnorm=1.0 is not supported"):
+        optimizers.Adam(clipnorm=1.0)
+    m.compile(optimizer=optimizers.SGD(learning_rate=0.1), loss="categorical_crossentropy", metrics=["accuracy"])
+    x = np.zeros((4, 784), "float32")
+    with pytest.raises(ValueError, match="row 0 is not one-hot"):
+        m.fit(x, np.full((4, 10), 0.1), verbose=0)
+    with pytest.raises(ValueError, match="steps_per_epoch=3 is not supported"):
+        m.fit(x, to_categorical([0, 1, 2, 3], 10), steps_per_epoch=3, verbose=0)
+    with pytest.raises(ValueError, match="samples of shape"):
+        m.fit(np.zeros((4, 28, 28), "float32"), to_categorical([0, 1, 2, 3], 10), verbose=0)
+    with pytest.raises(ValueError, match="features must be finite"):
+        m.fit(np.full((4, 784), np.nan, "float32"), to_categorical([0, 1, 2, 3], 10), verbose=0)
+    with pytest.raises(ValueError, match="a Dropout must follow a Dense layer"):
+        models.Sequential([kiln.Input((4,)), layers.Dropout(0.5), layers.Dense(2, activation="softmax")]).summary()
+
+
+def test_flatten_input_and_callbacks():
+    (x, y), _ = mnist.load_data()
+    seen = []
+
+    class Record(kiln.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(("begin", epoch))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("end", epoch, sorted(logs)))
+
+    m = models.Sequential([kiln.Input((28, 28)), layers.Flatten(), layers.Dense(32, activation="tanh"),
+                           layers.Dropout(0.1), layers.Dense(10, activation="softmax")])
+    m.compile(optimizer=optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x[:512], y[:512], epochs=3, initial_epoch=1, verbose=0, callbacks=[Record()])
+    assert seen == [("begin", 1), ("end", 1, ["accuracy", "loss"]), ("begin", 2), ("end", 2, ["accuracy", "loss"])]
+
+    class PerBatch(kiln.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    with pytest.raises(ValueError, match="on_train_batch_end is not called by kiln yet"):
+        m.fit(x[:64], y[:64], verbose=0, callbacks=[PerBatch()])
+
+
+def test_the_gil_is_released_while_kiln_trains():
+    (x, y), _ = tutorial_data(20000)
+    m = tutorial_model(loss="sparse_categorical_crossentropy")
+    ticks = []
+    done = threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=tick)
+    t.start()
+    start = time.perf_counter()
+    m.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    end = time.perf_counter()
+    done.set()
+    t.join()
+    during = [s for s in ticks if start < s < end]
+    # The thread kept ticking through fit (it could not while fit held the GIL).
+    assert len(during) >= 10 and max(np.diff(during)) < 0.5 * (end - start), (len(during), end - start)
+
+
+def test_errors_are_exceptions_never_aborts():
+    code = "import numpy as np\nfrom kiln import _kiln\ntry:\n    _kiln.Network('0:relu', 4, 2, 1, 'rmsprop', {})\nexcept ValueError as e:\n    print('caught', e)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "caught" in out.stdout and "0 units" in out.stdout, out
