@@ -21,6 +21,7 @@
 //! * [`data`]: memory-mapped IDX datasets (raw or gzip, validated), and
 //!   Keras-style `.npz` datasets.
 //! * [`npz`]: strict `.npy` and `.npz` readers.
+//! * [`onnx`]: export to ONNX, for ONNX Runtime, tract and the rest.
 //! * [`model`]: the layers ([`model::Sequential`], [`model::Arch`]: Dense
 //!   and Dropout), their parameters, and the model on a kernel backend,
 //!   generic over `f32`/`f64`.
@@ -44,6 +45,7 @@ pub mod draw;
 pub mod idx;
 pub mod model;
 pub mod npz;
+pub mod onnx;
 pub mod preprocess;
 pub mod serve;
 pub mod train;

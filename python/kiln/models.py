@@ -283,6 +283,21 @@ class Sequential:
                 raise ValueError(f"set_weights: array {i} has shape {np.shape(w)}, expected {s}")
         self._net.set_weights([np.asarray(w, dtype=np.float32).ravel().tolist() for w in weights])
 
+    def export(self, filepath, format="onnx", verbose=True, **kwargs):
+        """Keras 3's `model.export(path, format="onnx")`: an ONNX graph (float32
+        `input` `[N, D]` -> `probabilities` `[N, C]`) for ONNX Runtime and the
+        rest; the other formats are not supported."""
+        import os
+
+        if format != "onnx":
+            raise ValueError(f"export: format={format!r} is not supported by kiln (only 'onnx')")
+        if kwargs:
+            raise TypeError(f"export() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+        self._ensure_built()
+        self._net.export_onnx(os.fspath(filepath))
+        if verbose:
+            print(f"Saved an ONNX model to {filepath}")
+
     def save(self, filepath, overwrite=True):
         """Writes a kiln model file (safetensors, as `train` writes them)."""
         import os

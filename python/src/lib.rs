@@ -273,6 +273,11 @@ impl Network {
         Ok(())
     }
 
+    /// Writes the model as an ONNX graph (see `kiln::onnx`).
+    fn export_onnx(&self, path: std::path::PathBuf) -> PyResult<()> {
+        kiln::onnx::export(&path, &self.model.params(), &Default::default()).map_err(value_error)
+    }
+
     /// Writes the model to a kiln safetensors file (as `train` writes them).
     fn save(&self, path: std::path::PathBuf) -> PyResult<()> {
         kiln::checkpoint::save(&path, &self.model.params(), &Default::default()).map_err(value_error)

@@ -214,3 +214,34 @@ def test_errors_are_exceptions_never_aborts():
     code = "import numpy as np\nfrom kiln import _kiln\ntry:\n    _kiln.Network('0:relu', 4, 2, 1, 'rmsprop', {})\nexcept ValueError as e:\n    print('caught', e)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "caught" in out.stdout and "0 units" in out.stdout, out
+
+
+@pytest.mark.parametrize("stack", [
+    [("dense", 512, "relu")],
+    [("dense", 512, "tanh"), ("dense", 256, "sigmoid")],
+    [("dense", 512, "relu"), ("dropout", 0.2), ("dense", 512, "relu"), ("dropout", 0.2)],
+])
+def test_onnx_export_runs_in_onnx_runtime_as_kiln_predicts(tmp_path, stack):
+    """The issue's check: onnx.checker (full) passes, and ONNX Runtime's
+    probabilities on all 10,000 test images are within 1e-5 of predict's,
+    with the same class for every image."""
+    import onnx  # the test command installs both from PyPI
+    import onnxruntime as ort
+    (x, y), (xt, yt) = tutorial_data(10000)
+    m = models.Sequential([kiln.Input((784,))] + [
+        layers.Dense(l[1], activation=l[2]) if l[0] == "dense" else layers.Dropout(l[1]) for l in stack
+    ] + [layers.Dense(10, activation="softmax")])
+    m.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    m.fit(x, y, epochs=1, batch_size=128, verbose=0)
+    path = tmp_path / "model.onnx"
+    m.export(path, format="onnx", verbose=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    got = session.run(None, {"input": xt})[0]
+    want = m.predict(xt, verbose=0)
+    assert got.shape == want.shape == (10000, 10)
+    assert np.abs(got - want).max() <= 1e-5, np.abs(got - want).max()
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["classes"] == "10" and meta["layers"].endswith("10:softmax")

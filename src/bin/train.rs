@@ -140,6 +140,9 @@ struct Args {
     /// Also write a PNG grid of misclassified test digits (true and predicted labels)
     #[arg(long, value_name = "PATH")]
     errors: Option<PathBuf>,
+    /// Also export the trained model to ONNX (as the `export` binary does)
+    #[arg(long, value_name = "PATH")]
+    onnx: Option<PathBuf>,
 }
 
 /// `out` with its extension replaced by `suffix` (e.g. `.metrics.jsonl`).
@@ -155,6 +158,7 @@ struct Outputs {
     chart: PathBuf,
     confusion: Option<PathBuf>,
     errors: Option<PathBuf>,
+    onnx: Option<PathBuf>,
     /// Their directories that do not exist yet, created when training starts.
     new_dirs: Vec<PathBuf>,
 }
@@ -186,6 +190,7 @@ fn check_outputs(
     ];
     outs.extend(outputs.confusion.as_deref().map(|p| Named::new("--confusion", p)));
     outs.extend(outputs.errors.as_deref().map(|p| Named::new("--errors", p)));
+    outs.extend(outputs.onnx.as_deref().map(|p| Named::new("--onnx", p)));
     outs.extend(checkpoint.as_deref().map(|p| Named::new("--checkpoint", p)));
     let sums = data_dir.join("SHA256SUMS");
     let mut ins: Vec<Named<'_>> = data.files().map(|p| Named::new("--data", p)).collect();
@@ -387,6 +392,7 @@ fn run(args: Args) -> Result<()> {
         chart: args.chart.unwrap_or_else(|| beside(&args.out, ".training.png")),
         confusion: args.confusion,
         errors: args.errors,
+        onnx: args.onnx,
         model: args.out,
         new_dirs: Vec::new(),
     };
@@ -550,6 +556,9 @@ fn train_and_save(
     let confusion = eval.confusion(data.test.labels());
     let meta = model_metadata(plan, be, data, (test_loss, test_acc), reports.len());
     checkpoint::save(out, &model.params(), &meta)?;
+    if let Some(p) = &outputs.onnx {
+        kiln::onnx::export(p, &model.params(), &Default::default())?;
+    }
     write_side_outputs(outputs, reports, &eval, data)?;
     let timed = &reports[resumed_at.min(reports.len() - 1)..];
     let mean_epoch = timed.iter().map(|r| r.seconds).sum::<f64>() / timed.len() as f64;
@@ -736,7 +745,11 @@ fn print_summary(plan: &Plan, be: &dyn Backend<f32>, data: &Dataset, outputs: &O
             kiln::outln!("confusion matrix: {} classes, in {}", confusion.len(), outputs.metrics.display());
         }
         kiln::outln!("metrics: {}; chart: {}", outputs.metrics.display(), outputs.chart.display());
-        kiln::outln!("trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}", out.display());
+        let onnx = outputs.onnx.as_ref().map(|p| format!(", ONNX to {}", p.display())).unwrap_or_default();
+        kiln::outln!(
+            "trained in {train_seconds:.2}s ({mean_epoch:.3}s per epoch); model saved to {}{onnx}",
+            out.display()
+        );
     }
 }
 
