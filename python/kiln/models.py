@@ -19,6 +19,10 @@ def _verbosity(verbose):
     raise ValueError(f"verbose={verbose!r}: expected 'auto', 0, 1 or 2")
 
 
+class _StopTraining(Exception):
+    """Raised after an epoch whose callbacks set `model.stop_training`."""
+
+
 class Sequential:
     """A stack of layers: `Dense`, `Dropout`, and `Input` or `Flatten` first."""
 
@@ -31,6 +35,7 @@ class Sequential:
         self._flatten = False
         self._net = None
         self._compiled = None
+        self.stop_training = False
         for layer in layers or []:
             self.add(layer)
 
@@ -215,12 +220,18 @@ class Sequential:
                 sys.stdout.flush()
             for cb in cbs:
                 cb.on_epoch_end(e, dict(keras_logs))
+            if self.stop_training:
+                raise _StopTraining()
             if e + 1 < epochs:
                 for cb in cbs:
                     cb.on_epoch_begin(e + 1)
 
+        self.stop_training = False
         if runs > 0:
-            self._net.fit(x, y, runs, batch_size, bool(shuffle), utils._seed(), val, report)
+            try:
+                self._net.fit(x, y, runs, batch_size, bool(shuffle), utils._seed(), val, report)
+            except _StopTraining:
+                pass  # a callback set stop_training: the weights are those after that epoch
         for cb in cbs:
             cb.on_train_end()
         return history

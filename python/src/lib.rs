@@ -11,6 +11,7 @@ use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use std::sync::Mutex;
 
 /// A kiln error as Python's `ValueError`, with kiln's one-line message.
 fn value_error(e: anyhow::Error) -> PyErr {
@@ -58,9 +59,44 @@ fn samples<'a>(rows: &'a Rows, labels: &'a [u8], width: usize, name: &'a str) ->
 }
 
 /// A network and its optimizer state, trained and run by the `kiln` crate.
+/// `fit` holds the model for as long as it trains; callbacks called from
+/// it (between epochs) see the weights through `live`.
 #[pyclass(module = "kiln._kiln")]
 struct Network {
-    model: Model<'static, f32>,
+    model: Mutex<Model<'static, f32>>,
+    /// The weights after the last finished epoch, while `fit` runs.
+    live: Mutex<Option<Params<f32>>>,
+}
+
+/// A poisoned lock's error (a panic inside kiln while it held the model).
+fn poisoned<T>(_: T) -> PyErr {
+    PyRuntimeError::new_err("kiln's model is unusable after an earlier internal error")
+}
+
+impl Network {
+    /// The model, or an error while `fit` holds it.
+    fn model(&self, what: &str) -> PyResult<std::sync::MutexGuard<'_, Model<'static, f32>>> {
+        match self.model.try_lock() {
+            Ok(m) => Ok(m),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                Err(PyRuntimeError::new_err(format!("{what} cannot run while fit is training the model")))
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => Err(poisoned(e)),
+        }
+    }
+
+    /// The current weights: the model's, or while `fit` runs, those after
+    /// its last finished epoch.
+    fn params(&self) -> PyResult<Params<f32>> {
+        match self.model.try_lock() {
+            Ok(m) => Ok(m.params()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let live = self.live.lock().map_err(poisoned)?;
+                live.clone().ok_or_else(|| PyRuntimeError::new_err("no epoch has finished yet"))
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => Err(poisoned(e)),
+        }
+    }
 }
 
 /// The optimizer named `name` with Keras's arguments (those not given keep
@@ -124,12 +160,7 @@ impl Network {
         let arch = Arch::parse(spec, inputs, classes).map_err(value_error)?;
         let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let model = Model::new(be, &Params::glorot(&arch, seed), optimizer(opt, args)?).map_err(value_error)?;
-        Ok(Network { model: model.with_seed(seed) })
-    }
-
-    /// The layers in kiln's `--layers` syntax.
-    fn spec(&self) -> String {
-        self.model.arch().spec()
+        Ok(Network { model: Mutex::new(model.with_seed(seed)), live: Mutex::new(None) })
     }
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
@@ -139,7 +170,7 @@ impl Network {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, y, epochs, batch_size, shuffle, seed, validation, report))]
     fn fit(
-        &mut self,
+        &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         y: PyReadonlyArray1<'_, u8>,
@@ -157,7 +188,9 @@ impl Network {
             None => None,
         };
         let cfg = Config { epochs, batch_size, seed, shuffle, ..Config::default() };
-        let model = &mut self.model;
+        let mut model = self.model("fit")?;
+        let model = &mut *model;
+        let live = &self.live;
         py.detach(|| -> PyResult<()> {
             let data = samples(&rows, &labels, width, "y")?;
             let val_data = match &val {
@@ -173,7 +206,11 @@ impl Network {
                 &cfg,
                 &mut progress,
                 |_| {},
-                |r, _, _| {
+                |r, m, _| {
+                    // What callbacks see through get_weights and save.
+                    if let Ok(mut l) = live.lock() {
+                        *l = Some(m.params());
+                    }
                     Python::attach(|py| -> anyhow::Result<()> {
                         let logs = pyo3::types::PyDict::new(py);
                         let set = |k: &str, v: f64| logs.set_item(k, v);
@@ -202,10 +239,11 @@ impl Network {
     }
 
     /// `(loss, accuracy)` on rows `x` with class ids `y`.
-    fn evaluate(&mut self, py: Python<'_>, x: &Bound<'_, PyAny>, y: PyReadonlyArray1<'_, u8>) -> PyResult<(f64, f64)> {
+    fn evaluate(&self, py: Python<'_>, x: &Bound<'_, PyAny>, y: PyReadonlyArray1<'_, u8>) -> PyResult<(f64, f64)> {
         let (rows, width) = rows_of(x)?;
         let labels = y.as_slice()?.to_vec();
-        let model = &mut self.model;
+        let mut model = self.model("evaluate")?;
+        let model = &mut *model;
         py.detach(|| {
             let data = samples(&rows, &labels, width, "y")?;
             let e = train::evaluate(model, data).map_err(value_error)?;
@@ -216,14 +254,16 @@ impl Network {
     /// Class probabilities `(N, C)` of rows `x`.
     fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (rows, width) = rows_of(x)?;
-        let arch = self.model.arch();
+        let params = self.params()?;
+        let arch = params.arch();
         if width != arch.inputs() {
             return Err(PyValueError::new_err(format!(
                 "rows of {width} values, but the model reads {}",
                 arch.inputs()
             )));
         }
-        let (be, params, classes) = (self.model.backend(), self.model.params(), arch.classes());
+        let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let classes = arch.classes();
         let n = rows.inputs().len() / width.max(1);
         let probs = py.detach(|| kiln::model::predict(be, &params, rows.inputs())).map_err(value_error)?;
         let flat: Vec<f32> = probs.concat();
@@ -234,20 +274,21 @@ impl Network {
 
     /// The weights as Keras orders them: per Dense layer its kernel
     /// `(in, out)` and its bias `(out,)`, as flat lists with shapes.
-    fn get_weights(&self) -> Vec<(Vec<usize>, Vec<f32>)> {
-        let p = self.model.params();
+    fn get_weights(&self) -> PyResult<Vec<(Vec<usize>, Vec<f32>)>> {
+        let p = self.params()?;
         let mut out = Vec::new();
         for k in 0..p.arch().dense().len() {
             let (i, o) = p.arch().kernel_shape(k);
             out.push((vec![i, o], p.kernel(k).to_vec()));
             out.push((vec![o], p.bias(k).to_vec()));
         }
-        out
+        Ok(out)
     }
 
     /// Replaces the weights (Keras's order, flat float32 lists).
-    fn set_weights(&mut self, weights: Vec<Vec<f32>>) -> PyResult<()> {
-        let arch = self.model.arch().clone();
+    fn set_weights(&self, weights: Vec<Vec<f32>>) -> PyResult<()> {
+        let mut model = self.model("set_weights")?;
+        let arch = model.arch().clone();
         let want = 2 * arch.dense().len();
         if weights.len() != want {
             return Err(PyValueError::new_err(format!("{} arrays given; the model has {want}", weights.len())));
@@ -269,18 +310,18 @@ impl Network {
         if let Some(bad) = p.values().iter().position(|v| !v.is_finite()) {
             return Err(PyValueError::new_err(format!("weight {bad} is not finite")));
         }
-        self.model.set_params(&p);
+        model.set_params(&p);
         Ok(())
     }
 
     /// Writes the model as an ONNX graph (see `kiln::onnx`).
     fn export_onnx(&self, path: std::path::PathBuf) -> PyResult<()> {
-        kiln::onnx::export(&path, &self.model.params(), &Default::default()).map_err(value_error)
+        kiln::onnx::export(&path, &self.params()?, &Default::default()).map_err(value_error)
     }
 
     /// Writes the model to a kiln safetensors file (as `train` writes them).
     fn save(&self, path: std::path::PathBuf) -> PyResult<()> {
-        kiln::checkpoint::save(&path, &self.model.params(), &Default::default()).map_err(value_error)
+        kiln::checkpoint::save(&path, &self.params()?, &Default::default()).map_err(value_error)
     }
 }
 

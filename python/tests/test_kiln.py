@@ -245,3 +245,29 @@ def test_onnx_export_runs_in_onnx_runtime_as_kiln_predicts(tmp_path, stack):
     assert np.array_equal(got.argmax(1), want.argmax(1))
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["classes"] == "10" and meta["layers"].endswith("10:softmax")
+
+
+def test_early_stopping_and_model_checkpoint(tmp_path):
+    (x, y), (xt, yt) = tutorial_data(3000)
+    m = tutorial_model(loss="sparse_categorical_crossentropy")
+    # A validation set the model cannot learn: val_loss rises from the start.
+    bad_val = (xt[:500], (yt[:500] + 1) % 10)
+    stop = kiln.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True)
+    ckpt = kiln.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}.safetensors"))
+    weights = []
+
+    class Keep(kiln.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights.append(self.model.get_weights())
+
+    h = m.fit(x, y, epochs=10, verbose=0, validation_data=bad_val, callbacks=[stop, ckpt, Keep()])
+    epochs = len(h.history["loss"])
+    assert epochs < 10, h.history["val_loss"]
+    assert stop.stopped_epoch == epochs - 1
+    best = int(np.argmin(h.history["val_loss"]))
+    assert stop.best_epoch == best
+    # Restored: the weights are the best epoch's, not the last one's.
+    assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), weights[best]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m-{e + 1:02d}.safetensors" for e in range(epochs)]
+    with pytest.raises(ValueError, match="monitor 'val_loss' is not in the logs"):
+        m.fit(x, y, epochs=1, verbose=0, callbacks=[kiln.callbacks.EarlyStopping()])
