@@ -227,11 +227,23 @@ pub struct Config {
     pub steps_per_epoch: Option<usize>,
     /// Keras's `EarlyStopping` on `val_loss` (needs validation data).
     pub early_stopping: Option<EarlyStopping>,
+    /// Asked after every step; when it returns true, `fit` stops with an
+    /// error that says so, the model holding the weights of that step (for
+    /// Ctrl-C in an embedding program: Python's `KeyboardInterrupt`).
+    pub interrupt: Option<fn() -> bool>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { epochs: 5, batch_size: 128, seed: 1, shuffle: true, steps_per_epoch: None, early_stopping: None }
+        Config {
+            epochs: 5,
+            batch_size: 128,
+            seed: 1,
+            shuffle: true,
+            steps_per_epoch: None,
+            early_stopping: None,
+            interrupt: None,
+        }
     }
 }
 
@@ -567,6 +579,9 @@ pub fn fit_with(
             }
             passes.at += rows.len();
             on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() });
+            if cfg.interrupt.is_some_and(|stop| stop()) {
+                bail!("interrupted at epoch {}, step {}/{steps}", e + 1, s + 1);
+            }
         }
         let seconds = start.elapsed().as_secs_f64();
         let val = match validation {
@@ -702,6 +717,20 @@ mod tests {
         let good = Samples::new(&[0; 40], &[0; 20], 2).unwrap();
         fit(&mut model, good, &Config { batch_size: 16, epochs: 1, ..Config::default() }, |_| {}, |_| {}).unwrap();
         assert_eq!(model.batch_capacity(), 16);
+    }
+
+    #[test]
+    fn an_interrupt_stops_fit_after_the_step_that_saw_it() {
+        let be = kiln_kernels::select("scalar").unwrap();
+        let arch = Arch::parse("3:relu", 2, 2).unwrap();
+        let init = Params::glorot(&arch, 1);
+        let mut model = Model::new(be, &init, kiln_kernels::Optimizer::default()).unwrap();
+        let s = Samples::new(&[0, 255, 255, 0, 9, 9, 200, 1], &[0, 1, 0, 1], 2).unwrap();
+        let cfg = Config { batch_size: 1, interrupt: Some(|| true), ..Config::default() };
+        let e = fit(&mut model, s, &cfg, |_| {}, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("interrupted at epoch 1, step 1/4"), "{e}");
+        assert_eq!(model.iterations(), 1, "the step that saw the interrupt was applied, no other");
+        assert_ne!(model.params(), init);
     }
 
     #[test]

@@ -11,7 +11,37 @@ use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
+
+/// The exception a signal handler raised while `fit` ran (Ctrl-C's
+/// `KeyboardInterrupt`), raised again when `fit` returns.
+static PENDING: Mutex<Option<PyErr>> = Mutex::new(None);
+
+/// When Python's signal handlers last ran, in milliseconds since `START`.
+static LAST_CHECK: AtomicU64 = AtomicU64::new(0);
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// `fit`'s interrupt check, after every step: at most every 100 ms (each
+/// check takes the GIL, which other Python threads may hold), runs
+/// Python's signal handlers; an exception from one (Ctrl-C) stops `fit`.
+fn interrupted() -> bool {
+    let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    if now.saturating_sub(LAST_CHECK.load(Ordering::Relaxed)) < 100 {
+        return false;
+    }
+    LAST_CHECK.store(now, Ordering::Relaxed);
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            if let Ok(mut p) = PENDING.lock() {
+                *p = Some(e);
+            }
+            true
+        }
+    })
+}
 
 /// A kiln error as Python's `ValueError`, with kiln's one-line message.
 fn value_error(e: anyhow::Error) -> PyErr {
@@ -187,7 +217,7 @@ impl Network {
             Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
             None => None,
         };
-        let cfg = Config { epochs, batch_size, seed, shuffle, ..Config::default() };
+        let cfg = Config { epochs, batch_size, seed, shuffle, interrupt: Some(interrupted), ..Config::default() };
         let mut model = self.model("fit")?;
         let model = &mut *model;
         let live = &self.live;
@@ -230,7 +260,8 @@ impl Network {
                     })
                 },
             );
-            match (result, stopped) {
+            let signal = PENDING.lock().ok().and_then(|mut p| p.take());
+            match (result, stopped.or(signal)) {
                 (_, Some(e)) => Err(e),
                 (Err(e), None) => Err(value_error(e)),
                 (Ok(()), None) => Ok(()),

@@ -271,3 +271,44 @@ def test_early_stopping_and_model_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"m-{e + 1:02d}.safetensors" for e in range(epochs)]
     with pytest.raises(ValueError, match="monitor 'val_loss' is not in the logs"):
         m.fit(x, y, epochs=1, verbose=0, callbacks=[kiln.callbacks.EarlyStopping()])
+
+
+def test_ctrl_c_stops_fit_within_a_second_keeping_the_last_step():
+    import signal
+
+    program = "\n".join([
+        "import numpy as np",
+        "import kiln",
+        "from kiln import models, layers",
+        "from kiln.datasets import mnist",
+        "(x, y), _ = mnist.load_data()",
+        "m = models.Sequential([layers.Dense(512, activation='relu', input_shape=(784,)),",
+        "                       layers.Dense(10, activation='softmax')])",
+        "m.compile(optimizer='rmsprop', loss='sparse_categorical_crossentropy')",
+        "w0 = m.get_weights()[0].copy()",
+        "ended = []",
+        "class Count(kiln.callbacks.Callback):",
+        "    def on_epoch_end(self, epoch, logs=None):",
+        "        ended.append(epoch)",
+        "print('ready', flush=True)",
+        "try:",
+        "    # Batches of 1: an epoch is 60,000 steps, seconds long, so only a",
+        "    # check between steps can stop it within a second.",
+        "    m.fit(x.reshape(60000, 784), y, epochs=1000, batch_size=1, verbose=0, callbacks=[Count()])",
+        "    print('finished', flush=True)",
+        "except KeyboardInterrupt:",
+        "    print('interrupted', flush=True)",
+        "    print('trained', not np.array_equal(m.get_weights()[0], w0), 'epochs', len(ended), flush=True)",
+    ])
+    p = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    sent = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    line = p.stdout.readline().strip()
+    waited = time.perf_counter() - sent
+    rest = p.stdout.read()
+    p.wait(timeout=60)
+    assert line == "interrupted", (line, rest)
+    assert waited < 1.0, waited
+    assert rest.strip() == "trained True epochs 0", rest

@@ -311,6 +311,7 @@ fn run(args: Args) -> Result<()> {
         shuffle: !args.no_shuffle,
         steps_per_epoch: args.steps_per_epoch,
         early_stopping: args.early_stopping.map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
+        interrupt: None,
     };
     // Each field is a flag of the same name.
     cfg.validate().map_err(|e| anyhow::anyhow!("--{} {}", e.field().replace('_', "-"), e.problem()))?;
