@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The same 5-epoch job as `cargo run --release --bin train` in the peer
-frameworks that are installed (Keras/TensorFlow, PyTorch, JAX), on the
+frameworks that are installed (Keras/TensorFlow, PyTorch, JAX, and kiln's
+own Python package, `pip install ./python`), on the
 vendored MNIST, so their epoch times can be compared on one machine.
 
-    python3 benches/peers.py [--epochs 5] [--threads 2] [--only keras,torch,jax]
+    python3 benches/peers.py [--epochs 5] [--threads 2] [--only keras,torch,jax,kiln-python]
                              [--layers 512:relu,10:softmax] [--validate]
 
 --layers is the stack of layers in kiln's syntax and Keras order, input 784
@@ -155,6 +156,32 @@ def run_keras(data, layers, epochs, validate):
     report("keras", layers, times, float(acc), validate)
 
 
+def run_kiln_python(data, layers, epochs, threads, validate):
+    """kiln's Python package (`pip install ./python`), driven exactly as Keras is above."""
+    import kiln
+
+    kiln.config.set_threads(threads)
+    xtr, ytr, xte, yte = data
+    made = [kiln.layers.Dense(l[1], activation=l[2]) if l[0] == "dense" else kiln.layers.Dropout(l[1])
+            for l in layers]
+    model = kiln.models.Sequential([kiln.Input((PIXELS,))] + made)
+    model.compile(optimizer=kiln.optimizers.RMSprop(), loss="categorical_crossentropy", metrics=["accuracy"])
+    times = []
+
+    class Timer(kiln.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    val = (xte, kiln.utils.to_categorical(yte, 10)) if validate else None
+    model.fit(xtr, kiln.utils.to_categorical(ytr, 10), epochs=epochs, batch_size=128, verbose=0,
+              callbacks=[Timer()], validation_data=val)
+    _, acc = model.evaluate(xte, kiln.utils.to_categorical(yte, 10), verbose=0)
+    report("kiln-python", layers, times, float(acc), validate)
+
+
 def run_torch(data, layers, epochs, threads, validate):
     import torch
 
@@ -256,7 +283,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="keras,torch,jax")
+    ap.add_argument("--only", default="keras,torch,jax,kiln-python")
     ap.add_argument("--layers", type=parse_layers, default="512:relu,10:softmax",
                     help="the stack, Keras order, output included: UNITS:ACTIVATION (relu, sigmoid, tanh, linear, "
                          "softmax last) or dropout:RATE, comma-separated; 10:softmax appended if the last is not "
@@ -271,6 +298,7 @@ def main():
     os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}"
     data = load()
     runners = {"keras": lambda: run_keras(data, args.layers, args.epochs, args.validate),
+               "kiln-python": lambda: run_kiln_python(data, args.layers, args.epochs, args.threads, args.validate),
                "torch": lambda: run_torch(data, args.layers, args.epochs, args.threads, args.validate),
                "jax": lambda: run_jax(data, args.layers, args.epochs, args.validate)}
     for name in args.only.split(","):

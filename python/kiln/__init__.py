@@ -8,8 +8,8 @@ Programs written for Keras run with their imports changed; anything kiln
 does not support raises ValueError or TypeError naming it.
 """
 
-from . import callbacks, datasets, layers, models, optimizers, utils
+from . import callbacks, config, datasets, layers, models, optimizers, utils
 from .layers import Input
 
-__all__ = ["callbacks", "datasets", "layers", "models", "optimizers", "utils", "Input"]
+__all__ = ["callbacks", "config", "datasets", "layers", "models", "optimizers", "utils", "Input"]
 __version__ = "0.1.0"

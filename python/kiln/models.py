@@ -310,10 +310,51 @@ class Sequential:
             print(f"Saved an ONNX model to {filepath}")
 
     def save(self, filepath, overwrite=True):
-        """Writes a kiln model file (safetensors, as `train` writes them)."""
+        """Writes a kiln model file (safetensors, as `train` writes them: the
+        CLI's `predict`, `serve` and `train --init` read it, and
+        `models.load_model` reads it back)."""
         import os
 
         if not overwrite and os.path.exists(filepath):
             raise ValueError(f"save: {filepath} exists and overwrite=False")
         self._ensure_built()
-        self._net.save(os.fspath(filepath))
+        extra = {"loss": self._compiled["loss"]} if self._compiled else {}
+        self._net.save(os.fspath(filepath), extra)
+
+
+def _optimizer_from(call):
+    """An optimizer from Keras's constructor call as kiln's model files record
+    it (`RMSprop(learning_rate=0.001, rho=0.9, ...)`)."""
+    import re
+
+    m = re.fullmatch(r"(\w+)\((.*)\)", call or "")
+    classes = {"RMSprop": optimizers.RMSprop, "SGD": optimizers.SGD, "Adam": optimizers.Adam, "AdamW": optimizers.AdamW}
+    if not m or m.group(1) not in classes:
+        return optimizers.RMSprop()
+    args = {}
+    for part in filter(None, (p.strip() for p in m.group(2).split(","))):
+        key, _, value = part.partition("=")
+        args[key.strip()] = {"True": True, "False": False}.get(value.strip()) if value.strip() in ("True", "False") else float(value)
+    return classes[m.group(1)](**args)
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Keras's `load_model` for kiln model files (written by `save` or by the
+    CLI's `train`): the layers, the weights, and, with `compile`, the
+    optimizer (a fresh state: kiln's model file keeps the weights only) and
+    the loss it was saved with (`categorical_crossentropy` when unrecorded)."""
+    import os
+
+    del safe_mode
+    if custom_objects:
+        raise ValueError("load_model: custom_objects are not supported by kiln")
+    spec, inputs, classes, weights, meta = _kiln.load_model(os.fspath(filepath))
+    model = Sequential([layers_module.Input((inputs,))])
+    for part in spec.split(","):
+        head, _, tail = part.partition(":")
+        model.add(layers_module.Dropout(float(tail)) if head == "dropout" else layers_module.Dense(int(head), activation=tail))
+    model.compile(optimizer=_optimizer_from(meta.get("optimizer")) if compile else "rmsprop",
+                  loss=meta.get("loss", "categorical_crossentropy"), metrics=["accuracy"])
+    model._build(inputs)
+    model._net.set_weights([values for _, values in weights])
+    return model

@@ -43,6 +43,41 @@ fn interrupted() -> bool {
     })
 }
 
+/// The thread count `set_threads` chose (0: not set, every CPU).
+static THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs kiln's work on `n` threads. Like TensorFlow's thread settings, it
+/// takes effect before kiln first runs (its threads are then started);
+/// afterwards only the same count is accepted. The training loop itself
+/// stays on the calling thread, where Python's signal handlers can run.
+#[pyfunction]
+fn set_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(PyValueError::new_err("set_threads: n must be at least 1"));
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        Ok(()) => {
+            THREADS.store(n as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(_) => Err(PyRuntimeError::new_err(format!(
+            "set_threads({n}): kiln already runs on {} threads; call set_threads before the first fit, evaluate or \
+             predict (in a new process)",
+            rayon::current_num_threads()
+        ))),
+    }
+}
+
+/// The threads kiln's work runs (or will run) on.
+#[pyfunction]
+fn get_threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    }
+}
+
 /// A kiln error as Python's `ValueError`, with kiln's one-line message.
 fn value_error(e: anyhow::Error) -> PyErr {
     PyValueError::new_err(kiln::error_line(&e))
@@ -96,6 +131,8 @@ struct Network {
     model: Mutex<Model<'static, f32>>,
     /// The weights after the last finished epoch, while `fit` runs.
     live: Mutex<Option<Params<f32>>>,
+    /// The optimizer and its hyper-parameters (for the model file).
+    opt: Optimizer,
 }
 
 /// A poisoned lock's error (a panic inside kiln while it held the model).
@@ -189,8 +226,9 @@ impl Network {
     ) -> PyResult<Self> {
         let arch = Arch::parse(spec, inputs, classes).map_err(value_error)?;
         let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        let model = Model::new(be, &Params::glorot(&arch, seed), optimizer(opt, args)?).map_err(value_error)?;
-        Ok(Network { model: Mutex::new(model.with_seed(seed)), live: Mutex::new(None) })
+        let opt = optimizer(opt, args)?;
+        let model = Model::new(be, &Params::glorot(&arch, seed), opt).map_err(value_error)?;
+        Ok(Network { model: Mutex::new(model.with_seed(seed)), live: Mutex::new(None), opt })
     }
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
@@ -350,10 +388,32 @@ impl Network {
         kiln::onnx::export(&path, &self.params()?, &Default::default()).map_err(value_error)
     }
 
-    /// Writes the model to a kiln safetensors file (as `train` writes them).
-    fn save(&self, path: std::path::PathBuf) -> PyResult<()> {
-        kiln::checkpoint::save(&path, &self.params()?, &Default::default()).map_err(value_error)
+    /// Writes the model to a kiln model file (as `train` writes them),
+    /// with the optimizer (Keras's constructor call) and `extra` in its
+    /// metadata.
+    fn save(&self, path: std::path::PathBuf, extra: std::collections::BTreeMap<String, String>) -> PyResult<()> {
+        let mut meta = extra;
+        meta.insert("optimizer".into(), self.opt.describe());
+        kiln::checkpoint::save(&path, &self.params()?, &meta).map_err(value_error)
     }
+}
+
+/// A kiln model file (from `train` or `save`): its layers, inputs,
+/// classes, weights (Keras's order, flat) and metadata.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn load_model(
+    path: std::path::PathBuf,
+) -> PyResult<(String, usize, usize, Vec<(Vec<usize>, Vec<f32>)>, std::collections::BTreeMap<String, String>)> {
+    let (p, meta) = kiln::checkpoint::load(&path).map_err(value_error)?;
+    let arch = p.arch();
+    let mut weights = Vec::new();
+    for k in 0..arch.dense().len() {
+        let (i, o) = arch.kernel_shape(k);
+        weights.push((vec![i, o], p.kernel(k).to_vec()));
+        weights.push((vec![o], p.bias(k).to_vec()));
+    }
+    Ok((arch.spec(), arch.inputs(), arch.classes(), weights, meta))
 }
 
 /// Keras's `model.summary()` text of the layers `spec` on `inputs` values
@@ -386,5 +446,8 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Network>()?;
     m.add_function(wrap_pyfunction!(load_mnist, m)?)?;
     m.add_function(wrap_pyfunction!(summary, m)?)?;
+    m.add_function(wrap_pyfunction!(load_model, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_threads, m)?)?;
     Ok(())
 }

@@ -312,3 +312,64 @@ def test_ctrl_c_stops_fit_within_a_second_keeping_the_last_step():
     assert line == "interrupted", (line, rest)
     assert waited < 1.0, waited
     assert rest.strip() == "trained True epochs 0", rest
+
+
+def test_save_and_load_model_round_trip_and_interchange_with_the_cli(tmp_path):
+    (x, y), (xt, yt) = tutorial_data(2000)
+    m = models.Sequential([kiln.Input((784,)), layers.Dense(64, activation="tanh"), layers.Dropout(0.3),
+                           layers.Dense(10, activation="softmax")])
+    m.compile(optimizer=optimizers.Adam(learning_rate=0.002), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    m.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    back = models.load_model(path)
+    assert all(np.array_equal(a, b) for a, b in zip(back.get_weights(), m.get_weights()))
+    assert np.array_equal(back.predict(xt, verbose=0), m.predict(xt, verbose=0))
+    assert back._compiled["loss"] == "sparse_categorical_crossentropy"
+    assert back._compiled["optimizer"].get_config()["learning_rate"] == 0.002
+    assert [type(l).__name__ for l in back.layers] == ["Dense", "Dropout", "Dense"]
+    # The CLI reads what Python wrote, and Python what the CLI wrote.
+    predict = ROOT / "target" / "release" / "predict"
+    train = ROOT / "target" / "release" / "train"
+    if not (predict.exists() and train.exists()):
+        pytest.skip("the CLI is not built (cargo build --release)")
+    npy = tmp_path / "rows.npy"
+    np.save(npy, xt[:3])
+    out = subprocess.run([str(predict), "--model", str(path), "--npy", str(npy), "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    import json
+
+    got = np.array([json.loads(l)["probabilities"] for l in out.splitlines()], dtype=np.float32)
+    assert np.array_equal(got, m.predict(xt[:3], verbose=0))
+    cli = tmp_path / "cli.safetensors"
+    subprocess.run([str(train), "--epochs", "1", "--layers", "32:relu", "--optimizer", "sgd", "--lr", "0.05",
+                    "--out", str(cli)], check=True, capture_output=True)
+    from_cli = models.load_model(cli)
+    assert from_cli._compiled["optimizer"].get_config() == {"learning_rate": 0.05, "momentum": 0.0, "nesterov": False}
+    loss, acc = from_cli.evaluate(xt, to_categorical(yt), verbose=0)
+    assert acc > 0.85
+
+
+def test_set_threads_before_the_first_run_from_any_thread():
+    code = "\n".join([
+        "import threading, numpy as np, kiln",
+        "from kiln import models, layers",
+        "t = threading.Thread(target=kiln.config.set_threads, args=(1,))",
+        "t.start(); t.join()",
+        "print(kiln.config.get_threads())",
+        "m = models.Sequential([layers.Dense(3, activation='softmax', input_shape=(4,))])",
+        "m.compile(loss='sparse_categorical_crossentropy')",
+        "m.fit(np.zeros((8, 4), 'float32'), np.zeros(8, 'uint8'), verbose=0)",
+        "kiln.config.set_threads(1)  # the same count: fine",
+        "try:",
+        "    kiln.config.set_threads(2)",
+        "except RuntimeError as e:",
+        "    print('refused:', e)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1" and "already runs on 1 threads" in lines[1], out.stdout
+    with pytest.raises(ValueError, match="positive integer"):
+        kiln.config.set_threads(0)
