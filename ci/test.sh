@@ -84,7 +84,7 @@ if ! python3 -m venv "$venv" >/dev/null 2>&1; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q numpy pytest onnx onnxruntime
+"$venv/bin/pip" install -q numpy pytest onnx onnxruntime "ray[tune]"
 "$venv/bin/pip" install -q --force-reinstall --no-deps ./python
 "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir python python/tests
 

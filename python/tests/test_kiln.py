@@ -373,3 +373,27 @@ def test_set_threads_before_the_first_run_from_any_thread():
     assert lines[0] == "1" and "already runs on 1 threads" in lines[1], out.stdout
     with pytest.raises(ValueError, match="positive integer"):
         kiln.config.set_threads(0)
+
+
+def test_the_ray_tune_sweep_runs_bounded_and_leaves_no_ray_processes(tmp_path):
+    """examples/python/ray_tune_sweep.py on a local Ray instance: 4 trials of 2
+    epochs on 6,000 images; every trial ran and reported its epochs in order
+    (ASHA may stop weak ones after the first), the best is sensible, and
+    Ray is gone afterwards."""
+    script = ROOT / "examples" / "python" / "ray_tune_sweep.py"
+    out = subprocess.run([sys.executable, str(script), "--trials", "4", "--epochs", "2", "--samples", "6000",
+                          "--cpus", "2", "--storage", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    trials, best = lines[:-1], lines[-1]
+    assert len(trials) == 4, out.stdout
+    for t in trials:
+        assert t["error"] is None, t
+        assert t["epochs"] == list(range(1, len(t["epochs"]) + 1)) and t["epochs"], t
+        assert all(0 < a <= 1 for a in t["val_accuracy"]), t
+    assert any(t["epochs"] == [1, 2] for t in trials), trials
+    assert best["val_accuracy"] > 0.85, best
+    left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"Ray processes left behind: {left.stdout}"
