@@ -161,7 +161,20 @@ class Sequential:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
-        """Keras's `fit`; returns a `History`."""
+        """Keras's `fit`: trains for `epochs - initial_epoch` epochs and returns a
+        `History` whose `.history` maps `loss`, `accuracy` (with metrics) and,
+        with validation, `val_loss` and `val_accuracy` to per-epoch lists.
+
+        x: samples `(N, ...)`, uint8 pixels or floats (floats that are all
+           `k / 255` train through the u8 path, to the CLI's bits).
+        y: one-hot rows `(N, C)` for `categorical_crossentropy`, class ids
+           `(N,)` for `sparse_categorical_crossentropy`.
+        batch_size: 32 when None, as Keras. validation_split takes the last
+        fraction before shuffling; validation_data is `(x_val, y_val)`.
+        callbacks: `kiln.callbacks` (EarlyStopping, ModelCheckpoint,
+        Callback subclasses with epoch hooks). The GIL is released while
+        kiln trains; Ctrl-C stops within a second. Unsupported arguments
+        (class_weight, sample_weight, steps_per_epoch, ...) raise ValueError."""
         verbose = _verbosity(verbose)
         for arg, got, default in (("class_weight", class_weight, None), ("sample_weight", sample_weight, None),
                                   ("steps_per_epoch", steps_per_epoch, None), ("validation_steps", validation_steps, None),
