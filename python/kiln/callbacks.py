@@ -6,7 +6,10 @@ class Callback:
     `on_epoch_begin/end(epoch, logs)`; kiln calls them from `fit` with
     Keras's log keys (`loss`, `accuracy`, `val_loss`, `val_accuracy`).
     Setting `self.model.stop_training = True` stops `fit` after the
-    epoch. Per-batch hooks are not called yet: overriding one is an error."""
+    epoch. `on_train_batch_end(batch, logs)` is called after every step
+    (running `loss` and `accuracy` of the epoch), and an exception from it
+    stops `fit` after that step; `on_train_batch_begin` is not called yet:
+    overriding it is an error."""
 
     def __init__(self):
         self.model = None

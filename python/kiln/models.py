@@ -171,13 +171,16 @@ class Sequential:
            `(N,)` for `sparse_categorical_crossentropy`.
         batch_size: 32 when None, as Keras. validation_split takes the last
         fraction before shuffling; validation_data is `(x_val, y_val)`.
+        steps_per_epoch: each epoch stops after that many steps, the next
+        going on from the following batch (Keras's epoch iterator).
         callbacks: `kiln.callbacks` (EarlyStopping, ModelCheckpoint,
-        Callback subclasses with epoch hooks). The GIL is released while
-        kiln trains; Ctrl-C stops within a second. Unsupported arguments
-        (class_weight, sample_weight, steps_per_epoch, ...) raise ValueError."""
+        Callback subclasses with epoch hooks and on_train_batch_end). The
+        GIL is released while kiln trains; Ctrl-C stops within a second.
+        Unsupported arguments (class_weight, sample_weight, ...) raise
+        ValueError."""
         verbose = _verbosity(verbose)
         for arg, got, default in (("class_weight", class_weight, None), ("sample_weight", sample_weight, None),
-                                  ("steps_per_epoch", steps_per_epoch, None), ("validation_steps", validation_steps, None),
+                                  ("validation_steps", validation_steps, None),
                                   ("validation_batch_size", validation_batch_size, None),
                                   ("validation_freq", validation_freq, 1)):
             if got is not default and got != default:
@@ -208,10 +211,20 @@ class Sequential:
         for cb in cbs:
             if not isinstance(cb, callbacks_module.Callback):
                 raise TypeError(f"fit: callback {cb!r} is not a kiln.callbacks.Callback")
-            for hook in ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"):
+            for hook in ("on_train_batch_begin", "on_batch_begin"):
                 if getattr(type(cb), hook, None) not in (None, getattr(callbacks_module.Callback, hook, None)):
-                    raise ValueError(f"fit: {type(cb).__name__}.{hook} is not called by kiln yet")
+                    raise ValueError(f"fit: {type(cb).__name__}.{hook} is not called by kiln yet (on_train_batch_end is)")
             cb.set_model(self)
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"fit: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        # Per-batch hooks cost the GIL every step: asked only when a callback has one.
+        batch_hooks = [getattr(cb, "on_train_batch_end") for cb in cbs
+                       if type(cb).on_train_batch_end is not callbacks_module.Callback.on_train_batch_end]
+
+        def on_batch(batch, loss, acc):
+            logs = {"loss": loss, "accuracy": acc} if self._compiled["metrics"] else {"loss": loss}
+            for hook in batch_hooks:
+                hook(batch, dict(logs))
         runs = epochs - initial_epoch
         for cb in cbs:
             cb.on_train_begin()
@@ -242,7 +255,8 @@ class Sequential:
         self.stop_training = False
         if runs > 0:
             try:
-                self._net.fit(x, y, runs, batch_size, bool(shuffle), utils._seed(), val, report)
+                self._net.fit(x, y, runs, batch_size, bool(shuffle), utils._seed(), val, report, steps_per_epoch,
+                              on_batch if batch_hooks else None)
             except _StopTraining:
                 pass  # a callback set stop_training: the weights are those after that epoch
         for cb in cbs:

@@ -13,9 +13,43 @@ class Optimizer:
         return dict(self._args)
 
 
-def _lr(learning_rate):
+class schedules:
+    """`keras.optimizers.schedules`: the learning-rate schedules kiln runs."""
+
+    class LearningRateSchedule:
+        _spec = None
+
+    class ExponentialDecay(LearningRateSchedule):
+        """`initial_learning_rate * decay_rate ** (step / decay_steps)`."""
+
+        def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+            if staircase:
+                raise ValueError("ExponentialDecay: staircase=True is not supported by kiln")
+            if not isinstance(decay_steps, int) or decay_steps < 1:
+                raise ValueError(f"ExponentialDecay: decay_steps must be a positive integer, got {decay_steps!r}")
+            self.initial_learning_rate, self.decay_steps, self.decay_rate = float(initial_learning_rate), decay_steps, float(decay_rate)
+            self._spec = f"exponential:{decay_steps}:{float(decay_rate)!r}"
+
+    class CosineDecay(LearningRateSchedule):
+        """`initial_learning_rate * 0.5 * (1 + cos(pi * min(step, decay_steps) / decay_steps))` (alpha 0)."""
+
+        def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay", warmup_target=None,
+                     warmup_steps=0):
+            if alpha != 0.0 or warmup_target is not None or warmup_steps != 0:
+                raise ValueError("CosineDecay: alpha, warmup_target and warmup_steps are not supported by kiln")
+            if not isinstance(decay_steps, int) or decay_steps < 1:
+                raise ValueError(f"CosineDecay: decay_steps must be a positive integer, got {decay_steps!r}")
+            self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), decay_steps
+            self._spec = f"cosine:{decay_steps}"
+
+
+def _lr(learning_rate, args):
+    """The initial learning rate, and the schedule's spec in `args` for a schedule."""
+    if isinstance(learning_rate, schedules.LearningRateSchedule):
+        args["schedule"] = learning_rate._spec
+        return learning_rate.initial_learning_rate
     if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool):
-        raise ValueError(f"learning_rate={learning_rate!r}: kiln takes a number (schedules are not supported yet)")
+        raise ValueError(f"learning_rate={learning_rate!r}: expected a number or a kiln.optimizers.schedules schedule")
     return float(learning_rate)
 
 
@@ -24,8 +58,9 @@ class RMSprop(Optimizer):
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-07, centered=False, **kwargs):
         _check(kwargs, "RMSprop")
-        super().__init__(learning_rate=_lr(learning_rate), rho=rho, momentum=momentum, epsilon=epsilon,
-                         centered=bool(centered))
+        extra = {}
+        super().__init__(learning_rate=_lr(learning_rate, extra), rho=rho, momentum=momentum, epsilon=epsilon,
+                         centered=bool(centered), **extra)
 
 
 class SGD(Optimizer):
@@ -33,7 +68,8 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         _check(kwargs, "SGD")
-        super().__init__(learning_rate=_lr(learning_rate), momentum=momentum, nesterov=bool(nesterov))
+        extra = {}
+        super().__init__(learning_rate=_lr(learning_rate, extra), momentum=momentum, nesterov=bool(nesterov), **extra)
 
 
 class Adam(Optimizer):
@@ -43,7 +79,8 @@ class Adam(Optimizer):
         _check(kwargs, "Adam")
         if amsgrad:
             raise ValueError("Adam: amsgrad=True is not supported by kiln")
-        super().__init__(learning_rate=_lr(learning_rate), beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+        extra = {}
+        super().__init__(learning_rate=_lr(learning_rate, extra), beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **extra)
 
 
 class AdamW(Optimizer):
@@ -54,8 +91,9 @@ class AdamW(Optimizer):
         _check(kwargs, "AdamW")
         if amsgrad:
             raise ValueError("AdamW: amsgrad=True is not supported by kiln")
-        super().__init__(learning_rate=_lr(learning_rate), weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon)
+        extra = {}
+        super().__init__(learning_rate=_lr(learning_rate, extra), weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, **extra)
 
 
 # Keras's base-optimizer arguments kiln does not run, with their defaults.

@@ -11,7 +11,7 @@ use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -19,14 +19,21 @@ use std::time::Instant;
 /// `KeyboardInterrupt`), raised again when `fit` returns.
 static PENDING: Mutex<Option<PyErr>> = Mutex::new(None);
 
+/// Set when a per-batch callback raised: `fit` stops after that step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
 /// When Python's signal handlers last ran, in milliseconds since `START`.
 static LAST_CHECK: AtomicU64 = AtomicU64::new(0);
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// `fit`'s interrupt check, after every step: at most every 100 ms (each
-/// check takes the GIL, which other Python threads may hold), runs
-/// Python's signal handlers; an exception from one (Ctrl-C) stops `fit`.
+/// `fit`'s interrupt check, after every step: stops after a per-batch
+/// callback raised; else at most every 100 ms (each check takes the GIL,
+/// which other Python threads may hold) runs Python's signal handlers, and
+/// an exception from one (Ctrl-C) stops `fit`.
 fn interrupted() -> bool {
+    if STOP.swap(false, Ordering::Relaxed) {
+        return true;
+    }
     let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
     if now.saturating_sub(LAST_CHECK.load(Ordering::Relaxed)) < 100 {
         return false;
@@ -227,8 +234,15 @@ impl Network {
         let arch = Arch::parse(spec, inputs, classes).map_err(value_error)?;
         let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let opt = optimizer(opt, args)?;
+        let schedule = match args.get_item("schedule")? {
+            Some(v) if !v.is_none() => {
+                v.extract::<String>()?.parse::<kiln_kernels::Schedule>().map_err(PyValueError::new_err)?
+            }
+            _ => kiln_kernels::Schedule::Constant,
+        };
         let model = Model::new(be, &Params::glorot(&arch, seed), opt).map_err(value_error)?;
-        Ok(Network { model: Mutex::new(model.with_seed(seed)), live: Mutex::new(None), opt })
+        let model = model.with_seed(seed).with_schedule(schedule);
+        Ok(Network { model: Mutex::new(model), live: Mutex::new(None), opt })
     }
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
@@ -236,7 +250,7 @@ impl Network {
     /// after every epoch (with the GIL) and may raise to stop. Returns one
     /// dict of logs per epoch.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (x, y, epochs, batch_size, shuffle, seed, validation, report))]
+    #[pyo3(signature = (x, y, epochs, batch_size, shuffle, seed, validation, report, steps_per_epoch=None, on_batch=None))]
     fn fit(
         &self,
         py: Python<'_>,
@@ -248,14 +262,25 @@ impl Network {
         seed: u64,
         validation: Option<(Bound<'_, PyAny>, PyReadonlyArray1<'_, u8>)>,
         report: Py<PyAny>,
+        steps_per_epoch: Option<usize>,
+        on_batch: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let (rows, width) = rows_of(x)?;
         let labels = y.as_slice()?.to_vec();
+        STOP.store(false, Ordering::Relaxed);
         let val = match &validation {
             Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
             None => None,
         };
-        let cfg = Config { epochs, batch_size, seed, shuffle, interrupt: Some(interrupted), ..Config::default() };
+        let cfg = Config {
+            epochs,
+            batch_size,
+            seed,
+            shuffle,
+            steps_per_epoch,
+            interrupt: Some(interrupted),
+            ..Config::default()
+        };
         let mut model = self.model("fit")?;
         let model = &mut *model;
         let live = &self.live;
@@ -267,37 +292,43 @@ impl Network {
             };
             let mut progress = train::Progress::default();
             let mut stopped: Option<PyErr> = None;
-            let result = train::fit_with(
-                model,
-                data,
-                val_data,
-                &cfg,
-                &mut progress,
-                |_| {},
-                |r, m, _| {
-                    // What callbacks see through get_weights and save.
-                    if let Ok(mut l) = live.lock() {
-                        *l = Some(m.params());
+            // Per-batch callbacks, only when a callback has one (each takes
+            // the GIL); an exception from one stops fit after that step.
+            let on_step = |st: train::StepProgress| {
+                let Some(f) = &on_batch else { return };
+                if STOP.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc)).map(drop)) {
+                    if let Ok(mut p) = PENDING.lock() {
+                        *p = Some(e);
                     }
-                    Python::attach(|py| -> anyhow::Result<()> {
-                        let logs = pyo3::types::PyDict::new(py);
-                        let set = |k: &str, v: f64| logs.set_item(k, v);
-                        let filled = set("loss", r.loss)
-                            .and_then(|_| set("accuracy", r.acc))
-                            .and_then(|_| set("seconds", r.seconds))
-                            .and_then(|_| set("steps", r.steps as f64))
-                            .and_then(|_| r.val_loss.map_or(Ok(()), |v| set("val_loss", v)))
-                            .and_then(|_| r.val_acc.map_or(Ok(()), |v| set("val_accuracy", v)))
-                            .and_then(|_| py.check_signals())
-                            .and_then(|_| report.call1(py, (r.epoch - 1, logs)).map(drop));
-                        if let Err(e) = filled {
-                            stopped = Some(e);
-                            anyhow::bail!("stopped");
-                        }
-                        Ok(())
-                    })
-                },
-            );
+                    STOP.store(true, Ordering::Relaxed);
+                }
+            };
+            let result = train::fit_with(model, data, val_data, &cfg, &mut progress, on_step, |r, m, _| {
+                // What callbacks see through get_weights and save.
+                if let Ok(mut l) = live.lock() {
+                    *l = Some(m.params());
+                }
+                Python::attach(|py| -> anyhow::Result<()> {
+                    let logs = pyo3::types::PyDict::new(py);
+                    let set = |k: &str, v: f64| logs.set_item(k, v);
+                    let filled = set("loss", r.loss)
+                        .and_then(|_| set("accuracy", r.acc))
+                        .and_then(|_| set("seconds", r.seconds))
+                        .and_then(|_| set("steps", r.steps as f64))
+                        .and_then(|_| r.val_loss.map_or(Ok(()), |v| set("val_loss", v)))
+                        .and_then(|_| r.val_acc.map_or(Ok(()), |v| set("val_accuracy", v)))
+                        .and_then(|_| py.check_signals())
+                        .and_then(|_| report.call1(py, (r.epoch - 1, logs)).map(drop));
+                    if let Err(e) = filled {
+                        stopped = Some(e);
+                        anyhow::bail!("stopped");
+                    }
+                    Ok(())
+                })
+            });
             let signal = PENDING.lock().ok().and_then(|mut p| p.take());
             match (result, stopped.or(signal)) {
                 (_, Some(e)) => Err(e),

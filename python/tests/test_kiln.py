@@ -152,8 +152,8 @@ def test_unsupported_things_are_errors_naming_them():
     x = np.zeros((4, 784), "float32")
     with pytest.raises(ValueError, match="row 0 is not one-hot"):
         m.fit(x, np.full((4, 10), 0.1), verbose=0)
-    with pytest.raises(ValueError, match="steps_per_epoch=3 is not supported"):
-        m.fit(x, to_categorical([0, 1, 2, 3], 10), steps_per_epoch=3, verbose=0)
+    with pytest.raises(ValueError, match="class_weight=.* is not supported"):
+        m.fit(x, to_categorical([0, 1, 2, 3], 10), class_weight={0: 2.0}, verbose=0)
     with pytest.raises(ValueError, match="samples of shape"):
         m.fit(np.zeros((4, 28, 28), "float32"), to_categorical([0, 1, 2, 3], 10), verbose=0)
     with pytest.raises(ValueError, match="features must be finite"):
@@ -179,12 +179,29 @@ def test_flatten_input_and_callbacks():
     m.fit(x[:512], y[:512], epochs=3, initial_epoch=1, verbose=0, callbacks=[Record()])
     assert seen == [("begin", 1), ("end", 1, ["accuracy", "loss"]), ("begin", 2), ("end", 2, ["accuracy", "loss"])]
 
+    batches = []
+
     class PerBatch(kiln.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
+            batches.append((batch, sorted(logs)))
+
+    m.fit(x[:100], y[:100], batch_size=32, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[PerBatch()])
+    assert batches == [(b, ["accuracy", "loss"]) for b in (0, 1, 2, 0, 1, 2)], batches
+
+    class Boom(kiln.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom at batch 1")
+
+    with pytest.raises(RuntimeError, match="boom at batch 1"):
+        m.fit(x[:640], y[:640], batch_size=32, epochs=5, verbose=0, callbacks=[Boom()])
+
+    class Begin(kiln.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
             pass
 
-    with pytest.raises(ValueError, match="on_train_batch_end is not called by kiln yet"):
-        m.fit(x[:64], y[:64], verbose=0, callbacks=[PerBatch()])
+    with pytest.raises(ValueError, match="on_train_batch_begin is not called by kiln yet"):
+        m.fit(x[:64], y[:64], verbose=0, callbacks=[Begin()])
 
 
 def test_the_gil_is_released_while_kiln_trains():
@@ -397,3 +414,30 @@ def test_the_ray_tune_sweep_runs_bounded_and_leaves_no_ray_processes(tmp_path):
     assert best["val_accuracy"] > 0.85, best
     left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"Ray processes left behind: {left.stdout}"
+
+
+def test_learning_rate_schedules_are_keras_s():
+    """ExponentialDecay: with SGD (no state), the second update runs at
+    lr * rate^(1/decay_steps); a model trained with the schedule matches
+    one trained step by step at the schedule's rates."""
+    from kiln.optimizers import schedules
+
+    (x, y), _ = tutorial_data(64)
+    sched = schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+
+    def model(opt):
+        m = models.Sequential([kiln.Input((784,)), layers.Dense(8, activation="tanh"), layers.Dense(10, activation="softmax")])
+        m.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+        return m
+
+    a = model(optimizers.SGD(learning_rate=sched))
+    a.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)  # two steps: lr 0.1 then 0.05
+    b = model(optimizers.SGD(learning_rate=0.1))
+    b.fit(x[:32], y[:32], batch_size=32, epochs=1, shuffle=False, verbose=0)
+    c = model(optimizers.SGD(learning_rate=float(np.float32(0.1) * np.float32(0.5))))
+    c.set_weights(b.get_weights())
+    c.fit(x[32:], y[32:], batch_size=32, epochs=1, shuffle=False, verbose=0)
+    assert all(np.array_equal(p, q) for p, q in zip(a.get_weights(), c.get_weights()))
+    with pytest.raises(ValueError, match="staircase=True is not supported"):
+        schedules.ExponentialDecay(0.1, 10, 0.9, staircase=True)
+    optimizers.Adam(learning_rate=schedules.CosineDecay(0.001, 1000))
