@@ -139,6 +139,17 @@ impl Split {
     pub fn is_images(&self) -> bool {
         !matches!(self.images, Column::Npz { values: Values::Floats(_), .. })
     }
+    /// The pixels as the features they stand for (`pixel / 255` in f32,
+    /// exactly what floats that were `k / 255` held).
+    fn make_features(&mut self) {
+        if self.is_images() {
+            let lut = kiln_kernels::pixel_table::<f32>();
+            let x = self.pixels().iter().map(|&p| lut[usize::from(p)]).collect();
+            let path = self.images.path().to_path_buf();
+            self.images = Column::Npz { path, values: Values::Floats(x) };
+        }
+    }
+
     /// All inputs: the pixels, or the f32 features.
     pub fn inputs(&self) -> crate::model::Inputs<'_> {
         match &self.images {
@@ -244,17 +255,19 @@ impl Dataset {
         if let Some(extra) = arrays.keys().next() {
             bail!("{}: unexpected array `{extra}`; expected only x_train, y_train, x_test and y_test", path.display());
         }
-        let train = npz_split(path, xtr, &ytr)?;
-        let test = npz_split(path, xte, &yte)?;
+        let (mut train, mut test) = (npz_split(path, xtr, &ytr)?, npz_split(path, xte, &yte)?);
         ensure!(
-            train.width() == test.width() && train.is_images() == test.is_images(),
-            "{}: x_test holds {} {}, but x_train holds {} {}; expected the same kind and width",
+            train.width() == test.width(),
+            "{}: x_test holds {} values per sample, but x_train holds {}; expected the same",
             path.display(),
             test.width(),
-            if test.is_images() { "pixels" } else { "features" },
-            train.width(),
-            if train.is_images() { "pixels" } else { "features" }
+            train.width()
         );
+        // One model reads both: when one split is features, both are.
+        if !train.is_images() || !test.is_images() {
+            train.make_features();
+            test.make_features();
+        }
         Ok(Dataset { dir: path.to_path_buf(), train, test })
     }
 
@@ -369,6 +382,8 @@ fn npz_split(path: &Path, x: crate::npz::Array, y: &crate::npz::Array) -> Result
     let shape = if let [r, c] = rest[..] { (r, c) } else { (1, width) };
     let values = match x.dtype() {
         Dtype::U8 => Values::Array(x),
+        // True is 1.0: the pixel 255.
+        Dtype::Bool => Values::Bytes(x.bytes().iter().map(|&b| if b != 0 { 255 } else { 0 }).collect()),
         Dtype::F32 | Dtype::F64 => {
             let f = x.to_f32()?;
             match crate::model::exact_pixels(&f) {

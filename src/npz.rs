@@ -20,8 +20,10 @@ const MAX_ENTRIES: usize = 4096;
 /// The element types kiln reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
-    /// `|u1`, `|b1` (bool, as 0 or 1)
+    /// `|u1`
     U8,
+    /// `|b1`: 0 or 1 (as pixels: 0 or 255, so that `True` reads as 1.0)
+    Bool,
     /// `|i1`
     I8,
     /// `<u2`, `<i2`, `<u4`, `<i4`, `<u8`, `<i8`: integers of `size` bytes, `signed` or not.
@@ -41,7 +43,7 @@ impl Dtype {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            Dtype::U8 | Dtype::I8 => 1,
+            Dtype::U8 | Dtype::I8 | Dtype::Bool => 1,
             Dtype::Int { size, .. } => size,
             Dtype::F32 => 4,
             Dtype::F64 => 8,
@@ -52,6 +54,7 @@ impl Dtype {
     pub fn name(self) -> String {
         match self {
             Dtype::U8 => "uint8".into(),
+            Dtype::Bool => "bool".into(),
             Dtype::I8 => "int8".into(),
             Dtype::Int { size, signed } => format!("{}int{}", if signed { "" } else { "u" }, size * 8),
             Dtype::F32 => "float32".into(),
@@ -61,7 +64,8 @@ impl Dtype {
 
     fn parse(descr: &str) -> Option<Dtype> {
         Some(match descr {
-            "|u1" | "<u1" | "|b1" => Dtype::U8,
+            "|u1" | "<u1" => Dtype::U8,
+            "|b1" => Dtype::Bool,
             "|i1" | "<i1" => Dtype::I8,
             "<u2" => Dtype::Int { size: 2, signed: false },
             "<i2" => Dtype::Int { size: 2, signed: true },
@@ -154,33 +158,47 @@ impl Array {
         Ok(out)
     }
 
-    /// The elements as integers (any integer dtype), or an error naming the
-    /// array for a float dtype.
-    pub fn to_i64(&self) -> Result<Vec<i64>> {
+    /// Element `i` as an integer (any integer or bool dtype; `None` for a
+    /// float dtype). Panics when `i` is out of range, like indexing.
+    fn int_at(&self, i: usize) -> Option<i64> {
         let b = self.bytes();
-        Ok(match self.dtype {
-            Dtype::U8 => b.iter().map(|&v| i64::from(v)).collect(),
-            Dtype::I8 => b.iter().map(|&v| i64::from(v as i8)).collect(),
-            Dtype::Int { size, signed } => b
-                .chunks_exact(size)
-                .map(|c| {
-                    let mut w = [0u8; 8];
-                    w[..size].copy_from_slice(c);
-                    let u = u64::from_le_bytes(w);
-                    if signed {
-                        // Sign-extend from `size` bytes.
-                        let shift = 64 - 8 * size as u32;
-                        ((u << shift) as i64) >> shift
-                    } else {
-                        // Above i64::MAX only for u64, and no label is that large.
-                        i64::try_from(u).unwrap_or(i64::MAX)
-                    }
-                })
-                .collect(),
-            Dtype::F32 | Dtype::F64 => {
-                bail!("{}: {} values are not class ids; expected integers", self.origin, self.dtype.name())
+        Some(match self.dtype {
+            Dtype::U8 | Dtype::Bool => i64::from(b[i]),
+            Dtype::I8 => i64::from(b[i] as i8),
+            Dtype::Int { size, signed } => {
+                let mut w = [0u8; 8];
+                w[..size].copy_from_slice(&b[i * size..(i + 1) * size]);
+                let u = u64::from_le_bytes(w);
+                if signed {
+                    // Sign-extend from `size` bytes.
+                    let shift = 64 - 8 * size as u32;
+                    ((u << shift) as i64) >> shift
+                } else {
+                    // Above i64::MAX only for u64, and no label is that large.
+                    i64::try_from(u).unwrap_or(i64::MAX)
+                }
             }
+            Dtype::F32 | Dtype::F64 => return None,
         })
+    }
+
+    /// Element `i` as f64 (any dtype). Panics when `i` is out of range.
+    fn f64_at(&self, i: usize) -> f64 {
+        let b = self.bytes();
+        match self.dtype {
+            Dtype::F32 => f64::from(f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])),
+            Dtype::F64 => f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes")),
+            _ => self.int_at(i).map_or(f64::NAN, |v| v as f64),
+        }
+    }
+
+    /// The elements as integers (any integer or bool dtype), or an error
+    /// naming the array for a float dtype.
+    pub fn to_i64(&self) -> Result<Vec<i64>> {
+        if matches!(self.dtype, Dtype::F32 | Dtype::F64) {
+            bail!("{}: {} values are not class ids; expected integers", self.origin, self.dtype.name());
+        }
+        Ok((0..self.len()).filter_map(|i| self.int_at(i)).collect())
     }
 }
 
@@ -516,35 +534,40 @@ pub struct Labeled {
 }
 
 /// Class ids from `y`: integers `(N,)` in 0..=255, or one-hot `(N, C)`
-/// (each row all zeros but one 1).
+/// (each row all zeros but one 1), read element by element (no copy of
+/// `y` larger than the `N` labels).
 pub fn labels_of(y: &Array, n: usize) -> Result<Vec<u8>> {
     let o = y.origin();
     match y.shape() {
         [m] => {
             ensure!(*m == n, "{o}: {m} labels for {n} samples; expected one per sample");
-            let ids = y.to_i64()?;
-            if let Some(i) = ids.iter().position(|&v| !(0..=255).contains(&v)) {
-                bail!("{o}: label {} at index {i} is not a class id in 0..=255", ids[i]);
-            }
-            Ok(ids.into_iter().map(|v| v as u8).collect())
+            ensure!(
+                !matches!(y.dtype(), Dtype::F32 | Dtype::F64),
+                "{o}: {} values are not class ids; expected integers",
+                y.dtype().name()
+            );
+            (0..n)
+                .map(|i| {
+                    let v = y.int_at(i).unwrap_or(-1);
+                    u8::try_from(v)
+                        .map_err(|_| anyhow::anyhow!("{o}: label {v} at index {i} is not a class id in 0..=255"))
+                })
+                .collect()
         }
         [m, c] => {
             ensure!(*m == n, "{o}: {m} label rows for {n} samples; expected one per sample");
             ensure!((1..=256).contains(c), "{o}: one-hot rows of {c} classes; expected 1 to 256");
-            let values: Vec<f64> = match y.dtype() {
-                Dtype::F32 | Dtype::F64 => y.to_f32()?.into_iter().map(f64::from).collect(),
-                _ => y.to_i64()?.into_iter().map(|v| v as f64).collect(),
-            };
-            values
-                .chunks_exact(*c)
-                .enumerate()
-                .map(|(i, row)| {
-                    let ones: Vec<usize> = (0..*c).filter(|&j| row[j] == 1.0).collect();
-                    let rest_zero = row.iter().all(|&v| v == 0.0 || v == 1.0);
-                    match (ones.as_slice(), rest_zero) {
-                        ([j], true) => Ok(*j as u8),
-                        _ => bail!("{o}: row {i} is not one-hot (one 1, the rest 0)"),
+            (0..n)
+                .map(|i| {
+                    let mut hot = None;
+                    for j in 0..*c {
+                        match y.f64_at(i * c + j) {
+                            0.0 => {}
+                            1.0 if hot.is_none() => hot = Some(j as u8),
+                            _ => bail!("{o}: row {i} is not one-hot (one 1, the rest 0)"),
+                        }
                     }
+                    hot.ok_or_else(|| anyhow::anyhow!("{o}: row {i} is not one-hot (one 1, the rest 0)"))
                 })
                 .collect()
         }
@@ -611,5 +634,9 @@ mod tests {
         assert!(labels_of(&two, 1).unwrap_err().to_string().contains("row 0 is not one-hot"));
         let fl = read_npy_from(npy("<f4", "(1,)", &f(&[1.0])), "y").unwrap();
         assert!(labels_of(&fl, 1).unwrap_err().to_string().contains("not class ids"));
+        let b = read_npy_from(npy("|b1", "(2,)", &[1, 0]), "y").unwrap();
+        assert_eq!(labels_of(&b, 2).unwrap(), [1, 0]);
+        let none = read_npy_from(npy("<f4", "(1, 2)", &f(&[0., 0.])), "y").unwrap();
+        assert!(labels_of(&none, 1).unwrap_err().to_string().contains("row 0 is not one-hot"));
     }
 }

@@ -9,8 +9,10 @@
 //! giving `probabilities` `[N, C]`. Dropout is the identity at inference,
 //! so it has no node. Node and tensor names follow Keras's layer names, so
 //! the graph reads in Netron as the model's summary does. The model's
-//! layers, classes, image shape and kiln's version are in
-//! `metadata_props`. The protobuf messages are `onnx-protobuf`'s, generated
+//! layers, inputs, classes and kiln's version are in `metadata_props`,
+//! beside the caller's metadata (the `export` binary passes the model
+//! file's image shape and provenance). A model trained on pixels reads
+//! them as kiln does, `pixel / 255`. The protobuf messages are `onnx-protobuf`'s, generated
 //! from ONNX's own `onnx.proto`.
 
 use crate::model::{Layer, Params};

@@ -204,7 +204,7 @@ fn malformed_archives_are_one_line_errors_naming_file_and_array() {
         (
             "width",
             zip(&with(2, ("x_test.npy", npy("|u1", "(2, 3)", &[0; 6])))),
-            "x_test holds 3 pixels, but x_train holds 2",
+            "x_test holds 3 values per sample, but x_train holds 2",
         ),
         (
             "nan",
@@ -219,6 +219,25 @@ fn malformed_archives_are_one_line_errors_naming_file_and_array() {
         std::fs::write(&p, bytes).unwrap();
         let e = kiln::error_line(&Dataset::load_npz(&p).unwrap_err());
         assert!(e.contains(&format!("{what}.npz")) && e.contains(want) && !e.contains('\n'), "{what}: {e}");
+    }
+    // Bool samples: True is 1.0, the pixel 255.
+    let b = npy("|b1", "(2, 2)", &[1, 0, 0, 1]);
+    let bools = d.path().join("bool.npz");
+    std::fs::write(&bools, zip(&with(0, ("x_train.npy", b)))).unwrap();
+    assert_eq!(Dataset::load_npz(&bools).unwrap().train.pixels(), [255, 0, 0, 255]);
+    // x_train that is all k/255 beside x_test that is not: both are features.
+    let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let exact = npy("<f4", "(2, 2)", &f(&[0.0, 1.0, 128.0 / 255.0, 0.0]));
+    let other = npy("<f4", "(2, 2)", &f(&[0.5, 1.0, 0.0, 0.0]));
+    let mixed = d.path().join("mixed.npz");
+    let entries =
+        [("x_train.npy", exact), ("y_train.npy", y.clone()), ("x_test.npy", other), ("y_test.npy", y.clone())];
+    std::fs::write(&mixed, zip(&entries)).unwrap();
+    let ds = Dataset::load_npz(&mixed).unwrap();
+    assert!(!ds.train.is_images() && !ds.test.is_images());
+    match ds.train.inputs() {
+        kiln::model::Inputs::Features(x) => assert_eq!(x, [0.0, 1.0, 128.0 / 255.0, 0.0]),
+        kiln::model::Inputs::Pixels(_) => panic!("x_train should be features"),
     }
     // A flipped bit in a stored array: the CRC catches it.
     let mut bytes = zip(&base);

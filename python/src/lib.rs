@@ -11,40 +11,40 @@ use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The exception a signal handler raised while `fit` ran (Ctrl-C's
-/// `KeyboardInterrupt`), raised again when `fit` returns.
-static PENDING: Mutex<Option<PyErr>> = Mutex::new(None);
-
-/// Set when a per-batch callback raised: `fit` stops after that step.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// When Python's signal handlers last ran, in milliseconds since `START`.
-static LAST_CHECK: AtomicU64 = AtomicU64::new(0);
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+// `fit`'s stop state, per thread: its step callback and interrupt check
+// run on the thread that called `fit`, so fits in other threads (on other
+// networks) never see each other's.
+thread_local! {
+    /// The exception a signal handler or a per-batch callback raised while
+    /// `fit` ran, raised again when `fit` returns.
+    static PENDING: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+    /// Set when a per-batch callback raised: `fit` stops after that step.
+    static STOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// When Python's signal handlers last ran.
+    static LAST_CHECK: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
 
 /// `fit`'s interrupt check, after every step: stops after a per-batch
 /// callback raised; else at most every 100 ms (each check takes the GIL,
 /// which other Python threads may hold) runs Python's signal handlers, and
 /// an exception from one (Ctrl-C) stops `fit`.
 fn interrupted() -> bool {
-    if STOP.swap(false, Ordering::Relaxed) {
+    if STOP.replace(false) {
         return true;
     }
-    let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
-    if now.saturating_sub(LAST_CHECK.load(Ordering::Relaxed)) < 100 {
+    let now = Instant::now();
+    if LAST_CHECK.get().is_some_and(|t| now.duration_since(t).as_millis() < 100) {
         return false;
     }
-    LAST_CHECK.store(now, Ordering::Relaxed);
+    LAST_CHECK.set(Some(now));
     Python::attach(|py| match py.check_signals() {
         Ok(()) => false,
         Err(e) => {
-            if let Ok(mut p) = PENDING.lock() {
-                *p = Some(e);
-            }
+            PENDING.set(Some(e));
             true
         }
     })
@@ -67,11 +67,11 @@ fn set_threads(n: usize) -> PyResult<()> {
             THREADS.store(n as u64, Ordering::Relaxed);
             Ok(())
         }
-        Err(_) if rayon::current_num_threads() == n => Ok(()),
-        Err(_) => Err(PyRuntimeError::new_err(format!(
-            "set_threads({n}): kiln already runs on {} threads; call set_threads before the first fit, evaluate or \
-             predict (in a new process)",
-            rayon::current_num_threads()
+        // Already started (set before, or by a first fit): the same count is fine.
+        Err(_) if THREADS.load(Ordering::Relaxed) == n as u64 => Ok(()),
+        Err(e) => Err(PyRuntimeError::new_err(format!(
+            "set_threads({n}): {e}; kiln's threads start with the first fit, evaluate or predict, so call \
+             set_threads before it (in a new process)"
         ))),
     }
 }
@@ -166,9 +166,11 @@ impl Network {
             Ok(m) => Ok(m.params()),
             Err(std::sync::TryLockError::WouldBlock) => {
                 let live = self.live.lock().map_err(poisoned)?;
-                live.clone().ok_or_else(|| PyRuntimeError::new_err("no epoch has finished yet"))
+                live.clone()
+                    .ok_or_else(|| PyRuntimeError::new_err("the model is busy (evaluate runs in another thread)"))
             }
-            Err(std::sync::TryLockError::Poisoned(e)) => Err(poisoned(e)),
+            // Reading the weights stays possible after an internal error.
+            Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner().params()),
         }
     }
 }
@@ -267,7 +269,8 @@ impl Network {
     ) -> PyResult<()> {
         let (rows, width) = rows_of(x)?;
         let labels = y.as_slice()?.to_vec();
-        STOP.store(false, Ordering::Relaxed);
+        STOP.set(false);
+        PENDING.set(None);
         let val = match &validation {
             Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
             None => None,
@@ -284,7 +287,9 @@ impl Network {
         let mut model = self.model("fit")?;
         let model = &mut *model;
         let live = &self.live;
-        py.detach(|| -> PyResult<()> {
+        // Callbacks see these weights until the first epoch ends.
+        *live.lock().map_err(poisoned)? = Some(model.params());
+        let outcome = py.detach(|| -> PyResult<()> {
             let data = samples(&rows, &labels, width, "y")?;
             let val_data = match &val {
                 Some(((r, w), l)) => Some(samples(r, l, *w, "validation_data")?),
@@ -296,14 +301,12 @@ impl Network {
             // the GIL); an exception from one stops fit after that step.
             let on_step = |st: train::StepProgress| {
                 let Some(f) = &on_batch else { return };
-                if STOP.load(Ordering::Relaxed) {
+                if STOP.get() {
                     return;
                 }
                 if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc)).map(drop)) {
-                    if let Ok(mut p) = PENDING.lock() {
-                        *p = Some(e);
-                    }
-                    STOP.store(true, Ordering::Relaxed);
+                    PENDING.set(Some(e));
+                    STOP.set(true);
                 }
             };
             let result = train::fit_with(model, data, val_data, &cfg, &mut progress, on_step, |r, m, _| {
@@ -329,13 +332,17 @@ impl Network {
                     Ok(())
                 })
             });
-            let signal = PENDING.lock().ok().and_then(|mut p| p.take());
+            let signal = PENDING.take();
             match (result, stopped.or(signal)) {
                 (_, Some(e)) => Err(e),
                 (Err(e), None) => Err(value_error(e)),
                 (Ok(()), None) => Ok(()),
             }
-        })
+        });
+        if let Ok(mut l) = self.live.lock() {
+            *l = None;
+        }
+        outcome
     }
 
     /// `(loss, accuracy)` on rows `x` with class ids `y`.

@@ -387,7 +387,7 @@ def test_set_threads_before_the_first_run_from_any_thread():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "1" and "already runs on 1 threads" in lines[1], out.stdout
+    assert lines[0] == "1" and "refused: set_threads(2)" in lines[1] and "before" in lines[1], out.stdout
     with pytest.raises(ValueError, match="positive integer"):
         kiln.config.set_threads(0)
 
