@@ -11,67 +11,79 @@ use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-// `fit`'s stop state, per thread: its step callback and interrupt check
-// run on the thread that called `fit`, so fits in other threads (on other
-// networks) never see each other's.
-thread_local! {
-    /// The exception a signal handler or a per-batch callback raised while
-    /// `fit` ran, raised again when `fit` returns.
-    static PENDING: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
-    /// Set when a per-batch callback raised: `fit` stops after that step.
-    static STOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// When Python's signal handlers last ran.
-    static LAST_CHECK: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+/// What stops one `fit`: set by the thread that called `fit` when a
+/// Python signal handler raised (Ctrl-C), or by the training thread when a
+/// per-batch callback raised; the exception is raised again when `fit`
+/// returns.
+#[derive(Default)]
+struct Stop {
+    now: AtomicBool,
+    pending: Mutex<Option<PyErr>>,
 }
 
-/// `fit`'s interrupt check, after every step: stops after a per-batch
-/// callback raised; else at most every 100 ms (each check takes the GIL,
-/// which other Python threads may hold) runs Python's signal handlers, and
-/// an exception from one (Ctrl-C) stops `fit`.
-fn interrupted() -> bool {
-    if STOP.replace(false) {
-        return true;
-    }
-    let now = Instant::now();
-    if LAST_CHECK.get().is_some_and(|t| now.duration_since(t).as_millis() < 100) {
-        return false;
-    }
-    LAST_CHECK.set(Some(now));
-    Python::attach(|py| match py.check_signals() {
-        Ok(()) => false,
-        Err(e) => {
-            PENDING.set(Some(e));
-            true
+impl Stop {
+    fn raise(&self, e: PyErr) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.get_or_insert(e);
         }
-    })
+        self.now.store(true, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// The `Stop` of the `fit` this thread trains (its loop runs on one
+    /// pool thread), for `interrupted`, which cannot capture it.
+    static CURRENT: std::cell::RefCell<Option<Arc<Stop>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `fit`'s interrupt check, after every step.
+fn interrupted() -> bool {
+    CURRENT.with_borrow(|s| s.as_ref().is_some_and(|s| s.now.load(Ordering::Relaxed)))
 }
 
 /// The thread count `set_threads` chose (0: not set, every CPU).
 static THREADS: AtomicU64 = AtomicU64::new(0);
 
+/// kiln's thread pool, started by the first `fit`, `evaluate` or
+/// `predict`. kiln's kernels are tuned to be driven from inside their pool
+/// (as the CLI runs them): driven from outside, every parallel op pays a
+/// hand-over between threads, and the tutorial's epoch took 15-45% longer.
+static POOL: OnceLock<Arc<rayon::ThreadPool>> = OnceLock::new();
+
+fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+    if let Some(p) = POOL.get() {
+        return Ok(Arc::clone(p));
+    }
+    let n = get_threads();
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start {n} threads: {e}")))?;
+    Ok(Arc::clone(POOL.get_or_init(|| Arc::new(built))))
+}
+
 /// Runs kiln's work on `n` threads. Like TensorFlow's thread settings, it
 /// takes effect before kiln first runs (its threads are then started);
-/// afterwards only the same count is accepted. The training loop itself
-/// stays on the calling thread, where Python's signal handlers can run.
+/// afterwards only the same count is accepted.
 #[pyfunction]
 fn set_threads(n: usize) -> PyResult<()> {
     if n == 0 {
         return Err(PyValueError::new_err("set_threads: n must be at least 1"));
     }
-    match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
-        Ok(()) => {
+    match POOL.get() {
+        None => {
             THREADS.store(n as u64, Ordering::Relaxed);
             Ok(())
         }
-        // Already started (set before, or by a first fit): the same count is fine.
-        Err(_) if THREADS.load(Ordering::Relaxed) == n as u64 => Ok(()),
-        Err(e) => Err(PyRuntimeError::new_err(format!(
-            "set_threads({n}): {e}; kiln's threads start with the first fit, evaluate or predict, so call \
-             set_threads before it (in a new process)"
+        Some(p) if p.current_num_threads() == n => Ok(()),
+        Some(p) => Err(PyRuntimeError::new_err(format!(
+            "set_threads({n}): kiln already runs on {} threads; its threads start with the first fit, evaluate or \
+             predict, so call set_threads before it (in a new process)",
+            p.current_num_threads()
         ))),
     }
 }
@@ -79,9 +91,12 @@ fn set_threads(n: usize) -> PyResult<()> {
 /// The threads kiln's work runs (or will run) on.
 #[pyfunction]
 fn get_threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n as usize,
+    match POOL.get() {
+        Some(p) => p.current_num_threads(),
+        None => match THREADS.load(Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        },
     }
 }
 
@@ -269,8 +284,7 @@ impl Network {
     ) -> PyResult<()> {
         let (rows, width) = rows_of(x)?;
         let labels = y.as_slice()?.to_vec();
-        STOP.set(false);
-        PENDING.set(None);
+        let stop = Arc::new(Stop::default());
         let val = match &validation {
             Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
             None => None,
@@ -289,7 +303,9 @@ impl Network {
         let live = &self.live;
         // Callbacks see these weights until the first epoch ends.
         *live.lock().map_err(poisoned)? = Some(model.params());
-        let outcome = py.detach(|| -> PyResult<()> {
+        let pool = pool()?;
+        let train = || -> PyResult<()> {
+            CURRENT.set(Some(Arc::clone(&stop)));
             let data = samples(&rows, &labels, width, "y")?;
             let val_data = match &val {
                 Some(((r, w), l)) => Some(samples(r, l, *w, "validation_data")?),
@@ -301,12 +317,11 @@ impl Network {
             // the GIL); an exception from one stops fit after that step.
             let on_step = |st: train::StepProgress| {
                 let Some(f) = &on_batch else { return };
-                if STOP.get() {
+                if stop.now.load(Ordering::Relaxed) {
                     return;
                 }
                 if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc)).map(drop)) {
-                    PENDING.set(Some(e));
-                    STOP.set(true);
+                    stop.raise(e);
                 }
             };
             let result = train::fit_with(model, data, val_data, &cfg, &mut progress, on_step, |r, m, _| {
@@ -332,12 +347,28 @@ impl Network {
                     Ok(())
                 })
             });
-            let signal = PENDING.take();
+            CURRENT.set(None);
+            let signal = stop.pending.lock().ok().and_then(|mut p| p.take());
             match (result, stopped.or(signal)) {
                 (_, Some(e)) => Err(e),
                 (Err(e), None) => Err(value_error(e)),
                 (Ok(()), None) => Ok(()),
             }
+        };
+        // The training runs inside kiln's pool; this thread (Python's main
+        // thread, as a rule) runs Python's signal handlers every 50 ms
+        // meanwhile, so Ctrl-C stops `fit` after the step it lands in.
+        let outcome = py.detach(|| {
+            std::thread::scope(|s| {
+                let job = s.spawn(|| pool.install(train));
+                while !job.is_finished() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if let Err(e) = Python::attach(|py| py.check_signals()) {
+                        stop.raise(e);
+                    }
+                }
+                job.join().unwrap_or_else(|_| Err(PyRuntimeError::new_err("kiln's training thread panicked")))
+            })
         });
         if let Ok(mut l) = self.live.lock() {
             *l = None;
@@ -351,10 +382,13 @@ impl Network {
         let labels = y.as_slice()?.to_vec();
         let mut model = self.model("evaluate")?;
         let model = &mut *model;
+        let pool = pool()?;
         py.detach(|| {
-            let data = samples(&rows, &labels, width, "y")?;
-            let e = train::evaluate(model, data).map_err(value_error)?;
-            Ok((e.loss, e.acc))
+            pool.install(|| {
+                let data = samples(&rows, &labels, width, "y")?;
+                let e = train::evaluate(model, data).map_err(value_error)?;
+                Ok((e.loss, e.acc))
+            })
         })
     }
 
@@ -372,7 +406,9 @@ impl Network {
         let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let classes = arch.classes();
         let n = rows.inputs().len() / width.max(1);
-        let probs = py.detach(|| kiln::model::predict(be, &params, rows.inputs())).map_err(value_error)?;
+        let pool = pool()?;
+        let probs =
+            py.detach(|| pool.install(|| kiln::model::predict(be, &params, rows.inputs()))).map_err(value_error)?;
         let flat: Vec<f32> = probs.concat();
         let array = numpy::ndarray::Array2::from_shape_vec((n, classes), flat)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
