@@ -253,9 +253,9 @@ def test_onnx_export_runs_in_onnx_runtime_as_kiln_predicts(tmp_path, stack):
     path = tmp_path / "model.onnx"
     m.export(path, format="onnx", verbose=False)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["input"]
-    got = session.run(None, {"input": xt})[0]
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in runtime.get_inputs()] == ["input"]
+    got = runtime.run(None, {"input": xt})[0]
     want = m.predict(xt, verbose=0)
     assert got.shape == want.shape == (10000, 10)
     assert np.abs(got - want).max() <= 1e-5, np.abs(got - want).max()
