@@ -63,7 +63,7 @@ fn main() -> Result<()> {
         Some(val),
         &cfg,
         &mut progress,
-        |_| {},
+        |_, _| {},
         |r, _, _| {
             let (vl, va) = (r.val_loss.unwrap_or(f64::NAN), r.val_acc.unwrap_or(f64::NAN));
             println!(

@@ -473,14 +473,22 @@ pub fn fit(
     model: &mut Model<'_, f32>,
     data: Samples<'_>,
     cfg: &Config,
-    on_step: impl FnMut(StepProgress),
+    mut on_step: impl FnMut(StepProgress),
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Vec<EpochReport>> {
     let mut progress = Progress::default();
-    fit_with(model, data, None, cfg, &mut progress, on_step, |r, _, _| {
-        on_epoch(r);
-        Ok(())
-    })?;
+    fit_with(
+        model,
+        data,
+        None,
+        cfg,
+        &mut progress,
+        |p, _| on_step(p),
+        |r, _, _| {
+            on_epoch(r);
+            Ok(())
+        },
+    )?;
     Ok(progress.reports)
 }
 
@@ -489,7 +497,8 @@ pub fn fit(
 /// [`Samples::validation_split`]), early stopping on its loss
 /// ([`Config::early_stopping`]), and a start from `progress` (a fresh
 /// [`Progress::default`], or one saved with the model's state to resume a
-/// run exactly). `on_epoch` sees each epoch's report, the model and the
+/// run exactly). `on_step` sees each step's progress and the model after
+/// that step; `on_epoch` sees each epoch's report, the model and the
 /// progress after it (to save a checkpoint); an error from it stops
 /// training. With `restore_best`, the best epoch's weights are put back at
 /// the end of the call, as Keras's `on_train_end` does (so a run resumed
@@ -512,13 +521,13 @@ pub fn fit(
 /// // Four epochs in one go ...
 /// let mut whole = Model::new(be, &init, Adam::default()).unwrap();
 /// let mut p = Progress::default();
-/// fit_with(&mut whole, train, Some(val), &cfg(4), &mut p, |_| {}, |_, _, _| Ok(())).unwrap();
+/// fit_with(&mut whole, train, Some(val), &cfg(4), &mut p, |_, _| {}, |_, _, _| Ok(())).unwrap();
 /// assert!(p.reports.iter().all(|r| r.val_loss.is_some()));
 /// // ... or two, then two more from where they stopped: the same weights.
 /// let mut split = Model::new(be, &init, Adam::default()).unwrap();
 /// let mut q = Progress::default();
-/// fit_with(&mut split, train, Some(val), &cfg(2), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
-/// fit_with(&mut split, train, Some(val), &cfg(4), &mut q, |_| {}, |_, _, _| Ok(())).unwrap();
+/// fit_with(&mut split, train, Some(val), &cfg(2), &mut q, |_, _| {}, |_, _, _| Ok(())).unwrap();
+/// fit_with(&mut split, train, Some(val), &cfg(4), &mut q, |_, _| {}, |_, _, _| Ok(())).unwrap();
 /// assert_eq!(whole.params(), split.params());
 /// ```
 pub fn fit_with(
@@ -527,7 +536,7 @@ pub fn fit_with(
     validation: Option<Samples<'_>>,
     cfg: &Config,
     progress: &mut Progress,
-    mut on_step: impl FnMut(StepProgress),
+    mut on_step: impl FnMut(StepProgress, &Model<'_, f32>),
     mut on_epoch: impl FnMut(&EpochReport, &Model<'_, f32>, &Progress) -> Result<()>,
 ) -> Result<()> {
     cfg.validate()?;
@@ -578,7 +587,7 @@ pub fn fit_with(
                 ),
             }
             passes.at += rows.len();
-            on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() });
+            on_step(StepProgress { epoch: e + 1, step: s + 1, steps, loss: run.mean_loss(), acc: run.acc() }, model);
             if cfg.interrupt.is_some_and(|stop| stop()) {
                 bail!("interrupted at epoch {}, step {}/{steps}", e + 1, s + 1);
             }
@@ -789,7 +798,7 @@ mod tests {
             Some(val),
             &cfg,
             &mut progress,
-            |_| {},
+            |_, _| {},
             |r, m, _| {
                 seen.push((r.val_loss.unwrap(), m.params()));
                 Ok(())

@@ -6,10 +6,13 @@ class Callback:
     `on_epoch_begin/end(epoch, logs)`; kiln calls them from `fit` with
     Keras's log keys (`loss`, `accuracy`, `val_loss`, `val_accuracy`).
     Setting `self.model.stop_training = True` stops `fit` after the
-    epoch. `on_train_batch_end(batch, logs)` is called after every step
-    (running `loss` and `accuracy` of the epoch), and an exception from it
-    stops `fit` after that step; `on_train_batch_begin` is not called yet:
-    overriding it is an error."""
+    epoch. `on_train_batch_begin(batch, logs)` is called before every step
+    (logs None, as Keras 3) and `on_train_batch_end(batch, logs)` after it
+    (running `loss` and `accuracy` of the epoch); by default they call
+    `on_batch_begin` and `on_batch_end`, as Keras's do. An exception from
+    either stops `fit` before the next step. Per-batch hooks cost a call
+    into Python every step, so kiln calls them only for callbacks that
+    override one."""
 
     def __init__(self):
         self.model = None
@@ -30,9 +33,15 @@ class Callback:
         pass
 
     def on_train_batch_begin(self, batch, logs=None):
-        pass
+        self.on_batch_begin(batch, logs=logs)
 
     def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs=logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
         pass
 
 

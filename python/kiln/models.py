@@ -166,7 +166,8 @@ class Sequential:
         with validation, `val_loss` and `val_accuracy` to per-epoch lists.
 
         x: samples `(N, ...)`, uint8 pixels or floats (floats that are all
-           `k / 255` train through the u8 path, to the CLI's bits).
+           `k / 255` train through the u8 path, to the CLI's bits). uint8
+           and float32 arrays in C order are read in place, not copied.
         y: one-hot rows `(N, C)` for `categorical_crossentropy`, class ids
            `(N,)` for `sparse_categorical_crossentropy`.
         batch_size: 32 when None, as Keras. validation_split takes the last
@@ -174,7 +175,7 @@ class Sequential:
         steps_per_epoch: each epoch stops after that many steps, the next
         going on from the following batch (Keras's epoch iterator).
         callbacks: `kiln.callbacks` (EarlyStopping, ModelCheckpoint,
-        Callback subclasses with epoch hooks and on_train_batch_end). The
+        Callback subclasses with epoch and batch hooks). The
         GIL is released while kiln trains; Ctrl-C stops within a second.
         Unsupported arguments (class_weight, sample_weight, ...) raise
         ValueError."""
@@ -211,26 +212,37 @@ class Sequential:
         for cb in cbs:
             if not isinstance(cb, callbacks_module.Callback):
                 raise TypeError(f"fit: callback {cb!r} is not a kiln.callbacks.Callback")
-            for hook in ("on_train_batch_begin", "on_batch_begin"):
-                if getattr(type(cb), hook, None) not in (None, getattr(callbacks_module.Callback, hook, None)):
-                    raise ValueError(f"fit: {type(cb).__name__}.{hook} is not called by kiln yet (on_train_batch_end is)")
             cb.set_model(self)
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ValueError(f"fit: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         # Per-batch hooks cost the GIL every step: asked only when a callback has one.
-        batch_hooks = [getattr(cb, "on_train_batch_end") for cb in cbs
-                       if type(cb).on_train_batch_end is not callbacks_module.Callback.on_train_batch_end]
+        def overrides(cb, *hooks):
+            return any(getattr(type(cb), h) is not getattr(callbacks_module.Callback, h) for h in hooks)
+        begin_hooks = [cb.on_train_batch_begin for cb in cbs
+                       if overrides(cb, "on_train_batch_begin", "on_batch_begin")]
+        end_hooks = [cb.on_train_batch_end for cb in cbs if overrides(cb, "on_train_batch_end", "on_batch_end")]
+        batch_hooks = begin_hooks + end_hooks
 
-        def on_batch(batch, loss, acc):
+        def begin_epoch(e):
+            for cb in cbs:
+                cb.on_epoch_begin(e)
+            for hook in begin_hooks:
+                hook(0, None)
+
+        def on_batch(batch, loss, acc, steps):
+            # Called by kiln after step `batch` and before the next: batch
+            # `batch` ends and, within the epoch, `batch + 1` begins.
             logs = {"loss": loss, "accuracy": acc} if self._compiled["metrics"] else {"loss": loss}
-            for hook in batch_hooks:
+            for hook in end_hooks:
                 hook(batch, dict(logs))
+            if batch + 1 < steps:
+                for hook in begin_hooks:
+                    hook(batch + 1, None)
         runs = epochs - initial_epoch
         for cb in cbs:
             cb.on_train_begin()
         if runs > 0:
-            for cb in cbs:
-                cb.on_epoch_begin(initial_epoch)
+            begin_epoch(initial_epoch)
 
         def report(i, logs):
             e = initial_epoch + i
@@ -249,8 +261,7 @@ class Sequential:
             if self.stop_training:
                 raise _StopTraining()
             if e + 1 < epochs:
-                for cb in cbs:
-                    cb.on_epoch_begin(e + 1)
+                begin_epoch(e + 1)
 
         self.stop_training = False
         if runs > 0:

@@ -105,44 +105,113 @@ fn value_error(e: anyhow::Error) -> PyErr {
     PyValueError::new_err(kiln::error_line(&e))
 }
 
-/// A dataset's rows as the model reads them: pixels when the data are u8
-/// or floats that are all exactly `k / 255`, else f32 features.
-enum Rows {
-    Pixels(Vec<u8>),
-    Features(Vec<f32>),
+/// Runs `job` inside kiln's pool, on a thread of its own, with the GIL
+/// released. Meanwhile this thread (Python's main thread, as a rule) runs
+/// Python's signal handlers every 50 ms, so Ctrl-C reaches `stop` (which
+/// `fit` checks after every step). A panic in `job` comes back as a
+/// `RuntimeError` with the panic's message: it never unwinds into Python
+/// or aborts the interpreter.
+fn in_pool<R: Send>(py: Python<'_>, stop: &Stop, job: impl FnOnce() -> PyResult<R> + Send) -> PyResult<R> {
+    let pool = pool()?;
+    py.detach(|| {
+        std::thread::scope(|s| {
+            let job = s.spawn(|| pool.install(job));
+            while !job.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    stop.raise(e);
+                }
+            }
+            job.join().unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(PyRuntimeError::new_err(format!(
+                    "kiln failed with an internal error (a bug: please report it): {what}"
+                )))
+            })
+        })
+    })
 }
 
-impl Rows {
+/// A test hook: panics inside kiln's pool, as a bug in `fit`, `evaluate`
+/// or `predict` would, so that the test suite can show the panic arrives
+/// as a `RuntimeError` and the interpreter lives on.
+#[pyfunction]
+fn _panic_in_pool(py: Python<'_>) -> PyResult<()> {
+    in_pool(py, &Stop::default(), || -> PyResult<()> { panic!("a deliberate panic (kiln._kiln._panic_in_pool)") })
+}
+
+/// A 2-D C-contiguous uint8 or float32 array from the Python layer (which
+/// flattens and casts), borrowed for as long as kiln reads it: its values
+/// are never copied. numpy's borrow flags keep other Rust code from writing
+/// to it meanwhile; Python code must not modify an array while `fit`,
+/// `evaluate` or `predict` reads it from another thread (as with numpy's
+/// own GIL-free operations).
+enum Array<'py> {
+    U8(PyReadonlyArray2<'py, u8>),
+    F32(PyReadonlyArray2<'py, f32>),
+}
+
+impl<'py> Array<'py> {
+    fn of(x: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(a) = x.extract::<PyReadonlyArray2<'py, u8>>() {
+            return Ok(Array::U8(a));
+        }
+        Ok(Array::F32(x.extract::<PyReadonlyArray2<'py, f32>>()?))
+    }
+
+    /// The values (a view of the array's own memory, which `Send`s to
+    /// kiln's threads where the array cannot) and the row width.
+    fn values(&self) -> PyResult<(Values<'_>, usize)> {
+        Ok(match self {
+            Array::U8(a) => (Values::U8(a.as_slice()?), a.shape()[1]),
+            Array::F32(a) => (Values::F32(a.as_slice()?), a.shape()[1]),
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    U8(&'a [u8]),
+    F32(&'a [f32]),
+}
+
+/// A dataset's rows as the model reads them: pixels when the data are u8
+/// (borrowed) or floats that are all exactly `k / 255` (converted once, a
+/// byte per value), else the f32 features themselves (borrowed).
+enum Rows<'a> {
+    Pixels(std::borrow::Cow<'a, [u8]>),
+    Features(&'a [f32]),
+}
+
+impl<'a> Rows<'a> {
+    fn of(v: Values<'a>) -> Self {
+        match v {
+            Values::U8(p) => Rows::Pixels(p.into()),
+            Values::F32(x) => match exact_pixels(x) {
+                Some(p) => Rows::Pixels(p.into()),
+                None => Rows::Features(x),
+            },
+        }
+    }
+
     fn inputs(&self) -> Inputs<'_> {
         match self {
             Rows::Pixels(p) => Inputs::Pixels(p),
             Rows::Features(x) => Inputs::Features(x),
         }
     }
-}
 
-/// The rows of `x`, a 2-D C-contiguous uint8 or float32 array (the
-/// Python layer flattens and casts), and their width.
-fn rows_of(x: &Bound<'_, PyAny>) -> PyResult<(Rows, usize)> {
-    if let Ok(a) = x.extract::<PyReadonlyArray2<'_, u8>>() {
-        let width = a.shape()[1];
-        return Ok((Rows::Pixels(a.as_slice()?.to_vec()), width));
+    fn samples(&'a self, labels: &'a [u8], width: usize, name: &'a str) -> PyResult<Samples<'a>> {
+        let s = match self {
+            Rows::Pixels(p) => Samples::new(p, labels, width),
+            Rows::Features(x) => Samples::features(x, labels, width),
+        };
+        Ok(s.map_err(value_error)?.named(name))
     }
-    let a = x.extract::<PyReadonlyArray2<'_, f32>>()?;
-    let width = a.shape()[1];
-    let values = a.as_slice()?;
-    Ok(match exact_pixels(values) {
-        Some(p) => (Rows::Pixels(p), width),
-        None => (Rows::Features(values.to_vec()), width),
-    })
-}
-
-fn samples<'a>(rows: &'a Rows, labels: &'a [u8], width: usize, name: &'a str) -> PyResult<Samples<'a>> {
-    let s = match rows {
-        Rows::Pixels(p) => Samples::new(p, labels, width),
-        Rows::Features(x) => Samples::features(x, labels, width),
-    };
-    Ok(s.map_err(value_error)?.named(name))
 }
 
 /// A network and its optimizer state, trained and run by the `kiln` crate.
@@ -151,7 +220,8 @@ fn samples<'a>(rows: &'a Rows, labels: &'a [u8], width: usize, name: &'a str) ->
 #[pyclass(module = "kiln._kiln")]
 struct Network {
     model: Mutex<Model<'static, f32>>,
-    /// The weights after the last finished epoch, while `fit` runs.
+    /// The weights after the last finished epoch (or step, with batch
+    /// hooks), while `fit` runs.
     live: Mutex<Option<Params<f32>>>,
     /// The optimizer and its hyper-parameters (for the model file).
     opt: Optimizer,
@@ -264,8 +334,9 @@ impl Network {
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
     /// (uint8), as Keras's `fit` does; `report(epoch, logs)` is called
-    /// after every epoch (with the GIL) and may raise to stop. Returns one
-    /// dict of logs per epoch.
+    /// after every epoch (with the GIL) and may raise to stop;
+    /// `on_batch(batch, loss, accuracy, steps)`, when given, after every
+    /// step (likewise).
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (x, y, epochs, batch_size, shuffle, seed, validation, report, steps_per_epoch=None, on_batch=None))]
     fn fit(
@@ -282,12 +353,14 @@ impl Network {
         steps_per_epoch: Option<usize>,
         on_batch: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let (rows, width) = rows_of(x)?;
-        let labels = y.as_slice()?.to_vec();
+        let x = Array::of(x)?;
+        let (values, width) = x.values()?;
+        let labels = y.as_slice()?;
         let stop = Arc::new(Stop::default());
-        let val = match &validation {
-            Some((vx, vy)) => Some((rows_of(vx)?, vy.as_slice()?.to_vec())),
-            None => None,
+        let val_x = validation.as_ref().map(|(vx, _)| Array::of(vx)).transpose()?;
+        let val = match (&val_x, &validation) {
+            (Some(vx), Some((_, vy))) => Some((vx.values()?, vy.as_slice()?)),
+            _ => None,
         };
         let cfg = Config {
             epochs,
@@ -303,24 +376,29 @@ impl Network {
         let live = &self.live;
         // Callbacks see these weights until the first epoch ends.
         *live.lock().map_err(poisoned)? = Some(model.params());
-        let pool = pool()?;
         let train = || -> PyResult<()> {
             CURRENT.set(Some(Arc::clone(&stop)));
-            let data = samples(&rows, &labels, width, "y")?;
-            let val_data = match &val {
-                Some(((r, w), l)) => Some(samples(r, l, *w, "validation_data")?),
+            let rows = Rows::of(values);
+            let data = rows.samples(labels, width, "y")?;
+            let val_rows = val.map(|((v, w), l)| (Rows::of(v), w, l));
+            let val_data = match &val_rows {
+                Some((r, w, l)) => Some(r.samples(l, *w, "validation_data")?),
                 None => None,
             };
             let mut progress = train::Progress::default();
             let mut stopped: Option<PyErr> = None;
             // Per-batch callbacks, only when a callback has one (each takes
             // the GIL); an exception from one stops fit after that step.
-            let on_step = |st: train::StepProgress| {
+            let on_step = |st: train::StepProgress, m: &Model<'_, f32>| {
                 let Some(f) = &on_batch else { return };
                 if stop.now.load(Ordering::Relaxed) {
                     return;
                 }
-                if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc)).map(drop)) {
+                // Batch hooks see the weights after this step, as Keras's do.
+                if let Ok(mut l) = live.lock() {
+                    *l = Some(m.params());
+                }
+                if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc, st.steps)).map(drop)) {
                     stop.raise(e);
                 }
             };
@@ -355,21 +433,7 @@ impl Network {
                 (Ok(()), None) => Ok(()),
             }
         };
-        // The training runs inside kiln's pool; this thread (Python's main
-        // thread, as a rule) runs Python's signal handlers every 50 ms
-        // meanwhile, so Ctrl-C stops `fit` after the step it lands in.
-        let outcome = py.detach(|| {
-            std::thread::scope(|s| {
-                let job = s.spawn(|| pool.install(train));
-                while !job.is_finished() {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if let Err(e) = Python::attach(|py| py.check_signals()) {
-                        stop.raise(e);
-                    }
-                }
-                job.join().unwrap_or_else(|_| Err(PyRuntimeError::new_err("kiln's training thread panicked")))
-            })
-        });
+        let outcome = in_pool(py, &stop, train);
         if let Ok(mut l) = self.live.lock() {
             *l = None;
         }
@@ -378,23 +442,23 @@ impl Network {
 
     /// `(loss, accuracy)` on rows `x` with class ids `y`.
     fn evaluate(&self, py: Python<'_>, x: &Bound<'_, PyAny>, y: PyReadonlyArray1<'_, u8>) -> PyResult<(f64, f64)> {
-        let (rows, width) = rows_of(x)?;
-        let labels = y.as_slice()?.to_vec();
+        let x = Array::of(x)?;
+        let (values, width) = x.values()?;
+        let labels = y.as_slice()?;
         let mut model = self.model("evaluate")?;
         let model = &mut *model;
-        let pool = pool()?;
-        py.detach(|| {
-            pool.install(|| {
-                let data = samples(&rows, &labels, width, "y")?;
-                let e = train::evaluate(model, data).map_err(value_error)?;
-                Ok((e.loss, e.acc))
-            })
+        in_pool(py, &Stop::default(), || {
+            let rows = Rows::of(values);
+            let data = rows.samples(labels, width, "y")?;
+            let e = train::evaluate(model, data).map_err(value_error)?;
+            Ok((e.loss, e.acc))
         })
     }
 
     /// Class probabilities `(N, C)` of rows `x`.
     fn predict<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (rows, width) = rows_of(x)?;
+        let x = Array::of(x)?;
+        let (values, width) = x.values()?;
         let params = self.params()?;
         let arch = params.arch();
         if width != arch.inputs() {
@@ -405,12 +469,14 @@ impl Network {
         }
         let be = kiln_kernels::select("auto").map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         let classes = arch.classes();
-        let n = rows.inputs().len() / width.max(1);
-        let pool = pool()?;
-        let probs =
-            py.detach(|| pool.install(|| kiln::model::predict(be, &params, rows.inputs()))).map_err(value_error)?;
-        let flat: Vec<f32> = probs.concat();
-        let array = numpy::ndarray::Array2::from_shape_vec((n, classes), flat)
+        let n = match values {
+            Values::U8(v) => v.len(),
+            Values::F32(v) => v.len(),
+        } / width.max(1);
+        let probs = in_pool(py, &Stop::default(), || {
+            kiln::model::probabilities(be, &params, Rows::of(values).inputs()).map_err(value_error)
+        })?;
+        let array = numpy::ndarray::Array2::from_shape_vec((n, classes), probs)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(array.into_pyarray(py))
     }
@@ -523,5 +589,6 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_model, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_pool, m)?)?;
     Ok(())
 }

@@ -196,12 +196,46 @@ def test_flatten_input_and_callbacks():
     with pytest.raises(RuntimeError, match="boom at batch 1"):
         m.fit(x[:640], y[:640], batch_size=32, epochs=5, verbose=0, callbacks=[Boom()])
 
-    class Begin(kiln.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            pass
+    # Keras's order: epoch begin, then per step batch begin and end (the
+    # weights a begin hook sees are those before its step), then epoch end;
+    # on_batch_begin/end are what the train hooks call by default.
+    order = []
 
-    with pytest.raises(ValueError, match="on_train_batch_begin is not called by kiln yet"):
-        m.fit(x[:64], y[:64], verbose=0, callbacks=[Begin()])
+    class Order(kiln.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            order.append(("epoch", epoch))
+
+        def on_train_batch_begin(self, batch, logs=None):
+            order.append(("begin", batch, logs, self.model.get_weights()[1].copy()))
+
+        def on_train_batch_end(self, batch, logs=None):
+            order.append(("end", batch, sorted(logs), self.model.get_weights()[1].copy()))
+
+        def on_epoch_end(self, epoch, logs=None):
+            order.append(("epoch end", epoch))
+
+    class Old(kiln.callbacks.Callback):
+        def on_batch_begin(self, batch, logs=None):
+            order.append(("old begin", batch))
+
+    m.fit(x[:96], y[:96], batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[Order(), Old()])
+    names = [o[:2] for o in order]
+    per_epoch = lambda e: [("epoch", e)] + [s for b in range(3) for s in (("begin", b), ("old begin", b), ("end", b))] + [("epoch end", e)]
+    assert names == per_epoch(0) + per_epoch(1), names
+    begins = [o for o in order if o[0] == "begin"]
+    ends = [o for o in order if o[0] == "end"]
+    assert all(b[2] is None for b in begins) and all(e[2] == ["accuracy", "loss"] for e in ends)
+    for b, e in zip(begins[1:], ends):  # batch k + 1 begins with the weights batch k ended with
+        assert np.array_equal(b[3], e[3])
+    assert not np.array_equal(begins[0][3], ends[0][3])  # and a step changes them
+
+    class Stop(kiln.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                raise KeyError("stop before batch 2")
+
+    with pytest.raises(KeyError, match="stop before batch 2"):
+        m.fit(x[:640], y[:640], batch_size=32, epochs=1, verbose=0, callbacks=[Stop()])
 
 
 def test_the_gil_is_released_while_kiln_trains():
@@ -231,6 +265,57 @@ def test_errors_are_exceptions_never_aborts():
     code = "import numpy as np\nfrom kiln import _kiln\ntry:\n    _kiln.Network('0:relu', 4, 2, 1, 'rmsprop', {})\nexcept ValueError as e:\n    print('caught', e)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "caught" in out.stdout and "0 units" in out.stdout, out
+
+
+def test_a_panic_inside_kiln_is_a_runtime_error_and_the_interpreter_lives_on():
+    # A Rust panic in kiln's pool (where fit, evaluate and predict run), as
+    # a bug would cause, then ordinary work in the same process.
+    code = """
+import numpy as np
+from kiln import _kiln, layers, models
+try:
+    _kiln._panic_in_pool()
+except RuntimeError as e:
+    print("caught:", e)
+m = models.Sequential([layers.Dense(2, activation="softmax", input_shape=(3,))])
+m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+m.fit(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1]), verbose=0)
+print("after:", m.predict(np.zeros((1, 3), np.float32), verbose=0).shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out
+    assert "caught: kiln failed with an internal error" in out.stdout and "deliberate panic" in out.stdout, out
+    assert "after: (1, 2)" in out.stdout, out
+
+
+def test_uint8_and_float32_inputs_are_read_without_a_copy():
+    # Peak RSS (ru_maxrss) can only grow: a copy of a 200 MB input, anywhere
+    # in fit, evaluate or predict, would raise it by 200 MB; kiln's own
+    # buffers (one batch, 1000-row evaluation chunks, the N x 10 output) are
+    # a few MB. Run in a subprocess so nothing before it sets the peak.
+    code = """
+import resource
+import numpy as np
+from kiln import layers, models
+mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+n = 256_000
+pixels = np.random.default_rng(0).integers(0, 256, (n, 784), dtype=np.uint8)  # 200 MB
+features = np.random.default_rng(1).standard_normal((n // 4, 784), dtype=np.float32)  # 200 MB, not k/255
+labels = (np.arange(n) % 10).astype(np.uint8)
+m = models.Sequential([layers.Dense(10, activation="softmax", input_shape=(784,))])
+m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+m.predict(pixels[:10], verbose=0)
+base = mb()
+for x, y in ((pixels, labels), (features, labels[: n // 4])):
+    m.fit(x, y, batch_size=128, epochs=1, steps_per_epoch=2, verbose=0, validation_data=(x, y))
+    m.evaluate(x, y, verbose=0)
+    m.predict(x, verbose=0)
+print("grew", mb() - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grew = float(out.stdout.split()[-1])
+    assert grew < 60, f"peak RSS grew by {grew:.0f} MB reading 200 MB inputs: they were copied"
 
 
 @pytest.mark.parametrize("stack", [

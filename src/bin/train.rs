@@ -503,7 +503,7 @@ fn train_and_save(
         val_data,
         cfg,
         &mut progress,
-        |p| {
+        |p, _| {
             if !interactive {
                 return;
             }

@@ -50,4 +50,4 @@ pub use inputs::{exact_pixels, Inputs};
 pub use kiln_kernels::Activation;
 pub use net::{Batch, Model, PhaseTimes};
 pub use params::Params;
-pub use predictor::{predict, Predictor};
+pub use predictor::{predict, probabilities, Predictor};

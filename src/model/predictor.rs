@@ -112,6 +112,13 @@ impl<'b, T: Real> Predictor<'b, T> {
     /// u8 pixels, or `N` rows of `D` f32 features, row-major), one `Vec` of
     /// `C` per row; an error when `inputs` is not a whole number of rows.
     pub fn predict<'x>(&mut self, inputs: impl Into<Inputs<'x>>) -> Result<Vec<Vec<T>>> {
+        let c = self.arch().classes();
+        Ok(self.probabilities(inputs)?.chunks_exact(c).map(<[T]>::to_vec).collect())
+    }
+
+    /// [`predict`](Self::predict)'s probabilities as one row-major `N x C`
+    /// buffer, with no allocation per row (what a large `N` wants).
+    pub fn probabilities<'x>(&mut self, inputs: impl Into<Inputs<'x>>) -> Result<Vec<T>> {
         let inputs = inputs.into();
         let (d, c) = (self.arch().inputs, self.arch().classes());
         let what = if matches!(inputs, Inputs::Pixels(_)) { "pixels" } else { "values" };
@@ -122,10 +129,13 @@ impl<'b, T: Real> Predictor<'b, T> {
         );
         let n = inputs.len() / d;
         ensure!(n <= u32::MAX as usize, "{n} rows: more than 2^32");
-        let rows: Vec<u32> = (0..n as u32).collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.capacity) {
-            out.extend(self.probs(inputs, chunk).chunks_exact(c).map(<[T]>::to_vec));
+        let mut out = Vec::with_capacity(n * c);
+        let mut chunk = Vec::with_capacity(self.capacity.min(n));
+        for start in (0..n).step_by(self.capacity.max(1)) {
+            chunk.clear();
+            // Fits: n <= u32::MAX was checked above.
+            chunk.extend(start as u32..(start + self.capacity).min(n) as u32);
+            out.extend_from_slice(self.probs(inputs, &chunk));
         }
         Ok(out)
     }
@@ -143,6 +153,26 @@ pub fn predict<'x>(
     let inputs = inputs.into();
     let n = inputs.len() / params.arch.inputs;
     Predictor::new(be, params, n.clamp(1, 1024)).predict(inputs)
+}
+
+/// [`predict`]'s probabilities as one row-major `N x C` buffer.
+///
+/// ```
+/// use kiln::model::{predict, probabilities, Activation, Params, Sequential};
+/// let arch = Sequential::new(3).dense(4, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
+/// let params = Params::glorot(&arch, 7);
+/// let be = kiln::kernels::select("auto").unwrap();
+/// let rows = [0, 9, 255, 3, 3, 3];
+/// assert_eq!(probabilities(be, &params, &rows).unwrap(), predict(be, &params, &rows).unwrap().concat());
+/// ```
+pub fn probabilities<'x>(
+    be: &dyn Backend<f32>,
+    params: &Params<f32>,
+    inputs: impl Into<Inputs<'x>>,
+) -> Result<Vec<f32>> {
+    let inputs = inputs.into();
+    let n = inputs.len() / params.arch.inputs;
+    Predictor::new(be, params, n.clamp(1, 1024)).probabilities(inputs)
 }
 
 #[cfg(test)]
