@@ -13,13 +13,21 @@
 //! `kiln-mlp-v1` (`hidden` = H: one ReLU layer and a 10-class softmax, the
 //! same tensor names), still load.
 //!
+//! A model file may also carry its optimizer's state, so that training
+//! continues exactly where it stopped (Python's `model.save`, as Keras's
+//! does): per state array (RMSprop's `velocity`, Adam's `momentum` and
+//! `velocity`, ...) the tensors `optimizer.NAME.dense_K.kernel` and
+//! `.bias`, of the weights' shapes, and the update count in the metadata
+//! key `iterations`. [`load`] checks them and leaves them out;
+//! [`load_with_state`] returns them. `train` writes weights only.
+//!
 //! Files are written atomically and deterministically: the header's keys
 //! (the metadata, then the tensors) come out sorted and the tensors' data
 //! in layer order, so identical models give identical bytes.
 
 use crate::fsutil::{read_regular, write_atomic};
 use crate::model::{Arch, Params};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,6 +84,50 @@ pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>)
     meta.insert("inputs".into(), arch.inputs().to_string());
     meta.insert("classes".into(), arch.classes().to_string());
     write_atomic(path, &serialize(&params.named_tensors(), &meta))
+}
+
+/// An optimizer's state as a model file carries it: with it, a loaded model
+/// trains on exactly as the saved one would have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// The updates made so far (what bias corrections and schedules count).
+    pub iterations: u64,
+    /// The state arrays by name ([`crate::model::Model::optimizer_state`]).
+    pub slots: Vec<(String, Params<f32>)>,
+}
+
+impl OptimizerState {
+    /// `model`'s optimizer state.
+    pub fn of(model: &crate::model::Model<'_, f32>) -> Self {
+        let slots = model.optimizer_state().into_iter().map(|(n, p)| (n.to_string(), p)).collect();
+        OptimizerState { iterations: model.iterations(), slots }
+    }
+}
+
+/// [`save`] with the optimizer's `state` in the file as well (the module's
+/// doc has the tensors).
+pub fn save_with_state(
+    path: &Path,
+    params: &Params<f32>,
+    state: &OptimizerState,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    let arch = params.arch();
+    ensure!(
+        state.slots.iter().all(|(_, p)| p.arch() == arch),
+        "the optimizer state is of other layers than the weights"
+    );
+    let mut meta = extra.clone();
+    meta.insert("format".into(), FORMAT.into());
+    meta.insert("layers".into(), arch.spec());
+    meta.insert("inputs".into(), arch.inputs().to_string());
+    meta.insert("classes".into(), arch.classes().to_string());
+    meta.insert("iterations".into(), state.iterations.to_string());
+    let mut tensors = params.named_tensors();
+    for (name, p) in &state.slots {
+        tensors.extend(p.named_tensors().into_iter().map(|(t, s, v)| (format!("optimizer.{name}.{t}"), s, v)));
+    }
+    write_atomic(path, &serialize(&tensors, &meta))
 }
 
 /// The top-level keys of a safetensors JSON header, in order, duplicates
@@ -145,7 +197,8 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<Contents<'a>> {
 fn layer_shapes(c: &Contents<'_>, path: &Path) -> Result<Vec<(usize, usize)>> {
     let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
     let mut layers = BTreeMap::new();
-    for name in c.st.names() {
+    // The optimizer's tensors are checked with the state (`read_slots`).
+    for name in c.st.names().into_iter().filter(|n| !n.starts_with("optimizer.")) {
         let layer = name
             .strip_prefix("dense_")
             .and_then(|r| r.strip_suffix(".kernel").or_else(|| r.strip_suffix(".bias")))
@@ -323,17 +376,117 @@ pub fn load(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
 /// names it in errors. Any byte string gives a validated model or an error,
 /// never a panic (fuzzed: `fuzz/fuzz_targets/model.rs`).
 pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>)> {
+    state_from_bytes(bytes, path).map(|(p, meta, _)| (p, meta))
+}
+
+/// [`load`], with the optimizer's state when the file carries it.
+#[allow(clippy::type_complexity)]
+pub fn load_with_state(path: &Path) -> Result<(Params<f32>, BTreeMap<String, String>, Option<OptimizerState>)> {
+    if !path.exists() {
+        bail!("{}: cannot read the model file: it does not exist", path.display());
+    }
+    let bytes = read_regular(path, MAX_FILE_BYTES, "the model file")?;
+    state_from_bytes(&bytes, path)
+}
+
+#[allow(clippy::type_complexity)]
+fn state_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Params<f32>, BTreeMap<String, String>, Option<OptimizerState>)> {
     let c = parse(bytes, path)?;
     let arch = arch_of(&c.meta, path)?;
     let params = read_params(&c, &arch, path)?;
-    Ok((params, c.meta))
+    let state = read_state(&c, &arch, path)?;
+    Ok((params, c.meta, state))
+}
+
+/// The optimizer's state in a file of `arch`'s weights, if it has any,
+/// every tensor and the metadata checked.
+fn read_state(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Option<OptimizerState>> {
+    let mut expected = std::collections::HashSet::new();
+    let slots = read_slots(c, arch, path, &mut expected)?;
+    if let Some(extra) = c.st.names().into_iter().find(|n| n.starts_with("optimizer.") && !expected.contains(*n)) {
+        bail!("{}: unknown tensor `{extra}`", path.display());
+    }
+    Ok(match c.meta.get("iterations") {
+        Some(i) => {
+            let iterations = i.parse().map_err(|_| {
+                anyhow::anyhow!("{}: metadata `iterations` is {i:?}, expected a whole number", path.display())
+            })?;
+            Some(OptimizerState { iterations, slots })
+        }
+        None if slots.is_empty() => None,
+        None => bail!("{}: holds optimizer state but no metadata `iterations`", path.display()),
+    })
+}
+
+/// The optimizer's state arrays in a file (`optimizer.NAME.dense_K.*`),
+/// each a whole set of tensors of `arch`'s shapes, in the file's order;
+/// every tensor read is added to `expected`.
+fn read_slots(
+    c: &Contents<'_>,
+    arch: &Arch,
+    path: &Path,
+    expected: &mut std::collections::HashSet<String>,
+) -> Result<Vec<(String, Params<f32>)>> {
+    let mut names: Vec<String> = Vec::new();
+    for name in c.st.names() {
+        if let Some(rest) = name.strip_prefix("optimizer.") {
+            let Some((slot, _)) = rest.split_once('.') else {
+                bail!("{}: unknown tensor `{name}` (optimizer state is optimizer.NAME.dense_K.*)", path.display());
+            };
+            if !names.iter().any(|n| n == slot) {
+                names.push(slot.to_string());
+            }
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| Ok((n.clone(), read_group(c, arch, &format!("optimizer.{n}."), path, expected)?)))
+        .collect()
+}
+
+/// Every tensor of `arch` under `prefix` (`best.dense_1.kernel`, ...) into
+/// [`Params`], checking dtypes, shapes and values; each name read is added
+/// to `expected`.
+fn read_group(
+    c: &Contents<'_>,
+    arch: &Arch,
+    prefix: &str,
+    path: &Path,
+    expected: &mut std::collections::HashSet<String>,
+) -> Result<Params<f32>> {
+    let fail = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let mut p = Params::<f32>::zeros(arch);
+    let names: Vec<(String, Vec<usize>)> = p.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+    let mut offset = 0;
+    for (name, shape) in names {
+        let full = format!("{prefix}{name}");
+        let t = c.st.tensor(&full).map_err(|_| fail(format!("tensor `{full}` is missing")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() {
+            bail!(fail(format!("tensor `{full}` is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
+        }
+        let dst = &mut p.values_mut()[offset..offset + t.data().len() / 4];
+        for (d, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+            *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
+            bail!(fail(format!("tensor `{full}` holds a non-finite value ({}) at flat index {i}", dst[i])));
+        }
+        offset += dst.len();
+        expected.insert(full);
+    }
+    Ok(p)
 }
 
 /// Initial weights for `arch` from a safetensors file (`train --init`): the
 /// tensors `dense_K.kernel` `[in, out]` and `dense_K.bias` for K = 1..n, as
 /// Keras names its Dense layers; metadata is not needed (a file exported
 /// from Keras loads as it is), and when it names layers they must be
-/// `arch`'s. The shapes must be exactly `arch`'s.
+/// `arch`'s. The shapes must be exactly `arch`'s. Optimizer state in the
+/// file ([`save_with_state`]) is checked and left out.
 pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
     let bytes = read_regular(path, MAX_FILE_BYTES, "the initial weights file")?;
     let c = parse(&bytes, path)?;
@@ -355,7 +508,11 @@ pub fn load_init(path: &Path, arch: &Arch) -> Result<Params<f32>> {
             show(&want)
         );
     }
-    read_params(&c, arch, path)
+    let params = read_params(&c, arch, path)?;
+    // A file saved with its optimizer's state starts a run too (the state
+    // is checked, not used: a new run starts its optimizer afresh).
+    read_state(&c, arch, path)?;
+    Ok(params)
 }
 
 /// The value of the `format` metadata key of a training checkpoint.
@@ -466,52 +623,15 @@ pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> 
         meta("iterations")?.parse().map_err(|_| fail("metadata `iterations` is not a whole number".into()))?;
     let mut progress: crate::train::Progress = serde_json::from_str(meta("progress")?)
         .map_err(|e| fail(format!("metadata `progress` is not what train writes ({e})")))?;
-    // Which groups of tensors the file must hold: the weights, the
-    // optimizer's slots (read from the names), the best weights if any.
-    let mut groups: Vec<String> = vec![String::new()];
-    for name in c.st.names() {
-        if let Some(rest) = name.strip_prefix("optimizer.") {
-            let slot = rest.split('.').next().unwrap_or_default();
-            let group = format!("optimizer.{slot}.");
-            if !groups.contains(&group) {
-                groups.push(group);
-            }
-        } else if name.starts_with("best.") && !groups.iter().any(|g| g == "best.") {
-            groups.push("best.".into());
-        }
-    }
+    // The weights, the optimizer's slots (named by the tensors), the best
+    // weights if any; then nothing else.
     let mut expected = std::collections::HashSet::new();
-    let mut read = |prefix: &str| -> Result<Params<f32>> {
-        let mut p = Params::<f32>::zeros(arch);
-        let names: Vec<(String, Vec<usize>)> = p.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
-        let mut offset = 0;
-        for (name, shape) in names {
-            let full = format!("{prefix}{name}");
-            let t = c.st.tensor(&full).map_err(|_| fail(format!("tensor `{full}` is missing")))?;
-            if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() {
-                bail!(fail(format!("tensor `{full}` is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
-            }
-            let dst = &mut p.values_mut()[offset..offset + t.data().len() / 4];
-            for (d, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
-                bail!(fail(format!("tensor `{full}` holds a non-finite value ({}) at flat index {i}", dst[i])));
-            }
-            offset += dst.len();
-            expected.insert(full);
-        }
-        Ok(p)
+    let params = read_group(&c, arch, "", path, &mut expected)?;
+    let state = read_slots(&c, arch, path, &mut expected)?;
+    let best = match c.st.names().iter().any(|n| n.starts_with("best.")) {
+        true => Some(read_group(&c, arch, "best.", path, &mut expected)?),
+        false => None,
     };
-    let params = read("")?;
-    let mut state = Vec::new();
-    let mut best = None;
-    for g in &groups[1..] {
-        match g.strip_prefix("optimizer.").and_then(|s| s.strip_suffix('.')) {
-            Some(slot) => state.push((slot.to_string(), read(g)?)),
-            None => best = Some(read(g)?),
-        }
-    }
     if let Some(extra) = c.st.names().into_iter().find(|n| !expected.contains(*n)) {
         bail!(fail(format!("unknown tensor `{extra}` in a checkpoint")));
     }

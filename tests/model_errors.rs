@@ -496,3 +496,92 @@ fn tiny_files_cannot_ask_for_huge_allocations() {
     let e = error(&p);
     assert!(e.contains("tensor `dense_1.kernel` has shape [1, 1], expected [4000, 1000000]"), "{e}");
 }
+
+/// A model of `spec` on 6 inputs and 3 classes trained `steps` Adam steps
+/// on a fixed batch.
+fn trained(spec: &str, steps: usize) -> kiln::model::Model<'static, f32> {
+    let arch = Arch::parse(spec, 6, 3).unwrap();
+    let be = kiln::kernels::select("auto").unwrap();
+    let mut m = kiln::model::Model::new(be, &Params::glorot(&arch, 4), kiln::kernels::Adam::default()).unwrap();
+    let pixels: Vec<u8> = (0..8 * 6).map(|i| (i * 37 % 256) as u8).collect();
+    let labels: Vec<u8> = (0..8).map(|i| (i % 3) as u8).collect();
+    let rows: Vec<u32> = (0..8).collect();
+    for _ in 0..steps {
+        m.train_step(kiln::model::Batch { inputs: (&pixels[..]).into(), labels: &labels, rows: &rows }).unwrap();
+    }
+    m
+}
+
+#[test]
+fn a_model_file_with_optimizer_state_resumes_training_exactly() {
+    use kiln::checkpoint::{load_with_state, save_with_state, OptimizerState};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.safetensors");
+    let spec = "5:relu,dropout:0.3,4:tanh";
+    let once = trained(spec, 3);
+    let state = OptimizerState::of(&once);
+    assert_eq!(state.iterations, 3);
+    assert_eq!(state.slots.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["momentum", "velocity"]);
+    save_with_state(&p, &once.params(), &state, &Default::default()).unwrap();
+    let (params, meta, back) = load_with_state(&p).unwrap();
+    assert_eq!((params.clone(), back.as_ref()), (once.params(), Some(&state)));
+    assert_eq!(meta["iterations"], "3");
+    // `load` reads the weights alone; `load_init` too.
+    assert_eq!(load(&p).unwrap().0, params);
+    assert_eq!(load_init(&p, params.arch()).unwrap(), params);
+    // Restored into a fresh model, two more steps give the five-step model's
+    // bits (Adam's bias correction counts the restored iterations, the
+    // Dropout masks the step).
+    let mut resumed = trained(spec, 0);
+    resumed.set_params(&params);
+    let back = back.unwrap();
+    resumed.set_optimizer_state(back.iterations, &back.slots).unwrap();
+    let pixels: Vec<u8> = (0..8 * 6).map(|i| (i * 37 % 256) as u8).collect();
+    let labels: Vec<u8> = (0..8).map(|i| (i % 3) as u8).collect();
+    let rows: Vec<u32> = (0..8).collect();
+    for _ in 0..2 {
+        resumed.train_step(kiln::model::Batch { inputs: (&pixels[..]).into(), labels: &labels, rows: &rows }).unwrap();
+    }
+    assert_eq!(resumed.params(), trained(spec, 5).params());
+    // A file without state has none.
+    save(&p, &params, &Default::default()).unwrap();
+    assert_eq!(load_with_state(&p).unwrap().2, None);
+}
+
+#[test]
+fn bad_optimizer_state_in_a_model_file_is_one_line_error() {
+    let d = tempfile::tempdir().unwrap();
+    let meta: &[(&str, &str)] =
+        &[("format", FORMAT), ("layers", "8:relu,10:softmax"), ("inputs", "784"), ("classes", "10")];
+    let with_iterations = [meta, &[("iterations", "7")]].concat();
+    let slot = |name: &str| -> Vec<Tensor> {
+        v1_tensors().into_iter().map(|(n, d, s, b)| (format!("optimizer.{name}.{n}"), d, s, b)).collect()
+    };
+    let good = [v1_tensors(), slot("velocity")].concat();
+    assert!(kiln::checkpoint::load_with_state(&write(d.path(), &good, Some(&with_iterations))).is_ok());
+    assert_contains(&error(&write(d.path(), &good, Some(meta))), "holds optimizer state but no metadata `iterations`");
+    let bad_count = [meta, &[("iterations", "-1")]].concat();
+    assert_contains(&error(&write(d.path(), &good, Some(&bad_count))), "metadata `iterations` is \"-1\"");
+    let mut missing = good.clone();
+    missing.pop();
+    assert_contains(
+        &error(&write(d.path(), &missing, Some(&with_iterations))),
+        "tensor `optimizer.velocity.dense_2.bias` is missing",
+    );
+    let mut extra = good.clone();
+    extra.push(tensor("optimizer.velocity.dense_3.bias", &[10], &[0.0; 10]));
+    assert_contains(
+        &error(&write(d.path(), &extra, Some(&with_iterations))),
+        "unknown tensor `optimizer.velocity.dense_3.bias`",
+    );
+    let mut shape = good.clone();
+    shape[5] = tensor("optimizer.velocity.dense_1.bias", &[9], &[0.0; 9]);
+    assert_contains(&error(&write(d.path(), &shape, Some(&with_iterations))), "expected F32 [8]");
+    let mut nan = good;
+    nan[5] = tensor("optimizer.velocity.dense_1.bias", &[8], &[f32::NAN; 8]);
+    let p = write(d.path(), &nan, Some(&with_iterations));
+    assert_contains(&error(&p), "non-finite value");
+    // `--init` checks the state as well.
+    let arch = Arch::parse("8:relu", 784, 10).unwrap();
+    assert_contains(&one_line(load_init(&p, &arch).expect_err("must be rejected"), &p), "non-finite value");
+}

@@ -101,7 +101,9 @@ class Sequential:
                 run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True):
         """Keras's `compile`: an optimizer by name or object, the loss
         `categorical_crossentropy` (one-hot labels) or
-        `sparse_categorical_crossentropy` (class ids), `metrics=['accuracy']`."""
+        `sparse_categorical_crossentropy` (class ids), `metrics=['accuracy']`.
+        Compiling a built model again keeps its weights and gives it the new
+        optimizer, fresh, as Keras's does."""
         if loss not in _LOSSES:
             raise ValueError(f"loss {loss!r} is not supported; kiln trains with {' or '.join(_LOSSES)}")
         metrics = list(metrics or [])
@@ -113,9 +115,12 @@ class Sequential:
             if got != default:
                 raise ValueError(f"compile: {arg}={got!r} is not supported by kiln")
         del run_eagerly, jit_compile, auto_scale_loss  # how Keras runs, not what it computes
-        if self._net is not None:
-            raise ValueError("compile: the model is already built; kiln compiles once, before fit")
-        self._compiled = {"optimizer": optimizers.get(optimizer), "loss": loss, "metrics": bool(metrics)}
+        compiled = {"optimizer": optimizers.get(optimizer), "loss": loss, "metrics": bool(metrics)}
+        weights = None if self._net is None else [values for _, values in self._net.get_weights()]
+        self._net, self._compiled = None, compiled
+        if weights is not None:
+            self._build(self._width(self._input_shape))
+            self._net.set_weights(weights)
 
     def _x(self, x, what="x"):
         if x is None:
@@ -350,7 +355,8 @@ class Sequential:
     def save(self, filepath, overwrite=True):
         """Writes a kiln model file (safetensors, as `train` writes them: the
         CLI's `predict`, `serve` and `train --init` read it, and
-        `models.load_model` reads it back)."""
+        `models.load_model` reads it back). Once the model has trained, the
+        file keeps the optimizer's state too, as Keras's does."""
         import os
 
         if not overwrite and os.path.exists(filepath):
@@ -360,9 +366,11 @@ class Sequential:
         self._net.save(os.fspath(filepath), extra)
 
 
-def _optimizer_from(call):
+def _optimizer_from(call, schedule=None):
     """An optimizer from Keras's constructor call as kiln's model files record
-    it (`RMSprop(learning_rate=0.001, rho=0.9, ...)`)."""
+    it (`RMSprop(learning_rate=0.001, rho=0.9, ...)`), with the learning-rate
+    schedule recorded beside it (kiln's spec: `exponential:STEPS:RATE`,
+    `cosine:STEPS`)."""
     import re
 
     m = re.fullmatch(r"(\w+)\((.*)\)", call or "")
@@ -373,14 +381,24 @@ def _optimizer_from(call):
     for part in filter(None, (p.strip() for p in m.group(2).split(","))):
         key, _, value = part.partition("=")
         args[key.strip()] = {"True": True, "False": False}.get(value.strip()) if value.strip() in ("True", "False") else float(value)
+    kind, *rest = (schedule or "constant").split(":")
+    lr = args.get("learning_rate", classes[m.group(1)]().get_config()["learning_rate"])
+    if kind == "exponential" and len(rest) == 2:
+        args["learning_rate"] = optimizers.schedules.ExponentialDecay(lr, int(rest[0]), float(rest[1]))
+    elif kind == "cosine" and len(rest) == 1:
+        args["learning_rate"] = optimizers.schedules.CosineDecay(lr, int(rest[0]))
+    elif kind != "constant":
+        raise ValueError(f"load_model: the file's learning-rate schedule {schedule!r} is not one kiln knows")
     return classes[m.group(1)](**args)
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Keras's `load_model` for kiln model files (written by `save` or by the
     CLI's `train`): the layers, the weights, and, with `compile`, the
-    optimizer (a fresh state: kiln's model file keeps the weights only) and
-    the loss it was saved with (`categorical_crossentropy` when unrecorded)."""
+    optimizer with its learning-rate schedule and, when the file has it
+    (`save` writes it once the model has trained), its state, so that `fit`
+    goes on exactly as it would have without the save; and the loss it was
+    saved with (`categorical_crossentropy` when unrecorded)."""
     import os
 
     del safe_mode
@@ -391,8 +409,11 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     for part in spec.split(","):
         head, _, tail = part.partition(":")
         model.add(layers_module.Dropout(float(tail)) if head == "dropout" else layers_module.Dense(int(head), activation=tail))
-    model.compile(optimizer=_optimizer_from(meta.get("optimizer")) if compile else "rmsprop",
+    model.compile(optimizer=_optimizer_from(meta.get("optimizer"), meta.get("lr_schedule")) if compile else "rmsprop",
                   loss=meta.get("loss", "categorical_crossentropy"), metrics=["accuracy"])
     model._build(inputs)
-    model._net.set_weights([values for _, values in weights])
+    if compile:
+        model._net.restore(os.fspath(filepath))
+    else:
+        model._net.set_weights([values for _, values in weights])
     return model

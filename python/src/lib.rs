@@ -5,6 +5,7 @@
 //! checking, label encodings) is the pure-Python package around it. Nothing
 //! here computes anything the crate does not.
 
+use kiln::checkpoint::OptimizerState;
 use kiln::model::{exact_pixels, Arch, Inputs, Model, Params};
 use kiln::train::{self, Config, Samples};
 use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
@@ -216,15 +217,17 @@ impl<'a> Rows<'a> {
 
 /// A network and its optimizer state, trained and run by the `kiln` crate.
 /// `fit` holds the model for as long as it trains; callbacks called from
-/// it (between epochs) see the weights through `live`.
+/// it (between epochs, or steps) see the weights through `live`.
 #[pyclass(module = "kiln._kiln")]
 struct Network {
     model: Mutex<Model<'static, f32>>,
-    /// The weights after the last finished epoch (or step, with batch
-    /// hooks), while `fit` runs.
-    live: Mutex<Option<Params<f32>>>,
+    /// The weights and optimizer state after the last finished epoch (or
+    /// step, with batch hooks), while `fit` runs.
+    live: Mutex<Option<(Params<f32>, OptimizerState)>>,
     /// The optimizer and its hyper-parameters (for the model file).
     opt: Optimizer,
+    /// Its learning-rate schedule (likewise).
+    schedule: kiln_kernels::Schedule,
 }
 
 /// A poisoned lock's error (a panic inside kiln while it held the model).
@@ -244,20 +247,35 @@ impl Network {
         }
     }
 
-    /// The current weights: the model's, or while `fit` runs, those after
-    /// its last finished epoch.
-    fn params(&self) -> PyResult<Params<f32>> {
+    /// What `read` reads of the current model: the model itself, or while
+    /// `fit` runs, its snapshot after the last finished epoch or step.
+    fn current<R>(
+        &self,
+        read: impl Fn(&Model<'_, f32>) -> R,
+        snap: impl Fn(&(Params<f32>, OptimizerState)) -> R,
+    ) -> PyResult<R> {
         match self.model.try_lock() {
-            Ok(m) => Ok(m.params()),
+            Ok(m) => Ok(read(&m)),
             Err(std::sync::TryLockError::WouldBlock) => {
                 let live = self.live.lock().map_err(poisoned)?;
-                live.clone()
+                live.as_ref()
+                    .map(snap)
                     .ok_or_else(|| PyRuntimeError::new_err("the model is busy (evaluate runs in another thread)"))
             }
             // Reading the weights stays possible after an internal error.
-            Err(std::sync::TryLockError::Poisoned(e)) => Ok(e.into_inner().params()),
+            Err(std::sync::TryLockError::Poisoned(e)) => Ok(read(&e.into_inner())),
         }
     }
+
+    /// The current weights.
+    fn params(&self) -> PyResult<Params<f32>> {
+        self.current(|m| m.params(), |(p, _)| p.clone())
+    }
+}
+
+/// What callbacks see of a model during `fit`.
+fn snapshot(m: &Model<'_, f32>) -> (Params<f32>, OptimizerState) {
+    (m.params(), OptimizerState::of(m))
 }
 
 /// The optimizer named `name` with Keras's arguments (those not given keep
@@ -329,7 +347,7 @@ impl Network {
         };
         let model = Model::new(be, &Params::glorot(&arch, seed), opt).map_err(value_error)?;
         let model = model.with_seed(seed).with_schedule(schedule);
-        Ok(Network { model: Mutex::new(model), live: Mutex::new(None), opt })
+        Ok(Network { model: Mutex::new(model), live: Mutex::new(None), opt, schedule })
     }
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
@@ -375,7 +393,7 @@ impl Network {
         let model = &mut *model;
         let live = &self.live;
         // Callbacks see these weights until the first epoch ends.
-        *live.lock().map_err(poisoned)? = Some(model.params());
+        *live.lock().map_err(poisoned)? = Some(snapshot(model));
         let train = || -> PyResult<()> {
             CURRENT.set(Some(Arc::clone(&stop)));
             let rows = Rows::of(values);
@@ -396,7 +414,7 @@ impl Network {
                 }
                 // Batch hooks see the weights after this step, as Keras's do.
                 if let Ok(mut l) = live.lock() {
-                    *l = Some(m.params());
+                    *l = Some(snapshot(m));
                 }
                 if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc, st.steps)).map(drop)) {
                     stop.raise(e);
@@ -405,7 +423,7 @@ impl Network {
             let result = train::fit_with(model, data, val_data, &cfg, &mut progress, on_step, |r, m, _| {
                 // What callbacks see through get_weights and save.
                 if let Ok(mut l) = live.lock() {
-                    *l = Some(m.params());
+                    *l = Some(snapshot(m));
                 }
                 Python::attach(|py| -> anyhow::Result<()> {
                     let logs = pyo3::types::PyDict::new(py);
@@ -529,12 +547,44 @@ impl Network {
     }
 
     /// Writes the model to a kiln model file (as `train` writes them),
-    /// with the optimizer (Keras's constructor call) and `extra` in its
-    /// metadata.
+    /// with the optimizer (Keras's constructor call), its learning-rate
+    /// schedule and `extra` in its metadata, and once it has trained, the
+    /// optimizer's state (as Keras's `save` keeps it).
     fn save(&self, path: std::path::PathBuf, extra: std::collections::BTreeMap<String, String>) -> PyResult<()> {
         let mut meta = extra;
         meta.insert("optimizer".into(), self.opt.describe());
-        kiln::checkpoint::save(&path, &self.params()?, &meta).map_err(value_error)
+        meta.insert("lr_schedule".into(), self.schedule.spec());
+        let (params, state) = self.current(snapshot, |(p, s)| (p.clone(), s.clone()))?;
+        match state.iterations {
+            0 => kiln::checkpoint::save(&path, &params, &meta),
+            _ => kiln::checkpoint::save_with_state(&path, &params, &state, &meta),
+        }
+        .map_err(value_error)
+    }
+
+    /// Puts the weights and, when the file has it, the optimizer's state
+    /// (with its update count) of the model file `path` into this network,
+    /// which must have the file's layers (and optimizer, for the state).
+    fn restore(&self, path: std::path::PathBuf) -> PyResult<bool> {
+        let mut model = self.model("load_model")?;
+        let (params, _, state) = kiln::checkpoint::load_with_state(&path).map_err(value_error)?;
+        if params.arch() != model.arch() {
+            return Err(PyValueError::new_err(format!(
+                "{}: holds the layers {}, not this model's {}",
+                path.display(),
+                params.arch().spec(),
+                model.arch().spec()
+            )));
+        }
+        model.set_params(&params);
+        match state {
+            Some(s) => {
+                let restored = model.set_optimizer_state(s.iterations, &s.slots);
+                restored.map_err(|e| value_error(e.context(format!("{}", path.display()))))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
