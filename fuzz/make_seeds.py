@@ -106,6 +106,14 @@ write("model", "good_seq3", safetensors(seq, seq_meta))
 write("model", "seq_not_chaining", safetensors({**seq, "dense_2.kernel": ("F32", [4, 2], f32(8))}, seq_meta))
 write("model", "seq_missing_layer", safetensors({k: v for k, v in seq.items() if not k.startswith("dense_2")}, seq_meta))
 write("model", "seq_bad_layers", safetensors(seq, {**seq_meta, "layers": "3:gelu,2:relu,4:softmax"}))
+# With the optimizer's state (Python's save of a trained model).
+state = {f"optimizer.velocity.{k}": v for k, v in seq.items()}
+state_meta = {**seq_meta, "iterations": "12"}
+write("model", "good_seq3_state", safetensors({**seq, **state}, state_meta))
+write("model", "state_no_iterations", safetensors({**seq, **state}, seq_meta))
+write("model", "state_missing_tensor",
+      safetensors({**seq, **{k: v for k, v in state.items() if not k.endswith("dense_3.bias")}}, state_meta))
+write("model", "state_bare_name", safetensors({**seq, "optimizer.velocity": ("F32", [1], f32(1))}, state_meta))
 
 
 def png(w, h, color_type, depth, rows):

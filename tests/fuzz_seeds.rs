@@ -53,7 +53,7 @@ fn valid_seeds_are_accepted_and_malformed_ones_refused() {
     let [raw, gz, model, image, npz] = TARGETS.map(|(_, c)| c);
     expect("idx_raw", raw, &["images3", "labels3", "labels_as_images", "not_28"]);
     expect("idx_gzip", gz, &["images3.gz", "labels3.gz", "labels_as_images.gz", "not_28.gz"]);
-    expect("model", model, &["good_h1", "good_seq3"]);
+    expect("model", model, &["good_h1", "good_seq3", "good_seq3_state"]);
     expect(
         "image",
         image,
