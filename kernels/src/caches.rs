@@ -97,6 +97,8 @@ pub fn blocking() -> &'static Blocking {
 /// set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cpu {
+    // Detected on x86_64 only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Intel,
     /// AMD, with its CPUID family (base plus extended): 25 is Zen 3 and
     /// Zen 4, 26 Zen 5.
@@ -108,6 +110,7 @@ pub(crate) enum Cpu {
 impl Cpu {
     /// The family from CPUID leaf 1's EAX: the base family, plus the
     /// extended family when the base is 15 (as Intel and AMD define it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn family_of(eax: u32) -> u32 {
         let base = (eax >> 8) & 0xf;
         if base == 0xf {

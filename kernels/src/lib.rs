@@ -102,8 +102,7 @@
 
 mod activation;
 mod aligned;
-#[cfg(feature = "blas")]
-mod blas;
+mod backend;
 mod caches;
 mod denormals;
 mod dropout;
@@ -116,7 +115,6 @@ mod params;
 mod peak;
 mod prefetch;
 mod real;
-pub mod scalar;
 mod select;
 mod shared;
 mod simd;
@@ -125,6 +123,7 @@ mod sparse;
 
 pub use activation::{Activation, Applied};
 pub use aligned::AlignedVec;
+pub use backend::scalar;
 pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
 pub use dropout::{dropout_backward, dropout_forward, dropout_mask};

@@ -1,8 +1,8 @@
 //! Choosing a backend at run time: [`select`], by name or `auto`.
 
 #[cfg(feature = "blas")]
-use crate::blas;
-use crate::{isa, scalar, simd, Backend};
+use crate::backend::blas;
+use crate::{scalar, simd, Backend};
 
 /// Every backend name [`select`] knows, fastest first (the order `auto`
 /// tries them in, BLAS excepted: it is never chosen automatically).
@@ -33,11 +33,11 @@ pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, SelectError> {
     use std::sync::OnceLock;
     static SCALAR: scalar::Scalar = scalar::Scalar;
     #[cfg(target_arch = "x86_64")]
-    static AVX2: OnceLock<Option<isa::SimdBackend<simd::Avx2>>> = OnceLock::new();
+    static AVX2: OnceLock<Option<crate::backend::simd::SimdBackend<simd::Avx2>>> = OnceLock::new();
     #[cfg(target_arch = "x86_64")]
-    static AVX512: OnceLock<Option<isa::SimdBackend<simd::Avx512>>> = OnceLock::new();
+    static AVX512: OnceLock<Option<crate::backend::simd::SimdBackend<simd::Avx512>>> = OnceLock::new();
     #[cfg(target_arch = "aarch64")]
-    static NEON: OnceLock<Option<isa::SimdBackend<simd::Neon>>> = OnceLock::new();
+    static NEON: OnceLock<Option<crate::backend::simd::SimdBackend<simd::Neon>>> = OnceLock::new();
     fn missing(name: &str, why: &str) -> SelectError {
         SelectError(format!("backend `{name}` cannot run here: {why}"))
     }
@@ -52,17 +52,17 @@ pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, SelectError> {
             Ok(&SCALAR)
         }
         #[cfg(target_arch = "x86_64")]
-        "avx2" => match AVX2.get_or_init(isa::SimdBackend::new) {
+        "avx2" => match AVX2.get_or_init(crate::backend::simd::SimdBackend::new) {
             Some(b) => Ok(b),
             None => Err(missing(name, "this CPU lacks AVX2 or FMA")),
         },
         #[cfg(target_arch = "x86_64")]
-        "avx512" => match AVX512.get_or_init(isa::SimdBackend::new) {
+        "avx512" => match AVX512.get_or_init(crate::backend::simd::SimdBackend::new) {
             Some(b) => Ok(b),
             None => Err(missing(name, "this CPU lacks AVX-512F")),
         },
         #[cfg(target_arch = "aarch64")]
-        "neon" => match NEON.get_or_init(isa::SimdBackend::new) {
+        "neon" => match NEON.get_or_init(crate::backend::simd::SimdBackend::new) {
             Some(b) => Ok(b),
             None => Err(missing(name, "this CPU lacks NEON")),
         },
