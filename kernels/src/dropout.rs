@@ -10,7 +10,7 @@
 //! The loops are plain Rust written so the compiler vectorizes them; on
 //! x86-64 they are compiled a second and third time for AVX2 and AVX-512
 //! (32-bit multiplies are slow to emulate on the SSE2 baseline) and the
-//! best the CPU runs is picked once per call.
+//! best the CPU runs is detected once, at the first call ([`Build`]).
 
 use crate::{Activation, Flushed, Real};
 
@@ -65,6 +65,35 @@ unsafe fn forward_rows_avx512<T: Real>(a: &mut [T], keep: &mut [u8], keys: &[u32
     forward_rows(a, keep, keys, threshold, scale);
 }
 
+/// The builds of the forward pass, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Baseline,
+}
+
+impl Build {
+    /// The best build this CPU runs, detected once.
+    fn best() -> Build {
+        static BEST: std::sync::OnceLock<Build> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                    return Build::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") {
+                    return Build::Avx2;
+                }
+            }
+            Build::Baseline
+        })
+    }
+}
+
 /// One Dropout's training forward over `a` (`(B, n)`, in place), row `i`'s
 /// mask drawn from `keys[i]`: `keep := mask` (`(B, n)`, 1 = kept) and `a :=
 /// (a * scale) * keep`.
@@ -86,18 +115,16 @@ pub fn dropout_forward<T: Real>(a: &mut [T], keep: &mut [u8], keys: &[u32], thre
         keys.len()
     );
     let _flushed = Flushed::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the function's target features were detected on this CPU.
-            return unsafe { forward_rows_avx512(a, keep, keys, threshold, scale) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the function's target features were detected on this CPU.
-            return unsafe { forward_rows_avx2(a, keep, keys, threshold, scale) };
-        }
+    match Build::best() {
+        // SAFETY: the function's target features were detected on this CPU
+        // (`Build::best`).
+        #[cfg(target_arch = "x86_64")]
+        Build::Avx512 => unsafe { forward_rows_avx512(a, keep, keys, threshold, scale) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Build::Avx2 => unsafe { forward_rows_avx2(a, keep, keys, threshold, scale) },
+        Build::Baseline => forward_rows(a, keep, keys, threshold, scale),
     }
-    forward_rows(a, keep, keys, threshold, scale)
 }
 
 /// The gradient through Dropouts (their masks `keeps` and scales `scales`,

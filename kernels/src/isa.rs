@@ -279,17 +279,21 @@ isa_entry_points!(crate::simd::Neon, "neon", crate::params::NEON_MR, crate::para
 mod tests {
     use super::Isa;
     use crate::simd::Lister;
-    use crate::sparse::{Csc, CsrRow};
+    use crate::sparse::{Csc, CsrRow, PixelListing};
 
     /// Every way of listing a batch's pixels by pixel gives the same lists,
-    /// with every instruction set's row lister, for batches of odd sizes
-    /// with dark pixels, dark images and rows taken out of order.
+    /// with every instruction set's row listers (a vector at a time, and
+    /// the whole-row one where this CPU has it), both transposes, for
+    /// batches of odd sizes with dark pixels, dark images and rows taken
+    /// out of order.
     fn listers_agree<I: Isa>() {
         if !I::detected() {
             return;
         }
         // SAFETY: I was detected; `Csc::build` passes slots of k entries.
-        let row: CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let lanes: CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let ways: Vec<(CsrRow, bool)> =
+            [Some(lanes), I::wide_row_lister()].into_iter().flatten().flat_map(|r| [(r, false), (r, true)]).collect();
         for (b, k) in [(1, 1), (3, 7), (8, 64), (13, 100), (128, 784), (9, 17), (5, 130), (0, 9)] {
             let images = b + 5;
             let x: Vec<u8> = (0..images * k)
@@ -299,11 +303,11 @@ mod tests {
                 .collect();
             let rows: Vec<u32> = (0..b as u32).map(|i| (i * 7 + 3) % images as u32).collect();
             // `None`: the parallel build of many threads.
-            let lists = |lister: Option<Lister>| {
+            let lists = |lister: Option<Lister>, (row, wide): (CsrRow, bool)| {
                 let mut csc = Csc::default();
                 match lister {
-                    Some(lister) => csc.build(&x, &rows, k, lister, row),
-                    None => csc.build_par(&x, &rows, k, row),
+                    Some(lister) => csc.build(&x, &rows, k, PixelListing::new(row, lister, wide)),
+                    None => csc.build_par(&x, &rows, k, PixelListing::new(row, Lister::Table, wide)),
                 }
                 (0..k)
                     .map(|j| {
@@ -312,10 +316,12 @@ mod tests {
                     })
                     .collect::<Vec<_>>()
             };
-            let want = lists(Some(Lister::WordScan));
+            let want = lists(Some(Lister::WordScan), ways[0]);
             assert!(want.iter().any(|(s, _)| !s.is_empty()) || k == 1 || b == 0);
-            for lister in [Some(Lister::Table), Some(Lister::Compress), None] {
-                assert!(lists(lister) == want, "{} {lister:?} {b}x{k}", I::NAME);
+            for (w, &way) in ways.iter().enumerate() {
+                for lister in [Some(Lister::Table), Some(Lister::Compress), None] {
+                    assert!(lists(lister, way) == want, "{} {lister:?} way {w}: {b}x{k}", I::NAME);
+                }
             }
         }
     }

@@ -48,8 +48,38 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     }
 }
 
-/// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA.
+/// Lists the non-zero pixels of one image row: [`csr_row`] for one ISA,
+/// or a whole-row lister ([`crate::simd::Simd::wide_row_lister`]).
 pub(crate) type CsrRow = fn(&[u8], &mut [u32], &mut [f32]) -> usize;
+
+/// How this CPU lists a batch's pixels, chosen once, when its backend is
+/// selected (the sub-features it needs are detected then, never in the
+/// hot code).
+#[derive(Clone, Copy)]
+pub(crate) struct PixelListing {
+    /// Lists one image row, or one pixel's row of samples.
+    pub(crate) row: CsrRow,
+    /// How [`Csc::build`] lists the batch by pixel.
+    pub(crate) lister: Lister,
+    /// The batch is transposed 64 pixels a step (AVX-512 BW), else 8.
+    wide_transpose: bool,
+}
+
+impl PixelListing {
+    /// `row` and `lister`, with the 64-pixel transpose when `wide` is
+    /// asked for and this CPU has AVX-512 BW.
+    pub(crate) fn new(row: CsrRow, lister: Lister, wide: bool) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let wide = wide && is_x86_feature_detected!("avx512bw");
+        // No 64-pixel step elsewhere.
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = {
+            let _ = wide;
+            false
+        };
+        PixelListing { row, lister, wide_transpose: wide }
+    }
+}
 
 /// Lists the non-zero values of one f32 row (a hidden layer's input, or
 /// an output gradient): [`csr_row_f32`] for one ISA.
@@ -146,26 +176,12 @@ impl Csr {
 
 /// The non-zero pixels of one image row `src`, ascending: pixel indices to
 /// `idx` and `pixel / 255` to `val` (each at least `src.len()` long); returns
-/// how many.
+/// how many. A vector at a time ([`Simd::nonzero_lanes`]).
 ///
 /// # Safety
 /// The CPU runs `S`.
 #[inline(always)]
 pub(crate) unsafe fn csr_row<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
-    // SAFETY: the CPU runs S (caller); the slots as this function's.
-    if let Some(c) = unsafe { S::csr_row_wide(src, idx, val) } {
-        return c;
-    }
-    // SAFETY: as above.
-    unsafe { csr_row_lanes::<S>(src, idx, val) }
-}
-
-/// [`csr_row`] a vector at a time ([`Simd::nonzero_lanes`]).
-///
-/// # Safety
-/// The CPU runs `S`.
-#[inline(always)]
-pub(crate) unsafe fn csr_row_lanes<S: Simd>(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> usize {
     let lut = crate::shared::pixel_table::<f32>();
     let (k, l) = (src.len(), S::LANES);
     assert!(idx.len() >= k && val.len() >= k && k <= u32::MAX as usize);
@@ -224,26 +240,13 @@ pub(crate) unsafe fn csr_row_f32<S: Simd>(src: &[f32], idx: &mut [u32], val: &mu
 /// bytes, then of byte pairs, then of 4-byte halves); the edges that do not
 /// fill a block are copied byte by byte. Blocks of 64 pixels go outermost,
 /// so that their lines of `t` stay in L1 while every sample is written.
-fn transpose_pixels(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>) {
-    transpose_pixels_with(t, x, rows, k, js, true);
-}
-
-/// [`transpose_pixels`], 64 pixels a step when `wide` and the CPU has
-/// AVX-512 BW, else 8 (so that tests can run both).
-fn transpose_pixels_with(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>, wide: bool) {
+/// 64 pixels a step where `how` says this CPU can (AVX-512 BW), else 8.
+fn transpose_pixels(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std::ops::Range<usize>, how: PixelListing) {
     let b = rows.len();
     let (j0, j1) = (js.start, js.end);
     assert!(t.len() == (j1 - j0) * b && j0.is_multiple_of(8) && j0 <= j1 && j1 <= k);
     let (b8, j8) = (b / 8 * 8, j0 + (j1 - j0) / 8 * 8);
-    // 64 pixels a step where AVX-512 BW is (std caches the detection).
-    #[cfg(target_arch = "x86_64")]
-    let wide = wide && is_x86_feature_detected!("avx512bw");
-    // No 64-pixel step elsewhere.
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = {
-        let _ = wide;
-        false
-    };
+    let wide = how.wide_transpose;
     let j64 = if wide { j0 + (j1 - j0) / 64 * 64 } else { j0 };
     let row = |i: usize| &x[rows[i] as usize * k..][..k];
     // Pixels outer, samples inner: a block's lines of `t` (64 pixels x B
@@ -254,7 +257,7 @@ fn transpose_pixels_with(t: &mut [u8], x: &[u8], rows: &[u32], k: usize, js: std
     for jb in (j0..j64).step_by(64) {
         for i0 in (0..b8).step_by(8) {
             assert!(jb + 64 <= k && (jb - j0 + 63) * b + i0 + 8 <= t.len());
-            // SAFETY: AVX-512 BW was detected (`wide`); each row has pixels jb ..
+            // SAFETY: AVX-512 BW was detected (`PixelListing::new`); each row has pixels jb ..
             // jb + 64 and `t` the 8 slots of samples i0 .. i0 + 8 of each
             // of those pixels (asserted).
             unsafe {
@@ -339,7 +342,8 @@ impl Csc {
     ///   dominated on Zen 3;
     /// * [`Lister::WordScan`]: the entries are filed straight from a scan
     ///   of the bytes (listing first would only add a pass).
-    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, lister: Lister, row: CsrRow) {
+    pub(crate) fn build(&mut self, x: &[u8], rows: &[u32], k: usize, how: PixelListing) {
+        let PixelListing { row, lister, .. } = how;
         let lut = crate::shared::pixel_table::<f32>();
         let b = rows.len();
         self.samples = b;
@@ -354,7 +358,7 @@ impl Csc {
             crate::prefetch::prefetch_rows(x, rows, k);
             grow(&mut self.bytes, k * b);
             let slots = (&mut self.count[..], &mut self.sample[..k * b], &mut self.val[..k * b]);
-            list_pixels(slots, &mut self.bytes[..k * b], (x, rows, k), 0..k, row);
+            list_pixels(slots, &mut self.bytes[..k * b], (x, rows, k), 0..k, how);
             return;
         }
         grow(&mut self.row_idx, k);
@@ -383,7 +387,7 @@ impl Csc {
     /// As [`Csc::build`] with [`Lister::Table`], in parallel (`par::run`,
     /// a block of pixels a task, each transposing and listing its own
     /// pixels); the lists are the same.
-    pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, row: CsrRow) {
+    pub(crate) fn build_par(&mut self, x: &[u8], rows: &[u32], k: usize, how: PixelListing) {
         // A multiple of 8 (the transpose's blocks): 13 blocks for MNIST.
         const PIXELS: usize = 64;
         let b = rows.len();
@@ -406,7 +410,7 @@ impl Csc {
             .enumerate();
         crate::par::run(blocks.collect(), |(q, (((count, sample), val), bytes))| {
             let js = q * PIXELS..(q * PIXELS + count.len());
-            list_pixels((count, sample, val), bytes, (x, rows, k), js, row);
+            list_pixels((count, sample, val), bytes, (x, rows, k), js, how);
         });
     }
 
@@ -463,10 +467,11 @@ fn list_pixels(
     t: &mut [u8],
     (x, rows, k): (&[u8], &[u32], usize),
     js: std::ops::Range<usize>,
-    row: CsrRow,
+    how: PixelListing,
 ) {
     let b = rows.len();
-    transpose_pixels(t, x, rows, k, js);
+    let row = how.row;
+    transpose_pixels(t, x, rows, k, js, how);
     for (j, col) in t.chunks_exact(b.max(1)).enumerate().take(count.len()) {
         // A pixel dark in the whole batch (a third of MNIST's) is one
         // vectorised OR, not a listing.
@@ -734,7 +739,8 @@ unsafe fn grad_group<S: Simd, const NV: usize, const G: usize, R: LaneRule<S>>(
 
 #[cfg(test)]
 mod tests {
-    use super::{group_sizes, transpose_pixels_with};
+    use super::{group_sizes, transpose_pixels, PixelListing};
+    use crate::simd::Lister;
 
     #[test]
     fn panel_groups_are_as_few_as_allowed_and_balanced() {
@@ -768,10 +774,10 @@ mod tests {
         let lanes: Lister = |src, idx, val| {
             // SAFETY: S was detected (above); the callers pass slots of
             // `src.len()` entries.
-            Some(unsafe { super::csr_row_lanes::<S>(src, idx, val) })
+            Some(unsafe { super::csr_row::<S>(src, idx, val) })
         };
-        // SAFETY: as above.
-        let wide: Lister = |src, idx, val| unsafe { S::csr_row_wide(src, idx, val) };
+        // Where this CPU has one (the callers pass slots of `src.len()`).
+        let wide: Lister = |src, idx, val| S::wide_row_lister().map(|row| row(src, idx, val));
         let patterns: [fn(usize) -> u8; 4] = [
             |_| 0,
             |i| (i % 255 + 1) as u8,
@@ -827,7 +833,8 @@ mod tests {
             let ranges = starts.flat_map(|j0| [j0..(j0 + 13).min(k), j0..(j0 + 130).min(k)]);
             for js in std::iter::once(0..k).chain(ranges) {
                 let mut t = vec![0xaa; js.len() * b];
-                transpose_pixels_with(&mut t, &x, &rows, k, js.clone(), wide);
+                let how = PixelListing::new(|_, _, _| 0, Lister::WordScan, wide);
+                transpose_pixels(&mut t, &x, &rows, k, js.clone(), how);
                 for (i, &r) in rows.iter().enumerate() {
                     for j in js.clone() {
                         assert_eq!(

@@ -17,7 +17,7 @@ use crate::shared::{
     softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::simd::Lister;
-use crate::sparse::{self, Csc, Csr};
+use crate::sparse::{self, Csc, Csr, PixelListing};
 use crate::{
     peak, Activation, AlignedVec, Applied, Backend, Ceilings, Dims, InputLists, Layer1Path, PanelLayout, Update,
     XentStats,
@@ -26,9 +26,12 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 /// The backend running instruction set `I`. Only `SimdBackend::new` makes
-/// one, and only when `I` is detected. It holds no state: every option
-/// (such as the input layer's path) comes with each call.
+/// one, and only when `I` is detected. It holds what it chose for this CPU
+/// then (the sub-features it detected); no other state: every option (such
+/// as the input layer's path) comes with each call.
 pub(crate) struct SimdBackend<I> {
+    /// How the input layer lists its pixels on this CPU.
+    pixels: PixelListing,
     _isa: PhantomData<I>,
 }
 
@@ -59,7 +62,17 @@ const XT_GROUP: usize = 8;
 impl<I: Isa> SimdBackend<I> {
     /// The backend, if this CPU runs `I`.
     pub(crate) fn new() -> Option<Self> {
-        I::detected().then_some(SimdBackend { _isa: PhantomData })
+        if !I::detected() {
+            return None;
+        }
+        // A lister a vector at a time, the ISA's whole-row one where this
+        // CPU has its sub-features.
+        // SAFETY: I was detected (above); the listers' callers pass slots
+        // of `src.len()` entries.
+        let lanes: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let row = I::wide_row_lister().unwrap_or(lanes);
+        let pixels = PixelListing::new(row, csc_lister::<I>(), true);
+        Some(SimdBackend { pixels, _isa: PhantomData })
     }
     const NR: usize = I::NV * I::LANES;
 
@@ -127,9 +140,7 @@ impl<I: Isa> SimdBackend<I> {
         let Some(update) = self.weight_grad_prologue(dw, update, db, dz, d) else {
             return;
         };
-        // SAFETY: I was detected (a SimdBackend<I> exists).
-        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
-        let build = |csc: &mut Csc| csc.build(x, rows, k, csc_lister::<I>(), row);
+        let build = |csc: &mut Csc| csc.build(x, rows, k, self.pixels);
         let pack = |dst: &mut [f32], i0: usize| {
             // SAFETY: I was detected; dst holds whole MR x B micro-panels and
             // the rows were checked against x.
@@ -157,7 +168,7 @@ impl<I: Isa> SimdBackend<I> {
         // pixels, and every task reads them (as the forward's lists).
         with_buffer(&SHARED_CSC, |csc| {
             let sparse = Self::sparse(path, (rows.len(), k), SPARSE_MAX_DENSITY, || {
-                csc.build_par(x, rows, k, row);
+                csc.build_par(x, rows, k, self.pixels);
                 csc.nonzeros()
             });
             from_lists(csc, sparse, dw, update);
@@ -452,7 +463,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             I::MR,
             Self::NR,
             crate::caches::blocking().describe(),
-            match csc_lister::<I>() {
+            match self.pixels.lister {
                 Lister::Table if I::LISTER == Lister::Compress =>
                     "from the transposed batch (faster than filing each image's list except on Zen 4)",
                 Lister::Table => "from the transposed batch",
@@ -503,8 +514,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_rows(x, rows, k);
         check_len("H", h.len(), rows.len() * n);
         let relu = act.applied() == Applied::ReluInKernel;
-        // SAFETY: I was detected (a SimdBackend<I> exists).
-        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
+        let row = self.pixels.row;
         if par::threads() >= SHARED_LISTS_MIN_THREADS {
             // Many threads: the batch's lists are built once, in parallel
             // by samples, and every task reads them (see the constant).
@@ -583,11 +593,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             return InputLists { x, rows, k, csc: None };
         }
         check_rows(x, rows, k);
-        // SAFETY: I was detected (a SimdBackend<I> exists).
-        let row: sparse::CsrRow = |src, idx, val| unsafe { I::csr_row(src, idx, val) };
         let mut csc = PREPARED_CSC.with(|c| std::mem::take(&mut *c.borrow_mut()));
         rayon::in_place_scope(|s| {
-            s.spawn(|_| csc.build(x, rows, k, csc_lister::<I>(), row));
+            s.spawn(|_| csc.build(x, rows, k, self.pixels));
             work();
         });
         InputLists { x, rows, k, csc: Some(csc) }

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512;
 
-/// `Simd::csr_row_wide` with AVX-512 VBMI2 (Ice Lake, Sapphire Rapids,
+/// `Simd::wide_row_lister` with AVX-512 VBMI2 (Ice Lake, Sapphire Rapids,
 /// Zen 4 and later): 64 pixels a step, their non-zero bytes and lane
 /// numbers packed by one byte compress each, then widened 16 at a
 /// time. A row of MNIST is 13 such steps, not 49 of 16 pixels, and a
@@ -192,15 +192,13 @@ impl Simd for Avx512 {
         // SAFETY: AVX-512F is present; ordered "greater than" is false for NaN.
         unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps()) == 0xffff }
     }
-    #[inline(always)]
-    unsafe fn csr_row_wide(src: &[u8], idx: &mut [u32], val: &mut [f32]) -> Option<usize> {
-        // std caches the detection; one check a row.
-        if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vbmi2") {
-            // SAFETY: the features were detected.
-            Some(unsafe { csr_row_vbmi2(src, idx, val) })
-        } else {
-            None
-        }
+    fn wide_row_lister() -> Option<crate::sparse::CsrRow> {
+        let vbmi2 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vbmi2");
+        // SAFETY: the lister exists only where its features were detected
+        // (here); `csr_row_vbmi2` asserts the slots' lengths.
+        vbmi2.then_some(|src, idx, val| unsafe { csr_row_vbmi2(src, idx, val) })
     }
     #[inline(always)]
     unsafe fn nonzero_lanes(src: *const u8, base: u32, idx: *mut u32, val: *mut f32, _: &[f32; 256]) -> usize {

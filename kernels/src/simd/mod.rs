@@ -79,13 +79,13 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     unsafe fn all_positive(v: Self::V) -> bool;
     /// The sum of the lanes (a fixed order per instruction set).
     unsafe fn hsum(v: Self::V) -> f32;
-    /// A whole image row listed as `sparse::csr_row` lists it (pixel
-    /// indices ascending to `idx`, `pixel / 255` to `val`, each at least
-    /// `src.len()` long; returns how many), where this CPU has a faster way
-    /// than [`Simd::nonzero_lanes`] a vector at a time; `None` where it
-    /// has not (the caller then goes a vector at a time).
-    #[inline(always)]
-    unsafe fn csr_row_wide(_src: &[u8], _idx: &mut [u32], _val: &mut [f32]) -> Option<usize> {
+    /// A lister of whole image rows, listing as `sparse::csr_row` does
+    /// (pixel indices ascending to `idx`, `pixel / 255` to `val`, each at
+    /// least `src.len()` long; returns how many), where this CPU has a
+    /// faster way than [`Simd::nonzero_lanes`] a vector at a time; `None`
+    /// where it has not. Its sub-features are detected by this call: the
+    /// backend asks once, when it is selected.
+    fn wide_row_lister() -> Option<crate::sparse::CsrRow> {
         None
     }
     /// The non-zero floats among the `LANES` at `src`, in order: index
