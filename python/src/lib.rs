@@ -109,16 +109,23 @@ fn value_error(e: anyhow::Error) -> PyErr {
 /// Runs `job` inside kiln's pool, on a thread of its own, with the GIL
 /// released. Meanwhile this thread (Python's main thread, as a rule) runs
 /// Python's signal handlers every 50 ms, so Ctrl-C reaches `stop` (which
-/// `fit` checks after every step). A panic in `job` comes back as a
-/// `RuntimeError` with the panic's message: it never unwinds into Python
-/// or aborts the interpreter.
+/// `fit` checks after every step), and returns the moment `job` ends (a
+/// sleep of 50 ms between checks made every `predict` take 50 ms at
+/// least). A panic in `job` comes back as a `RuntimeError` with the
+/// panic's message: it never unwinds into Python or aborts the
+/// interpreter.
 fn in_pool<R: Send>(py: Python<'_>, stop: &Stop, job: impl FnOnce() -> PyResult<R> + Send) -> PyResult<R> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
     let pool = pool()?;
     py.detach(|| {
         std::thread::scope(|s| {
-            let job = s.spawn(|| pool.install(job));
-            while !job.is_finished() {
-                std::thread::sleep(Duration::from_millis(50));
+            // `done` is dropped when the job ends, returned or panicked.
+            let (done, ended) = channel::<()>();
+            let job = s.spawn(move || {
+                let _done = done;
+                pool.install(job)
+            });
+            while let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(Duration::from_millis(50)) {
                 if let Err(e) = Python::attach(|py| py.check_signals()) {
                     stop.raise(e);
                 }
