@@ -10,7 +10,8 @@
 //! The loops are plain Rust written so the compiler vectorizes them; on
 //! x86-64 they are compiled a second and third time for AVX2 and AVX-512
 //! (32-bit multiplies are slow to emulate on the SSE2 baseline) and the
-//! best the CPU runs is detected once, at the first call ([`Build`]).
+//! best the CPU runs is detected once, at the first call ([`Build`]); the
+//! backward likewise (its masks and the activation's derivative).
 
 use crate::{Activation, Flushed, Real};
 
@@ -145,6 +146,20 @@ pub fn dropout_backward<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act
         "dropout_backward: mismatched lengths"
     );
     let _flushed = Flushed::new();
+    match Build::best() {
+        // SAFETY: the function's target features were detected on this CPU
+        // (`Build::best`).
+        #[cfg(target_arch = "x86_64")]
+        Build::Avx512 => unsafe { backward_rows_avx512(g, keeps, scales, act, h) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Build::Avx2 => unsafe { backward_rows_avx2(g, keeps, scales, act, h) },
+        Build::Baseline => backward_rows(g, keeps, scales, act, h),
+    }
+}
+
+#[inline(always)]
+fn backward_rows<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
     for (keep, &s) in keeps.iter().zip(scales).rev() {
         for (v, &k) in g.iter_mut().zip(keep.iter()) {
             let kept = if k != 0 { *v } else { *v * T::zero() };
@@ -153,6 +168,7 @@ pub fn dropout_backward<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act
     }
     // One loop per activation, each compiled with its formula inlined (the
     // match has no wildcard: a new activation must be placed here).
+    #[inline(always)]
     fn each<T: Real>(h: &[T], g: &mut [T], f: impl Fn(T, T) -> T) {
         for (v, &y) in g.iter_mut().zip(h) {
             *v = f(y, *v);
@@ -166,9 +182,68 @@ pub fn dropout_backward<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn backward_rows_avx2<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
+    backward_rows(g, keeps, scales, act, h);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn backward_rows_avx512<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
+    backward_rows(g, keeps, scales, act, h);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The backward's AVX2 and AVX-512 builds give the baseline's bits, for
+    /// every activation, one and two masks, odd widths, signed zeros, NaN
+    /// and infinities among the gradients.
+    #[test]
+    fn every_compiled_backward_gives_the_baselines_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for n in [1usize, 3, 15, 16, 17, 33, 100, 513] {
+            let h: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.37).sin() * 3.0).max(-0.5)).collect();
+            let mut g0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.91).cos() * 2.0).collect();
+            for (i, special) in [-0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+                if let Some(v) = g0.get_mut(i * 5) {
+                    *v = special;
+                }
+            }
+            let k1: Vec<u8> = (0..n).map(|i| u8::from(i % 3 != 0)).collect();
+            let k2: Vec<u8> = (0..n).map(|i| u8::from(i % 4 != 1)).collect();
+            for act in Activation::ALL {
+                for (keeps, scales) in [(vec![&k1[..]], vec![1.25f32]), (vec![&k1[..], &k2[..]], vec![1.25, 2.0])] {
+                    let mut want = g0.clone();
+                    backward_rows(&mut want, &keeps, &scales, act, &h);
+                    #[cfg(target_arch = "x86_64")]
+                    for (name, ok) in [
+                        ("avx2", is_x86_feature_detected!("avx2")),
+                        ("avx512", is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")),
+                    ] {
+                        if !ok {
+                            continue;
+                        }
+                        let mut got = g0.clone();
+                        // SAFETY: the features were detected just above.
+                        unsafe {
+                            if name == "avx2" {
+                                backward_rows_avx2(&mut got, &keeps, &scales, act, &h);
+                            } else {
+                                backward_rows_avx512(&mut got, &keeps, &scales, act, &h);
+                            }
+                        }
+                        assert_eq!(bits(&got), bits(&want), "{name}, {act:?}, n = {n}");
+                    }
+                    let mut public = g0.clone();
+                    dropout_backward(&mut public, &keeps, &scales, act, &h);
+                    assert_eq!(bits(&public), bits(&want), "{act:?}, n = {n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_compiled_variant_draws_the_reference_mask_and_bits() {
