@@ -47,10 +47,13 @@ impl Dropout {
     }
 }
 
-/// One layer of a [`Sequential`] stack. Each kind's computation lives in a
-/// module of its own (`dense` in the kernels, `dropout`), and every `match`
-/// on this enum is exhaustive, so a new kind does not compile until each
-/// place that must know it does.
+/// One layer of a [`Sequential`] stack. Every `match` on this enum is
+/// exhaustive, so a new kind does not compile until each place that must
+/// know it does; [`Arch::new`] decides how the model runs it: a Dense
+/// layer's product (the kernels), or a layer acting on each value of the
+/// Dense layer below, whose forward and backward sit side by side in the
+/// model's `dropout` module and whose own type there makes the compiler
+/// point at each place that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
     /// A fully connected layer with its activation.
@@ -98,6 +101,18 @@ pub(crate) struct DropoutAt {
     pub(crate) dropout: Dropout,
 }
 
+/// A layer without parameters that acts on each value of the Dense layer
+/// before it, as the model runs it: in training (forward and backward, in
+/// `model::dropout`) and in inference (`model::arena`). Those places match
+/// on it exhaustively, so a new kind of this sort (GaussianNoise,
+/// ActivityRegularization, ...) is a variant here and the compiler points
+/// at each place that must run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elementwise {
+    /// A Dropout with a rate above 0 (rate 0 is no layer at all).
+    Dropout(DropoutAt),
+}
+
 /// Most parameters a model may have (2^32 f32 are 16 GiB per copy, and a
 /// model keeps three copies): a guard against widths that overflow memory.
 const MAX_PARAMETERS: usize = 1 << 32;
@@ -113,8 +128,9 @@ pub struct Arch {
     layers: Vec<Layer>,
     /// The Dense layers alone: Dense layer `k` owns the tensors `dense_{k+1}.*`.
     pub(super) dense: Vec<Dense>,
-    /// For each Dense layer, the Dropouts (with a rate above 0) right after it.
-    pub(super) dropouts: Vec<Vec<DropoutAt>>,
+    /// For each Dense layer, the layers that act on each of its values right
+    /// after it, in order.
+    pub(super) after: Vec<Vec<Elementwise>>,
 }
 
 impl Arch {
@@ -136,7 +152,7 @@ impl Arch {
         let layers: Vec<Layer> = layers.into_iter().map(Into::into).collect();
         ensure!(inputs > 0, "the input has 0 values; expected at least 1");
         ensure!(!layers.is_empty(), "the model has no layers; expected at least the output layer (e.g. 10:softmax)");
-        let (mut dense, mut dropouts) = (Vec::new(), Vec::<Vec<DropoutAt>>::new());
+        let (mut dense, mut after) = (Vec::new(), Vec::<Vec<Elementwise>>::new());
         let mut ordinal = 0u32;
         for (l, layer) in layers.iter().enumerate() {
             let last = l + 1 == layers.len();
@@ -153,16 +169,16 @@ impl Arch {
                         bail!("the output layer has {} units; labels are bytes, so at most 256 classes", d.units);
                     }
                     dense.push(d);
-                    dropouts.push(Vec::new());
+                    after.push(Vec::new());
                 }
                 Layer::Dropout(d) => {
-                    let Some(below) = dropouts.last_mut() else {
+                    let Some(below) = after.last_mut() else {
                         bail!(
                             "layer 1 is dropout; a Dropout must follow a Dense layer (it drops that layer's outputs)"
                         );
                     };
                     if d.rate > 0.0 {
-                        below.push(DropoutAt { ordinal, dropout: d });
+                        below.push(Elementwise::Dropout(DropoutAt { ordinal, dropout: d }));
                     }
                     ordinal += 1;
                 }
@@ -181,7 +197,7 @@ impl Arch {
                 }
             }
         }
-        let arch = Arch { inputs, layers, dense, dropouts };
+        let arch = Arch { inputs, layers, dense, after };
         let mut total = 0usize;
         for k in 0..arch.dense.len() {
             let (i, o) = arch.kernel_shape(k);
@@ -280,7 +296,7 @@ impl Arch {
 
     /// Whether any Dropout (with a rate above 0) drops values in training.
     pub fn has_dropout(&self) -> bool {
-        self.dropouts.iter().any(|d| !d.is_empty())
+        self.after.iter().flatten().any(|e| matches!(e, Elementwise::Dropout(_)))
     }
 
     /// Parameters of all layers (kernels and biases).
@@ -405,8 +421,11 @@ mod tests {
         assert_eq!(a.dense().len(), 3);
         assert_eq!(a.layers().len(), 6);
         // Two in a row apply in order, keyed by their own ordinals; rate 0 computes nothing.
-        let rates: Vec<Vec<(u32, f64)>> =
-            a.dropouts.iter().map(|v| v.iter().map(|d| (d.ordinal, d.dropout.rate())).collect()).collect();
+        let rates: Vec<Vec<(u32, f64)>> = a
+            .after
+            .iter()
+            .map(|v| v.iter().map(|Elementwise::Dropout(d)| (d.ordinal, d.dropout.rate())).collect())
+            .collect();
         assert_eq!(rates, vec![vec![(0, 0.5), (1, 0.1)], vec![], vec![]]);
         assert!(!Arch::parse("64:relu,dropout:0", 784, 10).unwrap().has_dropout());
         let err = |s: &str| Arch::parse(s, 784, 10).unwrap_err().to_string();

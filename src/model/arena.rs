@@ -84,7 +84,7 @@ pub(super) fn forward_hidden<'a, T: Real>(
         let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
         let (below, here) = acts.split_at_mut(l);
         let bn = b * s.dims.n;
-        let drops = &arch.dropouts[l][..];
+        let drops = &arch.after[l][..];
         // What the layer reads: the pixels in place, or a (B, K) matrix.
         let x = match (l, inputs) {
             (0, Inputs::Pixels(pixels)) => Read::Pixels(pixels, rows),
@@ -101,7 +101,10 @@ pub(super) fn forward_hidden<'a, T: Real>(
                 let keep = &mut keep[l][..dropout::mask_len(drops, b, s.dims.n)];
                 dropout::forward(drops, *key, rows, (h, out, keep));
             }
-            _ => dense_forward(be, out, x, (kernel, bias), s.dims, act, path),
+            _ => {
+                debug_assert!(!dropout::acts_in_inference(drops), "a layer after dense_{} acts in inference", l + 1);
+                dense_forward(be, out, x, (kernel, bias), s.dims, act, path)
+            }
         }
         done(l);
     }

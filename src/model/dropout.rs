@@ -1,19 +1,22 @@
-//! Dropout's computation, forward and backward side by side: its masks,
-//! drawn from a counter-based generator, applied to the output of the Dense
-//! layer below it in training, and the gradient through them.
+//! The layers that act on each value of a Dense layer's output
+//! ([`Elementwise`], Dropout today), forward and backward side by side:
+//! Dropout's masks, drawn from a counter-based generator, applied to the
+//! output of the Dense layer below it in training, and the gradient
+//! through them.
 //!
 //! Semantics are Keras 3 on TensorFlow (`tf.nn.experimental.stateless_dropout`):
 //! `y = (x * scale) * keep` with `scale = 1 / (1 - rate)` formed in f64 and
 //! rounded once, `keep = [u >= rate]` for `u` uniform in `[0, 1)` on the
 //! float32 grid of `2^-23`; the gradient is `(g * keep) * scale`. Inference
-//! passes values unchanged (the caller simply does not call this module).
+//! passes values unchanged: the inference path runs none of these layers
+//! (`acts_in_inference`).
 //!
 //! A mask depends on (seed, which Dropout, update number, dataset row,
 //! unit) and on nothing else: not on the thread count, the batch's order
 //! or what ran before, so a resumed run draws the masks an uninterrupted
 //! one would.
 
-use super::arch::DropoutAt;
+use super::arch::Elementwise;
 use kiln_kernels::{Activation, Real};
 
 /// What keys one training step's masks.
@@ -68,16 +71,32 @@ pub fn keep_mask(seed: u64, ordinal: u32, step: u64, row: u32, units: usize, rat
     keep.into_iter().map(|k| k != 0).collect()
 }
 
-/// Bytes of masks the Dropouts `drops` keep for a batch of `b` rows of `n` units.
-pub(super) fn mask_len(drops: &[DropoutAt], b: usize, n: usize) -> usize {
-    drops.len() * b * n
+/// Whether any of `drops` changes values in inference. None does yet (a
+/// Dropout passes them through), so the inference path
+/// (`arena::forward_hidden`) runs none of these layers; a kind that acts in
+/// inference must be run there as well.
+pub(super) fn acts_in_inference(drops: &[Elementwise]) -> bool {
+    drops.iter().any(|e| match e {
+        Elementwise::Dropout(_) => false,
+    })
+}
+
+/// Bytes of masks the layers `drops` keep for a batch of `b` rows of `n`
+/// units (each Dropout a mask).
+pub(super) fn mask_len(drops: &[Elementwise], b: usize, n: usize) -> usize {
+    drops
+        .iter()
+        .map(|e| match e {
+            Elementwise::Dropout(_) => b * n,
+        })
+        .sum()
 }
 
 /// Training forward of the Dropouts `drops` (in order) over the output `h`
 /// (`(B, n)`) of the Dense layer below, for the dataset rows `rows`: `a :=
 /// drops(h)`, each Dropout's mask recorded in `keep` (`(drops, B, n)`).
 pub(super) fn forward<T: Real>(
-    drops: &[DropoutAt],
+    drops: &[Elementwise],
     key: StepKey,
     rows: &[u32],
     (h, a, keep): (&[T], &mut [T], &mut [u8]),
@@ -85,10 +104,18 @@ pub(super) fn forward<T: Real>(
     let b = rows.len();
     let n = h.len() / b.max(1);
     a.copy_from_slice(h);
-    for (d, at) in drops.iter().enumerate() {
-        let keys: Vec<u32> = rows.iter().map(|&r| row_key(key, at.ordinal, r)).collect();
-        let masks = &mut keep[d * b * n..(d + 1) * b * n];
-        kiln_kernels::dropout_forward(a, masks, &keys, threshold(at.dropout.rate()), scale(at.dropout.rate()));
+    if a.is_empty() {
+        return; // an empty batch
+    }
+    let mut masks = keep.chunks_exact_mut(b * n);
+    for e in drops {
+        match e {
+            Elementwise::Dropout(at) => {
+                let keys: Vec<u32> = rows.iter().map(|&r| row_key(key, at.ordinal, r)).collect();
+                let mask = masks.next().expect("a mask per Dropout (mask_len)");
+                kiln_kernels::dropout_forward(a, mask, &keys, threshold(at.dropout.rate()), scale(at.dropout.rate()));
+            }
+        }
     }
 }
 
@@ -97,12 +124,20 @@ pub(super) fn forward<T: Real>(
 /// respect to the Dropouts' output and becomes the gradient with respect to
 /// the Dense layer's pre-activation: through each mask, last first, `(g *
 /// keep) * scale`, then the activation's derivative at `h`.
-pub(super) fn backward<T: Real>(drops: &[DropoutAt], act: Activation, (h, keep): (&[T], &[u8]), da: &mut [T]) {
+pub(super) fn backward<T: Real>(drops: &[Elementwise], act: Activation, (h, keep): (&[T], &[u8]), da: &mut [T]) {
     if h.is_empty() {
         return; // an empty batch
     }
-    let keeps: Vec<&[u8]> = keep.chunks_exact(h.len()).take(drops.len()).collect();
-    let scales: Vec<T> = drops.iter().map(|at| scale(at.dropout.rate())).collect();
+    let mut masks = keep.chunks_exact(h.len());
+    let (mut keeps, mut scales) = (Vec::new(), Vec::new());
+    for e in drops {
+        match e {
+            Elementwise::Dropout(at) => {
+                keeps.push(masks.next().expect("a mask per Dropout (mask_len)"));
+                scales.push(scale::<T>(at.dropout.rate()));
+            }
+        }
+    }
     kiln_kernels::dropout_backward(da, &keeps, &scales, act, h);
 }
 
@@ -111,7 +146,7 @@ pub(super) fn backward<T: Real>(drops: &[DropoutAt], act: Activation, (h, keep):
 /// 0) sits between, else nothing (`Linear`) and [`backward`] applies the
 /// masks and then the activation at the Dense layer's own output `h`.
 pub(super) fn kernel_derivative<'a, T>(
-    drops: &[DropoutAt],
+    drops: &[Elementwise],
     act: Activation,
     a: &'a [T],
     h: &'a [T],
@@ -128,8 +163,8 @@ mod tests {
     use super::*;
     use crate::model::Dropout;
 
-    fn at(ordinal: u32, rate: f64) -> DropoutAt {
-        DropoutAt { ordinal, dropout: Dropout::new(rate).unwrap() }
+    fn at(ordinal: u32, rate: f64) -> Elementwise {
+        Elementwise::Dropout(crate::model::arch::DropoutAt { ordinal, dropout: Dropout::new(rate).unwrap() })
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`Model`]: a network with its gradients, optimizer state and one
 //! batch's activations, trained step by step as Keras does.
 
-use super::arch::DropoutAt;
+use super::arch::Elementwise;
 use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
 use super::dropout::{self, StepKey};
 use super::{Arch, Inputs, Params};
@@ -41,7 +41,7 @@ impl<T: Real> Workspace<T> {
     fn new(arch: &Arch, capacity: usize) -> Self {
         let hidden = &arch.dense[..arch.dense.len() - 1];
         let buf = |w: usize| AlignedVec::zeroed(capacity * w);
-        let dropping = |l: usize| !arch.dropouts[l].is_empty();
+        let dropping = |l: usize| !arch.after[l].is_empty();
         Workspace {
             acts: hidden.iter().map(|d| buf(d.units)).collect(),
             grads: hidden.iter().map(|d| buf(d.units)).collect(),
@@ -49,7 +49,7 @@ impl<T: Real> Workspace<T> {
             keep: hidden
                 .iter()
                 .enumerate()
-                .map(|(l, d)| vec![0; dropout::mask_len(&arch.dropouts[l], capacity, d.units)])
+                .map(|(l, d)| vec![0; dropout::mask_len(&arch.after[l], capacity, d.units)])
                 .collect(),
             input: if hidden.is_empty() { buf(arch.inputs) } else { AlignedVec::zeroed(0) },
             p: buf(arch.classes()),
@@ -70,7 +70,7 @@ impl<T: Real> Workspace<T> {
     fn hidden_backward(
         &mut self,
         be: &dyn Backend<T>,
-        (l, s, below, b): (usize, &Slot, (Activation, &[DropoutAt]), usize),
+        (l, s, below, b): (usize, &Slot, (Activation, &[Elementwise]), usize),
         (w, g, state): (&mut [T], &mut [T], &mut [AlignedVec<T>; MAX_SLOTS]),
         (step, path): (Option<kiln_kernels::Step<T>>, Layer1Path),
         copied: Option<usize>,
@@ -471,7 +471,7 @@ impl<'b, T: Real> Model<'b, T> {
             let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
             be.output_backward(gk, gb, input, dz, s.dims);
             if last > 0 {
-                let (act, drops) = (self.arch.dense[last - 1].activation, &self.arch.dropouts[last - 1][..]);
+                let (act, drops) = (self.arch.dense[last - 1].activation, &self.arch.after[last - 1][..]);
                 let bk = b * s.dims.k;
                 let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
                 let (act_k, at) = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
@@ -573,8 +573,8 @@ impl<'b, T: Real> Model<'b, T> {
 
 /// What Dense layer `l`'s input gradient passes through below it: the
 /// activation of layer `l - 1` and the Dropouts after that layer.
-fn below(arch: &Arch, l: usize) -> (Activation, &[DropoutAt]) {
-    (arch.dense[l - 1].activation, &arch.dropouts[l - 1])
+fn below(arch: &Arch, l: usize) -> (Activation, &[Elementwise]) {
+    (arch.dense[l - 1].activation, &arch.after[l - 1])
 }
 
 /// The update of the range `r` of the arena `w`, with `r` of each used
