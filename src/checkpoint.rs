@@ -86,6 +86,10 @@ pub fn save(path: &Path, params: &Params<f32>, extra: &BTreeMap<String, String>)
     write_atomic(path, &serialize(&params.named_tensors(), &meta))
 }
 
+/// The largest update count a file may give (what f64 counts exactly; the
+/// next update's number must not overflow).
+const MAX_ITERATIONS: u64 = 1 << 53;
+
 /// An optimizer's state as a model file carries it: with it, a loaded model
 /// trains on exactly as the saved one would have.
 #[derive(Clone, Debug, PartialEq)]
@@ -411,8 +415,11 @@ fn read_state(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Option<Optim
     }
     Ok(match c.meta.get("iterations") {
         Some(i) => {
-            let iterations = i.parse().map_err(|_| {
-                anyhow::anyhow!("{}: metadata `iterations` is {i:?}, expected a whole number", path.display())
+            let iterations = i.parse().ok().filter(|&n| n <= MAX_ITERATIONS).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: metadata `iterations` is {i:?}, expected a whole number up to 2^53",
+                    path.display()
+                )
             })?;
             Some(OptimizerState { iterations, slots })
         }
@@ -422,26 +429,23 @@ fn read_state(c: &Contents<'_>, arch: &Arch, path: &Path) -> Result<Option<Optim
 }
 
 /// The optimizer's state arrays in a file (`optimizer.NAME.dense_K.*`),
-/// each a whole set of tensors of `arch`'s shapes, in the file's order;
-/// every tensor read is added to `expected`.
+/// each a whole set of tensors of `arch`'s shapes, sorted by name; every
+/// tensor read is added to `expected`.
 fn read_slots(
     c: &Contents<'_>,
     arch: &Arch,
     path: &Path,
     expected: &mut std::collections::HashSet<String>,
 ) -> Result<Vec<(String, Params<f32>)>> {
-    let mut names: Vec<String> = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
     for name in c.st.names() {
         if let Some(rest) = name.strip_prefix("optimizer.") {
             let Some((slot, _)) = rest.split_once('.') else {
                 bail!("{}: unknown tensor `{name}` (optimizer state is optimizer.NAME.dense_K.*)", path.display());
             };
-            if !names.iter().any(|n| n == slot) {
-                names.push(slot.to_string());
-            }
+            names.insert(slot.to_string());
         }
     }
-    names.sort();
     names
         .into_iter()
         .map(|n| Ok((n.clone(), read_group(c, arch, &format!("optimizer.{n}."), path, expected)?)))
@@ -619,8 +623,11 @@ pub fn load_resume(path: &Path, arch: &Arch, run: &BTreeMap<String, String>) -> 
             )));
         }
     }
-    let iterations: u64 =
-        meta("iterations")?.parse().map_err(|_| fail("metadata `iterations` is not a whole number".into()))?;
+    let iterations: u64 = meta("iterations")?
+        .parse()
+        .ok()
+        .filter(|&n| n <= MAX_ITERATIONS)
+        .ok_or_else(|| fail("metadata `iterations` is not a whole number up to 2^53".into()))?;
     let mut progress: crate::train::Progress = serde_json::from_str(meta("progress")?)
         .map_err(|e| fail(format!("metadata `progress` is not what train writes ({e})")))?;
     // The weights, the optimizer's slots (named by the tensors), the best

@@ -562,6 +562,8 @@ fn bad_optimizer_state_in_a_model_file_is_one_line_error() {
     assert_contains(&error(&write(d.path(), &good, Some(meta))), "holds optimizer state but no metadata `iterations`");
     let bad_count = [meta, &[("iterations", "-1")]].concat();
     assert_contains(&error(&write(d.path(), &good, Some(&bad_count))), "metadata `iterations` is \"-1\"");
+    let huge = [meta, &[("iterations", "18446744073709551615")]].concat();
+    assert_contains(&error(&write(d.path(), &good, Some(&huge))), "expected a whole number up to 2^53");
     let mut missing = good.clone();
     missing.pop();
     assert_contains(

@@ -66,7 +66,7 @@ unsafe fn forward_rows_avx512<T: Real>(a: &mut [T], keep: &mut [u8], keys: &[u32
     forward_rows(a, keep, keys, threshold, scale);
 }
 
-/// The builds of the forward pass, best first.
+/// The builds of the forward and backward passes, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Build {
     #[cfg(target_arch = "x86_64")]

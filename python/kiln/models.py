@@ -116,11 +116,16 @@ class Sequential:
                 raise ValueError(f"compile: {arg}={got!r} is not supported by kiln")
         del run_eagerly, jit_compile, auto_scale_loss  # how Keras runs, not what it computes
         compiled = {"optimizer": optimizers.get(optimizer), "loss": loss, "metrics": bool(metrics)}
+        before = self._net, self._compiled
         weights = None if self._net is None else [values for _, values in self._net.get_weights()]
         self._net, self._compiled = None, compiled
         if weights is not None:
-            self._build(self._width(self._input_shape))
-            self._net.set_weights(weights)
+            try:
+                self._build(self._width(self._input_shape))
+                self._net.set_weights(weights)
+            except BaseException:
+                self._net, self._compiled = before  # the trained model stays as it was
+                raise
 
     def _x(self, x, what="x"):
         if x is None:
@@ -352,18 +357,20 @@ class Sequential:
         if verbose:
             print(f"Saved an ONNX model to {filepath}")
 
-    def save(self, filepath, overwrite=True):
+    def save(self, filepath, overwrite=True, include_optimizer=True):
         """Writes a kiln model file (safetensors, as `train` writes them: the
         CLI's `predict`, `serve` and `train --init` read it, and
         `models.load_model` reads it back). Once the model has trained, the
-        file keeps the optimizer's state too, as Keras's does."""
+        file keeps the optimizer's state too, as Keras's does, unless
+        `include_optimizer=False` (kiln before 2026-12-07 reads only files
+        without it)."""
         import os
 
         if not overwrite and os.path.exists(filepath):
             raise ValueError(f"save: {filepath} exists and overwrite=False")
         self._ensure_built()
         extra = {"loss": self._compiled["loss"]} if self._compiled else {}
-        self._net.save(os.fspath(filepath), extra)
+        self._net.save(os.fspath(filepath), extra, bool(include_optimizer))
 
 
 def _optimizer_from(call, schedule=None):
@@ -383,12 +390,15 @@ def _optimizer_from(call, schedule=None):
         args[key.strip()] = {"True": True, "False": False}.get(value.strip()) if value.strip() in ("True", "False") else float(value)
     kind, *rest = (schedule or "constant").split(":")
     lr = args.get("learning_rate", classes[m.group(1)]().get_config()["learning_rate"])
-    if kind == "exponential" and len(rest) == 2:
-        args["learning_rate"] = optimizers.schedules.ExponentialDecay(lr, int(rest[0]), float(rest[1]))
-    elif kind == "cosine" and len(rest) == 1:
-        args["learning_rate"] = optimizers.schedules.CosineDecay(lr, int(rest[0]))
-    elif kind != "constant":
-        raise ValueError(f"load_model: the file's learning-rate schedule {schedule!r} is not one kiln knows")
+    try:
+        if kind == "exponential" and len(rest) == 2:
+            args["learning_rate"] = optimizers.schedules.ExponentialDecay(lr, int(rest[0]), float(rest[1]))
+        elif kind == "cosine" and len(rest) == 1:
+            args["learning_rate"] = optimizers.schedules.CosineDecay(lr, int(rest[0]))
+        elif kind != "constant" or rest:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"its learning-rate schedule {schedule!r} is not one kiln knows") from None
     return classes[m.group(1)](**args)
 
 
@@ -409,7 +419,11 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     for part in spec.split(","):
         head, _, tail = part.partition(":")
         model.add(layers_module.Dropout(float(tail)) if head == "dropout" else layers_module.Dense(int(head), activation=tail))
-    model.compile(optimizer=_optimizer_from(meta.get("optimizer"), meta.get("lr_schedule")) if compile else "rmsprop",
+    try:
+        optimizer = _optimizer_from(meta.get("optimizer"), meta.get("lr_schedule")) if compile else "rmsprop"
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"load_model: {os.fspath(filepath)}: {e}") from None
+    model.compile(optimizer=optimizer,
                   loss=meta.get("loss", "categorical_crossentropy"), metrics=["accuracy"])
     model._build(inputs)
     if compile:

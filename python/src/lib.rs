@@ -106,18 +106,38 @@ fn value_error(e: anyhow::Error) -> PyErr {
     PyValueError::new_err(kiln::error_line(&e))
 }
 
-/// Runs `job` inside kiln's pool, on a thread of its own, with the GIL
-/// released. Meanwhile this thread (Python's main thread, as a rule) runs
+/// Runs `job` inside kiln's pool with the GIL released, and returns the
+/// moment it ends. Called from outside the pool (Python's threads), a
+/// helper thread hands `job` to the pool and waits, while this thread runs
 /// Python's signal handlers every 50 ms, so Ctrl-C reaches `stop` (which
-/// `fit` checks after every step), and returns the moment `job` ends (a
-/// sleep of 50 ms between checks made every `predict` take 50 ms at
-/// least). A panic in `job` comes back as a `RuntimeError` with the
-/// panic's message: it never unwinds into Python or aborts the
-/// interpreter.
-fn in_pool<R: Send>(py: Python<'_>, stop: &Stop, job: impl FnOnce() -> PyResult<R> + Send) -> PyResult<R> {
+/// `fit` checks after every step) and is raised when `job` returns. Called
+/// from one of the pool's own threads (a callback during `fit` calling
+/// `predict`), `job` runs right there: handing it over and waiting would
+/// leave a one-thread pool nobody to run it. A panic in `job` comes back
+/// as `Panicked`, which [`internal`] turns into a `RuntimeError` with the
+/// panic's message: it never unwinds into Python or aborts the interpreter.
+fn in_pool<R: Send>(
+    py: Python<'_>,
+    stop: &Stop,
+    job: impl FnOnce() -> PyResult<R> + Send,
+) -> Result<PyResult<R>, Panicked> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::mpsc::{channel, RecvTimeoutError};
-    let pool = pool()?;
-    py.detach(|| {
+    let pool = match pool() {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let message = |panic: Box<dyn std::any::Any + Send>| {
+        let what =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Panicked(what.unwrap_or_else(|| "no message".into()))
+    };
+    if pool.current_thread_index().is_some() {
+        // The caller's borrows end with the call, whatever `job` left
+        // behind: what `internal` reports is all that is used of it.
+        return py.detach(|| catch_unwind(AssertUnwindSafe(job)).map_err(message));
+    }
+    let outcome = py.detach(|| {
         std::thread::scope(|s| {
             // `done` is dropped when the job ends, returned or panicked.
             let (done, ended) = channel::<()>();
@@ -130,17 +150,30 @@ fn in_pool<R: Send>(py: Python<'_>, stop: &Stop, job: impl FnOnce() -> PyResult<
                     stop.raise(e);
                 }
             }
-            job.join().unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                Err(PyRuntimeError::new_err(format!(
-                    "kiln failed with an internal error (a bug: please report it): {what}"
-                )))
-            })
+            job.join().map_err(message)
         })
+    });
+    // A signal that came after the job last looked (or that a job which
+    // never looks, as evaluate, could not see) is raised now.
+    let pending = stop.pending.lock().ok().and_then(|mut p| p.take());
+    Ok(match (outcome?, pending) {
+        (Ok(_), Some(e)) => Err(e),
+        (result, _) => result,
+    })
+}
+
+/// A panic inside kiln, with its message.
+struct Panicked(String);
+
+/// `in_pool`'s outcome as Python sees it: a panic is a `RuntimeError`, and
+/// when `broken` is given (the job held the model mutably) the model is
+/// marked unusable, since the panic may have left it half updated.
+fn internal<R>(outcome: Result<PyResult<R>, Panicked>, broken: Option<&AtomicBool>) -> PyResult<R> {
+    outcome.unwrap_or_else(|Panicked(what)| {
+        if let Some(b) = broken {
+            b.store(true, Ordering::Relaxed);
+        }
+        Err(PyRuntimeError::new_err(format!("kiln failed with an internal error (a bug: please report it): {what}")))
     })
 }
 
@@ -149,7 +182,10 @@ fn in_pool<R: Send>(py: Python<'_>, stop: &Stop, job: impl FnOnce() -> PyResult<
 /// as a `RuntimeError` and the interpreter lives on.
 #[pyfunction]
 fn _panic_in_pool(py: Python<'_>) -> PyResult<()> {
-    in_pool(py, &Stop::default(), || -> PyResult<()> { panic!("a deliberate panic (kiln._kiln._panic_in_pool)") })
+    internal(
+        in_pool(py, &Stop::default(), || -> PyResult<()> { panic!("a deliberate panic (kiln._kiln._panic_in_pool)") }),
+        None,
+    )
 }
 
 /// A 2-D C-contiguous uint8 or float32 array from the Python layer (which
@@ -228,9 +264,14 @@ impl<'a> Rows<'a> {
 #[pyclass(module = "kiln._kiln")]
 struct Network {
     model: Mutex<Model<'static, f32>>,
-    /// The weights and optimizer state after the last finished epoch (or
-    /// step, with batch hooks), while `fit` runs.
-    live: Mutex<Option<(Params<f32>, OptimizerState)>>,
+    /// While `fit` runs: the weights after the last finished epoch, or
+    /// step with batch hooks, and the optimizer's state after the last
+    /// epoch (`None` after a step: copying it every step cost more than
+    /// the step).
+    live: Mutex<Option<Snapshot>>,
+    /// Set when a panic inside kiln may have left the model half updated:
+    /// it is then refused.
+    broken: AtomicBool,
     /// The optimizer and its hyper-parameters (for the model file).
     opt: Optimizer,
     /// Its learning-rate schedule (likewise).
@@ -245,6 +286,9 @@ fn poisoned<T>(_: T) -> PyErr {
 impl Network {
     /// The model, or an error while `fit` holds it.
     fn model(&self, what: &str) -> PyResult<std::sync::MutexGuard<'_, Model<'static, f32>>> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(poisoned(()));
+        }
         match self.model.try_lock() {
             Ok(m) => Ok(m),
             Err(std::sync::TryLockError::WouldBlock) => {
@@ -256,11 +300,7 @@ impl Network {
 
     /// What `read` reads of the current model: the model itself, or while
     /// `fit` runs, its snapshot after the last finished epoch or step.
-    fn current<R>(
-        &self,
-        read: impl Fn(&Model<'_, f32>) -> R,
-        snap: impl Fn(&(Params<f32>, OptimizerState)) -> R,
-    ) -> PyResult<R> {
+    fn current<R>(&self, read: impl Fn(&Model<'_, f32>) -> R, snap: impl Fn(&Snapshot) -> R) -> PyResult<R> {
         match self.model.try_lock() {
             Ok(m) => Ok(read(&m)),
             Err(std::sync::TryLockError::WouldBlock) => {
@@ -280,9 +320,13 @@ impl Network {
     }
 }
 
-/// What callbacks see of a model during `fit`.
-fn snapshot(m: &Model<'_, f32>) -> (Params<f32>, OptimizerState) {
-    (m.params(), OptimizerState::of(m))
+/// What callbacks see of a model during `fit`: its weights, and after an
+/// epoch its optimizer's state.
+type Snapshot = (Params<f32>, Option<OptimizerState>);
+
+/// The whole of `m` (an epoch's end, or a model not training).
+fn snapshot(m: &Model<'_, f32>) -> Snapshot {
+    (m.params(), Some(OptimizerState::of(m)))
 }
 
 /// The optimizer named `name` with Keras's arguments (those not given keep
@@ -354,7 +398,7 @@ impl Network {
         };
         let model = Model::new(be, &Params::glorot(&arch, seed), opt).map_err(value_error)?;
         let model = model.with_seed(seed).with_schedule(schedule);
-        Ok(Network { model: Mutex::new(model), live: Mutex::new(None), opt, schedule })
+        Ok(Network { model: Mutex::new(model), live: Mutex::new(None), broken: AtomicBool::new(false), opt, schedule })
     }
 
     /// Trains on rows `x` (2-D uint8 or float32) with class ids `y`
@@ -421,7 +465,7 @@ impl Network {
                 }
                 // Batch hooks see the weights after this step, as Keras's do.
                 if let Ok(mut l) = live.lock() {
-                    *l = Some(snapshot(m));
+                    *l = Some((m.params(), None));
                 }
                 if let Err(e) = Python::attach(|py| f.call1(py, (st.step - 1, st.loss, st.acc, st.steps)).map(drop)) {
                     stop.raise(e);
@@ -458,7 +502,7 @@ impl Network {
                 (Ok(()), None) => Ok(()),
             }
         };
-        let outcome = in_pool(py, &stop, train);
+        let outcome = internal(in_pool(py, &stop, train), Some(&self.broken));
         if let Ok(mut l) = self.live.lock() {
             *l = None;
         }
@@ -472,12 +516,13 @@ impl Network {
         let labels = y.as_slice()?;
         let mut model = self.model("evaluate")?;
         let model = &mut *model;
-        in_pool(py, &Stop::default(), || {
+        let outcome = in_pool(py, &Stop::default(), || {
             let rows = Rows::of(values);
             let data = rows.samples(labels, width, "y")?;
             let e = train::evaluate(model, data).map_err(value_error)?;
             Ok((e.loss, e.acc))
-        })
+        });
+        internal(outcome, Some(&self.broken))
     }
 
     /// Class probabilities `(N, C)` of rows `x`.
@@ -498,9 +543,11 @@ impl Network {
             Values::U8(v) => v.len(),
             Values::F32(v) => v.len(),
         } / width.max(1);
-        let probs = in_pool(py, &Stop::default(), || {
+        let outcome = in_pool(py, &Stop::default(), || {
             kiln::model::probabilities(be, &params, Rows::of(values).inputs()).map_err(value_error)
-        })?;
+        });
+        // A copy of the weights: a panic leaves the model as it was.
+        let probs = internal(outcome, None)?;
         let array = numpy::ndarray::Array2::from_shape_vec((n, classes), probs)
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(array.into_pyarray(py))
@@ -555,16 +602,24 @@ impl Network {
 
     /// Writes the model to a kiln model file (as `train` writes them),
     /// with the optimizer (Keras's constructor call), its learning-rate
-    /// schedule and `extra` in its metadata, and once it has trained, the
-    /// optimizer's state (as Keras's `save` keeps it).
-    fn save(&self, path: std::path::PathBuf, extra: std::collections::BTreeMap<String, String>) -> PyResult<()> {
+    /// schedule and `extra` in its metadata, and with `include_optimizer`,
+    /// once it has trained, the optimizer's state (as Keras's `save`
+    /// keeps it; a save from a batch hook during `fit` has the weights
+    /// only).
+    #[pyo3(signature = (path, extra, include_optimizer=true))]
+    fn save(
+        &self,
+        path: std::path::PathBuf,
+        extra: std::collections::BTreeMap<String, String>,
+        include_optimizer: bool,
+    ) -> PyResult<()> {
         let mut meta = extra;
         meta.insert("optimizer".into(), self.opt.describe());
         meta.insert("lr_schedule".into(), self.schedule.spec());
-        let (params, state) = self.current(snapshot, |(p, s)| (p.clone(), s.clone()))?;
-        match state.iterations {
-            0 => kiln::checkpoint::save(&path, &params, &meta),
-            _ => kiln::checkpoint::save_with_state(&path, &params, &state, &meta),
+        let (params, state) = self.current(snapshot, Clone::clone)?;
+        match state.filter(|s| include_optimizer && s.iterations > 0) {
+            Some(state) => kiln::checkpoint::save_with_state(&path, &params, &state, &meta),
+            None => kiln::checkpoint::save(&path, &params, &meta),
         }
         .map_err(value_error)
     }

@@ -446,6 +446,10 @@ def test_save_keeps_the_optimizer_state_so_fit_goes_on_exactly(tmp_path):
     weights_only.compile(optimizer=optimizers.Adam(learning_rate=2e-3), loss="sparse_categorical_crossentropy")
     weights_only.fit(x, y, epochs=1, **fit)
     assert not all(np.array_equal(a, b) for a, b in zip(whole.get_weights(), weights_only.get_weights()))
+    # Weights only on request (what kiln before the state's format reads).
+    half.save(tmp_path / "w.safetensors", include_optimizer=False)
+    assert not any(k.startswith("optimizer.") for k in read_tensors(tmp_path / "w.safetensors"))
+    assert any(k.startswith("optimizer.") for k in read_tensors(tmp_path / "m.safetensors"))
 
 
 def test_save_and_load_model_round_trip_and_interchange_with_the_cli(tmp_path):
@@ -507,6 +511,39 @@ def test_set_threads_before_the_first_run_from_any_thread():
     assert lines[0] == "1" and "refused: set_threads(2)" in lines[1] and "before" in lines[1], out.stdout
     with pytest.raises(ValueError, match="positive integer"):
         kiln.config.set_threads(0)
+
+
+def test_a_callback_may_predict_on_one_thread_and_ctrl_c_in_evaluate_is_raised():
+    # On a one-thread pool, a callback's `predict` runs on the pool's own
+    # thread (handing it over and waiting would leave nobody to run it);
+    # SIGINT during a long evaluate comes back as KeyboardInterrupt.
+    code = """
+import os, signal, threading, numpy as np, kiln
+from kiln import layers, models
+kiln.config.set_threads(1)
+m = models.Sequential([layers.Dense(16, activation="relu", input_shape=(784,)), layers.Dense(10, activation="softmax")])
+m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+seen = []
+class Peek(kiln.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        seen.append(self.model.predict(np.zeros((3, 784), np.float32), verbose=0).shape)
+x, y = np.zeros((256, 784), np.uint8), np.zeros(256, np.uint8)
+m.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[Peek()])
+print("predicted", seen)
+big = np.random.default_rng(0).integers(0, 256, (400_000, 784), dtype=np.uint8)
+labels = np.zeros(len(big), np.uint8)
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    for _ in range(20):
+        m.evaluate(big, labels, verbose=0)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "predicted [(3, 10), (3, 10)]" in out.stdout and "interrupted" in out.stdout.splitlines()[-1], out.stdout
+    assert out.stdout.splitlines()[-1] == "interrupted", out.stdout
 
 
 def test_the_ray_tune_sweep_runs_bounded_and_leaves_no_ray_processes(tmp_path):
