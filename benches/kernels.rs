@@ -16,7 +16,10 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::model::{self, Arch, Batch, Model, Params};
 use kiln::train::Samples;
-use kiln_kernels::{Activation, Adam, AlignedVec, Backend, Dims, Layer1Path, Optimizer, RmsProp, Sgd, Update};
+use kiln_kernels::{
+    Activation, Adam, AlignedVec, Backend, Derivative, Dims, Grads, Layer1Path, Optimizer, RmsProp, Rows, Sgd, Update,
+    Weights,
+};
 use std::hint::black_box;
 
 const B: usize = 128;
@@ -125,7 +128,14 @@ fn kernels(c: &mut Criterion) {
                     pool.install(|| {
                         bch.iter(|| {
                             let d = Dims { k: D, n: H };
-                            be.input_forward(out, &inp.x, rows, &w, &inp.b1, d, Activation::Relu, path)
+                            be.input_forward(
+                                out,
+                                Rows::new(&inp.x, rows),
+                                Weights::new(&w, &inp.b1),
+                                Activation::Relu,
+                                path,
+                                d,
+                            )
                         })
                     })
                 });
@@ -145,14 +155,12 @@ fn kernels(c: &mut Criterion) {
                 pool.install(|| {
                     bch.iter(|| {
                         be.input_backward(
-                            &mut dw,
-                            &mut db,
-                            &inp.x,
-                            &inp.rows,
-                            &inp.dz1,
-                            Dims { k: D, n: H },
-                            path,
+                            Grads::new(&mut dw, &mut db),
                             None,
+                            Rows::new(&inp.x, &inp.rows),
+                            &inp.dz1,
+                            path,
+                            Dims { k: D, n: H },
                         )
                     })
                 })
@@ -179,7 +187,14 @@ fn kernels(c: &mut Criterion) {
                     bch.iter(|| {
                         let d = Dims { k: D, n: H };
                         let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
-                        be.input_backward(&mut dw, &mut db, &inp.x, &inp.rows, &inp.dz1, d, path, update)
+                        be.input_backward(
+                            Grads::new(&mut dw, &mut db),
+                            update,
+                            Rows::new(&inp.x, &inp.rows),
+                            &inp.dz1,
+                            path,
+                            d,
+                        )
                     })
                 })
             });
@@ -200,10 +215,8 @@ fn kernels(c: &mut Criterion) {
                         &mut p,
                         &mut dz,
                         &inp.h,
-                        &inp.w2,
-                        &inp.b2,
-                        &inp.labels,
-                        &rows,
+                        Weights::new(&inp.w2, &inp.b2),
+                        Rows::new(&inp.labels, &rows),
                         Dims { k: H, n: C },
                     )
                 })
@@ -218,7 +231,9 @@ fn kernels(c: &mut Criterion) {
         let be = kiln_kernels::select(name).unwrap();
         let (mut dw, mut db) = (AlignedVec::<f32>::zeroed(H * C), AlignedVec::<f32>::zeroed(C));
         g.bench_function(BenchmarkId::new(*name, format!("{H}x{B}x{C}")), |bch| {
-            pool.install(|| bch.iter(|| be.output_backward(&mut dw, &mut db, &inp.h, &inp.dz2, Dims { k: H, n: C })))
+            pool.install(|| {
+                bch.iter(|| be.output_backward(Grads::new(&mut dw, &mut db), &inp.h, &inp.dz2, Dims { k: H, n: C }))
+            })
         });
     }
     g.finish();
@@ -231,7 +246,13 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(*name, format!("{B}x{C}x{H}")), |bch| {
             pool.install(|| {
                 bch.iter(|| {
-                    be.output_backward_input(&mut dh, &inp.dz2, &inp.w2, &inp.h, Dims { k: H, n: C }, Activation::Relu)
+                    be.output_backward_input(
+                        &mut dh,
+                        &inp.dz2,
+                        &inp.w2,
+                        Derivative::new(Activation::Relu, &inp.h),
+                        Dims { k: H, n: C },
+                    )
                 })
             })
         });
@@ -295,14 +316,30 @@ fn kernels(c: &mut Criterion) {
                         bch.iter(|| match group {
                             "hidden_forward" => {
                                 let h = &mut out[..B * H2];
-                                be.hidden_forward(h, &hidden, &w, &inp.b1[..H2], d, Activation::Relu, path)
+                                be.hidden_forward(
+                                    h,
+                                    &hidden,
+                                    Weights::new(&w, &inp.b1[..H2]),
+                                    Activation::Relu,
+                                    path,
+                                    d,
+                                )
                             }
-                            "hidden_dw" => be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, None, path),
+                            "hidden_dw" => {
+                                be.hidden_backward(Grads::new(&mut dw, &mut db), None, &hidden, &dz_h, path, d)
+                            }
                             "hidden_dw_rmsprop" => {
                                 let update = Some(Update::new(&mut w, [&mut v, &mut [], &mut []], rmsprop));
-                                be.hidden_backward(&mut dw, &mut db, &hidden, &dz_h, d, update, path)
+                                be.hidden_backward(Grads::new(&mut dw, &mut db), update, &hidden, &dz_h, path, d)
                             }
-                            _ => be.hidden_backward_input(&mut out, &dz_h, &w, &hidden, d, Activation::Relu, path),
+                            _ => be.hidden_backward_input(
+                                &mut out,
+                                &dz_h,
+                                &w,
+                                Derivative::new(Activation::Relu, &hidden),
+                                path,
+                                d,
+                            ),
                         })
                     })
                 });

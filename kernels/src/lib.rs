@@ -90,6 +90,12 @@
 //! it is generic over [`Real`] so that the gradient checks run the very same
 //! formulas in `f64`.
 //!
+//! Every op takes its operands in one order: what it writes (outputs, then
+//! a fused [`Update`]), what it reads, how ([`Activation`], [`Layer1Path`]),
+//! and the [`Dims`] last; a batch of a dataset's rows is a [`Rows`], a
+//! layer's parameters a [`Weights`], a weight gradient's outputs a
+//! [`Grads`], and `act'(A)` a [`Derivative`].
+//!
 //! # Modules, bottom up
 //! `simd` (one vector type per instruction set), `denormals` (the
 //! floating-point mode) < `gemm`, `sparse`, `small`
@@ -109,6 +115,7 @@ mod dropout;
 mod gemm;
 mod isa;
 mod layout;
+mod operands;
 mod optim;
 mod par;
 mod params;
@@ -128,6 +135,7 @@ pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
 pub use dropout::{dropout_backward, dropout_forward, dropout_mask};
 pub use layout::{Dims, PanelLayout};
+pub use operands::{Derivative, Grads, Rows, Weights};
 pub use optim::{update_serial, Adam, ArgError, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
 pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
@@ -222,22 +230,22 @@ impl std::fmt::Display for Layer1Path {
 /// the lists cannot go stale.
 ///
 /// ```
-/// use kiln_kernels::{scalar::Scalar, Backend, Dims, Layer1Path};
+/// use kiln_kernels::{scalar::Scalar, Backend, Dims, Grads, Layer1Path, Rows};
 /// // Two images of two pixels; the batch is image 1, then image 0.
 /// let (x, rows) = ([0u8, 7, 0, 255], [1u32, 0]);
 /// let be: &dyn Backend<f32> = &Scalar;
 /// let mut above_ran = false;
-/// let lists = be.overlap_input_lists(&x, &rows, 2, Layer1Path::Auto, &mut || above_ran = true);
+/// let lists = be.overlap_input_lists(Rows::new(&x, &rows), 2, Layer1Path::Auto, &mut || above_ran = true);
 /// let (mut dw, mut db) = ([0f32; 2], [0f32; 1]);
 /// let dz = [1.0, 2.0]; // (B, N) = (2, 1)
-/// be.input_backward_listed(lists, (&mut dw, &mut db), &dz, Dims { k: 2, n: 1 }, Layer1Path::Auto, None);
+/// let grads = Grads::new(&mut dw, &mut db);
+/// be.input_backward_listed(grads, None, lists, &dz, Layer1Path::Auto, Dims { k: 2, n: 1 });
 /// assert!(above_ran);
 /// assert_eq!(dw, [0.0, 1.0 * 1.0 + 2.0 * (7.0 / 255.0)]);
 /// assert_eq!(db, [3.0]);
 /// ```
 pub struct InputLists<'x> {
-    x: &'x [u8],
-    rows: &'x [u32],
+    x: Rows<'x, u8>,
     k: usize,
     csc: Option<sparse::Csc>,
 }
@@ -288,33 +296,27 @@ pub trait Backend<T: Real>: Sync {
     /// `W` in [`Backend::weight_layout`]); `act` is not softmax. `path`
     /// chooses how zero pixels are treated (backends without a sparse path
     /// ignore it); results are bit-identical either way.
-    #[allow(clippy::too_many_arguments)]
     fn input_forward(
         &self,
         h: &mut [T],
-        x: &[u8],
-        rows: &[u32],
-        w: &[T],
-        b: &[T],
-        d: Dims,
+        x: Rows<'_, u8>,
+        w: Weights<'_, T>,
         act: Activation,
         path: Layer1Path,
+        d: Dims,
     );
 
     /// `dW (K,N) := X^T dZ`, `db (N) := column sums of dZ`, `X = x[rows] / 255`
     /// (`dW` in [`Backend::weight_layout`], padding written as zero); with
     /// `update`, the optimizer's step on `W` with `dW` as well.
-    #[allow(clippy::too_many_arguments)]
     fn input_backward(
         &self,
-        dw: &mut [T],
-        db: &mut [T],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[T],
-        d: Dims,
-        path: Layer1Path,
+        g: Grads<'_, T>,
         update: Option<Update<'_, T>>,
+        x: Rows<'_, u8>,
+        dz: &[T],
+        path: Layer1Path,
+        d: Dims,
     );
 
     /// Runs `work` (the backward pass above the input layer) on this
@@ -325,15 +327,14 @@ pub trait Backend<T: Real>: Sync {
     /// default lists nothing and only runs `work`.
     fn overlap_input_lists<'x>(
         &self,
-        x: &'x [u8],
-        rows: &'x [u32],
+        x: Rows<'x, u8>,
         k: usize,
         path: Layer1Path,
         work: &mut dyn FnMut(),
     ) -> InputLists<'x> {
         let _ = path;
         work();
-        InputLists { x, rows, k, csc: None }
+        InputLists { x, k, csc: None }
     }
 
     /// [`Backend::input_backward`] of the batch that `lists` borrows, with
@@ -341,14 +342,14 @@ pub trait Backend<T: Real>: Sync {
     /// same results, bit for bit).
     fn input_backward_listed(
         &self,
-        lists: InputLists<'_>,
-        (dw, db): (&mut [T], &mut [T]),
-        dz: &[T],
-        d: Dims,
-        path: Layer1Path,
+        g: Grads<'_, T>,
         update: Option<Update<'_, T>>,
+        lists: InputLists<'_>,
+        dz: &[T],
+        path: Layer1Path,
+        d: Dims,
     ) {
-        self.input_backward(dw, db, lists.x, lists.rows, dz, d, path, update);
+        self.input_backward(g, update, lists.x, dz, path, d);
     }
 
     /// `H (B,N) := act(A W + b)` (`A` is `(B,K)`, `W` in
@@ -356,67 +357,61 @@ pub trait Backend<T: Real>: Sync {
     /// how the zeros of `A` are treated (as the input layer's zero pixels;
     /// backends without a sparse path ignore it); results are
     /// bit-identical either way.
-    #[allow(clippy::too_many_arguments)]
-    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation, path: Layer1Path);
+    fn hidden_forward(&self, h: &mut [T], a: &[T], w: Weights<'_, T>, act: Activation, path: Layer1Path, d: Dims);
 
     /// `dW (K,N) := A^T dZ` (in [`Backend::weight_layout`]), `db (N) :=
     /// column sums of dZ`; with `update`, the optimizer's step on `W` with
     /// `dW` as well. `path`: the zeros of `A`, as in
     /// [`Backend::hidden_forward`].
-    #[allow(clippy::too_many_arguments)]
     fn hidden_backward(
         &self,
-        dw: &mut [T],
-        db: &mut [T],
+        g: Grads<'_, T>,
+        update: Option<Update<'_, T>>,
         a: &[T],
         dz: &[T],
-        d: Dims,
-        update: Option<Update<'_, T>>,
         path: Layer1Path,
+        d: Dims,
     );
 
     /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` in
-    /// [`Backend::weight_layout`], `A` the activation output `act` made).
-    /// `path`: the zeros of `dZ`, as in [`Backend::hidden_forward`].
-    #[allow(clippy::too_many_arguments)]
+    /// [`Backend::weight_layout`], `A` the activation output `act` made:
+    /// `below`). `path`: the zeros of `dZ`, as in
+    /// [`Backend::hidden_forward`].
     fn hidden_backward_input(
         &self,
         da: &mut [T],
         dz: &[T],
         w: &[T],
-        a: &[T],
-        d: Dims,
-        act: Activation,
+        below: Derivative<'_, T>,
         path: Layer1Path,
+        d: Dims,
     );
 
     /// `P (B,N) := softmax(A W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
-    /// `y_i = labels[rows[i]]` (`W` row-major); returns the summed clipped
-    /// cross-entropy and the number of correct predictions.
-    #[allow(clippy::too_many_arguments)]
+    /// `y_i = labels.data[labels.rows[i]]` (`W` row-major); returns the
+    /// summed clipped cross-entropy and the number of correct predictions.
     fn output_softmax_xent(
         &self,
         p: &mut [T],
         dz: &mut [T],
         a: &[T],
-        w: &[T],
-        b: &[T],
-        labels: &[u8],
-        rows: &[u32],
+        w: Weights<'_, T>,
+        labels: Rows<'_, u8>,
         d: Dims,
     ) -> XentStats<T>;
 
     /// `P (B,N) := softmax(A W + b)` (`W` row-major, `B = P.len() / N`;
     /// nothing when `N = 0`): the output layer of inference, without labels
     /// or loss; the same bits as [`Backend::output_softmax_xent`]'s `P`.
-    fn output_softmax(&self, p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims);
+    fn output_softmax(&self, p: &mut [T], a: &[T], w: Weights<'_, T>, d: Dims);
 
     /// `dW (K,N) := A^T dZ`, `db (N) := column sums of dZ` (`A` is `(B,K)`,
     /// `dW` row-major).
-    fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims);
+    fn output_backward(&self, g: Grads<'_, T>, a: &[T], dz: &[T], d: Dims);
 
-    /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` row-major).
-    fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation);
+    /// `dA (B,K) := (dZ W^T) * act'(A)` (`dZ` is `(B,N)`, `W` row-major,
+    /// `A` the activation output `act` made: `below`).
+    fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], below: Derivative<'_, T>, d: Dims);
 
     /// One optimizer step of `u`'s weights with the gradient `g` (flat,
     /// as long as the weights).

@@ -12,7 +12,9 @@
 
 mod common;
 use common::{optimizers, state_for, update_bits, update_of, Gen};
-use kiln_kernels::{scalar::Scalar, Activation, Backend, Dims, Layer1Path, PanelLayout};
+use kiln_kernels::{
+    scalar::Scalar, Activation, Backend, Derivative, Dims, Grads, Layer1Path, PanelLayout, Rows, Weights,
+};
 
 const AUTO: Layer1Path = Layer1Path::Auto;
 const RELU: Activation = Activation::Relu;
@@ -96,9 +98,9 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             layout.pack(&w, &mut wp);
 
             let mut want = vec![f32::NAN; b * n];
-            Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, RELU, AUTO);
+            Scalar.input_forward(&mut want, Rows::new(&x, &rows), Weights::new(&w, &bias), RELU, AUTO, d);
             let mut got = vec![f32::NAN; b * n];
-            be.input_forward(&mut got, &x, &rows, &wp, &bias, d, RELU, path);
+            be.input_forward(&mut got, Rows::new(&x, &rows), Weights::new(&wp, &bias), RELU, path, d);
             let mag: Vec<f64> = (0..b * n)
                 .map(|e| {
                     let (i, j) = (e / n.max(1), e % n.max(1));
@@ -109,9 +111,9 @@ fn layer1_forward_and_weight_gradient_match_scalar() {
             assert_close(&format!("{name} forward {b}x{k}x{n}"), &got, &want, &mag, k);
 
             let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.input_backward(&mut dw_want, &mut db_want, &x, &rows, &dz, d, AUTO, None);
+            Scalar.input_backward(Grads::new(&mut dw_want, &mut db_want), None, Rows::new(&x, &rows), &dz, AUTO, d);
             let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-            be.input_backward(&mut dwp, &mut db, &x, &rows, &dz, d, path, None);
+            be.input_backward(Grads::new(&mut dwp, &mut db), None, Rows::new(&x, &rows), &dz, path, d);
             let mut dw = vec![f32::NAN; k * n];
             layout.unpack(&dwp, &mut dw);
             let padding: Vec<f32> = (0..layout.len())
@@ -157,20 +159,34 @@ fn sparse_and_dense_layer1_are_bit_identical() {
                 let states: Vec<_> = optimizers().iter().map(|o| (*o, state_for(o, layout.len(), &mut g))).collect();
                 let run = |path| {
                     let mut h = vec![f32::NAN; b * n];
-                    be.input_forward(&mut h, &x, &rows, &wp, &bias, d, RELU, path);
+                    be.input_forward(&mut h, Rows::new(&x, &rows), Weights::new(&wp, &bias), RELU, path, d);
                     // The other epilogues (bias only, then tanh) too.
                     let mut h_tanh = vec![f32::NAN; b * n];
-                    be.input_forward(&mut h_tanh, &x, &rows, &wp, &bias, d, Activation::Tanh, path);
+                    be.input_forward(
+                        &mut h_tanh,
+                        Rows::new(&x, &rows),
+                        Weights::new(&wp, &bias),
+                        Activation::Tanh,
+                        path,
+                        d,
+                    );
                     h.extend(h_tanh);
                     let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-                    be.input_backward(&mut dw, &mut db, &x, &rows, &dz, d, path, None);
+                    be.input_backward(Grads::new(&mut dw, &mut db), None, Rows::new(&x, &rows), &dz, path, d);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     let mut fused = Vec::new();
                     for (opt, state) in &states {
                         let (mut w, mut state, mut scratch, mut db1) =
                             (wp.clone(), state.clone(), vec![0f32; layout.len()], vec![0f32; n]);
                         let update = Some(update_of(opt, 2, &mut w, &mut state));
-                        be.input_backward(&mut scratch, &mut db1, &x, &rows, &dz, d, path, update);
+                        be.input_backward(
+                            Grads::new(&mut scratch, &mut db1),
+                            update,
+                            Rows::new(&x, &rows),
+                            &dz,
+                            path,
+                            d,
+                        );
                         fused.push((opt.describe(), update_bits(&w, &state)));
                     }
                     (bits(&h), bits(&dw), bits(&db), fused)
@@ -226,19 +242,19 @@ fn sparse_and_dense_hidden_layers_are_bit_identical() {
                     let mut h = Vec::new();
                     for act in [Activation::Relu, Activation::Linear, Activation::Tanh] {
                         let mut out = vec![f32::NAN; b * n];
-                        be.hidden_forward(&mut out, &a, &wp, &bias, d, act, path);
+                        be.hidden_forward(&mut out, &a, Weights::new(&wp, &bias), act, path, d);
                         h.extend(bits(&out));
                     }
                     let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-                    be.hidden_backward(&mut dw, &mut db, &a, &dz, d, None, path);
+                    be.hidden_backward(Grads::new(&mut dw, &mut db), None, &a, &dz, path, d);
                     let mut da = vec![f32::NAN; b * k];
-                    be.hidden_backward_input(&mut da, &dz, &wp, &a, d, Activation::Relu, path);
+                    be.hidden_backward_input(&mut da, &dz, &wp, Derivative::new(Activation::Relu, &a), path, d);
                     let mut fused = Vec::new();
                     for (opt, state) in &states {
                         let (mut w, mut state, mut scratch, mut db1) =
                             (wp.clone(), state.clone(), vec![0f32; layout.len()], vec![0f32; n]);
                         let update = Some(update_of(opt, 2, &mut w, &mut state));
-                        be.hidden_backward(&mut scratch, &mut db1, &a, &dz, d, update, path);
+                        be.hidden_backward(Grads::new(&mut scratch, &mut db1), update, &a, &dz, path, d);
                         fused.push((opt.describe(), update_bits(&w, &state)));
                     }
                     (h, bits(&dw), bits(&db), bits(&da), fused)
@@ -271,9 +287,23 @@ fn layer2_ops_match_scalar() {
 
             if n > 0 {
                 let (mut p0, mut dz0) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
-                let s0 = Scalar.output_softmax_xent(&mut p0, &mut dz0, &h, &w, &bias, &labels, &rows, d);
+                let s0 = Scalar.output_softmax_xent(
+                    &mut p0,
+                    &mut dz0,
+                    &h,
+                    Weights::new(&w, &bias),
+                    Rows::new(&labels, &rows),
+                    d,
+                );
                 let (mut p1, mut dz1) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
-                let s1 = be.output_softmax_xent(&mut p1, &mut dz1, &h, &w, &bias, &labels, &rows, d);
+                let s1 = be.output_softmax_xent(
+                    &mut p1,
+                    &mut dz1,
+                    &h,
+                    Weights::new(&w, &bias),
+                    Rows::new(&labels, &rows),
+                    d,
+                );
                 for i in 0..b {
                     // A probability moves by at most twice the largest logit
                     // error; each logit is a length-k dot product plus bias.
@@ -300,9 +330,9 @@ fn layer2_ops_match_scalar() {
             }
 
             let (mut dw0, mut db0) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.output_backward(&mut dw0, &mut db0, &h, &dz, d);
+            Scalar.output_backward(Grads::new(&mut dw0, &mut db0), &h, &dz, d);
             let (mut dw1, mut db1) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            be.output_backward(&mut dw1, &mut db1, &h, &dz, d);
+            be.output_backward(Grads::new(&mut dw1, &mut db1), &h, &dz, d);
             let mag: Vec<f64> = (0..k * n)
                 .map(|e| (0..b).map(|i| (f64::from(h[i * k + e / n]) * f64::from(dz[i * n + e % n])).abs()).sum())
                 .collect();
@@ -311,9 +341,9 @@ fn layer2_ops_match_scalar() {
             assert_close(&format!("{name} db2 {b}x{n}"), &db1, &db0, &dbmag, b);
 
             let mut dh0 = vec![f32::NAN; b * k];
-            Scalar.output_backward_input(&mut dh0, &dz, &w, &h, d, RELU);
+            Scalar.output_backward_input(&mut dh0, &dz, &w, Derivative::new(RELU, &h), d);
             let mut dh1 = vec![f32::NAN; b * k];
-            be.output_backward_input(&mut dh1, &dz, &w, &h, d, RELU);
+            be.output_backward_input(&mut dh1, &dz, &w, Derivative::new(RELU, &h), d);
             let mag: Vec<f64> = (0..b * k)
                 .map(|e| {
                     let (i, kk) = (e / k, e % k);
@@ -337,18 +367,18 @@ fn small_integer_inputs_are_exact() {
     let dz: Vec<f32> = (0..b * n).map(|i| (i % 5) as f32 - 2.0).collect();
     let d = Dims { k, n };
     let mut want = vec![0f32; b * n];
-    Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, RELU, AUTO);
+    Scalar.input_forward(&mut want, Rows::new(&x, &rows), Weights::new(&w, &bias), RELU, AUTO, d);
     let (mut dw_want, mut db_want) = (vec![0f32; k * n], vec![0f32; n]);
-    Scalar.input_backward(&mut dw_want, &mut db_want, &x, &rows, &dz, d, AUTO, None);
+    Scalar.input_backward(Grads::new(&mut dw_want, &mut db_want), None, Rows::new(&x, &rows), &dz, AUTO, d);
     for (name, be) in backends_under_test() {
         let layout = be.weight_layout(k, n);
         let mut wp = vec![0f32; layout.len()];
         layout.pack(&w, &mut wp);
         let mut got = vec![f32::NAN; b * n];
-        be.input_forward(&mut got, &x, &rows, &wp, &bias, d, RELU, AUTO);
+        be.input_forward(&mut got, Rows::new(&x, &rows), Weights::new(&wp, &bias), RELU, AUTO, d);
         assert_eq!(got, want, "{name}");
         let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-        be.input_backward(&mut dwp, &mut db, &x, &rows, &dz, d, AUTO, None);
+        be.input_backward(Grads::new(&mut dwp, &mut db), None, Rows::new(&x, &rows), &dz, AUTO, d);
         let mut dw = vec![0f32; k * n];
         layout.unpack(&dwp, &mut dw);
         assert_eq!((dw, db), (dw_want.clone(), db_want.clone()), "{name}");
@@ -408,21 +438,42 @@ fn lists_made_ahead_give_the_same_weight_gradient() {
                                     (wp.clone(), state.clone(), vec![0f32; layout.len()], vec![0f32; n]);
                                 let (mut dw2, mut db2, mut ran) = (vec![0f32; n * 10], vec![0f32; 10], 0);
                                 let mut work = || {
-                                    be.output_backward(&mut dw2, &mut db2, &h, &dz2, Dims { k: n, n: 10 });
+                                    be.output_backward(Grads::new(&mut dw2, &mut db2), &h, &dz2, Dims { k: n, n: 10 });
                                     ran += 1;
                                 };
                                 if ahead {
-                                    let lists = be.overlap_input_lists(&x, &rows, k, path, &mut work);
-                                    be.input_backward_listed(lists, (&mut dw, &mut db), &dz, d, path, None);
-                                    let lists = be.overlap_input_lists(&x, &rows, k, path, &mut work);
+                                    let lists = be.overlap_input_lists(Rows::new(&x, &rows), k, path, &mut work);
+                                    be.input_backward_listed(Grads::new(&mut dw, &mut db), None, lists, &dz, path, d);
+                                    let lists = be.overlap_input_lists(Rows::new(&x, &rows), k, path, &mut work);
                                     let update = Some(update_of(opt, 2, &mut wu, &mut su));
-                                    be.input_backward_listed(lists, (&mut scratch, &mut dbu), &dz, d, path, update);
+                                    be.input_backward_listed(
+                                        Grads::new(&mut scratch, &mut dbu),
+                                        update,
+                                        lists,
+                                        &dz,
+                                        path,
+                                        d,
+                                    );
                                 } else {
                                     work();
                                     work();
-                                    be.input_backward(&mut dw, &mut db, &x, &rows, &dz, d, path, None);
+                                    be.input_backward(
+                                        Grads::new(&mut dw, &mut db),
+                                        None,
+                                        Rows::new(&x, &rows),
+                                        &dz,
+                                        path,
+                                        d,
+                                    );
                                     let update = Some(update_of(opt, 2, &mut wu, &mut su));
-                                    be.input_backward(&mut scratch, &mut dbu, &x, &rows, &dz, d, path, update);
+                                    be.input_backward(
+                                        Grads::new(&mut scratch, &mut dbu),
+                                        update,
+                                        Rows::new(&x, &rows),
+                                        &dz,
+                                        path,
+                                        d,
+                                    );
                                 }
                                 (bits(&dw), bits(&db), update_bits(&wu, &su), bits(&dw2), ran)
                             })
@@ -458,16 +509,22 @@ fn results_do_not_depend_on_the_thread_count() {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut h = vec![0f32; b * n];
-                be.input_forward(&mut h, &x, &rows, &wp, &bias, Dims { k, n }, RELU, AUTO);
+                be.input_forward(&mut h, Rows::new(&x, &rows), Weights::new(&wp, &bias), RELU, AUTO, Dims { k, n });
                 let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
-                be.input_backward(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n }, AUTO, None);
+                be.input_backward(Grads::new(&mut dw, &mut db), None, Rows::new(&x, &rows), &dz, AUTO, Dims { k, n });
                 let mut dh = vec![0f32; b * n];
-                be.output_backward_input(&mut dh, &dz2, &w2, &h, Dims { k: n, n: 10 }, RELU);
+                be.output_backward_input(&mut dh, &dz2, &w2, Derivative::new(RELU, &h), Dims { k: n, n: 10 });
                 let (mut p, mut dz_out) = (vec![0f32; b * 10], vec![0f32; b * 10]);
-                let stats =
-                    be.output_softmax_xent(&mut p, &mut dz_out, &h, &w2, &b2, &labels, &rows2, Dims { k: n, n: 10 });
+                let stats = be.output_softmax_xent(
+                    &mut p,
+                    &mut dz_out,
+                    &h,
+                    Weights::new(&w2, &b2),
+                    Rows::new(&labels, &rows2),
+                    Dims { k: n, n: 10 },
+                );
                 let (mut dw2, mut db2) = (vec![0f32; n * 10], vec![0f32; 10]);
-                be.output_backward(&mut dw2, &mut db2, &h, &dz2, Dims { k: n, n: 10 });
+                be.output_backward(Grads::new(&mut dw2, &mut db2), &h, &dz2, Dims { k: n, n: 10 });
                 (h, dw, db, dh, (p, dz_out, stats.loss_sum.to_bits(), stats.correct), (dw2, db2))
             })
         };
@@ -541,10 +598,10 @@ fn input_forward_matches_scalar_for_every_activation() {
                 .collect();
             for act in [Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
                 let mut want = vec![f32::NAN; b * n];
-                Scalar.input_forward(&mut want, &x, &rows, &w, &bias, d, act, AUTO);
+                Scalar.input_forward(&mut want, Rows::new(&x, &rows), Weights::new(&w, &bias), act, AUTO, d);
                 for path in [Layer1Path::Dense, Layer1Path::Sparse] {
                     let mut got = vec![f32::NAN; b * n];
-                    be.input_forward(&mut got, &x, &rows, &wp, &bias, d, act, path);
+                    be.input_forward(&mut got, Rows::new(&x, &rows), Weights::new(&wp, &bias), act, path, d);
                     // |act'| <= 1, plus one rounding of the activation on each side.
                     let what = format!("{name} {path:?} {act} {b}x{k}x{n}");
                     assert_close_act(&what, &got, &want, &mag, k);
@@ -600,16 +657,16 @@ fn hidden_layer_ops_match_scalar() {
                 .collect();
             for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
                 let mut want = vec![f32::NAN; b * n];
-                Scalar.hidden_forward(&mut want, &a, &w, &bias, d, act, Layer1Path::Auto);
+                Scalar.hidden_forward(&mut want, &a, Weights::new(&w, &bias), act, Layer1Path::Auto, d);
                 let mut got = vec![f32::NAN; b * n];
-                be.hidden_forward(&mut got, &a, &wp, &bias, d, act, Layer1Path::Auto);
+                be.hidden_forward(&mut got, &a, Weights::new(&wp, &bias), act, Layer1Path::Auto, d);
                 assert_close_act(&format!("{name} hidden forward {act} {b}x{k}x{n}"), &got, &want, &fmag, k);
             }
 
             let (mut dw_want, mut db_want) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-            Scalar.hidden_backward(&mut dw_want, &mut db_want, &a, &dz, d, None, Layer1Path::Auto);
+            Scalar.hidden_backward(Grads::new(&mut dw_want, &mut db_want), None, &a, &dz, Layer1Path::Auto, d);
             let (mut dwp, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
-            be.hidden_backward(&mut dwp, &mut db, &a, &dz, d, None, Layer1Path::Auto);
+            be.hidden_backward(Grads::new(&mut dwp, &mut db), None, &a, &dz, Layer1Path::Auto, d);
             let mut dw = vec![f32::NAN; k * n];
             layout.unpack(&dwp, &mut dw);
             let mag: Vec<f64> = (0..k * n)
@@ -627,7 +684,7 @@ fn hidden_layer_ops_match_scalar() {
                 let (mut w2, mut s2, mut scratch, mut db2) =
                     (wp.clone(), s0.clone(), vec![f32::NAN; layout.len()], vec![0.0; n]);
                 let update = Some(update_of(&opt, 1, &mut w2, &mut s2));
-                be.hidden_backward(&mut scratch, &mut db2, &a, &dz, d, update, Layer1Path::Auto);
+                be.hidden_backward(Grads::new(&mut scratch, &mut db2), update, &a, &dz, Layer1Path::Auto, d);
                 assert!(
                     update_bits(&w1, &s1) == update_bits(&w2, &s2),
                     "{name} fused hidden update {} {b}x{k}x{n}",
@@ -645,14 +702,14 @@ fn hidden_layer_ops_match_scalar() {
             for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
                 let y: Vec<f32> = a.iter().map(|&v| act.apply(v)).collect();
                 let mut want = vec![f32::NAN; b * k];
-                Scalar.hidden_backward_input(&mut want, &dz, &w, &y, d, act, Layer1Path::Auto);
+                Scalar.hidden_backward_input(&mut want, &dz, &w, Derivative::new(act, &y), Layer1Path::Auto, d);
                 let mut got = vec![f32::NAN; b * k];
-                be.hidden_backward_input(&mut got, &dz, &wp, &y, d, act, Layer1Path::Auto);
+                be.hidden_backward_input(&mut got, &dz, &wp, Derivative::new(act, &y), Layer1Path::Auto, d);
                 // |act'(y)| <= 1 for all four, written in terms of y.
                 assert_close(&format!("{name} hidden dA {act} {b}x{k}x{n}"), &got, &want, &imag, n + 4);
                 let mut got = vec![f32::NAN; b * k];
                 if n <= 64 {
-                    be.output_backward_input(&mut got, &dz, &w, &y, d, act);
+                    be.output_backward_input(&mut got, &dz, &w, Derivative::new(act, &y), d);
                     assert_close(&format!("{name} output dA {act} {b}x{k}x{n}"), &got, &want, &imag, n + 4);
                 }
             }
@@ -678,11 +735,25 @@ fn hidden_ops_do_not_depend_on_the_thread_count() {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let mut h = vec![0f32; b * n];
-                    be.hidden_forward(&mut h, &a_relu, &wp, &bias, Dims { k, n }, Activation::Sigmoid, path);
+                    be.hidden_forward(
+                        &mut h,
+                        &a_relu,
+                        Weights::new(&wp, &bias),
+                        Activation::Sigmoid,
+                        path,
+                        Dims { k, n },
+                    );
                     let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
-                    be.hidden_backward(&mut dw, &mut db, &a_relu, &dz_masked, Dims { k, n }, None, path);
+                    be.hidden_backward(Grads::new(&mut dw, &mut db), None, &a_relu, &dz_masked, path, Dims { k, n });
                     let mut da = vec![0f32; b * k];
-                    be.hidden_backward_input(&mut da, &dz_masked, &wp, &a_relu, Dims { k, n }, Activation::Relu, path);
+                    be.hidden_backward_input(
+                        &mut da,
+                        &dz_masked,
+                        &wp,
+                        Derivative::new(Activation::Relu, &a_relu),
+                        path,
+                        Dims { k, n },
+                    );
                     (h, dw, db, da)
                 })
             };
@@ -743,10 +814,10 @@ fn output_softmax_is_the_training_forwards_probabilities() {
             let (w, bias) = (g.vec(k * n), g.vec(n));
             let (mut p0, mut dz) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
             if n > 0 {
-                be.output_softmax_xent(&mut p0, &mut dz, &h, &w, &bias, &labels, &rows, d);
+                be.output_softmax_xent(&mut p0, &mut dz, &h, Weights::new(&w, &bias), Rows::new(&labels, &rows), d);
             }
             let mut p1 = vec![f32::NAN; b * n];
-            be.output_softmax(&mut p1, &h, &w, &bias, d);
+            be.output_softmax(&mut p1, &h, Weights::new(&w, &bias), d);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&p1), bits(&p0), "{name} {b}x{k}x{n}");
         }

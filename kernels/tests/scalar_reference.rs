@@ -5,7 +5,7 @@
 //! `beta = 0` never reads them, and identical under any thread count.
 
 use kiln_kernels::scalar::{self, Scalar};
-use kiln_kernels::{Activation, Backend, Dims, Layer1Path, Optimizer};
+use kiln_kernels::{Activation, Backend, Derivative, Dims, Grads, Layer1Path, Optimizer, Rows, Weights};
 
 mod common;
 use common::Gen;
@@ -71,7 +71,7 @@ fn forward_u8_matches_naive_over_shapes_and_never_reads_its_output() {
         let rows = rows_for(&mut g, b, r);
         let (w, bias) = (g.vec(k * n), g.vec(n));
         let mut h = vec![f32::NAN; b * n];
-        scalar::input_forward(&mut h, &x, &rows, &w, &bias, Dims { k, n }, Activation::Relu);
+        scalar::input_forward(&mut h, Rows::new(&x, &rows), Weights::new(&w, &bias), Activation::Relu, Dims { k, n });
         let (want, mag) = naive_forward(&x, &rows, &w, &bias, k, n);
         assert_close(&format!("forward {b}x{k}x{n}"), &h, &want, &mag, k);
     }
@@ -87,13 +87,13 @@ fn small_integer_inputs_are_exact() {
     let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();
     let bias: Vec<f32> = (0..n).map(|j| j as f32 - 1.0).collect();
     let mut h = vec![f32::NAN; b * n];
-    scalar::input_forward(&mut h, &x, &rows, &w, &bias, Dims { k, n }, Activation::Relu);
+    scalar::input_forward(&mut h, Rows::new(&x, &rows), Weights::new(&w, &bias), Activation::Relu, Dims { k, n });
     let (want, _) = naive_forward(&x, &rows, &w, &bias, k, n);
     assert_eq!(h.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), want);
 
     let dz: Vec<f32> = (0..b * n).map(|i| (i % 5) as f32 - 2.0).collect();
     let (mut dw, mut db) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-    scalar::input_backward(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n });
+    scalar::input_backward(Grads::new(&mut dw, &mut db), Rows::new(&x, &rows), &dz, Dims { k, n });
     for kk in 0..k {
         for j in 0..n {
             let want: f32 = (0..b).map(|i| f32::from(x[rows[i] as usize * k + kk]) / 255.0 * dz[i * n + j]).sum();
@@ -115,7 +115,14 @@ fn softmax_xent_matches_naive() {
         let rows = rows_for(&mut g, b, r);
         let (h, w, bias) = (g.vec(b * k).iter().map(|v| v.max(0.0) * 3.0).collect::<Vec<_>>(), g.vec(k * n), g.vec(n));
         let (mut p, mut dz) = (vec![f32::NAN; b * n], vec![f32::NAN; b * n]);
-        let st = scalar::output_softmax_xent(&mut p, &mut dz, &h, &w, &bias, &labels, &rows, Dims { k, n });
+        let st = scalar::output_softmax_xent(
+            &mut p,
+            &mut dz,
+            &h,
+            Weights::new(&w, &bias),
+            Rows::new(&labels, &rows),
+            Dims { k, n },
+        );
         let (mut loss, mut correct, mut loss_bound) = (0f64, 0usize, 0f64);
         for i in 0..b {
             let logits: Vec<f64> = (0..n)
@@ -167,9 +174,9 @@ fn backward_products_match_naive() {
         let d = Dims { k, n };
 
         let (mut dw, mut db) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-        scalar::dense_backward(&mut dw, &mut db, &h, &dz, d);
+        scalar::dense_backward(Grads::new(&mut dw, &mut db), &h, &dz, d);
         let (mut dw8, mut db8) = (vec![f32::NAN; k * n], vec![f32::NAN; n]);
-        scalar::input_backward(&mut dw8, &mut db8, &x, &rows, &dz, d);
+        scalar::input_backward(Grads::new(&mut dw8, &mut db8), Rows::new(&x, &rows), &dz, d);
         let (mut want, mut mag, mut want8, mut mag8) = (vec![], vec![], vec![], vec![]);
         for kk in 0..k {
             for j in 0..n {
@@ -190,7 +197,7 @@ fn backward_products_match_naive() {
         assert_close("db u8", &db8, &dbw, &dbm, b);
 
         let mut dh = vec![f32::NAN; b * k];
-        scalar::backward_input(&mut dh, &dz, &w, &h, d, Activation::Relu);
+        scalar::backward_input(&mut dh, &dz, &w, Derivative::new(Activation::Relu, &h), d);
         let (mut want, mut mag) = (vec![], vec![]);
         for i in 0..b {
             for kk in 0..k {
@@ -278,9 +285,23 @@ fn results_do_not_depend_on_the_thread_count() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mut h = vec![0f32; b * n];
-            Scalar.input_forward(&mut h, &x, &rows, &w, &bias, Dims { k, n }, Activation::Relu, Layer1Path::Auto);
+            Scalar.input_forward(
+                &mut h,
+                Rows::new(&x, &rows),
+                Weights::new(&w, &bias),
+                Activation::Relu,
+                Layer1Path::Auto,
+                Dims { k, n },
+            );
             let (mut dw, mut db) = (vec![0f32; k * n], vec![0f32; n]);
-            Scalar.input_backward(&mut dw, &mut db, &x, &rows, &dz, Dims { k, n }, Layer1Path::Auto, None);
+            Scalar.input_backward(
+                Grads::new(&mut dw, &mut db),
+                None,
+                Rows::new(&x, &rows),
+                &dz,
+                Layer1Path::Auto,
+                Dims { k, n },
+            );
             (h, dw, db)
         })
     };
@@ -293,5 +314,11 @@ fn results_do_not_depend_on_the_thread_count() {
 #[should_panic(expected = "row index 9 out of range for a dataset of 2 rows")]
 fn out_of_range_rows_are_caught() {
     let mut h = vec![0f32; 2];
-    scalar::input_forward(&mut h, &[0; 4], &[0, 9], &[1.0, 1.0], &[0.0], Dims { k: 2, n: 1 }, Activation::Relu);
+    scalar::input_forward(
+        &mut h,
+        Rows { data: &[0; 4], rows: &[0, 9] },
+        Weights { kernel: &[1.0, 1.0], bias: &[0.0] },
+        Activation::Relu,
+        Dims { k: 2, n: 1 },
+    );
 }

@@ -5,7 +5,7 @@
 use super::dropout::{self, StepKey};
 use super::inputs::at_least;
 use super::{Arch, Inputs, Params};
-use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real};
+use kiln_kernels::{AlignedVec, Backend, Dims, Layer1Path, PanelLayout, Real, Rows, Weights};
 use std::ops::Range;
 
 /// Where one layer's tensors sit in a [`Model`]'s arenas.
@@ -81,13 +81,13 @@ pub(super) fn forward_hidden<'a, T: Real>(
     let input = &input[..if gathered { b * d } else { 0 }];
     for (l, s) in slots[..last].iter().enumerate() {
         let act = arch.dense[l].activation;
-        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let weights = Weights::new(&w[s.kernel.clone()], &w[s.bias.clone()]);
         let (below, here) = acts.split_at_mut(l);
         let bn = b * s.dims.n;
         let drops = &arch.after[l][..];
         // What the layer reads: the pixels in place, or a (B, K) matrix.
         let x = match (l, inputs) {
-            (0, Inputs::Pixels(pixels)) => Read::Pixels(pixels, rows),
+            (0, Inputs::Pixels(pixels)) => Read::Pixels(Rows::new(pixels, rows)),
             (0, Inputs::Features(_)) => Read::Matrix(input),
             _ => Read::Matrix(&below[l - 1][..b * s.dims.k]),
         };
@@ -97,13 +97,13 @@ pub(super) fn forward_hidden<'a, T: Real>(
         match &mut mode {
             Mode::Training { key, pre, keep } if !drops.is_empty() => {
                 let h = &mut pre[l][..bn];
-                dense_forward(be, h, x, (kernel, bias), s.dims, act, path);
+                dense_forward(be, h, x, weights, act, path, s.dims);
                 let keep = &mut keep[l][..dropout::mask_len(drops, b, s.dims.n)];
                 dropout::forward(drops, *key, rows, (h, out, keep));
             }
             _ => {
                 debug_assert!(!dropout::acts_in_inference(drops), "a layer after dense_{} acts in inference", l + 1);
-                dense_forward(be, out, x, (kernel, bias), s.dims, act, path)
+                dense_forward(be, out, x, weights, act, path, s.dims)
             }
         }
         done(l);
@@ -118,8 +118,8 @@ pub(super) fn forward_hidden<'a, T: Real>(
 /// What a hidden Dense layer reads.
 #[derive(Clone, Copy)]
 enum Read<'a, T> {
-    /// The rows `rows` of u8 pixels (the input layer).
-    Pixels(&'a [u8], &'a [u32]),
+    /// Rows of u8 pixels (the input layer).
+    Pixels(Rows<'a, u8>),
     /// A `(B, K)` matrix.
     Matrix(&'a [T]),
 }
@@ -129,13 +129,13 @@ fn dense_forward<T: Real>(
     be: &dyn Backend<T>,
     h: &mut [T],
     x: Read<'_, T>,
-    (kernel, bias): (&[T], &[T]),
-    dims: Dims,
+    w: Weights<'_, T>,
     act: kiln_kernels::Activation,
     path: Layer1Path,
+    dims: Dims,
 ) {
     match x {
-        Read::Pixels(pixels, rows) => be.input_forward(h, pixels, rows, kernel, bias, dims, act, path),
-        Read::Matrix(x) => be.hidden_forward(h, x, kernel, bias, dims, act, path),
+        Read::Pixels(pixels) => be.input_forward(h, pixels, w, act, path, dims),
+        Read::Matrix(x) => be.hidden_forward(h, x, w, act, path, dims),
     }
 }

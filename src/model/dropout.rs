@@ -17,7 +17,7 @@
 //! one would.
 
 use super::arch::Elementwise;
-use kiln_kernels::{Activation, Real};
+use kiln_kernels::{Activation, Derivative, Real};
 
 /// What keys one training step's masks.
 #[derive(Clone, Copy, Debug)]
@@ -150,11 +150,11 @@ pub(super) fn kernel_derivative<'a, T>(
     act: Activation,
     a: &'a [T],
     h: &'a [T],
-) -> (Activation, &'a [T]) {
+) -> Derivative<'a, T> {
     if drops.is_empty() {
-        (act, a)
+        Derivative::new(act, a)
     } else {
-        (Activation::Linear, h)
+        Derivative::new(Activation::Linear, h)
     }
 }
 

@@ -7,7 +7,8 @@ use super::dropout::{self, StepKey};
 use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
-    Activation, AlignedVec, Backend, Layer1Path, Optimizer, Real, Schedule, Update, XentStats, MAX_SLOTS,
+    Activation, AlignedVec, Backend, Grads, Layer1Path, Optimizer, Real, Rows, Schedule, Update, Weights, XentStats,
+    MAX_SLOTS,
 };
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -82,11 +83,11 @@ impl<T: Real> Workspace<T> {
         let (act_below, drops) = below;
         let h = &self.pre[l - 1][..if drops.is_empty() { 0 } else { b * s.dims.k }];
         let keep = &self.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)];
-        let (act_k, at) = dropout::kernel_derivative(drops, act_below, a, h);
-        let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+        let derivative = dropout::kernel_derivative(drops, act_below, a, h);
+        let grads = split_pair(g, &s.kernel, &s.bias);
         // The input gradient, through the Dropouts when there are any.
         let input_grad = |da: &mut [T], kernel: &[T]| {
-            be.hidden_backward_input(da, dz, kernel, at, s.dims, act_k, path);
+            be.hidden_backward_input(da, dz, kernel, derivative, path, s.dims);
             if !drops.is_empty() {
                 dropout::backward(drops, act_below, (h, keep), da);
             }
@@ -100,11 +101,11 @@ impl<T: Real> Workspace<T> {
             (Some(_), None) => (&w[s.kernel.clone()], None),
             (None, _) => {
                 input_grad(da, &w[s.kernel.clone()]);
-                be.hidden_backward(gk, gb, a, dz, s.dims, step.map(|st| fused(w, state, &s.kernel, st)), path);
+                be.hidden_backward(grads, step.map(|st| fused(w, state, &s.kernel, st)), a, dz, path, s.dims);
                 return;
             }
         };
-        kiln_kernels::side_by_side(|| input_grad(da, kernel), || be.hidden_backward(gk, gb, a, dz, s.dims, u, path));
+        kiln_kernels::side_by_side(|| input_grad(da, kernel), || be.hidden_backward(grads, u, a, dz, path, s.dims));
     }
 }
 
@@ -415,8 +416,8 @@ impl<'b, T: Real> Model<'b, T> {
         );
         let s = &self.slots[last];
         let (p, dz) = (&mut p[..b * s.dims.n], &mut dz[..b * s.dims.n]); // (B, C) each
-        let (kernel, bias) = (&w[s.kernel.clone()], &w[s.bias.clone()]);
-        let stats = be.output_softmax_xent(p, dz, a, kernel, bias, batch.labels, batch.rows, s.dims);
+        let weights = Weights::new(&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let stats = be.output_softmax_xent(p, dz, a, weights, Rows::new(batch.labels, batch.rows), s.dims);
         lap(&mut t, &mut times.forward[last]);
         stats
     }
@@ -468,15 +469,14 @@ impl<'b, T: Real> Model<'b, T> {
             let s = &self.slots[last];
             let dz = &ws.dz[..b * s.dims.n];
             let input = if last == 0 { &ws.input[..b * s.dims.k] } else { &ws.acts[last - 1][..b * s.dims.k] };
-            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
-            be.output_backward(gk, gb, input, dz, s.dims);
+            be.output_backward(split_pair(g, &s.kernel, &s.bias), input, dz, s.dims);
             if last > 0 {
                 let (act, drops) = (self.arch.dense[last - 1].activation, &self.arch.after[last - 1][..]);
                 let bk = b * s.dims.k;
                 let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
-                let (act_k, at) = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
+                let derivative = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
                 let da = &mut ws.grads[last - 1][..bk];
-                be.output_backward_input(da, dz, &w[s.kernel.clone()], at, s.dims, act_k);
+                be.output_backward_input(da, dz, &w[s.kernel.clone()], derivative, s.dims);
                 if !drops.is_empty() {
                     let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
                     dropout::backward(drops, act, (h, keep), da);
@@ -506,7 +506,10 @@ impl<'b, T: Real> Model<'b, T> {
         } else {
             // Pixels are listed beside the layers above; features need no list.
             let lists = match batch.inputs {
-                Inputs::Pixels(pixels) => Some(be.overlap_input_lists(pixels, batch.rows, k0, path, &mut above)),
+                Inputs::Pixels(pixels) => {
+                    let pixels = Rows::new(pixels, batch.rows);
+                    Some(be.overlap_input_lists(pixels, k0, path, &mut above))
+                }
                 Inputs::Features(_) => {
                     above();
                     None
@@ -525,11 +528,11 @@ impl<'b, T: Real> Model<'b, T> {
             // needed), from the listed pixels or the gathered features.
             let s = &self.slots[0];
             let dz = &ws.grads[0][..b * s.dims.n];
-            let (gk, gb) = split_pair(g, &s.kernel, &s.bias);
+            let grads = split_pair(g, &s.kernel, &s.bias);
             let u = update.then(|| fused(w, state, &s.kernel, step));
             match lists {
-                Some(lists) => be.input_backward_listed(lists, (gk, gb), dz, s.dims, path, u),
-                None => be.hidden_backward(gk, gb, &ws.input[..b * k0], dz, s.dims, u, path),
+                Some(lists) => be.input_backward_listed(grads, u, lists, dz, path, s.dims),
+                None => be.hidden_backward(grads, u, &ws.input[..b * k0], dz, path, s.dims),
             }
             lap(&mut t, &mut times.backward[0]);
         }
@@ -590,10 +593,10 @@ fn fused<'a, T: Real>(
 }
 
 /// The disjoint ranges `a` (a kernel) and `b` (a bias, after it) of `v`.
-fn split_pair<'a, T>(v: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [T], &'a mut [T]) {
+fn split_pair<'a, T>(v: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> Grads<'a, T> {
     assert!(a.end <= b.start, "kernels precede biases in the arena");
     let (lo, hi) = v.split_at_mut(b.start);
-    (&mut lo[a.clone()], &mut hi[..b.len()])
+    Grads::new(&mut lo[a.clone()], &mut hi[..b.len()])
 }
 
 #[cfg(test)]

@@ -104,7 +104,8 @@ impl<'b, T: Real> Predictor<'b, T> {
         );
         let s = &slots[slots.len() - 1];
         let p = &mut self.p[..b * s.dims.n];
-        self.be.output_softmax(p, a, &values[s.kernel.clone()], &values[s.bias.clone()], s.dims);
+        let w = kiln_kernels::Weights::new(&values[s.kernel.clone()], &values[s.bias.clone()]);
+        self.be.output_softmax(p, a, w, s.dims);
         p
     }
 

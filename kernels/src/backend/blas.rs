@@ -15,7 +15,9 @@ use crate::denormals::Flushed;
 use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
 };
-use crate::{scalar, Activation, Applied, Backend, Dims, Layer1Path, Update, XentStats};
+use crate::{
+    scalar, Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, Rows, Update, Weights, XentStats,
+};
 use cblas::{Layout, Transpose};
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::{Mutex, PoisonError};
@@ -222,13 +224,11 @@ impl Backend<f32> for Blas {
     fn input_forward(
         &self,
         h: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        w: &[f32],
-        b: &[f32],
-        d: Dims,
+        Rows { data: x, rows }: Rows<'_, u8>,
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
         act: Activation,
-        _path: Layer1Path,
+        _: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         check_rows(x, rows, d.k);
@@ -238,14 +238,12 @@ impl Backend<f32> for Blas {
 
     fn input_backward(
         &self,
-        dw: &mut [f32],
-        db: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[f32],
-        d: Dims,
-        _path: Layer1Path,
+        Grads { kernel: dw, bias: db }: Grads<'_, f32>,
         update: Option<Update<'_, f32>>,
+        Rows { data: x, rows }: Rows<'_, u8>,
+        dz: &[f32],
+        _: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         check_rows(x, rows, d.k);
@@ -253,20 +251,27 @@ impl Backend<f32> for Blas {
         self.weight_grad(dw, db, &gather(x, rows, d.k), dz, d, update);
     }
 
-    fn hidden_forward(&self, h: &mut [f32], a: &[f32], w: &[f32], b: &[f32], d: Dims, act: Activation, _: Layer1Path) {
+    fn hidden_forward(
+        &self,
+        h: &mut [f32],
+        a: &[f32],
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
+        act: Activation,
+        _: Layer1Path,
+        d: Dims,
+    ) {
         let _flushed = Flushed::new();
         self.forward(h, a, w, b, d, act);
     }
 
     fn hidden_backward(
         &self,
-        dw: &mut [f32],
-        db: &mut [f32],
+        Grads { kernel: dw, bias: db }: Grads<'_, f32>,
+        update: Option<Update<'_, f32>>,
         a: &[f32],
         dz: &[f32],
-        d: Dims,
-        update: Option<Update<'_, f32>>,
         _: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         self.weight_grad(dw, db, a, dz, d, update);
@@ -277,13 +282,12 @@ impl Backend<f32> for Blas {
         da: &mut [f32],
         dz: &[f32],
         w: &[f32],
-        a: &[f32],
-        d: Dims,
-        act: Activation,
+        below: Derivative<'_, f32>,
         _: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
-        self.input_grad(da, dz, w, a, d, act);
+        self.input_grad(da, dz, w, below.out, d, below.act);
     }
 
     fn output_softmax_xent(
@@ -291,10 +295,8 @@ impl Backend<f32> for Blas {
         p: &mut [f32],
         dz: &mut [f32],
         h: &[f32],
-        w: &[f32],
-        b: &[f32],
-        labels: &[u8],
-        rows: &[u32],
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
+        Rows { data: labels, rows }: Rows<'_, u8>,
         d: Dims,
     ) -> XentStats<f32> {
         let _flushed = Flushed::new();
@@ -308,7 +310,7 @@ impl Backend<f32> for Blas {
         softmax_xent_rows(p, dz, labels, rows, n)
     }
 
-    fn output_softmax(&self, p: &mut [f32], h: &[f32], w: &[f32], b: &[f32], d: Dims) {
+    fn output_softmax(&self, p: &mut [f32], h: &[f32], Weights { kernel: w, bias: b }: Weights<'_, f32>, d: Dims) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let Some(batch) = output_rows(p.len(), h.len(), b.len(), d) else { return };
@@ -317,14 +319,14 @@ impl Backend<f32> for Blas {
         softmax_rows(p, n);
     }
 
-    fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+    fn output_backward(&self, Grads { kernel: dw, bias: db }: Grads<'_, f32>, h: &[f32], dz: &[f32], d: Dims) {
         let _flushed = Flushed::new();
         self.weight_grad(dw, db, h, dz, d, None);
     }
 
-    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
+    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], below: Derivative<'_, f32>, d: Dims) {
         let _flushed = Flushed::new();
-        self.input_grad(dh, dz, w, h, d, act);
+        self.input_grad(dh, dz, w, below.out, d, below.act);
     }
 
     fn update(&self, u: Update<'_, f32>, g: &[f32]) {

@@ -16,7 +16,9 @@ use crate::shared::{
     activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
     UPDATE_CHUNK,
 };
-use crate::{Activation, Applied, Backend, Dims, Layer1Path, Real, Update, XentStats};
+use crate::{
+    Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, Real, Rows, Update, Weights, XentStats,
+};
 
 /// Rows of `H` computed together in the forward products, so that each row
 /// of `W` is loaded once per block rather than once per row.
@@ -31,11 +33,11 @@ pub struct Scalar;
 /// `H (B,N) := act(A W + b)` where element `(i, k)` of `A` is `a_at(i, k)`
 /// for `i < batch`: the product in `k` order, then the bias, then the
 /// activation, as Keras computes `act(x @ W + b)`.
-fn forward<T: Real, F>(h: &mut [T], batch: usize, w: &[T], b: &[T], d: Dims, act: Activation, a_at: F)
+fn forward<T: Real, F>(h: &mut [T], batch: usize, w: Weights<'_, T>, d: Dims, act: Activation, a_at: F)
 where
     F: Fn(usize, usize) -> T + Sync,
 {
-    let Dims { k, n } = d;
+    let (Weights { kernel: w, bias: b }, Dims { k, n }) = (w, d);
     check_len("H", h.len(), batch * n);
     check_len("W", w.len(), k * n);
     check_len("b", b.len(), n);
@@ -66,47 +68,45 @@ where
 }
 
 /// `H (B,N) := act(X W + b)`, `X = x[rows] / 255`; see the crate docs.
-pub fn input_forward<T: Real>(h: &mut [T], x: &[u8], rows: &[u32], w: &[T], b: &[T], d: Dims, act: Activation) {
+pub fn input_forward<T: Real>(h: &mut [T], x: Rows<'_, u8>, w: Weights<'_, T>, act: Activation, d: Dims) {
+    let Rows { data: x, rows } = x;
     check_rows(x, rows, d.k);
     let lut = pixel_table::<T>();
     let k = d.k;
-    forward(h, rows.len(), w, b, d, act, |i, kk| lut[usize::from(x[rows[i] as usize * k + kk])]);
+    forward(h, rows.len(), w, d, act, |i, kk| lut[usize::from(x[rows[i] as usize * k + kk])]);
 }
 
 /// `H (B,N) := act(A W + b)`; see the crate docs.
-pub fn hidden_forward<T: Real>(h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation) {
+pub fn hidden_forward<T: Real>(h: &mut [T], a: &[T], w: Weights<'_, T>, act: Activation, d: Dims) {
     let batch = a.len().checked_div(d.k).unwrap_or(h.len() / d.n.max(1));
     check_len("A", a.len(), batch * d.k);
-    forward(h, batch, w, b, d, act, |i, kk| a[i * d.k + kk]);
+    forward(h, batch, w, d, act, |i, kk| a[i * d.k + kk]);
 }
 
 /// `P := softmax(A W + b)`, loss and `dZ := (P - onehot) / B`; see the crate docs.
-#[allow(clippy::too_many_arguments)]
 pub fn output_softmax_xent<T: Real>(
     p: &mut [T],
     dz: &mut [T],
     a: &[T],
-    w: &[T],
-    b: &[T],
-    labels: &[u8],
-    rows: &[u32],
+    w: Weights<'_, T>,
+    labels: Rows<'_, u8>,
     d: Dims,
 ) -> XentStats<T> {
     let Dims { k, n } = d;
-    let batch = rows.len();
+    let batch = labels.len();
     check_len("A", a.len(), batch * k);
     check_len("P", p.len(), batch * n);
     check_len("dZ", dz.len(), batch * n);
-    forward(p, batch, w, b, d, Activation::Linear, |i, kk| a[i * k + kk]);
-    softmax_xent_rows(p, dz, labels, rows, n)
+    forward(p, batch, w, d, Activation::Linear, |i, kk| a[i * k + kk]);
+    softmax_xent_rows(p, dz, labels.data, labels.rows, n)
 }
 
 /// `P (B,N) := softmax(A W + b)`: [`output_softmax_xent`]'s `P`, without
 /// labels (inference).
-pub fn output_softmax<T: Real>(p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims) {
+pub fn output_softmax<T: Real>(p: &mut [T], a: &[T], w: Weights<'_, T>, d: Dims) {
     let Dims { k, n } = d;
-    let Some(batch) = output_rows(p.len(), a.len(), b.len(), d) else { return };
-    forward(p, batch, w, b, d, Activation::Linear, |i, kk| a[i * k + kk]);
+    let Some(batch) = output_rows(p.len(), a.len(), w.bias.len(), d) else { return };
+    forward(p, batch, w, d, Activation::Linear, |i, kk| a[i * k + kk]);
     softmax_rows(p, n);
 }
 
@@ -134,7 +134,8 @@ where
 }
 
 /// `dW := A^T dZ`, `db := column sums of dZ`; see the crate docs.
-pub fn dense_backward<T: Real>(dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims) {
+pub fn dense_backward<T: Real>(g: Grads<'_, T>, a: &[T], dz: &[T], d: Dims) {
+    let Grads { kernel: dw, bias: db } = g;
     let Dims { k, n } = d;
     check_len("dW", dw.len(), k * n);
     check_len("db", db.len(), n);
@@ -149,7 +150,8 @@ pub fn dense_backward<T: Real>(dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d:
 }
 
 /// `dW := X^T dZ` with `X = x[rows] / 255`, `db := column sums of dZ`.
-pub fn input_backward<T: Real>(dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32], dz: &[T], d: Dims) {
+pub fn input_backward<T: Real>(g: Grads<'_, T>, x: Rows<'_, u8>, dz: &[T], d: Dims) {
+    let (Grads { kernel: dw, bias: db }, Rows { data: x, rows }) = (g, x);
     let Dims { k, n } = d;
     check_rows(x, rows, k);
     check_len("dW", dw.len(), k * n);
@@ -164,8 +166,8 @@ pub fn input_backward<T: Real>(dw: &mut [T], db: &mut [T], x: &[u8], rows: &[u32
 }
 
 /// `dA (B,K) := (dZ W^T) * act'(A)`; see the crate docs.
-pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
-    let Dims { k, n } = d;
+pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], below: Derivative<'_, T>, d: Dims) {
+    let (Derivative { act, out: a }, Dims { k, n }) = (below, d);
     check_len("W", w.len(), k * n);
     check_len("dA", da.len(), a.len());
     if k == 0 {
@@ -213,91 +215,67 @@ impl<T: Real> Backend<T> for Scalar {
     fn name(&self) -> &'static str {
         "scalar"
     }
-    fn input_forward(
-        &self,
-        h: &mut [T],
-        x: &[u8],
-        rows: &[u32],
-        w: &[T],
-        b: &[T],
-        d: Dims,
-        act: Activation,
-        _path: Layer1Path,
-    ) {
+    fn input_forward(&self, h: &mut [T], x: Rows<'_, u8>, w: Weights<'_, T>, act: Activation, _: Layer1Path, d: Dims) {
         let _flushed = Flushed::new();
-        input_forward(h, x, rows, w, b, d, act);
+        input_forward(h, x, w, act, d);
     }
     fn input_backward(
         &self,
-        dw: &mut [T],
-        db: &mut [T],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[T],
-        d: Dims,
-        _path: Layer1Path,
+        Grads { kernel: dw, bias: db }: Grads<'_, T>,
         update: Option<Update<'_, T>>,
+        x: Rows<'_, u8>,
+        dz: &[T],
+        _: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
-        input_backward(dw, db, x, rows, dz, d);
+        input_backward(Grads { kernel: &mut *dw, bias: db }, x, dz, d);
         apply(dw, update);
     }
-    fn hidden_forward(&self, h: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims, act: Activation, _path: Layer1Path) {
+    fn hidden_forward(&self, h: &mut [T], a: &[T], w: Weights<'_, T>, act: Activation, _: Layer1Path, d: Dims) {
         let _flushed = Flushed::new();
-        hidden_forward(h, a, w, b, d, act);
+        hidden_forward(h, a, w, act, d);
     }
     fn hidden_backward(
         &self,
-        dw: &mut [T],
-        db: &mut [T],
+        Grads { kernel: dw, bias: db }: Grads<'_, T>,
+        update: Option<Update<'_, T>>,
         a: &[T],
         dz: &[T],
+        _: Layer1Path,
         d: Dims,
-        update: Option<Update<'_, T>>,
-        _path: Layer1Path,
     ) {
         let _flushed = Flushed::new();
-        dense_backward(dw, db, a, dz, d);
+        dense_backward(Grads { kernel: &mut *dw, bias: db }, a, dz, d);
         apply(dw, update);
     }
-    fn hidden_backward_input(
-        &self,
-        da: &mut [T],
-        dz: &[T],
-        w: &[T],
-        a: &[T],
-        d: Dims,
-        act: Activation,
-        _path: Layer1Path,
-    ) {
+    fn hidden_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], below: Derivative<'_, T>, _: Layer1Path, d: Dims) {
         let _flushed = Flushed::new();
-        backward_input(da, dz, w, a, d, act);
+        backward_input(da, dz, w, below, d);
     }
     fn output_softmax_xent(
         &self,
         p: &mut [T],
         dz: &mut [T],
         a: &[T],
-        w: &[T],
-        b: &[T],
-        labels: &[u8],
-        rows: &[u32],
+        w: Weights<'_, T>,
+        labels: Rows<'_, u8>,
         d: Dims,
     ) -> XentStats<T> {
         let _flushed = Flushed::new();
-        output_softmax_xent(p, dz, a, w, b, labels, rows, d)
+        output_softmax_xent(p, dz, a, w, labels, d)
     }
-    fn output_softmax(&self, p: &mut [T], a: &[T], w: &[T], b: &[T], d: Dims) {
+    fn output_softmax(&self, p: &mut [T], a: &[T], w: Weights<'_, T>, d: Dims) {
         let _flushed = Flushed::new();
-        output_softmax(p, a, w, b, d)
+        output_softmax(p, a, w, d)
     }
-    fn output_backward(&self, dw: &mut [T], db: &mut [T], a: &[T], dz: &[T], d: Dims) {
+    fn output_backward(&self, g: Grads<'_, T>, a: &[T], dz: &[T], d: Dims) {
         let _flushed = Flushed::new();
-        dense_backward(dw, db, a, dz, d);
+        dense_backward(g, a, dz, d);
     }
-    fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], a: &[T], d: Dims, act: Activation) {
+    fn output_backward_input(&self, da: &mut [T], dz: &[T], w: &[T], below: Derivative<'_, T>, d: Dims) {
         let _flushed = Flushed::new();
-        backward_input(da, dz, w, a, d, act);
+        backward_input(da, dz, w, below, d);
     }
     fn update(&self, u: Update<'_, T>, g: &[T]) {
         let _flushed = Flushed::new();

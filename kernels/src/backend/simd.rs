@@ -19,8 +19,8 @@ use crate::shared::{
 use crate::simd::Lister;
 use crate::sparse::{self, Csc, Csr, PixelListing};
 use crate::{
-    peak, Activation, AlignedVec, Applied, Backend, Ceilings, Dims, InputLists, Layer1Path, PanelLayout, Update,
-    XentStats,
+    peak, Activation, AlignedVec, Applied, Backend, Ceilings, Derivative, Dims, Grads, InputLists, Layer1Path,
+    PanelLayout, Rows, Update, Weights, XentStats,
 };
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -501,13 +501,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     fn input_forward(
         &self,
         h: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        w: &[f32],
-        b: &[f32],
-        d: Dims,
+        Rows { data: x, rows }: Rows<'_, u8>,
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
         act: Activation,
         path: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
@@ -564,22 +562,19 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 
     fn input_backward(
         &self,
-        dw: &mut [f32],
-        db: &mut [f32],
-        x: &[u8],
-        rows: &[u32],
-        dz: &[f32],
-        d: Dims,
-        path: Layer1Path,
+        Grads { kernel: dw, bias: db }: Grads<'_, f32>,
         update: Option<Update<'_, f32>>,
+        Rows { data: x, rows }: Rows<'_, u8>,
+        dz: &[f32],
+        path: Layer1Path,
+        d: Dims,
     ) {
         self.input_backward_with(dw, db, (x, rows, None), dz, d, path, update);
     }
 
     fn overlap_input_lists<'x>(
         &self,
-        x: &'x [u8],
-        rows: &'x [u32],
+        pixels: Rows<'x, u8>,
         k: usize,
         path: Layer1Path,
         work: &mut dyn FnMut(),
@@ -587,10 +582,11 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // Below the shared lists' thread count every task of the input
         // backward would list the whole batch itself; here one other
         // thread lists it once, while this one runs `work`.
+        let (x, rows) = (pixels.data, pixels.rows);
         let threads = par::threads();
         if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads) || path == Layer1Path::Dense || rows.is_empty() || k == 0 {
             work();
-            return InputLists { x, rows, k, csc: None };
+            return InputLists { x: pixels, k, csc: None };
         }
         check_rows(x, rows, k);
         let mut csc = PREPARED_CSC.with(|c| std::mem::take(&mut *c.borrow_mut()));
@@ -598,19 +594,19 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             s.spawn(|_| csc.build(x, rows, k, self.pixels));
             work();
         });
-        InputLists { x, rows, k, csc: Some(csc) }
+        InputLists { x: pixels, k, csc: Some(csc) }
     }
 
     fn input_backward_listed(
         &self,
-        lists: InputLists<'_>,
-        (dw, db): (&mut [f32], &mut [f32]),
-        dz: &[f32],
-        d: Dims,
-        path: Layer1Path,
+        Grads { kernel: dw, bias: db }: Grads<'_, f32>,
         update: Option<Update<'_, f32>>,
+        lists: InputLists<'_>,
+        dz: &[f32],
+        path: Layer1Path,
+        d: Dims,
     ) {
-        let InputLists { x, rows, k, csc } = lists;
+        let InputLists { x: Rows { data: x, rows }, k, csc } = lists;
         let csc = csc.filter(|_| k == d.k);
         self.input_backward_with(dw, db, (x, rows, csc.as_ref()), dz, d, path, update);
         let Some(csc) = csc else { return };
@@ -622,11 +618,10 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         &self,
         h: &mut [f32],
         a: &[f32],
-        w: &[f32],
-        b: &[f32],
-        d: Dims,
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
         act: Activation,
         path: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
@@ -640,13 +635,12 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
 
     fn hidden_backward(
         &self,
-        dw: &mut [f32],
-        db: &mut [f32],
+        Grads { kernel: dw, bias: db }: Grads<'_, f32>,
+        update: Option<Update<'_, f32>>,
         a: &[f32],
         dz: &[f32],
-        d: Dims,
-        update: Option<Update<'_, f32>>,
         path: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
@@ -673,10 +667,9 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         da: &mut [f32],
         dz: &[f32],
         w: &[f32],
-        a: &[f32],
-        d: Dims,
-        act: Activation,
+        Derivative { act, out: a }: Derivative<'_, f32>,
         path: Layer1Path,
+        d: Dims,
     ) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
@@ -737,10 +730,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         p: &mut [f32],
         dz: &mut [f32],
         h: &[f32],
-        w: &[f32],
-        b: &[f32],
-        labels: &[u8],
-        rows: &[u32],
+        Weights { kernel: w, bias: b }: Weights<'_, f32>,
+        Rows { data: labels, rows }: Rows<'_, u8>,
         d: Dims,
     ) -> XentStats<f32> {
         let _flushed = Flushed::new();
@@ -787,7 +778,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         stats
     }
 
-    fn output_softmax(&self, p: &mut [f32], h: &[f32], w: &[f32], b: &[f32], d: Dims) {
+    fn output_softmax(&self, p: &mut [f32], h: &[f32], Weights { kernel: w, bias: b }: Weights<'_, f32>, d: Dims) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         let Some(batch) = output_rows(p.len(), h.len(), b.len(), d) else { return };
@@ -810,7 +801,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         });
     }
 
-    fn output_backward(&self, dw: &mut [f32], db: &mut [f32], h: &[f32], dz: &[f32], d: Dims) {
+    fn output_backward(&self, Grads { kernel: dw, bias: db }: Grads<'_, f32>, h: &[f32], dz: &[f32], d: Dims) {
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_len("dW", dw.len(), k * n);
@@ -832,7 +823,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         });
     }
 
-    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], h: &[f32], d: Dims, act: Activation) {
+    fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], below: Derivative<'_, f32>, d: Dims) {
+        let Derivative { act, out: h } = below;
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_len("W", w.len(), k * n);
