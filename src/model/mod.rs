@@ -33,13 +33,16 @@
 //! parameters out, and the forward pass below the output layer, which
 //! training and inference share), `dropout` (Dropout's masks, forward and
 //! backward), `net` ([`Model`]: training, with gradients and optimizer
-//! state) and `predictor` ([`Predictor`]: inference only).
+//! state; what each layer's backward computes), `pairing` (how the
+//! backward's layers share the pool's threads) and `predictor`
+//! ([`Predictor`]: inference only).
 
 mod arch;
 mod arena;
 mod dropout;
 mod inputs;
 mod net;
+mod pairing;
 mod params;
 mod predictor;
 

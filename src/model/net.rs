@@ -4,11 +4,12 @@
 use super::arch::Elementwise;
 use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
 use super::dropout::{self, StepKey};
+use super::pairing::{self, Plan};
 use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
-    Activation, AlignedVec, Backend, Grads, Layer1Path, Optimizer, Real, Rows, Schedule, Update, Weights, XentStats,
-    MAX_SLOTS,
+    Activation, AlignedVec, Backend, Grads, InputLists, Layer1Path, Optimizer, Real, Rows, Schedule, Update, Weights,
+    XentStats, MAX_SLOTS,
 };
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ struct Workspace<T: Real> {
     p: AlignedVec<T>,
     /// `(B, C)` gradient of the mean loss w.r.t. the logits.
     dz: AlignedVec<T>,
-    /// A copy of the hidden layers' kernels (`Model::backward` runs their
-    /// input gradients from it while their updates run; empty until then).
+    /// A copy of the hidden layers' kernels (on two threads their input
+    /// gradients read it while their updates run: `Plan::snapshot`; empty
+    /// until then).
     kernel_copy: AlignedVec<T>,
     capacity: usize,
 }
@@ -58,54 +60,6 @@ impl<T: Real> Workspace<T> {
             kernel_copy: AlignedVec::zeroed(0),
             capacity,
         }
-    }
-
-    /// Hidden layer `l`'s backward on a batch of `b` (`s` its slot,
-    /// `below` the activation of the layer below and the Dropouts after
-    /// it): `dZ_{l-1} := (dZ_l W_l^T)` through the Dropouts' masks and
-    /// `act_below'`, then `dW_l`, `db_l` (with `step`'s update of `W_l`
-    /// when given). With `copied`, the input gradient runs side by side
-    /// with the weight gradient, reading `W_l` from the copy of the hidden
-    /// kernels (which starts at arena index `copied`) when the update
-    /// changes it meanwhile.
-    fn hidden_backward(
-        &mut self,
-        be: &dyn Backend<T>,
-        (l, s, below, b): (usize, &Slot, (Activation, &[Elementwise]), usize),
-        (w, g, state): (&mut [T], &mut [T], &mut [AlignedVec<T>; MAX_SLOTS]),
-        (step, path): (Option<kiln_kernels::Step<T>>, Layer1Path),
-        copied: Option<usize>,
-    ) {
-        let (lower, upper) = self.grads.split_at_mut(l);
-        let dz = &upper[0][..b * s.dims.n];
-        let a = &self.acts[l - 1][..b * s.dims.k];
-        let da = &mut lower[l - 1][..b * s.dims.k];
-        let (act_below, drops) = below;
-        let h = &self.pre[l - 1][..if drops.is_empty() { 0 } else { b * s.dims.k }];
-        let keep = &self.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)];
-        let derivative = dropout::kernel_derivative(drops, act_below, a, h);
-        let grads = split_pair(g, &s.kernel, &s.bias);
-        // The input gradient, through the Dropouts when there are any.
-        let input_grad = |da: &mut [T], kernel: &[T]| {
-            be.hidden_backward_input(da, dz, kernel, derivative, path, s.dims);
-            if !drops.is_empty() {
-                dropout::backward(drops, act_below, (h, keep), da);
-            }
-        };
-        // The kernel the input gradient reads: the copy when the other side
-        // updates it meanwhile.
-        let (kernel, u) = match (copied, step) {
-            (Some(start), Some(st)) => {
-                (&self.kernel_copy[s.kernel.start - start..s.kernel.end - start], Some(fused(w, state, &s.kernel, st)))
-            }
-            (Some(_), None) => (&w[s.kernel.clone()], None),
-            (None, _) => {
-                input_grad(da, &w[s.kernel.clone()]);
-                be.hidden_backward(grads, step.map(|st| fused(w, state, &s.kernel, st)), a, dz, path, s.dims);
-                return;
-            }
-        };
-        kiln_kernels::side_by_side(|| input_grad(da, kernel), || be.hidden_backward(grads, u, a, dz, path, s.dims));
     }
 }
 
@@ -437,109 +391,52 @@ impl<'b, T: Real> Model<'b, T> {
     }
 
     /// The backward pass of the last [`Model::forward`] on `batch`, from the
-    /// output layer down. With `update`, it also applies the optimizer's
-    /// next step: each kernel below the output layer is updated inside its
-    /// gradient product (after its input gradient used the old weights),
-    /// then the rest of the arena in one flat pass.
+    /// output layer down, on the pool's threads as [`Plan`] runs it. With
+    /// `update`, it also applies the optimizer's next step: each kernel
+    /// below the output layer is updated inside its gradient product (after
+    /// its input gradient read the old weights), then the rest of the arena
+    /// in one flat pass.
     fn backward(&mut self, batch: Batch<'_>, update: bool) {
-        let b = batch.rows.len();
         let last = self.slots.len() - 1;
-        let step = self.next_step();
-        // On a pool of two threads, a network with hidden layers runs each
-        // hidden layer's input gradient (from a copy of the kernels, which
-        // its update changes meanwhile) on one thread beside its weight
-        // gradient and update on the other, each op alone on its core:
-        // split over both threads, every op listed its operand's non-zeros
-        // twice and waited for the slower half. Before them the output
-        // layer and the copy run while the backend may list the batch's
-        // pixels for the input layer, whose weight gradient comes last on
-        // both threads.
-        let paired = last >= 2 && kiln_kernels::runs_side_by_side();
-        // The hidden layers' kernels, contiguous in the arena.
-        let hidden = if paired { self.slots[1].kernel.start..self.slots[last - 1].kernel.end } else { 0..0 };
-        let (be, path, ws, times) = (self.be, self.path, &mut self.ws, &mut self.times);
-        let (w, g, state) = (&mut self.params[..], &mut self.grads[..], &mut self.state);
-        let k0 = self.slots[0].dims.k;
-        let mut t = Instant::now();
-        // Everything above the input layer (when paired: the output layer
-        // and the copy); meanwhile the backend may list the batch's non-zero
-        // pixels for the input layer on another thread.
-        let mut above = || {
-            // The output layer: dW_L = A^T dZ, db_L, and dZ_{L-1} = (dZ W_L^T) * act'.
-            let s = &self.slots[last];
-            let dz = &ws.dz[..b * s.dims.n];
-            let input = if last == 0 { &ws.input[..b * s.dims.k] } else { &ws.acts[last - 1][..b * s.dims.k] };
-            be.output_backward(split_pair(g, &s.kernel, &s.bias), input, dz, s.dims);
-            if last > 0 {
-                let (act, drops) = (self.arch.dense[last - 1].activation, &self.arch.after[last - 1][..]);
-                let bk = b * s.dims.k;
-                let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
-                let derivative = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
-                let da = &mut ws.grads[last - 1][..bk];
-                be.output_backward_input(da, dz, &w[s.kernel.clone()], derivative, s.dims);
-                if !drops.is_empty() {
-                    let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
-                    dropout::backward(drops, act, (h, keep), da);
-                }
-            }
-            if paired {
-                // Only an update changes the kernels while they are read.
-                if update {
-                    // Made once a model first pairs (most never do).
-                    if ws.kernel_copy.len() != hidden.len() {
-                        ws.kernel_copy = AlignedVec::zeroed(hidden.len());
-                    }
-                    ws.kernel_copy.copy_from_slice(&w[hidden.clone()]);
-                }
-                return;
-            }
-            lap(&mut t, &mut times.backward[last]);
-            // Hidden layers, top down.
-            for l in (1..last).rev() {
-                let (s, below) = (&self.slots[l], below(&self.arch, l));
-                ws.hidden_backward(be, (l, s, below, b), (w, g, state), (update.then_some(step), path), None);
-                lap(&mut t, &mut times.backward[l]);
+        let plan = Plan::new(&self.slots);
+        let step = update.then(|| self.next_step());
+        let mut bw = Backward {
+            be: self.be,
+            path: self.path,
+            arch: &self.arch,
+            slots: &self.slots,
+            b: batch.rows.len(),
+            ws: &mut self.ws,
+            w: &mut self.params,
+            g: &mut self.grads,
+            state: &mut self.state,
+            step,
+            times: &mut self.times,
+            t: Instant::now(),
+        };
+        // Everything above the input layer that may run while the input
+        // layer's pixels are listed.
+        let above = |bw: &mut Backward<'_, T>| {
+            bw.output();
+            plan.snapshot(&mut bw.ws.kernel_copy, bw.w);
+            if plan.hidden_while_listing() {
+                bw.hidden_layers(&plan);
             }
         };
         if last == 0 {
-            above();
+            above(&mut bw);
         } else {
-            // Pixels are listed beside the layers above; features need no list.
-            let lists = match batch.inputs {
-                Inputs::Pixels(pixels) => {
-                    let pixels = Rows::new(pixels, batch.rows);
-                    Some(be.overlap_input_lists(pixels, k0, path, &mut above))
-                }
-                Inputs::Features(_) => {
-                    above();
-                    None
-                }
-            };
-            if paired {
-                lap(&mut t, &mut times.backward[last]);
-                for l in (1..last).rev() {
-                    let (s, below) = (&self.slots[l], below(&self.arch, l));
-                    let copied = Some(hidden.start);
-                    ws.hidden_backward(be, (l, s, below, b), (w, g, state), (update.then_some(step), path), copied);
-                    lap(&mut t, &mut times.backward[l]);
-                }
+            let (inputs, k0) = ((batch.inputs, batch.rows), self.slots[0].dims.k);
+            let lists = pairing::listing_pixels(self.be, inputs, k0, self.path, &mut || above(&mut bw));
+            if !plan.hidden_while_listing() {
+                bw.hidden_layers(&plan);
             }
-            // The input layer: dW_0 = X^T dZ_0 (its input gradient is never
-            // needed), from the listed pixels or the gathered features.
-            let s = &self.slots[0];
-            let dz = &ws.grads[0][..b * s.dims.n];
-            let grads = split_pair(g, &s.kernel, &s.bias);
-            let u = update.then(|| fused(w, state, &s.kernel, step));
-            match lists {
-                Some(lists) => be.input_backward_listed(grads, u, lists, dz, path, s.dims),
-                None => be.hidden_backward(grads, u, &ws.input[..b * k0], dz, path, s.dims),
-            }
-            lap(&mut t, &mut times.backward[0]);
+            bw.input(lists);
         }
-        if update {
-            let tail = self.tail..w.len();
-            be.update(fused(w, state, &tail, step), &g[tail]);
-            lap(&mut t, &mut times.update);
+        if let Some(step) = step {
+            let tail = self.tail..bw.w.len();
+            self.be.update(fused(bw.w, bw.state, &tail, step), &bw.g[tail]);
+            lap(&mut bw.t, &mut bw.times.update);
             self.iterations += 1;
         }
     }
@@ -571,6 +468,107 @@ impl<'b, T: Real> Model<'b, T> {
         }
         self.backward(batch, true);
         Ok(stats)
+    }
+}
+
+/// One step's backward, borrowed from a [`Model`]: what each layer's
+/// backward computes (the order and the threads are [`Plan`]'s). The phase
+/// timer `t` laps after each layer.
+struct Backward<'m, T: Real> {
+    be: &'m dyn Backend<T>,
+    path: Layer1Path,
+    arch: &'m Arch,
+    slots: &'m [Slot],
+    /// The batch's rows.
+    b: usize,
+    ws: &'m mut Workspace<T>,
+    w: &'m mut [T],
+    g: &'m mut [T],
+    state: &'m mut [AlignedVec<T>; MAX_SLOTS],
+    /// The update's coefficients, when the step updates.
+    step: Option<kiln_kernels::Step<T>>,
+    times: &'m mut PhaseTimes,
+    t: Instant,
+}
+
+impl<T: Real> Backward<'_, T> {
+    /// The output layer `L`: `dW_L = A^T dZ`, `db_L`, and `dZ_{L-1} = (dZ
+    /// W_L^T) * act'` through the Dropouts below it.
+    fn output(&mut self) {
+        let (be, b, last) = (self.be, self.b, self.slots.len() - 1);
+        let s = &self.slots[last];
+        let ws = &mut *self.ws;
+        let dz = &ws.dz[..b * s.dims.n];
+        let input = if last == 0 { &ws.input[..b * s.dims.k] } else { &ws.acts[last - 1][..b * s.dims.k] };
+        be.output_backward(split_pair(self.g, &s.kernel, &s.bias), input, dz, s.dims);
+        if last == 0 {
+            return;
+        }
+        let (act, drops) = below(self.arch, last);
+        let bk = b * s.dims.k;
+        let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
+        let derivative = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
+        let da = &mut ws.grads[last - 1][..bk];
+        be.output_backward_input(da, dz, &self.w[s.kernel.clone()], derivative, s.dims);
+        if !drops.is_empty() {
+            let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
+            dropout::backward(drops, act, (h, keep), da);
+        }
+    }
+
+    /// Laps the output layer's time, then runs the hidden layers top down.
+    fn hidden_layers(&mut self, plan: &Plan) {
+        let last = self.slots.len() - 1;
+        lap(&mut self.t, &mut self.times.backward[last]);
+        for l in (1..last).rev() {
+            self.hidden(l, plan);
+            lap(&mut self.t, &mut self.times.backward[l]);
+        }
+    }
+
+    /// Hidden layer `l`: `dZ_{l-1} := (dZ_l W_l^T)` through the Dropouts'
+    /// masks and `act_below'`, and `dW_l`, `db_l` (with the step's update
+    /// of `W_l`), run as `plan` says.
+    fn hidden(&mut self, l: usize, plan: &Plan) {
+        let (be, path, b, step) = (self.be, self.path, self.b, self.step);
+        let s = &self.slots[l];
+        let (act_below, drops) = below(self.arch, l);
+        let ws = &mut *self.ws;
+        let (lower, upper) = ws.grads.split_at_mut(l);
+        let dz = &upper[0][..b * s.dims.n];
+        let a = &ws.acts[l - 1][..b * s.dims.k];
+        let da = &mut lower[l - 1][..b * s.dims.k];
+        let h = &ws.pre[l - 1][..if drops.is_empty() { 0 } else { b * s.dims.k }];
+        let keep = &ws.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)];
+        let derivative = dropout::kernel_derivative(drops, act_below, a, h);
+        let grads = split_pair(self.g, &s.kernel, &s.bias);
+        let state = &mut *self.state;
+        plan.hidden(
+            (&ws.kernel_copy, self.w),
+            &s.kernel,
+            |kernel| {
+                be.hidden_backward_input(da, dz, kernel, derivative, path, s.dims);
+                if !drops.is_empty() {
+                    dropout::backward(drops, act_below, (h, keep), da);
+                }
+            },
+            |w| be.hidden_backward(grads, step.map(|st| fused(w, state, &s.kernel, st)), a, dz, path, s.dims),
+        );
+    }
+
+    /// The input layer: `dW_0 = X^T dZ_0` (its input gradient is never
+    /// needed), from the listed pixels or the gathered features.
+    fn input(&mut self, lists: Option<InputLists<'_>>) {
+        let (be, path, b) = (self.be, self.path, self.b);
+        let s = &self.slots[0];
+        let dz = &self.ws.grads[0][..b * s.dims.n];
+        let grads = split_pair(self.g, &s.kernel, &s.bias);
+        let u = self.step.map(|st| fused(self.w, self.state, &s.kernel, st));
+        match lists {
+            Some(lists) => be.input_backward_listed(grads, u, lists, dz, path, s.dims),
+            None => be.hidden_backward(grads, u, &self.ws.input[..b * s.dims.k], dz, path, s.dims),
+        }
+        lap(&mut self.t, &mut self.times.backward[0]);
     }
 }
 

@@ -1,0 +1,111 @@
+//! Where and in which order a training step's backward runs on the pool's
+//! threads. `net.rs` says what each layer's backward computes; this module
+//! says how the layers share the threads, which changes no result.
+//!
+//! On a pool of two threads, a network with hidden layers runs each hidden
+//! layer's input gradient on one thread beside its weight gradient and
+//! update on the other, each op alone on its core: split over both
+//! threads, every op listed its operand's non-zeros twice and waited for
+//! the slower half. The input gradient then reads the layer's kernel from
+//! a copy made before the hidden layers, since the update changes the
+//! kernel meanwhile. Before them, the output layer and the copy run while
+//! the backend may list the batch's pixels for the input layer on the
+//! other thread; the input layer's weight gradient comes last, on both.
+//! On any other pool each op runs over the whole pool in turn, and the
+//! hidden layers run while the pixels are listed.
+
+use super::arena::Slot;
+use super::Inputs;
+use kiln_kernels::{AlignedVec, Backend, InputLists, Layer1Path, Real, Rows};
+use std::ops::Range;
+
+/// How a step's backward runs its hidden layers.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Plan {
+    /// One op at a time, each over the whole pool; the hidden layers run
+    /// while the input layer's pixels are listed.
+    Serial,
+    /// Each hidden layer's input and weight gradients side by side, after
+    /// the pixels are listed; `kernels` is the range of the arena that
+    /// holds the hidden layers' kernels (copied aside first).
+    Paired { kernels: Range<usize> },
+}
+
+impl Plan {
+    /// The plan for a network laid out in `slots` (one per Dense layer) on
+    /// the current pool.
+    pub(super) fn new(slots: &[Slot]) -> Plan {
+        let last = slots.len() - 1;
+        if last >= 2 && kiln_kernels::runs_side_by_side() {
+            Plan::Paired { kernels: slots[1].kernel.start..slots[last - 1].kernel.end }
+        } else {
+            Plan::Serial
+        }
+    }
+
+    /// Whether the hidden layers run while the input layer's pixels are
+    /// listed (else after).
+    pub(super) fn hidden_while_listing(&self) -> bool {
+        matches!(self, Plan::Serial)
+    }
+
+    /// Before the hidden layers: copies their kernels out of the arena `w`
+    /// into `copy` when their input gradients will read them while their
+    /// updates change them.
+    pub(super) fn snapshot<T: Real>(&self, copy: &mut AlignedVec<T>, w: &[T]) {
+        if let Plan::Paired { kernels } = self {
+            // Made once a model first pairs (most never do).
+            if copy.len() != kernels.len() {
+                *copy = AlignedVec::zeroed(kernels.len());
+            }
+            copy.copy_from_slice(&w[kernels.clone()]);
+        }
+    }
+
+    /// Runs a hidden layer's input gradient (`input_grad`, given the
+    /// layer's kernel, at `kernel` in the arena `w`) and its weight
+    /// gradient (`weight_grad`, given the arena, which its update may
+    /// change): side by side, the input gradient reading the [`snapshot`],
+    /// when paired; else the input gradient first, so that it reads the
+    /// kernel before the update.
+    ///
+    /// [`snapshot`]: Plan::snapshot
+    pub(super) fn hidden<T: Real>(
+        &self,
+        (copy, w): (&[T], &mut [T]),
+        kernel: &Range<usize>,
+        input_grad: impl FnOnce(&[T]) + Send,
+        weight_grad: impl FnOnce(&mut [T]) + Send,
+    ) {
+        match self {
+            Plan::Paired { kernels } => {
+                let copied = &copy[kernel.start - kernels.start..kernel.end - kernels.start];
+                kiln_kernels::side_by_side(|| input_grad(copied), || weight_grad(w));
+            }
+            Plan::Serial => {
+                input_grad(&w[kernel.clone()]);
+                weight_grad(w);
+            }
+        }
+    }
+}
+
+/// Runs `above` (the backward above the input layer) while, where the
+/// backend gains by it, another thread lists the non-zero pixels of the
+/// batch `rows` of `inputs` (`k` an image) for the input layer's weight
+/// gradient; f32 features need no lists.
+pub(super) fn listing_pixels<'x, T: Real>(
+    be: &dyn Backend<T>,
+    (inputs, rows): (Inputs<'x>, &'x [u32]),
+    k: usize,
+    path: Layer1Path,
+    above: &mut dyn FnMut(),
+) -> Option<InputLists<'x>> {
+    match inputs {
+        Inputs::Pixels(pixels) => Some(be.overlap_input_lists(Rows::new(pixels, rows), k, path, above)),
+        Inputs::Features(_) => {
+            above();
+            None
+        }
+    }
+}
