@@ -1,8 +1,11 @@
 //! The optimizers' maths: Keras's hyper-parameters ([`Optimizer`]), one
 //! step's coefficients ([`Step`]), the fused update's operands
-//! ([`Update`]), the scalar formulas (the reference every backend's update
-//! is bit-identical to), and the vector form the SIMD kernels fuse into
-//! their weight-gradient products.
+//! ([`Update`]), and each rule's formula, written once (`Rule::apply`,
+//! generic over `Arith`): on scalars it is the reference every backend's
+//! update is bit-identical to, on vector lanes the update the SIMD kernels
+//! fuse into their weight-gradient products (`lanes`, and the per-rule
+//! fast paths `RmsPropLanes` and `AdamLanes`, which call the same
+//! functions with the rule's options as constants).
 //!
 //! Every formula is Keras 3's `update_step`, in f32, in its order of
 //! operations (`../shared/keras-golden/README.md` writes them out), with no
@@ -402,45 +405,177 @@ impl<T: Real> Step<T> {
     /// The update of parameter `i` with gradient `g`, in Keras's order.
     #[inline(always)]
     fn element(&self, w: &mut [T], s: &mut [&mut [T]; MAX_SLOTS], i: usize, g: T) {
-        match self.rule {
-            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => {
-                let v = rho * s[0][i] + decay * (g * g);
-                s[0][i] = v;
-                let den = if centered {
-                    let a = rho * s[2][i] + decay * g;
-                    s[2][i] = a;
-                    v - a * a + eps
-                } else {
-                    v + eps
-                };
-                let inc = (lr * g) / den.sqrt();
-                match momentum {
-                    Some(mu) => {
-                        let m = mu * s[1][i] + inc;
-                        s[1][i] = m;
-                        w[i] = w[i] - m;
-                    }
-                    None => w[i] = w[i] - inc,
-                }
-            }
-            Rule::Sgd { lr, momentum: Some(mu), nesterov } => {
-                let m = s[0][i] * mu - g * lr;
-                s[0][i] = m;
-                w[i] = if nesterov { w[i] + (m * mu - g * lr) } else { w[i] + m };
-            }
-            Rule::Sgd { lr, momentum: None, .. } => w[i] = w[i] - g * lr,
-            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => {
-                if let Some((wd, lr)) = decay {
-                    w[i] = w[i] - w[i] * wd * lr;
-                }
-                let m = s[0][i] + (g - s[0][i]) * keep_m;
-                let v = s[1][i] + (g * g - s[1][i]) * keep_v;
-                s[0][i] = m;
-                s[1][i] = v;
-                w[i] = w[i] - (m * alpha) / (v.sqrt() + eps);
-            }
+        self.rule.apply(&mut Element { w, s, i }, g);
+    }
+}
+
+/// The arithmetic of the update formulas, on one value (the scalar
+/// reference, any [`Real`]) or on one vector of lanes ([`Lane`]): each
+/// rule's formula is written once ([`Rule::apply`]), generic over it, so
+/// that every backend rounds as the reference does by construction.
+pub(crate) trait Arith: Copy {
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl<T: Real> Arith for T {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        self - o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        num_traits::Float::sqrt(self)
+    }
+}
+
+/// Where a rule reads and writes one parameter (or one vector of them):
+/// its weight and the state slots the rule uses (the others are never
+/// touched).
+pub(crate) trait Cell<X> {
+    fn w(&self) -> X;
+    fn set_w(&mut self, x: X);
+    fn s(&self, k: usize) -> X;
+    fn set_s(&mut self, k: usize, x: X);
+}
+
+/// Parameter `i` of the scalar arrays.
+struct Element<'c, 'a, T> {
+    w: &'c mut [T],
+    s: &'c mut [&'a mut [T]; MAX_SLOTS],
+    i: usize,
+}
+
+impl<T: Copy> Cell<T> for Element<'_, '_, T> {
+    #[inline(always)]
+    fn w(&self) -> T {
+        self.w[self.i]
+    }
+    #[inline(always)]
+    fn set_w(&mut self, x: T) {
+        self.w[self.i] = x;
+    }
+    #[inline(always)]
+    fn s(&self, k: usize) -> T {
+        self.s[k][self.i]
+    }
+    #[inline(always)]
+    fn set_s(&mut self, k: usize, x: T) {
+        self.s[k][self.i] = x;
+    }
+}
+
+impl<X: Arith> Rule<X> {
+    /// The rule's coefficients as another type (scalars into vectors).
+    #[inline(always)]
+    fn map<Y>(self, f: impl Fn(X) -> Y) -> Rule<Y> {
+        match self {
+            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => Rule::RmsProp {
+                lr: f(lr),
+                rho: f(rho),
+                decay: f(decay),
+                eps: f(eps),
+                momentum: momentum.map(&f),
+                centered,
+            },
+            Rule::Sgd { lr, momentum, nesterov } => Rule::Sgd { lr: f(lr), momentum: momentum.map(&f), nesterov },
+            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => Rule::Adam {
+                alpha: f(alpha),
+                keep_m: f(keep_m),
+                keep_v: f(keep_v),
+                eps: f(eps),
+                decay: decay.map(|(wd, lr)| (f(wd), f(lr))),
+            },
         }
     }
+
+    /// One update of the parameter at `c` with gradient `g`: the formula
+    /// of every rule, in Keras's order of operations (the module docs).
+    #[inline(always)]
+    fn apply(&self, c: &mut impl Cell<X>, g: X) {
+        match *self {
+            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => {
+                let v = rmsprop_velocity(c, g, rho, decay);
+                rmsprop_step(c, g, v, (lr, rho, decay, eps), momentum, centered);
+            }
+            Rule::Sgd { lr, momentum: Some(mu), nesterov } => {
+                let m = c.s(0).mul(mu).sub(g.mul(lr));
+                c.set_s(0, m);
+                let step = if nesterov { m.mul(mu).sub(g.mul(lr)) } else { m };
+                c.set_w(c.w().add(step));
+            }
+            Rule::Sgd { lr, momentum: None, .. } => c.set_w(c.w().sub(g.mul(lr))),
+            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => adam(c, g, (alpha, keep_m, keep_v, eps), decay),
+        }
+    }
+}
+
+/// RMSprop's `v := rho v + (1 - rho) g^2` on slot 0; returns the new `v`.
+#[inline(always)]
+fn rmsprop_velocity<X: Arith>(c: &mut impl Cell<X>, g: X, rho: X, decay: X) -> X {
+    let v = rho.mul(c.s(0)).add(decay.mul(g.mul(g)));
+    c.set_s(0, v);
+    v
+}
+
+/// The rest of RMSprop's update once the velocity is `v`: the centered
+/// average, the increment and the momentum.
+#[inline(always)]
+fn rmsprop_step<X: Arith>(
+    c: &mut impl Cell<X>,
+    g: X,
+    v: X,
+    (lr, rho, decay, eps): (X, X, X, X),
+    momentum: Option<X>,
+    centered: bool,
+) {
+    let den = if centered {
+        let a = rho.mul(c.s(2)).add(decay.mul(g));
+        c.set_s(2, a);
+        v.sub(a.mul(a)).add(eps)
+    } else {
+        v.add(eps)
+    };
+    let inc = lr.mul(g).div(den.sqrt());
+    let step = match momentum {
+        Some(mu) => {
+            let m = mu.mul(c.s(1)).add(inc);
+            c.set_s(1, m);
+            m
+        }
+        None => inc,
+    };
+    c.set_w(c.w().sub(step));
+}
+
+/// Adam's update, and AdamW's with its decay `(wd, lr)`.
+#[inline(always)]
+fn adam<X: Arith>(c: &mut impl Cell<X>, g: X, (alpha, keep_m, keep_v, eps): (X, X, X, X), decay: Option<(X, X)>) {
+    let mut w = c.w();
+    if let Some((wd, lr)) = decay {
+        w = w.sub(w.mul(wd).mul(lr));
+    }
+    let (m0, v0) = (c.s(0), c.s(1));
+    let m = m0.add(g.sub(m0).mul(keep_m));
+    let v = v0.add(g.mul(g).sub(v0).mul(keep_v));
+    c.set_s(0, m);
+    c.set_s(1, v);
+    c.set_w(w.sub(m.mul(alpha).div(v.sqrt().add(eps))));
 }
 
 /// A fused optimizer update: the weights whose gradient an op produces,
@@ -560,119 +695,135 @@ pub fn update_serial<T: Real>(u: Update<'_, T>, g: &[T]) {
     }
 }
 
+/// One vector of `S`'s lanes. One exists only where the CPU runs `S`
+/// ([`Lane::new`]), which is what makes its arithmetic safe to call.
+#[derive(Clone, Copy)]
+pub(crate) struct Lane<S: Simd>(S::V);
+
+impl<S: Simd> Lane<S> {
+    /// # Safety
+    /// The CPU runs `S`.
+    #[inline(always)]
+    unsafe fn new(v: S::V) -> Self {
+        Lane(v)
+    }
+
+    /// `x` in every lane.
+    ///
+    /// # Safety
+    /// The CPU runs `S`.
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: forwarded contract.
+        Lane(unsafe { S::splat(x) })
+    }
+
+    /// `+0` in every lane (the CPU runs `S`: a `Lane<S>` exists).
+    #[inline(always)]
+    fn zero(self) -> Self {
+        // SAFETY: self exists, so the CPU runs S.
+        Lane(unsafe { S::zero() })
+    }
+}
+
+impl<S: Simd> Arith for Lane<S> {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        // SAFETY: a Lane<S> exists, so the CPU runs S (`Lane::new`).
+        Lane(unsafe { S::add(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        // SAFETY: a Lane<S> exists, so the CPU runs S (`Lane::new`).
+        Lane(unsafe { S::sub(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        // SAFETY: a Lane<S> exists, so the CPU runs S (`Lane::new`).
+        Lane(unsafe { S::mul(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        // SAFETY: a Lane<S> exists, so the CPU runs S (`Lane::new`).
+        Lane(unsafe { S::div(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // SAFETY: a Lane<S> exists, so the CPU runs S (`Lane::new`).
+        Lane(unsafe { S::sqrt(self.0) })
+    }
+}
+
+/// `LANES` consecutive parameters at `p`, as one cell of vectors.
+struct Lanes<S> {
+    p: Ptrs<f32>,
+    isa: std::marker::PhantomData<S>,
+}
+
+impl<S: Simd> Lanes<S> {
+    /// # Safety
+    /// The CPU runs `S`; `p`'s weights and the slots the rule uses are
+    /// valid for `LANES` reads and writes.
+    #[inline(always)]
+    unsafe fn new(p: Ptrs<f32>) -> Self {
+        Lanes { p, isa: std::marker::PhantomData }
+    }
+}
+
+impl<S: Simd> Cell<Lane<S>> for Lanes<S> {
+    #[inline(always)]
+    fn w(&self) -> Lane<S> {
+        // SAFETY: `Lanes::new`'s contract (a rule touches only its slots).
+        Lane(unsafe { S::load(self.p.w) })
+    }
+    #[inline(always)]
+    fn set_w(&mut self, x: Lane<S>) {
+        // SAFETY: `Lanes::new`'s contract (a rule touches only its slots).
+        unsafe { S::store(self.p.w, x.0) }
+    }
+    #[inline(always)]
+    fn s(&self, k: usize) -> Lane<S> {
+        // SAFETY: `Lanes::new`'s contract (a rule touches only its slots).
+        Lane(unsafe { S::load(self.p.s[k]) })
+    }
+    #[inline(always)]
+    fn set_s(&mut self, k: usize, x: Lane<S>) {
+        // SAFETY: `Lanes::new`'s contract (a rule touches only its slots).
+        unsafe { S::store(self.p.s[k], x.0) }
+    }
+}
+
 /// A step's coefficients in registers.
 #[derive(Clone, Copy)]
-pub(crate) struct StepV<V> {
-    rule: Rule<V>,
+pub(crate) struct StepV<S: Simd> {
+    rule: Rule<Lane<S>>,
     /// Whether SGD's `0 * lr` is `+0`, so that a zero gradient leaves `w`
     /// as it is (see [`lanes_no_grad`]; other rules do not use it).
     zero_step: bool,
 }
 
-impl<V: Copy> StepV<V> {
+impl<S: Simd> StepV<S> {
     /// # Safety
     /// The CPU runs `S`.
     #[inline(always)]
-    pub(crate) unsafe fn new<S: Simd<V = V>>(step: Step<f32>) -> Self {
+    pub(crate) unsafe fn new(step: Step<f32>) -> Self {
+        let zero_step = matches!(step.rule, Rule::Sgd { lr, .. } if (0.0 * lr).to_bits() == 0);
         // SAFETY: the CPU runs S (caller).
-        let v = |x: f32| unsafe { S::splat(x) };
-        let (rule, zero_step) = match step.rule {
-            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => (
-                Rule::RmsProp {
-                    lr: v(lr),
-                    rho: v(rho),
-                    decay: v(decay),
-                    eps: v(eps),
-                    momentum: momentum.map(v),
-                    centered,
-                },
-                false,
-            ),
-            Rule::Sgd { lr, momentum, nesterov } => {
-                (Rule::Sgd { lr: v(lr), momentum: momentum.map(v), nesterov }, (0.0 * lr).to_bits() == 0)
-            }
-            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => (
-                Rule::Adam {
-                    alpha: v(alpha),
-                    keep_m: v(keep_m),
-                    keep_v: v(keep_v),
-                    eps: v(eps),
-                    decay: decay.map(|(wd, lr)| (v(wd), v(lr))),
-                },
-                false,
-            ),
-        };
-        StepV { rule, zero_step }
+        StepV { rule: step.rule.map(|x| unsafe { Lane::splat(x) }), zero_step }
     }
 }
 
 /// One update of `LANES` parameters at `p` with gradient `g`, with the
-/// scalar reference's exact sequence of roundings (no FMA).
+/// scalar reference's exact sequence of roundings (no FMA): the same
+/// formula, [`Rule::apply`].
 ///
 /// # Safety
 /// The CPU runs `S`; `p`'s weights and used slots are valid for `LANES`
 /// reads and writes.
 #[inline(always)]
-pub(crate) unsafe fn lanes<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>, g: S::V) {
-    // SAFETY: forwarded contract; only used slots are dereferenced.
-    unsafe {
-        match c.rule {
-            Rule::RmsProp { lr, rho, decay, eps, momentum, centered } => {
-                let v = rmsprop_velocity::<S>(p, g, rho, decay);
-                let den = if centered {
-                    let a = S::add(S::mul(rho, S::load(p.s[2])), S::mul(decay, g));
-                    S::store(p.s[2], a);
-                    S::add(S::sub(v, S::mul(a, a)), eps)
-                } else {
-                    S::add(v, eps)
-                };
-                let inc = S::div(S::mul(lr, g), S::sqrt(den));
-                let step = match momentum {
-                    Some(mu) => {
-                        let m = S::add(S::mul(mu, S::load(p.s[1])), inc);
-                        S::store(p.s[1], m);
-                        m
-                    }
-                    None => inc,
-                };
-                S::store(p.w, S::sub(S::load(p.w), step));
-            }
-            Rule::Sgd { lr, momentum: Some(mu), nesterov } => {
-                let m = S::sub(S::mul(S::load(p.s[0]), mu), S::mul(g, lr));
-                S::store(p.s[0], m);
-                let step = if nesterov { S::sub(S::mul(m, mu), S::mul(g, lr)) } else { m };
-                S::store(p.w, S::add(S::load(p.w), step));
-            }
-            Rule::Sgd { lr, momentum: None, .. } => S::store(p.w, S::sub(S::load(p.w), S::mul(g, lr))),
-            Rule::Adam { alpha, keep_m, keep_v, eps, decay } => {
-                let mut w = S::load(p.w);
-                if let Some((wd, lr)) = decay {
-                    w = S::sub(w, S::mul(S::mul(w, wd), lr));
-                }
-                let m0 = S::load(p.s[0]);
-                let v0 = S::load(p.s[1]);
-                let m = S::add(m0, S::mul(S::sub(g, m0), keep_m));
-                let v = S::add(v0, S::mul(S::sub(S::mul(g, g), v0), keep_v));
-                S::store(p.s[0], m);
-                S::store(p.s[1], v);
-                S::store(p.w, S::sub(w, S::div(S::mul(m, alpha), S::add(S::sqrt(v), eps))));
-            }
-        }
-    }
-}
-
-/// RMSprop's `v := rho v + (1 - rho) g^2` on slot 0; returns the new `v`.
-///
-/// # Safety
-/// As [`lanes`].
-#[inline(always)]
-unsafe fn rmsprop_velocity<S: Simd>(p: Ptrs<f32>, g: S::V, rho: S::V, decay: S::V) -> S::V {
+pub(crate) unsafe fn lanes<S: Simd>(c: &StepV<S>, p: Ptrs<f32>, g: S::V) {
     // SAFETY: forwarded contract.
-    unsafe {
-        let v = S::add(S::mul(rho, S::load(p.s[0])), S::mul(decay, S::mul(g, g)));
-        S::store(p.s[0], v);
-        v
-    }
+    unsafe { c.rule.apply(&mut Lanes::<S>::new(p), Lane::new(g)) }
 }
 
 /// [`lanes`] with a gradient of `+0` in every lane, bit for bit, skipping
@@ -691,7 +842,7 @@ unsafe fn rmsprop_velocity<S: Simd>(p: Ptrs<f32>, g: S::V, rho: S::V, decay: S::
 /// # Safety
 /// As [`lanes`].
 #[inline(always)]
-pub(crate) unsafe fn lanes_no_grad<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>) {
+pub(crate) unsafe fn lanes_no_grad<S: Simd>(c: &StepV<S>, p: Ptrs<f32>) {
     // SAFETY: forwarded contract.
     unsafe {
         match c.rule {
@@ -704,8 +855,10 @@ pub(crate) unsafe fn lanes_no_grad<S: Simd>(c: &StepV<S::V>, p: Ptrs<f32>) {
 /// The vector update the fused kernels call per finished gradient vector,
 /// as a type: the kernels are instantiated per rule ([`with_rule!`]), so
 /// the common rules run without a branch on the rule or coefficients
-/// reloaded from memory inside their loops. Every implementation rounds
-/// exactly as [`lanes`] and [`lanes_no_grad`] do (tested bit for bit).
+/// reloaded from memory inside their loops. Every implementation runs the
+/// formula of [`Rule::apply`] (with the rule's options as constants) and
+/// rounds exactly as [`lanes`] and [`lanes_no_grad`] do (tested bit for
+/// bit).
 pub(crate) trait LaneRule<S: Simd>: Copy {
     /// [`lanes`].
     ///
@@ -719,7 +872,7 @@ pub(crate) trait LaneRule<S: Simd>: Copy {
     unsafe fn apply_no_grad(&self, p: Ptrs<f32>);
 }
 
-impl<S: Simd> LaneRule<S> for StepV<S::V> {
+impl<S: Simd> LaneRule<S> for StepV<S> {
     #[inline(always)]
     unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
         // SAFETY: forwarded contract.
@@ -734,66 +887,52 @@ impl<S: Simd> LaneRule<S> for StepV<S::V> {
 
 /// Plain RMSprop (no momentum, not centered): the tutorial's optimizer.
 #[derive(Clone, Copy)]
-pub(crate) struct RmsPropLanes<V> {
-    lr: V,
-    rho: V,
-    decay: V,
-    eps: V,
+pub(crate) struct RmsPropLanes<S: Simd> {
+    /// `(lr, rho, decay, eps)`.
+    coeffs: (Lane<S>, Lane<S>, Lane<S>, Lane<S>),
     zero_step: bool,
 }
 
-impl<S: Simd> LaneRule<S> for RmsPropLanes<S::V> {
+impl<S: Simd> LaneRule<S> for RmsPropLanes<S> {
     #[inline(always)]
     unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
+        let (_, rho, decay, _) = self.coeffs;
         // SAFETY: forwarded contract.
-        unsafe {
-            let v = rmsprop_velocity::<S>(p, g, self.rho, self.decay);
-            let step = S::div(S::mul(self.lr, g), S::sqrt(S::add(v, self.eps)));
-            S::store(p.w, S::sub(S::load(p.w), step));
-        }
+        let (c, g) = unsafe { (&mut Lanes::<S>::new(p), Lane::new(g)) };
+        let v = rmsprop_velocity(c, g, rho, decay);
+        rmsprop_step(c, g, v, self.coeffs, None, false);
     }
     #[inline(always)]
     unsafe fn apply_no_grad(&self, p: Ptrs<f32>) {
+        let (_, rho, decay, eps) = self.coeffs;
         // SAFETY: forwarded contract.
-        unsafe {
-            let v = rmsprop_velocity::<S>(p, S::zero(), self.rho, self.decay);
-            // The step `lr * 0 / sqrt(v + eps)` is `+0` where `lr * 0` is
-            // `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also for `-0`,
-            // infinities and quiet NaNs): w stays unless that may not hold.
-            if !(self.zero_step && S::all_positive(S::add(v, self.eps))) {
-                let step = S::div(S::mul(self.lr, S::zero()), S::sqrt(S::add(v, self.eps)));
-                S::store(p.w, S::sub(S::load(p.w), step));
-            }
+        let c = unsafe { &mut Lanes::<S>::new(p) };
+        let zero = rho.zero();
+        let v = rmsprop_velocity(c, zero, rho, decay);
+        // The step `lr * 0 / sqrt(v + eps)` is `+0` where `lr * 0` is
+        // `+0` and `v + eps > 0`, and `w - (+0)` is `w` (also for `-0`,
+        // infinities and quiet NaNs): w stays unless that may not hold.
+        // SAFETY: a Lane<S> exists, so the CPU runs S.
+        if !(self.zero_step && unsafe { S::all_positive(v.add(eps).0) }) {
+            rmsprop_step(c, zero, v, self.coeffs, None, false);
         }
     }
 }
 
 /// Adam and AdamW.
 #[derive(Clone, Copy)]
-pub(crate) struct AdamLanes<V> {
-    alpha: V,
-    keep_m: V,
-    keep_v: V,
-    eps: V,
-    decay: Option<(V, V)>,
+pub(crate) struct AdamLanes<S: Simd> {
+    /// `(alpha, keep_m, keep_v, eps)`.
+    coeffs: (Lane<S>, Lane<S>, Lane<S>, Lane<S>),
+    decay: Option<(Lane<S>, Lane<S>)>,
 }
 
-impl<S: Simd> LaneRule<S> for AdamLanes<S::V> {
+impl<S: Simd> LaneRule<S> for AdamLanes<S> {
     #[inline(always)]
     unsafe fn apply(&self, p: Ptrs<f32>, g: S::V) {
         // SAFETY: forwarded contract.
-        unsafe {
-            let mut w = S::load(p.w);
-            if let Some((wd, lr)) = self.decay {
-                w = S::sub(w, S::mul(S::mul(w, wd), lr));
-            }
-            let (m0, v0) = (S::load(p.s[0]), S::load(p.s[1]));
-            let m = S::add(m0, S::mul(S::sub(g, m0), self.keep_m));
-            let v = S::add(v0, S::mul(S::sub(S::mul(g, g), v0), self.keep_v));
-            S::store(p.s[0], m);
-            S::store(p.s[1], v);
-            S::store(p.w, S::sub(w, S::div(S::mul(m, self.alpha), S::add(S::sqrt(v), self.eps))));
-        }
+        let (c, g) = unsafe { (&mut Lanes::<S>::new(p), Lane::new(g)) };
+        adam(c, g, self.coeffs, self.decay);
     }
     #[inline(always)]
     unsafe fn apply_no_grad(&self, p: Ptrs<f32>) {
@@ -803,10 +942,10 @@ impl<S: Simd> LaneRule<S> for AdamLanes<S::V> {
 }
 
 /// Which specialised [`LaneRule`] a step runs as.
-pub(crate) enum Specialised<V> {
-    RmsProp(RmsPropLanes<V>),
-    Adam(AdamLanes<V>),
-    Other(StepV<V>),
+pub(crate) enum Specialised<S: Simd> {
+    RmsProp(RmsPropLanes<S>),
+    Adam(AdamLanes<S>),
+    Other(StepV<S>),
 }
 
 /// The step's coefficients in registers, in the most specialised form.
@@ -814,23 +953,20 @@ pub(crate) enum Specialised<V> {
 /// # Safety
 /// The CPU runs `S`.
 #[inline(always)]
-pub(crate) unsafe fn specialise<S: Simd>(step: Step<f32>) -> Specialised<S::V> {
+pub(crate) unsafe fn specialise<S: Simd>(step: Step<f32>) -> Specialised<S> {
     // SAFETY: the CPU runs S (caller).
-    let v = |x: f32| unsafe { S::splat(x) };
+    let v = |x: f32| unsafe { Lane::<S>::splat(x) };
     match step.rule {
         Rule::RmsProp { lr, rho, decay, eps, momentum: None, centered: false } => {
             let zero_step = (lr * 0.0).to_bits() == 0;
-            Specialised::RmsProp(RmsPropLanes { lr: v(lr), rho: v(rho), decay: v(decay), eps: v(eps), zero_step })
+            Specialised::RmsProp(RmsPropLanes { coeffs: (v(lr), v(rho), v(decay), v(eps)), zero_step })
         }
         Rule::Adam { alpha, keep_m, keep_v, eps, decay } => Specialised::Adam(AdamLanes {
-            alpha: v(alpha),
-            keep_m: v(keep_m),
-            keep_v: v(keep_v),
-            eps: v(eps),
+            coeffs: (v(alpha), v(keep_m), v(keep_v), v(eps)),
             decay: decay.map(|(wd, lr)| (v(wd), v(lr))),
         }),
         // SAFETY: the CPU runs S (caller).
-        _ => Specialised::Other(unsafe { StepV::new::<S>(step) }),
+        _ => Specialised::Other(unsafe { StepV::new(step) }),
     }
 }
 
@@ -857,7 +993,7 @@ macro_rules! with_rule {
                 $call
             }
             None => {
-                let $u: Option<($crate::Update<'_, f32>, $crate::optim::StepV<<$s as $crate::simd::Simd>::V>)> = None;
+                let $u: Option<($crate::Update<'_, f32>, $crate::optim::StepV<$s>)> = None;
                 $call
             }
         }
@@ -879,7 +1015,7 @@ pub(crate) unsafe fn update<S: Simd>(mut u: Update<'_, f32>, g: &[f32]) {
     // weights, the used slots (as long, by `Update::new`) and `g`; the CPU
     // runs S (caller).
     unsafe {
-        let c = StepV::new::<S>(u.step);
+        let c = StepV::<S>::new(u.step);
         let p = u.ptrs();
         for i in (0..body).step_by(l) {
             lanes::<S>(&c, p.at(i), S::load(g.as_ptr().add(i)));
