@@ -932,6 +932,13 @@ fn messages_read_as_written_for_people() {
         let text = String::from_utf8_lossy(&help.stdout);
         assert!(text.starts_with(purpose), "{bin}: {text}");
     }
+    // `--layers`' help names every activation (a new one is added to it).
+    let help = Command::new(env!("CARGO_BIN_EXE_train")).arg("--help").output().unwrap();
+    let layers = String::from_utf8_lossy(&help.stdout).split("--layers").nth(1).unwrap_or_default().to_string();
+    let layers = layers.split("\n      --").next().unwrap_or_default().to_string();
+    for a in kiln::model::Activation::ALL {
+        assert!(layers.contains(a.name()), "train --help: --layers does not name {a}: {layers}");
+    }
     let args = ["--data", data, "--hidden", "8", "--epochs", "1", "--batch-size", "300", "--out"];
     let o = train(&args.into_iter().chain([out.to_str().unwrap()]).collect::<Vec<_>>(), d.path());
     let stdout = String::from_utf8_lossy(&o.stdout);

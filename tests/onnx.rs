@@ -26,7 +26,13 @@ fn tract_runs_the_exported_graph_as_kiln_predicts() {
     let x: Vec<f32> = ds.test.pixels().iter().map(|&p| f32::from(p) / 255.0).collect();
     let n = ds.test.len();
     let d = tempfile::tempdir().unwrap();
-    for spec in ["512:relu", "512:tanh,256:sigmoid", "512:relu,dropout:0.2,512:relu,dropout:0.2"] {
+    let specs = ["512:relu", "512:tanh,256:sigmoid,64:linear", "512:relu,dropout:0.2,512:relu,dropout:0.2"];
+    // Every activation is exported and run (softmax: every output layer).
+    for a in kiln::model::Activation::ALL {
+        let named = |s: &&str| s.split(',').any(|l| l.ends_with(&format!(":{}", a.name())));
+        assert!(a.name() == "softmax" || specs.iter().any(named), "no network here has {a}: add one");
+    }
+    for spec in specs {
         let params = trained(spec, &ds);
         let path = d.path().join("model.onnx");
         kiln::onnx::export(&path, &params, &Default::default()).unwrap();

@@ -19,27 +19,49 @@ pub enum Applied {
     WithLoss,
 }
 
-/// The activation of a Dense layer, with Keras's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Activation {
-    /// `z` (no activation).
-    Linear,
+/// Declares [`Activation`], `Activation::ALL` and `Activation::name` from
+/// one list, so that a new activation is one line of it (its doc, variant
+/// and Keras's name): it is then in `ALL` (parsing, error messages, every
+/// test that iterates over the activations) and has its name, and the
+/// exhaustive matches below (where it is applied, its forward, its
+/// derivative) do not compile until they have its arm.
+macro_rules! activations {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
+        /// The activation of a Dense layer, with Keras's names.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Activation {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl Activation {
+            /// Every activation, in the order errors list them.
+            pub const ALL: [Activation; [$($name),+].len()] = [$(Activation::$variant),+];
+
+            /// Keras's name (`relu`, `sigmoid`, ...).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Activation::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+activations! {
     /// `max(0, z)`.
-    Relu,
+    Relu => "relu",
     /// `1 / (1 + exp(-z))`.
-    Sigmoid,
+    Sigmoid => "sigmoid",
     /// `tanh(z)`.
-    Tanh,
+    Tanh => "tanh",
+    /// `z` (no activation).
+    Linear => "linear",
     /// Softmax over the row; only for the output layer, where it is fused
     /// with the categorical cross-entropy.
-    Softmax,
+    Softmax => "softmax",
 }
 
 impl Activation {
-    /// Every activation, in the order errors list them.
-    pub const ALL: [Activation; 5] =
-        [Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Linear, Activation::Softmax];
-
     /// Where the kernels apply this activation. Every kernel asks this
     /// (never `act == Relu` and the like), and the match has no wildcard:
     /// a new activation does not compile until it is classified here, so
@@ -56,17 +78,6 @@ impl Activation {
             Activation::Relu => Applied::ReluInKernel,
             Activation::Sigmoid | Activation::Tanh => Applied::Elementwise,
             Activation::Softmax => Applied::WithLoss,
-        }
-    }
-
-    /// Keras's name (`relu`, `sigmoid`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Linear => "linear",
-            Activation::Relu => "relu",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Tanh => "tanh",
-            Activation::Softmax => "softmax",
         }
     }
 
@@ -133,5 +144,32 @@ impl std::str::FromStr for Activation {
             let names: Vec<&str> = Activation::ALL.iter().map(|a| a.name()).collect();
             format!("unknown activation `{s}`; expected one of {}", names.join(", "))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Activation, Applied};
+
+    /// Every activation parses from its name, and its derivative, written
+    /// in terms of its output, is its forward's central difference in f64
+    /// (away from ReLU's kink): a new activation is checked here as soon as
+    /// it is declared.
+    #[test]
+    fn every_activation_round_trips_its_name_and_differentiates_its_forward() {
+        for a in Activation::ALL {
+            assert_eq!(a.name().parse::<Activation>(), Ok(a));
+            assert_eq!(a.to_string(), a.name());
+            if a.applied() == Applied::WithLoss {
+                continue;
+            }
+            for z in [-2.5f64, -0.7, -0.1, 0.1, 0.4, 1.3, 3.0] {
+                let h = 1e-6;
+                let numeric = (a.apply(z + h) - a.apply(z - h)) / (2.0 * h);
+                let analytic = a.backward(a.apply(z), 1.0);
+                assert!((numeric - analytic).abs() < 1e-8, "{a} at {z}: {analytic} vs {numeric}");
+            }
+        }
+        assert!("gelu".parse::<Activation>().unwrap_err().contains("relu, sigmoid, tanh, linear, softmax"));
     }
 }

@@ -13,13 +13,20 @@
 mod common;
 use common::{optimizers, state_for, update_bits, update_of, Gen};
 use kiln_kernels::{
-    scalar::Scalar, Activation, Backend, Derivative, Dims, Grads, Layer1Path, PanelLayout, Rows, Weights,
+    scalar::Scalar, Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, PanelLayout, Rows, Weights,
 };
 
 const AUTO: Layer1Path = Layer1Path::Auto;
 const RELU: Activation = Activation::Relu;
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// Every activation a Dense layer below the output applies (all but
+/// softmax, which is fused with the loss): the tests iterate over these, so
+/// a new activation is tested on every backend against the reference.
+fn layer_activations() -> impl Iterator<Item = Activation> {
+    Activation::ALL.into_iter().filter(|a| a.applied() != Applied::WithLoss)
+}
 
 fn backends_under_test() -> Vec<(&'static str, &'static dyn Backend<f32>)> {
     let names: Vec<&'static str> = match std::env::var("KILN_TEST_BACKEND") {
@@ -240,7 +247,7 @@ fn sparse_and_dense_hidden_layers_are_bit_identical() {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 let run = |path| {
                     let mut h = Vec::new();
-                    for act in [Activation::Relu, Activation::Linear, Activation::Tanh] {
+                    for act in layer_activations() {
                         let mut out = vec![f32::NAN; b * n];
                         be.hidden_forward(&mut out, &a, Weights::new(&wp, &bias), act, path, d);
                         h.extend(bits(&out));
@@ -596,7 +603,7 @@ fn input_forward_matches_scalar_for_every_activation() {
                         + f64::from(bias[j]).abs()
                 })
                 .collect();
-            for act in [Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+            for act in layer_activations() {
                 let mut want = vec![f32::NAN; b * n];
                 Scalar.input_forward(&mut want, Rows::new(&x, &rows), Weights::new(&w, &bias), act, AUTO, d);
                 for path in [Layer1Path::Dense, Layer1Path::Sparse] {
@@ -655,7 +662,7 @@ fn hidden_layer_ops_match_scalar() {
                         + f64::from(bias[j]).abs()
                 })
                 .collect();
-            for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+            for act in layer_activations() {
                 let mut want = vec![f32::NAN; b * n];
                 Scalar.hidden_forward(&mut want, &a, Weights::new(&w, &bias), act, Layer1Path::Auto, d);
                 let mut got = vec![f32::NAN; b * n];
@@ -699,7 +706,7 @@ fn hidden_layer_ops_match_scalar() {
                     (0..n).map(|j| (f64::from(dz[i * n + j]) * f64::from(w[kk * n + j])).abs()).sum()
                 })
                 .collect();
-            for act in [Activation::Relu, Activation::Linear, Activation::Sigmoid, Activation::Tanh] {
+            for act in layer_activations() {
                 let y: Vec<f32> = a.iter().map(|&v| act.apply(v)).collect();
                 let mut want = vec![f32::NAN; b * k];
                 Scalar.hidden_backward_input(&mut want, &dz, &w, Derivative::new(act, &y), Layer1Path::Auto, d);

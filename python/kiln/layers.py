@@ -1,6 +1,9 @@
 """The layers kiln runs, with Keras 3's names, arguments and defaults."""
 
-_ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear", "softmax")
+from . import _kiln
+
+# Keras's names of the activations kiln has (the list is the Rust crate's).
+_ACTIVATIONS = tuple(_kiln.ACTIVATIONS)
 
 
 def _no_unknown(kind, kwargs):

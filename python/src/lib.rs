@@ -702,5 +702,8 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_pool, m)?)?;
+    // The activations kiln has, by Keras's names: the one list, in Rust.
+    let activations: Vec<&str> = kiln_kernels::Activation::ALL.iter().map(|a| a.name()).collect();
+    m.add("ACTIVATIONS", activations)?;
     Ok(())
 }
