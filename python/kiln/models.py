@@ -380,10 +380,13 @@ def _optimizer_from(call, schedule=None):
     `cosine:STEPS`)."""
     import re
 
-    m = re.fullmatch(r"(\w+)\((.*)\)", call or "")
+    if not call:
+        # A file that records no optimizer: Keras's default.
+        return optimizers.RMSprop()
+    m = re.fullmatch(r"(\w+)\((.*)\)", call)
     classes = {"RMSprop": optimizers.RMSprop, "SGD": optimizers.SGD, "Adam": optimizers.Adam, "AdamW": optimizers.AdamW}
     if not m or m.group(1) not in classes:
-        return optimizers.RMSprop()
+        raise ValueError(f"optimizer {call!r} is not one kiln has ({', '.join(classes)})")
     args = {}
     for part in filter(None, (p.strip() for p in m.group(2).split(","))):
         key, _, value = part.partition("=")

@@ -452,6 +452,32 @@ def test_save_keeps_the_optimizer_state_so_fit_goes_on_exactly(tmp_path):
     assert any(k.startswith("optimizer.") for k in read_tensors(tmp_path / "m.safetensors"))
 
 
+def with_metadata(src, dst, **changes):
+    """A copy of the model file `src` at `dst` with metadata keys changed."""
+    import json
+
+    b = pathlib.Path(src).read_bytes()
+    n = int.from_bytes(b[:8], "little")
+    header = json.loads(b[8 : 8 + n])
+    header["__metadata__"].update(changes)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    pathlib.Path(dst).write_bytes(len(text).to_bytes(8, "little") + text + b[8 + n :])
+
+
+def test_a_model_file_naming_an_unknown_optimizer_is_an_error_not_rmsprop(tmp_path):
+    (x, y), _ = tutorial_data(512)
+    m = tutorial_model(loss="sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=1, batch_size=128, verbose=0)
+    m.save(tmp_path / "m.safetensors")
+    assert type(models.load_model(tmp_path / "m.safetensors")._compiled["optimizer"]).__name__ == "RMSprop"
+    with_metadata(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", optimizer="Lion(learning_rate=0.001)")
+    with pytest.raises(ValueError, match=r"bad\.safetensors: optimizer 'Lion\(learning_rate=0.001\)' is not one kiln has"):
+        models.load_model(tmp_path / "bad.safetensors")
+    # Without compiling, the weights load as they are.
+    assert len(models.load_model(tmp_path / "bad.safetensors", compile=False).get_weights()) == 4
+
+
 def test_save_and_load_model_round_trip_and_interchange_with_the_cli(tmp_path):
     (x, y), (xt, yt) = tutorial_data(2000)
     m = models.Sequential([kiln.Input((784,)), layers.Dense(64, activation="tanh"), layers.Dropout(0.3),

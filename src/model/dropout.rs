@@ -71,6 +71,14 @@ pub fn keep_mask(seed: u64, ordinal: u32, step: u64, row: u32, units: usize, rat
     keep.into_iter().map(|k| k != 0).collect()
 }
 
+/// Whether any of `drops` changes values in training, so that the
+/// training forward must run them and keep what their backward reads.
+pub(super) fn acts_in_training(drops: &[Elementwise]) -> bool {
+    drops.iter().any(|e| match e {
+        Elementwise::Dropout(_) => true,
+    })
+}
+
 /// Whether any of `drops` changes values in inference. None does yet (a
 /// Dropout passes them through), so the inference path
 /// (`arena::forward_hidden`) runs none of these layers; a kind that acts in

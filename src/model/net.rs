@@ -354,7 +354,7 @@ impl<'b, T: Real> Model<'b, T> {
         let last = self.slots.len() - 1;
         let (be, times, w) = (self.be, &mut self.times, &self.params[..]);
         let Workspace { acts, input, p, dz, pre, keep, .. } = &mut self.ws;
-        let mode = if training && self.arch.has_dropout() {
+        let mode = if training && self.arch.after.iter().any(|d| dropout::acts_in_training(d)) {
             Mode::Training { key: StepKey { seed: self.seed, step: self.iterations }, pre, keep }
         } else {
             Mode::Inference
