@@ -555,6 +555,8 @@ pub fn fit_with(
     // evaluations' chunks (`evaluate`) are the same whether or not an epoch
     // runs here (a resumed run may have none left).
     model.reserve(cfg.batch_size.min(n));
+    // Features that are mostly one value per column train as sparse ones.
+    model.shift_features(data.inputs());
     ensure!(progress.at <= n, "the progress is {} images into a pass over {n}", progress.at);
     let per_pass = n.div_ceil(cfg.batch_size);
     let steps = cfg.steps_per_epoch.unwrap_or(per_pass);

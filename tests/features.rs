@@ -22,8 +22,17 @@ fn as_floats(pixels: &[u8]) -> Vec<f32> {
 
 /// Twenty steps of 32 rows of `layers` on `inputs` from the Glorot weights of seed 7.
 fn train(be: &dyn Backend<f32>, layers: &str, inputs: Inputs<'_>, labels: &[u8]) -> Params<f32> {
+    train_shifted(be, layers, inputs, labels, false)
+}
+
+/// [`train`], with layer 1's features shifted (`Model::shift_features`)
+/// when `shift`.
+fn train_shifted(be: &dyn Backend<f32>, layers: &str, inputs: Inputs<'_>, labels: &[u8], shift: bool) -> Params<f32> {
     let arch = Arch::parse(layers, 784, 10).unwrap();
     let mut m = Model::new(be, &Params::glorot(&arch, 7), RmsProp::default()).unwrap().with_seed(3);
+    if shift {
+        assert!(m.shift_features(inputs), "{layers}: the features were not shifted");
+    }
     let rows: Vec<u32> = (0..384).collect();
     for s in 0..20 {
         let r = &rows[(s * 32) % 384..(s * 32) % 384 + 32];
@@ -71,6 +80,66 @@ fn the_feature_path_matches_the_scalar_reference_on_every_backend() {
     }
 }
 
+/// Standardized MNIST shifted by each column's dark-pixel value: the same
+/// training, up to rounding, on every backend.
+#[test]
+fn shifted_standardized_features_train_as_the_unshifted_ones() {
+    let (images, labels) = mnist();
+    let x = standardized(&images);
+    let layers = "48:relu,dropout:0.1,24:sigmoid";
+    let scalar = kiln_kernels::select("scalar").unwrap();
+    let plain = train(scalar, layers, Inputs::Features(&x), &labels);
+    let want = train_shifted(scalar, layers, Inputs::Features(&x), &labels, true);
+    let e = rel_err(want.values(), plain.values());
+    eprintln!("scalar {layers}: shifted against unshifted, relative error {e:.2e} after 20 steps");
+    assert!(e <= 5e-6, "{e:.2e}");
+    for name in backends_under_test() {
+        let got = train_shifted(kiln_kernels::select(name).unwrap(), layers, Inputs::Features(&x), &labels, true);
+        let e = rel_err(got.values(), want.values());
+        eprintln!("{name} {layers} shifted: relative error {e:.2e} against scalar");
+        assert!(e <= 5e-6, "{name} {layers}: {e:.2e}");
+    }
+    // A network without hidden layers, and pixels, are never shifted.
+    let arch = Arch::parse("10:softmax", 784, 10).unwrap();
+    let mut m = Model::new(scalar, &Params::glorot(&arch, 7), RmsProp::default()).unwrap();
+    assert!(!m.shift_features(Inputs::Features(&x)));
+    let arch = Arch::parse(layers, 784, 10).unwrap();
+    let mut m = Model::new(scalar, &Params::glorot(&arch, 7), RmsProp::default()).unwrap();
+    assert!(!m.shift_features(Inputs::Pixels(&images)));
+    assert!(!m.shift_features(Inputs::Features(&as_floats(&images))), "k/255 floats are mostly 0 already");
+}
+
+/// The shift is exact algebra: in f64 the loss and every gradient of
+/// shifted features are the unshifted ones to within f64 rounding, through
+/// ReLU, Dropout, tanh and softmax.
+#[test]
+fn shifted_features_have_the_features_gradients_in_f64() {
+    let (images, labels) = mnist();
+    let x = standardized(&images);
+    let arch = Arch::parse("32:relu,dropout:0.3,16:tanh", 784, 10).unwrap();
+    let params: Params<f64> = Params::glorot(&arch, 5);
+    let scalar = kiln_kernels::scalar::Scalar;
+    let rows: Vec<u32> = (0..64).map(|i| i * 5 % 384).collect();
+    let batch = Batch { inputs: Inputs::Features(&x), labels: &labels, rows: &rows };
+    let run = |shift: bool| {
+        let mut m = Model::new(&scalar, &params, RmsProp::default()).unwrap().with_seed(9);
+        if shift {
+            assert!(m.shift_features(Inputs::Features(&x)));
+        }
+        let stats = m.forward_backward(batch);
+        (stats.loss_sum, m.grads())
+    };
+    let (loss, grads) = run(false);
+    let (loss_shifted, grads_shifted) = run(true);
+    assert!((loss - loss_shifted).abs() <= 1e-12 * loss.abs(), "{loss} vs {loss_shifted}");
+    let (g, gs) = (grads.values(), grads_shifted.values());
+    let scale = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = g.iter().zip(gs).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    eprintln!("f64: loss {loss:e}, largest gradient difference {worst:.2e} of the largest gradient");
+    assert!(worst <= 1e-12, "{worst:e}");
+    assert!(g != gs, "the shift ran (its rounding differs somewhere)");
+}
+
 /// `(x - mean) / std` per column over the 384 images (std 1 where a column is constant).
 fn standardized(pixels: &[u8]) -> Vec<f32> {
     let n = pixels.len() / 784;
@@ -98,6 +167,8 @@ fn standardized_features_fit_evaluate_and_predict() {
     let mut model = Model::new(be, &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
     let cfg = Config { epochs: 10, batch_size: 32, ..Config::default() };
     let reports = fit(&mut model, train_set, &cfg, |_| {}, |_| {}).unwrap();
+    // fit shifted layer 1's features by their dark-pixel values.
+    assert!(model.shift_features(train_set.inputs()));
     assert!(reports[9].loss < reports[0].loss / 3.0, "{} -> {}", reports[0].loss, reports[9].loss);
     assert!(reports[9].acc > 0.95, "training accuracy {}", reports[9].acc);
     let eval = evaluate(&mut model, test_set).unwrap();

@@ -62,12 +62,14 @@ pub(super) enum Mode<'a, T: Real> {
 /// activation, or for a one-layer network the batch gathered into `input`.
 /// The input layer reads u8 pixels in place; f32 features are gathered
 /// into `input` first (`(B, D)`, grown as needed), and read from there as
-/// a hidden layer reads the activations below it.
+/// a hidden layer reads the activations below it. With `shift` (offsets
+/// and layer 1's bias for them, `shift.rs`), gathered features are shifted
+/// and layer 1 adds that bias.
 pub(super) fn forward_hidden<'a, T: Real>(
     be: &dyn Backend<T>,
     (arch, slots, w): (&Arch, &[Slot], &[T]),
     (acts, input, mut mode): (&'a mut [AlignedVec<T>], &'a mut AlignedVec<T>, Mode<'_, T>),
-    (inputs, rows): (Inputs<'_>, &[u32]),
+    (inputs, rows, shift): (Inputs<'_>, &[u32], Option<Shifted<'_, T>>),
     path: Layer1Path,
     mut done: impl FnMut(usize),
 ) -> &'a [T] {
@@ -75,13 +77,23 @@ pub(super) fn forward_hidden<'a, T: Real>(
     let last = slots.len() - 1;
     let d = slots[0].dims.k;
     let gathered = matches!(inputs, Inputs::Features(_)) || last == 0;
+    // Only features below a hidden layer are shifted.
+    let shift = shift.filter(|_| matches!(inputs, Inputs::Features(_)) && last > 0);
     if gathered {
-        inputs.gather(at_least(input, b * d), rows, d);
+        let x = at_least(input, b * d);
+        inputs.gather(x, rows, d);
+        if let Some((offsets, _)) = shift {
+            super::shift::subtract(x, offsets);
+        }
     }
     let input = &input[..if gathered { b * d } else { 0 }];
     for (l, s) in slots[..last].iter().enumerate() {
         let act = arch.dense[l].activation;
-        let weights = Weights::new(&w[s.kernel.clone()], &w[s.bias.clone()]);
+        let bias = match shift {
+            Some((_, shifted)) if l == 0 => shifted,
+            _ => &w[s.bias.clone()],
+        };
+        let weights = Weights::new(&w[s.kernel.clone()], bias);
         let (below, here) = acts.split_at_mut(l);
         let bn = b * s.dims.n;
         let drops = &arch.after[l][..];
@@ -114,6 +126,10 @@ pub(super) fn forward_hidden<'a, T: Real>(
         &acts[last - 1][..b * slots[last].dims.k]
     }
 }
+
+/// Shifted features (`shift.rs`): the offsets `c (D)` and layer 1's bias
+/// for them, `b + c^T W`.
+pub(super) type Shifted<'a, T> = (&'a [T], &'a [T]);
 
 /// What a hidden Dense layer reads.
 #[derive(Clone, Copy)]

@@ -34,8 +34,9 @@
 //! training and inference share), `dropout` (Dropout's masks, forward and
 //! backward), `net` ([`Model`]: training, with gradients and optimizer
 //! state; what each layer's backward computes), `pairing` (how the
-//! backward's layers share the pool's threads) and `predictor`
-//! ([`Predictor`]: inference only).
+//! backward's layers share the pool's threads), `shift` (f32 features
+//! shifted per column in training, so that layer 1 skips what most rows
+//! share) and `predictor` ([`Predictor`]: inference only).
 
 mod arch;
 mod arena;
@@ -45,6 +46,7 @@ mod net;
 mod pairing;
 mod params;
 mod predictor;
+mod shift;
 
 pub use arch::{Arch, Dense, Dropout, Layer, Sequential};
 #[doc(hidden)]

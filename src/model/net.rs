@@ -5,6 +5,7 @@ use super::arch::Elementwise;
 use super::arena::{arena_slots, forward_hidden, pack_into, Mode, Slot};
 use super::dropout::{self, StepKey};
 use super::pairing::{self, Plan};
+use super::shift::{self, Shift};
 use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
@@ -141,6 +142,8 @@ pub struct Model<'b, T: Real> {
     state: [AlignedVec<T>; MAX_SLOTS],
     times: PhaseTimes,
     ws: Workspace<T>,
+    /// Layer 1's offsets for f32 features ([`Model::shift_features`]).
+    shift: Option<Shift<T>>,
 }
 
 impl<'b, T: Real> Model<'b, T> {
@@ -184,6 +187,7 @@ impl<'b, T: Real> Model<'b, T> {
                 update: Duration::ZERO,
             },
             ws: Workspace::new(&arch, 0),
+            shift: None,
             slots,
             arch,
         };
@@ -338,6 +342,39 @@ impl<'b, T: Real> Model<'b, T> {
         pack_into(&self.slots, params, &mut self.params);
     }
 
+    /// Prepares layer 1 for the f32 features `inputs` (a dataset's, `(R,
+    /// D)`): when most of each column is one value `c_j` (standardized
+    /// pixels: every dark pixel of a column is the same number), layer 1
+    /// runs on `x - c`, skipping what is then zero as it skips dark pixels,
+    /// with its bias and weight gradient corrected to be those of `x` (up to
+    /// the rounding of another order of additions). Otherwise, and for u8
+    /// pixels or a network without hidden layers, nothing changes, bit for
+    /// bit. Only training shifts: inference ([`Model::forward`]) reads the
+    /// features as a [`super::Predictor`] does. Returns whether the features
+    /// are shifted; `fit` calls it with its training data. The offsets stay
+    /// until the next call: they give the same results, up to rounding, on
+    /// any other data.
+    ///
+    /// ```
+    /// use kiln::kernels::RmsProp;
+    /// use kiln::model::{Activation, Inputs, Model, Params, Sequential};
+    /// let arch = Sequential::new(2).dense(4, Activation::Relu).dense(2, Activation::Softmax).build().unwrap();
+    /// let mut model = Model::new(kiln::kernels::select("auto").unwrap(), &Params::glorot(&arch, 1), RmsProp::default()).unwrap();
+    /// // Column 0 is mostly -0.5, column 1 mostly 2.0: shifted.
+    /// let x = [-0.5f32, 2.0, -0.5, 2.0, 1.5, 2.0, -0.5, -1.0];
+    /// assert!(model.shift_features(Inputs::from(&x[..])));
+    /// // Already mostly zero: unchanged.
+    /// assert!(!model.shift_features(Inputs::from(&[0f32, 0.0, 0.0, 3.0][..])));
+    /// ```
+    pub fn shift_features(&mut self, inputs: Inputs<'_>) -> bool {
+        let (d, n) = (self.slots[0].dims.k, self.slots[0].dims.n);
+        self.shift = match inputs {
+            Inputs::Features(x) if self.slots.len() > 1 => Shift::for_features(x, d, n),
+            _ => None,
+        };
+        self.shift.is_some()
+    }
+
     /// Forward pass only, in inference mode (Dropout passes values
     /// through), as evaluation runs it: probabilities of `batch` into the
     /// workspace, and the summed loss and correct count. Panics when a row
@@ -360,11 +397,20 @@ impl<'b, T: Real> Model<'b, T> {
             Mode::Inference
         };
         let mut t = Instant::now();
+        // Training shifts features; inference reads them as they are, as
+        // a Predictor does (the same bits).
+        let shift = match (&mut self.shift, batch.inputs) {
+            (Some(shift), Inputs::Features(_)) if training => {
+                shift.refresh(be, &self.slots[0], w, self.path);
+                Some((shift.offsets(), shift.bias()))
+            }
+            _ => None,
+        };
         let a = forward_hidden(
             be,
             (&self.arch, &self.slots, w),
             (acts, input, mode),
-            (batch.inputs, batch.rows),
+            (batch.inputs, batch.rows, shift),
             self.path,
             |l| lap(&mut t, &mut times.forward[l]),
         );
@@ -411,6 +457,10 @@ impl<'b, T: Real> Model<'b, T> {
             g: &mut self.grads,
             state: &mut self.state,
             step,
+            offsets: match batch.inputs {
+                Inputs::Features(_) if last > 0 => self.shift.as_ref().map(|s| s.offsets()),
+                _ => None,
+            },
             times: &mut self.times,
             t: Instant::now(),
         };
@@ -487,6 +537,8 @@ struct Backward<'m, T: Real> {
     state: &'m mut [AlignedVec<T>; MAX_SLOTS],
     /// The update's coefficients, when the step updates.
     step: Option<kiln_kernels::Step<T>>,
+    /// Layer 1's input offsets, when its features were shifted.
+    offsets: Option<&'m [T]>,
     times: &'m mut PhaseTimes,
     t: Instant,
 }
@@ -564,9 +616,21 @@ impl<T: Real> Backward<'_, T> {
         let dz = &self.ws.grads[0][..b * s.dims.n];
         let grads = split_pair(self.g, &s.kernel, &s.bias);
         let u = self.step.map(|st| fused(self.w, self.state, &s.kernel, st));
-        match lists {
-            Some(lists) => be.input_backward_listed(grads, u, lists, dz, path, s.dims),
-            None => be.hidden_backward(grads, u, &self.ws.input[..b * s.dims.k], dz, path, s.dims),
+        // The gathered features (empty for pixels, which come listed).
+        let x = &self.ws.input[..if lists.is_some() { 0 } else { b * s.dims.k }];
+        match (lists, self.offsets) {
+            (Some(lists), _) => be.input_backward_listed(grads, u, lists, dz, path, s.dims),
+            (None, None) => be.hidden_backward(grads, u, x, dz, path, s.dims),
+            // Shifted features: the gradient of S, corrected to X's, then
+            // the update (the same bits as fused into the product).
+            (None, Some(offsets)) => {
+                let Grads { kernel: dw, bias: db } = grads;
+                be.hidden_backward(Grads::new(&mut *dw, &mut *db), None, x, dz, path, s.dims);
+                shift::correct_gradient(dw, s, offsets, db);
+                if let Some(u) = u {
+                    be.update(u, dw);
+                }
+            }
         }
         lap(&mut self.t, &mut self.times.backward[0]);
     }

@@ -98,7 +98,7 @@ impl<'b, T: Real> Predictor<'b, T> {
             self.be,
             (arch, slots, values),
             (&mut self.acts, &mut self.input, Mode::Inference),
-            (inputs.into(), rows),
+            (inputs.into(), rows, None),
             self.path,
             |_| {},
         );
