@@ -144,6 +144,9 @@ pub struct Model<'b, T: Real> {
     ws: Workspace<T>,
     /// Layer 1's offsets for f32 features ([`Model::shift_features`]).
     shift: Option<Shift<T>>,
+    /// Whether the last forward shifted its features (its backward then
+    /// corrects layer 1's gradient).
+    shifted: bool,
 }
 
 impl<'b, T: Real> Model<'b, T> {
@@ -188,6 +191,7 @@ impl<'b, T: Real> Model<'b, T> {
             },
             ws: Workspace::new(&arch, 0),
             shift: None,
+            shifted: false,
             slots,
             arch,
         };
@@ -406,6 +410,7 @@ impl<'b, T: Real> Model<'b, T> {
             }
             _ => None,
         };
+        self.shifted = shift.is_some() && last > 0;
         let a = forward_hidden(
             be,
             (&self.arch, &self.slots, w),
@@ -457,10 +462,8 @@ impl<'b, T: Real> Model<'b, T> {
             g: &mut self.grads,
             state: &mut self.state,
             step,
-            offsets: match batch.inputs {
-                Inputs::Features(_) if last > 0 => self.shift.as_ref().map(|s| s.offsets()),
-                _ => None,
-            },
+            // As the forward of this batch shifted its features.
+            offsets: self.shift.as_ref().filter(|_| self.shifted).map(|s| s.offsets()),
             times: &mut self.times,
             t: Instant::now(),
         };
