@@ -3,6 +3,7 @@
 
 mod common;
 use common::write_idx;
+use kiln_kernels::Optimizer;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -938,6 +939,33 @@ fn messages_read_as_written_for_people() {
     let layers = layers.split("\n      --").next().unwrap_or_default().to_string();
     for a in kiln::model::Activation::ALL {
         assert!(layers.contains(a.name()), "train --help: --layers does not name {a}: {layers}");
+    }
+    // `--optimizer`'s help names every optimizer, and each optimizer
+    // flag's help begins with exactly the optimizers that take it.
+    let text = String::from_utf8_lossy(&help.stdout).to_string();
+    let line = |flag: &str| {
+        let at = text.find(&format!("      {flag} ")).unwrap_or_else(|| panic!("train --help lacks {flag}"));
+        text[at..].lines().next().unwrap_or_default().to_string()
+    };
+    let optimizer = line("--optimizer");
+    for name in Optimizer::NAMES {
+        assert!(optimizer.contains(name), "train --help: --optimizer does not name {name}: {optimizer}");
+    }
+    for (arg, _) in kiln_kernels::KerasArgs::default().given() {
+        if arg == "learning_rate" {
+            continue; // --lr: every optimizer's
+        }
+        let flag = if arg == "epsilon" { "--eps".to_string() } else { format!("--{}", arg.replace('_', "-")) };
+        let l = line(&flag);
+        let named: Vec<&str> = l.split_whitespace().skip(1).skip_while(|w| w.starts_with('<')).collect();
+        let named = named.join(" ");
+        let named: Vec<&str> = named.split(':').next().unwrap_or_default().split(", ").collect();
+        let mut takers: Vec<&str> =
+            Optimizer::NAMES.into_iter().filter(|n| Optimizer::arguments(n).unwrap().contains(&arg)).collect();
+        let mut named = named;
+        takers.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(named, takers, "train --help: {flag} should begin with the optimizers that take it: {l}");
     }
     let args = ["--data", data, "--hidden", "8", "--epochs", "1", "--batch-size", "300", "--out"];
     let o = train(&args.into_iter().chain([out.to_str().unwrap()]).collect::<Vec<_>>(), d.path());

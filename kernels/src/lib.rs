@@ -136,7 +136,10 @@ pub use denormals::{flushing, Flushed};
 pub use dropout::{dropout_backward, dropout_forward, dropout_mask};
 pub use layout::{Dims, PanelLayout};
 pub use operands::{Derivative, Grads, Rows, Weights};
-pub use optim::{update_serial, Adam, ArgError, Optimizer, RmsProp, Schedule, Sgd, Step, Update, MAX_SLOTS};
+pub use optim::{
+    update_serial, Adam, ArgError, KerasArgs, KerasArgsError, KerasValue, Optimizer, RmsProp, Schedule, Sgd, Step,
+    Update, MAX_SLOTS,
+};
 pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
 pub use real::Real;

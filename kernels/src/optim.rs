@@ -141,6 +141,271 @@ impl From<Adam> for Optimizer {
     }
 }
 
+/// Keras's arguments of an optimizer as a caller gives them, by Keras's
+/// names (`RMSprop(learning_rate=..., rho=...)`); `None` where not given,
+/// which keeps the optimizer's default. The one way the CLI and the Python
+/// package make an [`Optimizer`] ([`Optimizer::from_keras`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KerasArgs {
+    /// `learning_rate` (every optimizer).
+    pub learning_rate: Option<f64>,
+    /// `rho` (RMSprop).
+    pub rho: Option<f64>,
+    /// `momentum` (RMSprop, SGD).
+    pub momentum: Option<f64>,
+    /// `epsilon` (RMSprop, Adam, AdamW).
+    pub epsilon: Option<f64>,
+    /// `centered` (RMSprop).
+    pub centered: Option<bool>,
+    /// `nesterov` (SGD).
+    pub nesterov: Option<bool>,
+    /// `beta_1` (Adam, AdamW).
+    pub beta_1: Option<f64>,
+    /// `beta_2` (Adam, AdamW).
+    pub beta_2: Option<f64>,
+    /// `weight_decay` (AdamW).
+    pub weight_decay: Option<f64>,
+}
+
+/// One argument's value in [`KerasArgs`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KerasValue {
+    /// A number (`learning_rate`, `rho`, ...).
+    Number(f64),
+    /// A switch (`centered`, `nesterov`).
+    Flag(bool),
+}
+
+impl KerasArgs {
+    /// Every argument by its Keras name, with its value where given (an
+    /// exhaustive destructuring: a new field does not compile until it is
+    /// listed here, and then every caller reading the list has it).
+    pub fn values(&self) -> [(&'static str, Option<KerasValue>); 9] {
+        let KerasArgs { learning_rate, rho, momentum, epsilon, centered, nesterov, beta_1, beta_2, weight_decay } =
+            *self;
+        let n = |v: Option<f64>| v.map(KerasValue::Number);
+        let f = |v: Option<bool>| v.map(KerasValue::Flag);
+        [
+            ("learning_rate", n(learning_rate)),
+            ("rho", n(rho)),
+            ("momentum", n(momentum)),
+            ("epsilon", n(epsilon)),
+            ("centered", f(centered)),
+            ("nesterov", f(nesterov)),
+            ("beta_1", n(beta_1)),
+            ("beta_2", n(beta_2)),
+            ("weight_decay", n(weight_decay)),
+        ]
+    }
+
+    /// Every argument's Keras name and whether it was given.
+    pub fn given(&self) -> [(&'static str, bool); 9] {
+        self.values().map(|(arg, v)| (arg, v.is_some()))
+    }
+
+    /// Gives argument `arg` (Keras's name) the value `value`; an unknown
+    /// argument, or a switch given a number or a number a switch, is an
+    /// error saying so.
+    ///
+    /// ```
+    /// use kiln_kernels::{KerasArgs, KerasValue};
+    /// let mut a = KerasArgs::default();
+    /// a.set("rho", KerasValue::Number(0.5)).unwrap();
+    /// assert_eq!(a.rho, Some(0.5));
+    /// assert_eq!(a.set("clipnorm", KerasValue::Number(1.0)).unwrap_err(), "unknown optimizer argument `clipnorm`");
+    /// ```
+    pub fn set(&mut self, arg: &str, value: KerasValue) -> Result<(), String> {
+        let number = |slot: &mut Option<f64>| match value {
+            KerasValue::Number(v) => {
+                *slot = Some(v);
+                Ok(())
+            }
+            KerasValue::Flag(_) => Err(format!("{arg} must be a number, not a switch")),
+        };
+        let flag = |slot: &mut Option<bool>| match value {
+            KerasValue::Flag(v) => {
+                *slot = Some(v);
+                Ok(())
+            }
+            KerasValue::Number(_) => Err(format!("{arg} is a switch (True or False), not a number")),
+        };
+        match arg {
+            "learning_rate" => number(&mut self.learning_rate),
+            "rho" => number(&mut self.rho),
+            "momentum" => number(&mut self.momentum),
+            "epsilon" => number(&mut self.epsilon),
+            "centered" => flag(&mut self.centered),
+            "nesterov" => flag(&mut self.nesterov),
+            "beta_1" => number(&mut self.beta_1),
+            "beta_2" => number(&mut self.beta_2),
+            "weight_decay" => number(&mut self.weight_decay),
+            _ => Err(format!("unknown optimizer argument `{arg}`")),
+        }
+    }
+}
+
+/// Why [`Optimizer::from_keras`] made no optimizer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KerasArgsError {
+    /// No optimizer of this name ([`Optimizer::NAMES`] lists them).
+    Unknown(String),
+    /// An argument given that the named optimizer does not take.
+    NotTaken {
+        /// The argument's Keras name.
+        arg: &'static str,
+        /// The optimizer it was given to.
+        optimizer: &'static str,
+        /// The optimizers that take it.
+        takers: Vec<&'static str>,
+    },
+    /// A value the optimizer cannot train with.
+    Invalid(ArgError),
+}
+
+impl std::fmt::Display for KerasArgsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KerasArgsError::Unknown(name) => {
+                write!(f, "unknown optimizer `{name}`; expected one of {}", Optimizer::NAMES.join(", "))
+            }
+            KerasArgsError::NotTaken { arg, optimizer, takers } => {
+                write!(f, "{arg} is not an argument of {optimizer} (it belongs to {})", takers.join(", "))
+            }
+            KerasArgsError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for KerasArgsError {}
+
+impl Optimizer {
+    /// Keras's names of the optimizers kiln has, each made by
+    /// [`Optimizer::from_keras`]. A new optimizer is a new [`Optimizer`]
+    /// variant (every match on it fails to compile until it has its arm),
+    /// its name here and its arguments in [`Optimizer::arguments`]; the
+    /// CLI, the Python package and their tests read this list.
+    pub const NAMES: [&'static str; 4] = ["rmsprop", "sgd", "adam", "adamw"];
+
+    /// The Keras arguments optimizer `name` takes (`None`: no such
+    /// optimizer).
+    ///
+    /// ```
+    /// use kiln_kernels::Optimizer;
+    /// assert_eq!(Optimizer::arguments("sgd"), Some(&["learning_rate", "momentum", "nesterov"][..]));
+    /// assert_eq!(Optimizer::arguments("lion"), None);
+    /// ```
+    pub fn arguments(name: &str) -> Option<&'static [&'static str]> {
+        Some(match name {
+            "rmsprop" => &["learning_rate", "rho", "momentum", "epsilon", "centered"],
+            "sgd" => &["learning_rate", "momentum", "nesterov"],
+            "adam" => &["learning_rate", "beta_1", "beta_2", "epsilon"],
+            "adamw" => &["learning_rate", "weight_decay", "beta_1", "beta_2", "epsilon"],
+            _ => return None,
+        })
+    }
+
+    /// Optimizer `name` with the arguments `args` gives and Keras's
+    /// defaults for the rest; an unknown name, an argument the optimizer
+    /// does not take, or a value it cannot train with ([`Optimizer::check`])
+    /// is an error naming it.
+    ///
+    /// ```
+    /// use kiln_kernels::{KerasArgs, Optimizer, Sgd};
+    /// let args = KerasArgs { momentum: Some(0.9), ..KerasArgs::default() };
+    /// assert_eq!(Optimizer::from_keras("sgd", &args), Ok(Optimizer::Sgd(Sgd { momentum: 0.9, ..Sgd::default() })));
+    /// let e = Optimizer::from_keras("adam", &args).unwrap_err();
+    /// assert_eq!(e.to_string(), "momentum is not an argument of adam (it belongs to rmsprop, sgd)");
+    /// ```
+    pub fn from_keras(name: &str, args: &KerasArgs) -> Result<Optimizer, KerasArgsError> {
+        let (name, takes) = Self::NAMES
+            .iter()
+            .find_map(|&n| (n == name).then(|| (n, Self::arguments(n).unwrap_or(&[]))))
+            .ok_or_else(|| KerasArgsError::Unknown(name.to_string()))?;
+        if let Some((arg, _)) = args.given().into_iter().find(|&(arg, given)| given && !takes.contains(&arg)) {
+            let takers =
+                Self::NAMES.into_iter().filter(|n| Self::arguments(n).is_some_and(|a| a.contains(&arg))).collect();
+            return Err(KerasArgsError::NotTaken { arg, optimizer: name, takers });
+        }
+        let a = args;
+        let opt = match name {
+            "rmsprop" => {
+                let d = RmsProp::default();
+                Optimizer::RmsProp(RmsProp {
+                    lr: a.learning_rate.unwrap_or(d.lr),
+                    rho: a.rho.unwrap_or(d.rho),
+                    momentum: a.momentum.unwrap_or(d.momentum),
+                    eps: a.epsilon.unwrap_or(d.eps),
+                    centered: a.centered.unwrap_or(d.centered),
+                })
+            }
+            "sgd" => {
+                let d = Sgd::default();
+                Optimizer::Sgd(Sgd {
+                    lr: a.learning_rate.unwrap_or(d.lr),
+                    momentum: a.momentum.unwrap_or(d.momentum),
+                    nesterov: a.nesterov.unwrap_or(d.nesterov),
+                })
+            }
+            _ => {
+                // adam or adamw, the two names of `Optimizer::Adam`.
+                let d = if name == "adamw" { Adam::adamw() } else { Adam::default() };
+                Optimizer::Adam(Adam {
+                    lr: a.learning_rate.unwrap_or(d.lr),
+                    beta_1: a.beta_1.unwrap_or(d.beta_1),
+                    beta_2: a.beta_2.unwrap_or(d.beta_2),
+                    eps: a.epsilon.unwrap_or(d.eps),
+                    weight_decay: d.weight_decay.map(|wd| a.weight_decay.unwrap_or(wd)),
+                })
+            }
+        };
+        opt.check().map_err(KerasArgsError::Invalid)?;
+        Ok(opt)
+    }
+
+    /// Every argument of this optimizer, by Keras's name: what
+    /// [`Optimizer::from_keras`] makes it from.
+    ///
+    /// ```
+    /// use kiln_kernels::{Optimizer, Sgd};
+    /// let sgd = Optimizer::Sgd(Sgd::default());
+    /// assert_eq!(Optimizer::from_keras(sgd.name(), &sgd.keras_args()), Ok(sgd));
+    /// ```
+    pub fn keras_args(&self) -> KerasArgs {
+        let none = KerasArgs::default();
+        match *self {
+            Optimizer::RmsProp(o) => KerasArgs {
+                learning_rate: Some(o.lr),
+                rho: Some(o.rho),
+                momentum: Some(o.momentum),
+                epsilon: Some(o.eps),
+                centered: Some(o.centered),
+                ..none
+            },
+            Optimizer::Sgd(o) => {
+                KerasArgs { learning_rate: Some(o.lr), momentum: Some(o.momentum), nesterov: Some(o.nesterov), ..none }
+            }
+            Optimizer::Adam(o) => KerasArgs {
+                learning_rate: Some(o.lr),
+                beta_1: Some(o.beta_1),
+                beta_2: Some(o.beta_2),
+                epsilon: Some(o.eps),
+                weight_decay: o.weight_decay,
+                ..none
+            },
+        }
+    }
+
+    /// Keras's class: `RMSprop`, `SGD`, `Adam` or `AdamW`.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Optimizer::RmsProp(_) => "RMSprop",
+            Optimizer::Sgd(_) => "SGD",
+            Optimizer::Adam(a) if a.weight_decay.is_some() => "AdamW",
+            Optimizer::Adam(_) => "Adam",
+        }
+    }
+}
+
 impl Optimizer {
     /// Keras's name: `rmsprop`, `sgd`, `adam` or `adamw`.
     pub fn name(&self) -> &'static str {
@@ -177,7 +442,8 @@ impl Optimizer {
     pub fn describe(&self) -> String {
         match self {
             Optimizer::RmsProp(o) => format!(
-                "RMSprop(learning_rate={}, rho={}, momentum={}, epsilon={}, centered={})",
+                "{}(learning_rate={}, rho={}, momentum={}, epsilon={}, centered={})",
+                self.class_name(),
                 o.lr,
                 o.rho,
                 o.momentum,
@@ -185,14 +451,18 @@ impl Optimizer {
                 py_bool(o.centered)
             ),
             Optimizer::Sgd(o) => {
-                format!("SGD(learning_rate={}, momentum={}, nesterov={})", o.lr, o.momentum, py_bool(o.nesterov))
+                let (class, nesterov) = (self.class_name(), py_bool(o.nesterov));
+                format!("{class}(learning_rate={}, momentum={}, nesterov={nesterov})", o.lr, o.momentum)
             }
             Optimizer::Adam(o) => {
                 let wd = o.weight_decay.map_or(String::new(), |wd| format!(", weight_decay={wd}"));
-                let name = if o.weight_decay.is_some() { "AdamW" } else { "Adam" };
                 format!(
-                    "{name}(learning_rate={}, beta_1={}, beta_2={}, epsilon={}{wd})",
-                    o.lr, o.beta_1, o.beta_2, o.eps
+                    "{}(learning_rate={}, beta_1={}, beta_2={}, epsilon={}{wd})",
+                    self.class_name(),
+                    o.lr,
+                    o.beta_1,
+                    o.beta_2,
+                    o.eps
                 )
             }
         }
@@ -1051,3 +1321,122 @@ impl std::fmt::Display for ArgError {
 }
 
 impl std::error::Error for ArgError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid value other than every optimizer's default for argument
+    /// `arg`, with the arguments it needs beside it (Nesterov needs a
+    /// momentum): the args with it, and the args without it.
+    fn given(arg: &str) -> (KerasArgs, KerasArgs) {
+        let mut with = KerasArgs::default();
+        let mut without = KerasArgs::default();
+        match arg {
+            "learning_rate" => with.learning_rate = Some(0.0123),
+            "rho" => with.rho = Some(0.5),
+            "momentum" => with.momentum = Some(0.5),
+            "epsilon" => with.epsilon = Some(1e-3),
+            "centered" => with.centered = Some(true),
+            "nesterov" => {
+                with.nesterov = Some(true);
+                with.momentum = Some(0.5);
+                without.momentum = Some(0.5);
+            }
+            "beta_1" => with.beta_1 = Some(0.5),
+            "beta_2" => with.beta_2 = Some(0.5),
+            "weight_decay" => with.weight_decay = Some(0.25),
+            other => panic!("no test value for argument {other}: add one here"),
+        }
+        (with, without)
+    }
+
+    #[test]
+    fn every_name_makes_its_optimizer_with_keras_defaults() {
+        for name in Optimizer::NAMES {
+            let opt = Optimizer::from_keras(name, &KerasArgs::default()).unwrap();
+            assert_eq!(opt.name(), name);
+            assert!(opt.describe().starts_with(&format!("{}(", opt.class_name())), "{name}");
+            let keras_default = match name {
+                "rmsprop" => Optimizer::RmsProp(RmsProp::default()),
+                "sgd" => Optimizer::Sgd(Sgd::default()),
+                "adam" => Optimizer::Adam(Adam::default()),
+                "adamw" => Optimizer::Adam(Adam::adamw()),
+                other => panic!("{other}: say here which defaults it has"),
+            };
+            assert_eq!(opt, keras_default, "{name}");
+            // keras_args gives every argument the optimizer takes, and
+            // only those, and makes the same optimizer again.
+            let args = opt.keras_args();
+            let given: Vec<_> = args.given().into_iter().filter(|g| g.1).map(|g| g.0).collect();
+            let mut takes = Optimizer::arguments(name).unwrap().to_vec();
+            takes.sort_unstable();
+            let mut given = given;
+            given.sort_unstable();
+            assert_eq!(given, takes, "{name}");
+            assert_eq!(Optimizer::from_keras(name, &args), Ok(opt));
+        }
+        let e = Optimizer::from_keras("lion", &KerasArgs::default()).unwrap_err();
+        assert_eq!(e.to_string(), "unknown optimizer `lion`; expected one of rmsprop, sgd, adam, adamw");
+    }
+
+    #[test]
+    fn each_optimizer_reads_exactly_the_arguments_it_lists() {
+        let all = KerasArgs::default().given().map(|(arg, _)| arg);
+        for arg in all {
+            let takers: Vec<_> =
+                Optimizer::NAMES.into_iter().filter(|n| Optimizer::arguments(n).unwrap().contains(&arg)).collect();
+            assert!(!takers.is_empty(), "no optimizer takes {arg}");
+            let (with, without) = given(arg);
+            let alone = |mut a: KerasArgs| {
+                if arg == "nesterov" {
+                    a.momentum = None;
+                }
+                a
+            };
+            for name in Optimizer::NAMES {
+                let takes = Optimizer::arguments(name).unwrap();
+                assert!(takes.iter().all(|a| all.contains(a)), "{name} lists an argument KerasArgs lacks");
+                if takes.contains(&arg) {
+                    // Read: the value changes the optimizer.
+                    let base = Optimizer::from_keras(name, &without).unwrap();
+                    assert_ne!(Optimizer::from_keras(name, &with).unwrap(), base, "{name} ignores {arg}");
+                } else {
+                    let e = Optimizer::from_keras(name, &alone(with)).unwrap_err();
+                    assert!(
+                        matches!(&e, KerasArgsError::NotTaken { arg: a, optimizer: o, takers: t }
+                            if *a == arg && *o == name && *t == takers),
+                        "{name} {arg}: {e:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_argument_can_be_set_by_its_name_and_only_with_its_kind() {
+        for (arg, _) in KerasArgs::default().values() {
+            let (with, _) = given(arg);
+            let value = with.values().into_iter().find(|v| v.0 == arg).and_then(|v| v.1).unwrap();
+            let mut a = KerasArgs::default();
+            a.set(arg, value).unwrap();
+            assert_eq!(a.values().into_iter().find(|v| v.0 == arg).unwrap().1, Some(value), "{arg}");
+            let wrong = match value {
+                KerasValue::Number(_) => KerasValue::Flag(true),
+                KerasValue::Flag(_) => KerasValue::Number(1.0),
+            };
+            assert!(a.set(arg, wrong).unwrap_err().starts_with(arg), "{arg}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_its_argument() {
+        let args = KerasArgs { beta_2: Some(1.0), ..KerasArgs::default() };
+        match Optimizer::from_keras("adamw", &args) {
+            Err(KerasArgsError::Invalid(e)) => {
+                assert_eq!((e.arg(), e.problem()), ("beta_2", "must be in [0, 1) (got 1)"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

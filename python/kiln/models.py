@@ -384,7 +384,7 @@ def _optimizer_from(call, schedule=None):
         # A file that records no optimizer: Keras's default.
         return optimizers.RMSprop()
     m = re.fullmatch(r"(\w+)\((.*)\)", call)
-    classes = {"RMSprop": optimizers.RMSprop, "SGD": optimizers.SGD, "Adam": optimizers.Adam, "AdamW": optimizers.AdamW}
+    classes = {cls.__name__: cls for cls in optimizers._BY_NAME.values()}
     if not m or m.group(1) not in classes:
         raise ValueError(f"optimizer {call!r} is not one kiln has ({', '.join(classes)})")
     args = {}

@@ -110,7 +110,9 @@ def _check(kwargs, kind):
             raise ValueError(f"{kind}: {k}={v!r} is not supported by kiln")
 
 
-_BY_NAME = {"rmsprop": RMSprop, "sgd": SGD, "adam": Adam, "adamw": AdamW}
+# The classes by kiln's name; tested to be exactly the crate's optimizers
+# (`_kiln.OPTIMIZERS`), with its Keras class names and defaults.
+_BY_NAME = {cls._name: cls for cls in (RMSprop, SGD, Adam, AdamW)}
 
 
 def get(identifier):

@@ -8,7 +8,7 @@
 use kiln::checkpoint::OptimizerState;
 use kiln::model::{exact_pixels, Arch, Inputs, Model, Params};
 use kiln::train::{self, Config, Samples};
-use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
+use kiln_kernels::{KerasArgs, KerasValue, Optimizer};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -329,48 +329,48 @@ fn snapshot(m: &Model<'_, f32>) -> Snapshot {
     (m.params(), Some(OptimizerState::of(m)))
 }
 
-/// The optimizer named `name` with Keras's arguments (those not given keep
-/// Keras's defaults).
+/// The optimizer named `name` with Keras's arguments `args` (those not
+/// given keep Keras's defaults; `schedule` is read by the caller); an
+/// argument kiln does not know is an error, never ignored.
 fn optimizer(name: &str, args: &Bound<'_, pyo3::types::PyDict>) -> PyResult<Optimizer> {
-    let get = |key: &str| -> PyResult<Option<f64>> {
-        match args.get_item(key)? {
-            Some(v) if !v.is_none() => Ok(Some(v.extract::<f64>()?)),
-            _ => Ok(None),
+    let mut keras = KerasArgs::default();
+    for (key, value) in args.iter() {
+        let key: String = key.extract()?;
+        if value.is_none() || key == "schedule" {
+            continue;
         }
-    };
-    let flag =
-        |key: &str| -> PyResult<bool> { Ok(args.get_item(key)?.map(|v| v.is_truthy()).transpose()?.unwrap_or(false)) };
-    Ok(match name {
-        "rmsprop" => {
-            let d = RmsProp::default();
-            Optimizer::RmsProp(RmsProp {
-                lr: get("learning_rate")?.unwrap_or(d.lr),
-                rho: get("rho")?.unwrap_or(d.rho),
-                momentum: get("momentum")?.unwrap_or(d.momentum),
-                eps: get("epsilon")?.unwrap_or(d.eps),
-                centered: flag("centered")?,
-            })
+        let value = if value.is_instance_of::<pyo3::types::PyBool>() {
+            KerasValue::Flag(value.is_truthy()?)
+        } else {
+            KerasValue::Number(value.extract::<f64>()?)
+        };
+        keras.set(&key, value).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?;
+    }
+    Optimizer::from_keras(name, &keras).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// `{name: {"class": Keras's class, "defaults": {argument: default}}}` for
+/// every optimizer kiln has: the one list, in Rust, that the Python
+/// classes are tested against.
+fn optimizers(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let all = pyo3::types::PyDict::new(py);
+    for name in Optimizer::NAMES {
+        let opt =
+            Optimizer::from_keras(name, &KerasArgs::default()).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let defaults = pyo3::types::PyDict::new(py);
+        for (arg, value) in opt.keras_args().values() {
+            match value {
+                Some(KerasValue::Number(v)) => defaults.set_item(arg, v)?,
+                Some(KerasValue::Flag(v)) => defaults.set_item(arg, v)?,
+                None => {}
+            }
         }
-        "sgd" => {
-            let d = Sgd::default();
-            Optimizer::Sgd(Sgd {
-                lr: get("learning_rate")?.unwrap_or(d.lr),
-                momentum: get("momentum")?.unwrap_or(d.momentum),
-                nesterov: flag("nesterov")?,
-            })
-        }
-        "adam" | "adamw" => {
-            let d = Adam::default();
-            Optimizer::Adam(Adam {
-                lr: get("learning_rate")?.unwrap_or(d.lr),
-                beta_1: get("beta_1")?.unwrap_or(d.beta_1),
-                beta_2: get("beta_2")?.unwrap_or(d.beta_2),
-                eps: get("epsilon")?.unwrap_or(d.eps),
-                weight_decay: if name == "adamw" { Some(get("weight_decay")?.unwrap_or(0.004)) } else { None },
-            })
-        }
-        other => return Err(PyValueError::new_err(format!("unknown optimizer `{other}`"))),
-    })
+        let entry = pyo3::types::PyDict::new(py);
+        entry.set_item("class", opt.class_name())?;
+        entry.set_item("defaults", defaults)?;
+        all.set_item(name, entry)?;
+    }
+    Ok(all)
 }
 
 #[pymethods]
@@ -705,5 +705,6 @@ fn _kiln(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The activations kiln has, by Keras's names: the one list, in Rust.
     let activations: Vec<&str> = kiln_kernels::Activation::ALL.iter().map(|a| a.name()).collect();
     m.add("ACTIVATIONS", activations)?;
+    m.add("OPTIMIZERS", optimizers(m.py())?)?;
     Ok(())
 }

@@ -4,6 +4,7 @@ subprocesses of the installed package, and the Keras-shaped API around
 them. Run by the test command (ci/test.sh) after `pip install ./python`."""
 
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -463,6 +464,28 @@ def with_metadata(src, dst, **changes):
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     pathlib.Path(dst).write_bytes(len(text).to_bytes(8, "little") + text + b[8 + n :])
+
+
+def test_the_optimizer_classes_are_the_crates_optimizers_with_keras_defaults():
+    """One Python class for each optimizer the crate has (`_kiln.OPTIMIZERS`,
+    from `Optimizer::NAMES`), named as Keras names it, whose defaults are the
+    crate's (Keras's); an argument kiln does not know is an error."""
+    from kiln import _kiln
+
+    assert set(optimizers._BY_NAME) == set(_kiln.OPTIMIZERS)
+    for name, entry in _kiln.OPTIMIZERS.items():
+        cls = optimizers._BY_NAME[name]
+        assert cls.__name__ == entry["class"], name
+        assert cls().get_config() == entry["defaults"], name
+        assert optimizers.get(name.upper()).get_config() == entry["defaults"], name
+    with pytest.raises(ValueError, match="unknown optimizer argument `clipnorm`"):
+        _kiln.Network("4:relu", 3, 2, 0, "sgd", {"clipnorm": 1.0})
+    with pytest.raises(ValueError, match="rho is not an argument of sgd"):
+        _kiln.Network("4:relu", 3, 2, 0, "sgd", {"rho": 0.5})
+    m = models.Sequential([kiln.Input((3,)), layers.Dense(2, activation="softmax")])
+    m.compile(optimizer=optimizers.Adam(beta_2=1.0), loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match=re.escape("beta_2 must be in [0, 1) (got 1)")):
+        m.predict(np.zeros((1, 3), np.float32), verbose=0)
 
 
 def test_a_model_file_naming_an_unknown_optimizer_is_an_error_not_rmsprop(tmp_path):

@@ -10,7 +10,7 @@ use kiln::data::{self, Dataset};
 use kiln::fsutil::{self, Named};
 use kiln::model::{Arch, Model, Params};
 use kiln::train::{self, Config, EarlyStopping, EpochReport, Progress, Samples};
-use kiln_kernels::{Adam, Backend, Layer1Path, Optimizer, RmsProp, Schedule, Sgd};
+use kiln_kernels::{Backend, KerasArgs, KerasArgsError, Layer1Path, Optimizer, Schedule};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -219,64 +219,32 @@ fn main() -> ExitCode {
 /// an error naming it.
 fn optimizer_from(args: &Args) -> Result<Optimizer> {
     let name = args.optimizer.as_str();
-    let given = [
-        ("--rho", args.rho.is_some(), &["rmsprop"][..]),
-        ("--momentum", args.momentum.is_some(), &["rmsprop", "sgd"]),
-        ("--nesterov", args.nesterov, &["sgd"]),
-        ("--centered", args.centered, &["rmsprop"]),
-        ("--beta-1", args.beta_1.is_some(), &["adam", "adamw"]),
-        ("--beta-2", args.beta_2.is_some(), &["adam", "adamw"]),
-        ("--eps", args.eps.is_some(), &["rmsprop", "adam", "adamw"]),
-        ("--weight-decay", args.weight_decay.is_some(), &["adamw"]),
-    ];
-    for (flag, set, takers) in given {
-        ensure!(
-            !set || takers.contains(&name) || !["rmsprop", "sgd", "adam", "adamw"].contains(&name),
-            "{flag} is not an argument of --optimizer {name} (it belongs to {})",
-            takers.join(", ")
-        );
-    }
-    let opt = match name {
-        "rmsprop" => {
-            let d = RmsProp::default();
-            Optimizer::RmsProp(RmsProp {
-                lr: args.lr.unwrap_or(d.lr),
-                rho: args.rho.unwrap_or(d.rho),
-                momentum: args.momentum.unwrap_or(d.momentum),
-                eps: args.eps.unwrap_or(d.eps),
-                centered: args.centered,
-            })
-        }
-        "sgd" => {
-            let d = Sgd::default();
-            Optimizer::Sgd(Sgd {
-                lr: args.lr.unwrap_or(d.lr),
-                momentum: args.momentum.unwrap_or(d.momentum),
-                nesterov: args.nesterov,
-            })
-        }
-        "adam" | "adamw" => {
-            let d = if name == "adamw" { Adam::adamw() } else { Adam::default() };
-            Optimizer::Adam(Adam {
-                lr: args.lr.unwrap_or(d.lr),
-                beta_1: args.beta_1.unwrap_or(d.beta_1),
-                beta_2: args.beta_2.unwrap_or(d.beta_2),
-                eps: args.eps.unwrap_or(d.eps),
-                weight_decay: d.weight_decay.map(|wd| args.weight_decay.unwrap_or(wd)),
-            })
-        }
-        other => anyhow::bail!("--optimizer: unknown optimizer `{other}`; expected one of rmsprop, sgd, adam, adamw"),
+    let keras = KerasArgs {
+        learning_rate: args.lr,
+        rho: args.rho,
+        momentum: args.momentum,
+        epsilon: args.eps,
+        centered: args.centered.then_some(true),
+        nesterov: args.nesterov.then_some(true),
+        beta_1: args.beta_1,
+        beta_2: args.beta_2,
+        weight_decay: args.weight_decay,
     };
-    opt.check().map_err(|e| {
-        // Keras's argument names, as this command's flags.
-        let flag = match e.arg() {
-            "learning_rate" => "--lr".to_string(),
-            "epsilon" => "--eps".to_string(),
-            other => format!("--{}", other.replace('_', "-")),
-        };
-        anyhow::anyhow!("{flag} {} (--optimizer {name})", e.problem())
-    })?;
-    Ok(opt)
+    // Keras's argument names, as this command's flags.
+    let flag = |arg: &str| match arg {
+        "learning_rate" => "--lr".to_string(),
+        "epsilon" => "--eps".to_string(),
+        other => format!("--{}", other.replace('_', "-")),
+    };
+    Optimizer::from_keras(name, &keras).map_err(|e| match e {
+        KerasArgsError::Unknown(_) => anyhow::anyhow!("--optimizer: {e}"),
+        KerasArgsError::NotTaken { arg, takers, .. } => anyhow::anyhow!(
+            "{} is not an argument of --optimizer {name} (it belongs to {})",
+            flag(arg),
+            takers.join(", ")
+        ),
+        KerasArgsError::Invalid(e) => anyhow::anyhow!("{} {} (--optimizer {name})", flag(e.arg()), e.problem()),
+    })
 }
 
 /// What a run trains: the layers, the optimizer, the fit options.
