@@ -947,6 +947,10 @@ fn messages_read_as_written_for_people() {
         let at = text.find(&format!("      {flag} ")).unwrap_or_else(|| panic!("train --help lacks {flag}"));
         text[at..].lines().next().unwrap_or_default().to_string()
     };
+    let backend = line("--backend");
+    for name in kiln_kernels::BACKEND_NAMES {
+        assert!(backend.contains(name), "train --help: --backend does not name {name}: {backend}");
+    }
     let optimizer = line("--optimizer");
     for name in Optimizer::NAMES {
         assert!(optimizer.contains(name), "train --help: --optimizer does not name {name}: {optimizer}");

@@ -143,7 +143,7 @@ pub use optim::{
 pub use par::{runs_side_by_side, side_by_side};
 pub use prefetch::prefetch_rows;
 pub use real::Real;
-pub use select::{available_backends, select, SelectError, BACKEND_NAMES};
+pub use select::{available_backends, select, simd_backends, SelectError, BACKEND_NAMES};
 pub use shared::{argmax, pixel_table, softmax_xent_row, softmax_xent_rows};
 
 /// Probabilities are clipped to `[CLIP, 1 - CLIP]` before the logarithm of the

@@ -5,8 +5,21 @@ use crate::backend::blas;
 use crate::{scalar, simd, Backend};
 
 /// Every backend name [`select`] knows, fastest first (the order `auto`
-/// tries them in, BLAS excepted: it is never chosen automatically).
+/// tries them in, BLAS excepted: it is never chosen automatically). A new
+/// instruction set is a name here and its arm in [`select`]; `auto`, the
+/// tests and CI's forced runs ([`simd_backends`]) take it from this list.
 pub const BACKEND_NAMES: &[&str] = &["avx512", "avx2", "neon", "blas", "scalar"];
+
+/// The instruction-set backends among [`BACKEND_NAMES`] (all but `blas` and
+/// `scalar`), fastest first, whether or not this CPU runs them.
+///
+/// ```
+/// let simd: Vec<&str> = kiln_kernels::simd_backends().collect();
+/// assert_eq!(simd, ["avx512", "avx2", "neon"]);
+/// ```
+pub fn simd_backends() -> impl Iterator<Item = &'static str> {
+    BACKEND_NAMES.iter().copied().filter(|n| !matches!(*n, "blas" | "scalar"))
+}
 
 /// The backends this build and this CPU can run, fastest first.
 pub fn available_backends() -> Vec<&'static str> {
@@ -44,7 +57,7 @@ pub fn select(name: &str) -> Result<&'static dyn Backend<f32>, SelectError> {
     match name {
         "scalar" => Ok(&SCALAR),
         "auto" => {
-            for candidate in ["avx512", "avx2", "neon"] {
+            for candidate in simd_backends() {
                 if let Ok(b) = select(candidate) {
                     return Ok(b);
                 }
