@@ -147,3 +147,29 @@ fn golden_comparison_detects_small_deviations() {
     let e = rel_err(g.params(0).kernel(2), g.params(1).kernel(2));
     assert!(e > 10.0 * TOL, "a skipped update gave only {e:.2e}");
 }
+
+/// Every golden file of tests/data/, by name.
+const GOLDEN_FILES: [&str; 5] =
+    ["keras-rmsprop-h64", "keras-seq3-rmsprop", "keras-adam-h64", "keras-sgd-nesterov-h64", "keras-tanh-sigmoid-adamw"];
+
+/// Each optimizer kiln has is checked against Keras's own steps: a new one
+/// fails here until `make_golden.py` has made its file (and a test above
+/// replays it).
+#[test]
+fn every_optimizer_has_a_keras_golden_file() {
+    let names: Vec<&str> = GOLDEN_FILES.iter().map(|f| Golden::named(f).optimizer().name()).collect();
+    for name in kiln_kernels::Optimizer::NAMES {
+        assert!(names.contains(&name), "no Keras golden file trains with {name} (tests/data, make_golden.py)");
+    }
+    // The list is every file there is.
+    let mut on_disk: Vec<String> = std::fs::read_dir(common::test_data(""))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|f| f.strip_suffix(".safetensors").map(str::to_string))
+        .filter(|f| f.starts_with("keras-"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<&str> = GOLDEN_FILES.to_vec();
+    listed.sort_unstable();
+    assert_eq!(on_disk, listed);
+}

@@ -488,6 +488,19 @@ def test_the_optimizer_classes_are_the_crates_optimizers_with_keras_defaults():
         m.predict(np.zeros((1, 3), np.float32), verbose=0)
 
 
+def test_the_peers_benchmark_knows_every_activation_kiln_has():
+    """benches/peers.py builds the same stacks in Keras, JAX and PyTorch: its
+    list of activations is the crate's (a new one is benchmarked too)."""
+    import importlib.util
+
+    from kiln import _kiln
+
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benches" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    assert set(peers.ACTIVATIONS) == set(_kiln.ACTIVATIONS)
+
+
 def test_a_model_file_naming_an_unknown_optimizer_is_an_error_not_rmsprop(tmp_path):
     (x, y), _ = tutorial_data(512)
     m = tutorial_model(loss="sparse_categorical_crossentropy")

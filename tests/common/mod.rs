@@ -56,31 +56,27 @@ impl Golden {
     /// The optimizer Keras trained with, from its config in the metadata
     /// (the older file has none: RMSprop with Keras's defaults).
     pub fn optimizer(&self) -> kiln_kernels::Optimizer {
-        use kiln_kernels::{Adam, Optimizer, RmsProp, Sgd};
+        use kiln_kernels::{KerasArgs, KerasValue, Optimizer};
         let Some(json) = self.meta("optimizer") else { return Optimizer::default() };
         let c: serde_json::Value = serde_json::from_str(&json).expect("optimizer config is JSON");
-        let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("optimizer config lacks {k}"));
-        let b = |k: &str| c[k].as_bool().unwrap_or_else(|| panic!("optimizer config lacks {k}"));
-        // Keras stores the learning rate as the f32 it trains with, widened.
-        let lr = f("learning_rate");
-        match c["name"].as_str().expect("optimizer name") {
-            "rm_sprop" | "rmsprop" => Optimizer::RmsProp(RmsProp {
-                lr,
-                rho: f("rho"),
-                momentum: f("momentum"),
-                eps: f("epsilon"),
-                centered: b("centered"),
-            }),
-            "sgd" => Optimizer::Sgd(Sgd { lr, momentum: f("momentum"), nesterov: b("nesterov") }),
-            name @ ("adam" | "adam_w") => Optimizer::Adam(Adam {
-                lr,
-                beta_1: f("beta_1"),
-                beta_2: f("beta_2"),
-                eps: f("epsilon"),
-                weight_decay: (name == "adam_w").then(|| f("weight_decay")),
-            }),
-            other => panic!("optimizer {other} is not one kiln runs"),
+        // Keras's config names the class in snake case.
+        let name = match c["name"].as_str().expect("optimizer name") {
+            "rm_sprop" => "rmsprop",
+            "adam_w" => "adamw",
+            other => other,
+        };
+        let takes = Optimizer::arguments(name).unwrap_or_else(|| panic!("optimizer {name} is not one kiln runs"));
+        let mut args = KerasArgs::default();
+        for &arg in takes {
+            // Keras stores the learning rate as the f32 it trains with, widened.
+            let value = match (c[arg].as_bool(), c[arg].as_f64()) {
+                (Some(b), _) => KerasValue::Flag(b),
+                (None, Some(v)) => KerasValue::Number(v),
+                (None, None) => panic!("optimizer config lacks {arg}"),
+            };
+            args.set(arg, value).expect("a Keras argument");
         }
+        Optimizer::from_keras(name, &args).expect("Keras's optimizer config trains")
     }
 
     /// An f32 tensor and its shape.
