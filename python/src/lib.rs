@@ -342,7 +342,11 @@ fn optimizer(name: &str, args: &Bound<'_, pyo3::types::PyDict>) -> PyResult<Opti
         let value = if value.is_instance_of::<pyo3::types::PyBool>() {
             KerasValue::Flag(value.is_truthy()?)
         } else {
-            KerasValue::Number(value.extract::<f64>()?)
+            let number = value.extract::<f64>().map_err(|_| {
+                let got = value.repr().map(|r| r.to_string()).unwrap_or_default();
+                PyValueError::new_err(format!("{name}: {key} must be a number, got {got}"))
+            })?;
+            KerasValue::Number(number)
         };
         keras.set(&key, value).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?;
     }

@@ -482,6 +482,8 @@ def test_the_optimizer_classes_are_the_crates_optimizers_with_keras_defaults():
         _kiln.Network("4:relu", 3, 2, 0, "sgd", {"clipnorm": 1.0})
     with pytest.raises(ValueError, match="rho is not an argument of sgd"):
         _kiln.Network("4:relu", 3, 2, 0, "sgd", {"rho": 0.5})
+    with pytest.raises(ValueError, match="rmsprop: rho must be a number, got 'fast'"):
+        _kiln.Network("4:relu", 3, 2, 0, "rmsprop", {"rho": "fast"})
     m = models.Sequential([kiln.Input((3,)), layers.Dense(2, activation="softmax")])
     m.compile(optimizer=optimizers.Adam(beta_2=1.0), loss="categorical_crossentropy")
     with pytest.raises(ValueError, match=re.escape("beta_2 must be in [0, 1) (got 1)")):
