@@ -632,14 +632,19 @@ def test_the_ray_tune_sweep_runs_bounded_and_leaves_no_ray_processes(tmp_path):
     assert best["val_accuracy"] > 0.85, best
     # ray.shutdown() stops the raylet and GCS and waits for them, but the
     # raylet's own children (its agents, idle workers) exit after it on
-    # their own: give them a bounded time to go, then name what stayed.
+    # their own: give them a bounded time to go, then name what stayed. A
+    # zombie (state Z) has exited and holds nothing but its process-table
+    # entry until an init reaps it: not left running.
+    def ray_processes():
+        ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+        rows = (line.split(None, 2) for line in ps.splitlines())
+        return [" ".join(r) for r in rows if len(r) == 3 and not r[1].startswith("Z")
+                and re.search(r"raylet|gcs_server|ray::", r[2])]
+
     deadline = time.monotonic() + 60
-    while True:
-        left = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True)
-        if left.stdout.strip() == "" or time.monotonic() > deadline:
-            break
+    while (left := ray_processes()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert left.stdout.strip() == "", f"Ray processes left behind 60 s after the sweep ended:\n{left.stdout}"
+    assert not left, "Ray processes left running 60 s after the sweep ended:\n" + "\n".join(left)
 
 
 def test_learning_rate_schedules_are_keras_s():
