@@ -304,6 +304,17 @@ impl Optimizer {
         })
     }
 
+    /// The optimizers that take argument `arg` (Keras's name), in
+    /// [`Optimizer::NAMES`] order.
+    ///
+    /// ```
+    /// use kiln_kernels::Optimizer;
+    /// assert_eq!(Optimizer::takers("epsilon"), ["rmsprop", "adam", "adamw"]);
+    /// ```
+    pub fn takers(arg: &str) -> Vec<&'static str> {
+        Self::NAMES.into_iter().filter(|n| Self::arguments(n).is_some_and(|a| a.contains(&arg))).collect()
+    }
+
     /// Optimizer `name` with the arguments `args` gives and Keras's
     /// defaults for the rest; an unknown name, an argument the optimizer
     /// does not take, or a value it cannot train with ([`Optimizer::check`])
@@ -322,9 +333,7 @@ impl Optimizer {
             .find_map(|&n| (n == name).then(|| (n, Self::arguments(n).unwrap_or(&[]))))
             .ok_or_else(|| KerasArgsError::Unknown(name.to_string()))?;
         if let Some((arg, _)) = args.given().into_iter().find(|&(arg, given)| given && !takes.contains(&arg)) {
-            let takers =
-                Self::NAMES.into_iter().filter(|n| Self::arguments(n).is_some_and(|a| a.contains(&arg))).collect();
-            return Err(KerasArgsError::NotTaken { arg, optimizer: name, takers });
+            return Err(KerasArgsError::NotTaken { arg, optimizer: name, takers: Self::takers(arg) });
         }
         let a = args;
         let opt = match name {
@@ -1387,6 +1396,7 @@ mod tests {
             let takers: Vec<_> =
                 Optimizer::NAMES.into_iter().filter(|n| Optimizer::arguments(n).unwrap().contains(&arg)).collect();
             assert!(!takers.is_empty(), "no optimizer takes {arg}");
+            assert_eq!(Optimizer::takers(arg), takers, "{arg}");
             let (with, without) = given(arg);
             let alone = |mut a: KerasArgs| {
                 if arg == "nesterov" {
