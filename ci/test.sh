@@ -19,6 +19,13 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 has_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
+# The whole run writes about 5 GB under target/ and fuzz/target/; say what
+# the disk has, so that a run that fills it is told from a failing test.
+step "disk"
+df -h . | tail -n 1
+avail_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+[ "$avail_kb" -ge $((8 * 1024 * 1024)) ] || echo "warning: under 8 GB free here; the build and tests need about 5 GB" >&2
+
 step "system packages"
 need=()
 for p in libopenblas-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind chromium chromium-driver; do
@@ -117,6 +124,9 @@ bash ci/fuzz.sh
 step "epoch-time regression gate (ci/gate.sh), and its self-test on a deliberately slower build"
 bash ci/gate.sh
 bash ci/gate.sh --selftest
+
+step "disk used by the build"
+du -sh target fuzz/target 2>/dev/null || true
 
 # Every runner printed its own summary; add them up and fail if none ran.
 passed=$(grep -E '^test result:' "$log" | awk '{s += $4} END {print s + 0}')
