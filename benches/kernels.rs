@@ -4,7 +4,8 @@
 //! in, as a step runs it), single-threaded so
 //! each can be read against one core's FMA peak (measured first, per ISA,
 //! and printed; `KILN_BENCH_THREADS=N` runs them on N threads instead); then
-//! the hidden layer of a 784-512-256-10 network (512 -> 256); a whole
+//! a hidden layer: mnist_mlp's 512 -> 512 (`KILN_BENCH_HIDDEN=256` for the
+//! 784-512-256-10 network's 512 -> 256); a whole
 //! training step of both networks at 1 and 2 threads, and a whole epoch of
 //! the real job per backend (not scalar: ~5 s an epoch) at 1 and 2 threads.
 //!
@@ -259,15 +260,23 @@ fn kernels(c: &mut Criterion) {
     }
     g.finish();
 
-    // The hidden layer of the 784-512-256-10 network: 512 -> 256, forward
-    // with its ReLU epilogue, the weight gradient (alone, and with RMSprop
-    // fused), and the input gradient (dA = dZ W^T * [A > 0]). Its input A
-    // is a ReLU's output and dZ went through the ReLU above, with the
-    // densities training measures after its first epoch (seed 1: A 0.31-0.38
-    // non-zero, dZ 0.53-0.58; `KILN_BENCH_DENSITY=A,DZ` sets others); `-dense`
-    // runs the dense GEMMs on them (real FLOPs), `-sparse` skips the zeros
-    // (its rate counts the dense FLOPs).
-    const H2: usize = 256;
+    // A hidden layer, 512 -> h2 units: mnist_mlp's 512 -> 512 (Keras's
+    // examples/mnist_mlp.py), or with `KILN_BENCH_HIDDEN=256` the
+    // 784-512-256-10 network's 512 -> 256 (which the log's older entries
+    // measured). Forward with its ReLU epilogue, the weight gradient
+    // (alone, and with RMSprop fused), and the input gradient (dA = dZ W^T
+    // * [A > 0]). Its input A is a ReLU's output and dZ went through the
+    // ReLU above, with the densities training measures after its first
+    // epoch (784-512-256-10, seed 1: A 0.31-0.38 non-zero, dZ 0.53-0.58;
+    // mnist_mlp with its Dropout: A 0.30-0.33, dZ 0.52-0.55;
+    // `KILN_BENCH_DENSITY=A,DZ` sets others); `-dense` runs the dense GEMMs
+    // on them (real FLOPs), `-sparse` skips the zeros (its rate counts the
+    // dense FLOPs).
+    let h2_var = std::env::var("KILN_BENCH_HIDDEN").ok();
+    let h2: usize = match h2_var.as_deref() {
+        None => H,
+        Some(s) => s.parse().ok().filter(|&n| (1..=H).contains(&n)).expect("KILN_BENCH_HIDDEN: 1..=512 units"),
+    };
     let (a_density, dz_density) = std::env::var("KILN_BENCH_DENSITY")
         .ok()
         .and_then(|s| {
@@ -275,13 +284,13 @@ fn kernels(c: &mut Criterion) {
             Some((a.parse::<f32>().ok()?, dz.parse::<f32>().ok()?))
         })
         .unwrap_or((0.35, 0.55));
-    println!("hidden layer: A {a_density} non-zero, dZ {dz_density}");
+    println!("hidden layer {H} -> {h2}: A {a_density} non-zero, dZ {dz_density}");
     let keep = |v: f32, u: f32, density: f32| if u.abs() < density { v } else { 0.0 };
     // Values and masks from independent parts of the random inputs.
     let hidden: AlignedVec<f32> =
         inp.dz1.iter().zip(&inp.w1[..B * H]).map(|(&v, &u)| keep(v.abs(), u * 2.0, a_density)).collect();
-    let w_h: AlignedVec<f32> = inp.w1[..H * H2].iter().copied().collect();
-    let (values, masks) = (&inp.w1[B * H..B * H + B * H2], &inp.w1[2 * B * H..2 * B * H + B * H2]);
+    let w_h: AlignedVec<f32> = inp.w1[..H * h2].iter().copied().collect();
+    let (values, masks) = (&inp.w1[B * H..B * H + B * h2], &inp.w1[2 * B * H..2 * B * H + B * h2]);
     let dz_h: AlignedVec<f32> = values.iter().zip(masks).map(|(&v, &u)| keep(v, u * 2.0, dz_density)).collect();
     let hidden_variants = |name: &'static str| -> Vec<(String, Layer1Path)> {
         if ["scalar", "blas"].contains(&name) {
@@ -291,35 +300,35 @@ fn kernels(c: &mut Criterion) {
         }
     };
     for (group, (m, k, n)) in [
-        ("hidden_forward", (B, H, H2)),
-        ("hidden_dw", (H, B, H2)),
-        ("hidden_dw_rmsprop", (H, B, H2)),
-        ("hidden_da", (B, H2, H)),
+        ("hidden_forward", (B, H, h2)),
+        ("hidden_dw", (H, B, h2)),
+        ("hidden_dw_rmsprop", (H, B, h2)),
+        ("hidden_da", (B, h2, H)),
     ] {
         let mut g = c.benchmark_group(group);
         g.throughput(flops(m, k, n));
         for name in &backends {
             let be = kiln_kernels::select(name).unwrap();
-            let layout = be.weight_layout(H, H2);
+            let layout = be.weight_layout(H, h2);
             let mut w = AlignedVec::<f32>::zeroed(layout.len());
             layout.pack(&w_h, &mut w);
             let mut v = AlignedVec::from_slice(&vec![1e-4f32; layout.len()]);
             let (mut out, mut dw, mut db) = (
                 AlignedVec::<f32>::zeroed(B * H),
                 AlignedVec::<f32>::zeroed(layout.len()),
-                AlignedVec::<f32>::zeroed(H2),
+                AlignedVec::<f32>::zeroed(h2),
             );
-            let d = Dims { k: H, n: H2 };
+            let d = Dims { k: H, n: h2 };
             for (id, path) in hidden_variants(name) {
                 g.bench_function(BenchmarkId::new(id, format!("{m}x{k}x{n}")), |bch| {
                     pool.install(|| {
                         bch.iter(|| match group {
                             "hidden_forward" => {
-                                let h = &mut out[..B * H2];
+                                let h = &mut out[..B * h2];
                                 be.hidden_forward(
                                     h,
                                     &hidden,
-                                    Weights::new(&w, &inp.b1[..H2]),
+                                    Weights::new(&w, &inp.b1[..h2]),
                                     Activation::Relu,
                                     path,
                                     d,
