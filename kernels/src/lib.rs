@@ -135,7 +135,7 @@ pub use caches::{blocking, Blocking};
 pub use denormals::{flushing, Flushed};
 pub use dropout::{dropout_backward, dropout_forward, dropout_mask};
 pub use layout::{Dims, PanelLayout};
-pub use operands::{Derivative, Grads, Rows, Weights};
+pub use operands::{Derivative, Grads, InputGrad, Rows, Weights};
 pub use optim::{
     update_serial, Adam, ArgError, KerasArgs, KerasArgsError, KerasValue, Optimizer, RmsProp, Schedule, Sgd, Step,
     Update, MAX_SLOTS,
@@ -389,6 +389,30 @@ pub trait Backend<T: Real>: Sync {
         path: Layer1Path,
         d: Dims,
     );
+
+    /// A hidden layer's two backward products at once:
+    /// [`Backend::hidden_backward_input`] of `input` (whose kernel is a
+    /// copy taken before the update, as `update` changes `W` meanwhile)
+    /// and [`Backend::hidden_backward`] of `a` and `input.dz` with
+    /// `update`. On a pool of two ([`runs_side_by_side`]) each runs alone
+    /// on its thread ([`side_by_side`]), and a backend may let the thread
+    /// that ends first take over the rest of the input gradient; elsewhere
+    /// one after the other. The same bits either way.
+    fn hidden_backward_both(
+        &self,
+        input: InputGrad<'_, T>,
+        g: Grads<'_, T>,
+        update: Option<Update<'_, T>>,
+        a: &[T],
+        path: Layer1Path,
+        d: Dims,
+    ) {
+        let InputGrad { da, dz, w, below } = input;
+        side_by_side(
+            || self.hidden_backward_input(da, dz, w, below, path, d),
+            || self.hidden_backward(g, update, a, dz, path, d),
+        );
+    }
 
     /// `P (B,N) := softmax(A W + b)`, `dZ (B,N) := (P - onehot(y)) / B` where
     /// `y_i = labels.data[labels.rows[i]]` (`W` row-major); returns the

@@ -92,3 +92,25 @@ impl<'a, T> Derivative<'a, T> {
         Derivative { act, out }
     }
 }
+
+/// The operands of a hidden layer's input gradient `dA := (dZ W^T) *
+/// act'(A)`: `da (B, K)` written, `dz (B, N)`, the kernel `w` in the
+/// backend's weight layout, and `below`, the derivative's layer.
+#[derive(Debug)]
+pub struct InputGrad<'a, T> {
+    /// `dA (B, K)`, written.
+    pub da: &'a mut [T],
+    /// `dZ (B, N)`.
+    pub dz: &'a [T],
+    /// `W (K, N)` in [`crate::Backend::weight_layout`].
+    pub w: &'a [T],
+    /// The activation below and its output `A (B, K)`.
+    pub below: Derivative<'a, T>,
+}
+
+impl<'a, T> InputGrad<'a, T> {
+    /// `dA := (dZ W^T) * act'(A)` into `da`.
+    pub fn new(da: &'a mut [T], dz: &'a [T], w: &'a [T], below: Derivative<'a, T>) -> Self {
+        InputGrad { da, dz, w, below }
+    }
+}

@@ -13,7 +13,8 @@
 mod common;
 use common::{optimizers, state_for, update_bits, update_of, Gen};
 use kiln_kernels::{
-    scalar::Scalar, Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, PanelLayout, Rows, Weights,
+    scalar::Scalar, Activation, Applied, Backend, Derivative, Dims, Grads, InputGrad, Layer1Path, PanelLayout, Rows,
+    Weights,
 };
 
 const AUTO: Layer1Path = Layer1Path::Auto;
@@ -775,6 +776,70 @@ fn hidden_ops_do_not_depend_on_the_thread_count() {
                 ];
                 let differ: Vec<&str> = parts.iter().filter(|(_, same)| !same).map(|(p, _)| *p).collect();
                 assert!(differ.is_empty(), "{name} {path:?}: {t} threads differ from 1 in {differ:?}");
+            }
+        }
+    }
+}
+
+/// `hidden_backward_both` (on two threads: the input gradient shared
+/// between them) gives the bits of `hidden_backward_input` then
+/// `hidden_backward` on one: dA, and dW and db or the updated W and its
+/// state, at shapes from one unit to mnist_mlp's 512 -> 512 and densities
+/// from empty to full, on every path and pool size.
+#[test]
+fn both_hidden_backward_products_give_the_bits_of_each_alone() {
+    let mut g = Gen(31);
+    let opts = optimizers();
+    for (name, be) in backends_under_test() {
+        for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 257, 33), (3, 100, 1), (128, 512, 512), (96, 512, 256)] {
+            for density in [0.0, 0.3, 0.55, 1.0] {
+                let mut sparse_vec = |len: usize| -> Vec<f32> {
+                    (0..len).map(|_| if (g.next() % 1000) as f64 / 1000.0 < density { g.f32() } else { 0.0 }).collect()
+                };
+                let (a, dz) = (sparse_vec(b * k), sparse_vec(b * n));
+                let w = g.vec(k * n);
+                let d = Dims { k, n };
+                let layout = be.weight_layout(k, n);
+                let mut wp = vec![0f32; layout.len()];
+                layout.pack(&w, &mut wp);
+                let opt = &opts[(b + k + n) % opts.len()];
+                let state = state_for(opt, layout.len(), &mut g);
+                let below = Derivative::new(Activation::Relu, &a);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for path in [Layer1Path::Auto, Layer1Path::Dense, Layer1Path::Sparse] {
+                    // (dA, dW, db) without an update; (dA, W and state) with one.
+                    let run = |threads: usize, both: bool| {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        pool.install(|| {
+                            let mut out = Vec::new();
+                            for fused in [false, true] {
+                                let mut da = vec![f32::NAN; b * k];
+                                let (mut dw, mut db) = (vec![f32::NAN; layout.len()], vec![f32::NAN; n]);
+                                let (mut w1, mut st) = (wp.clone(), state.clone());
+                                let update = fused.then(|| update_of(opt, 3, &mut w1, &mut st));
+                                let grads = Grads::new(&mut dw, &mut db);
+                                if both {
+                                    let input = InputGrad::new(&mut da, &dz, &wp, below);
+                                    be.hidden_backward_both(input, grads, update, &a, path, d);
+                                } else {
+                                    be.hidden_backward_input(&mut da, &dz, &wp, below, path, d);
+                                    be.hidden_backward(grads, update, &a, &dz, path, d);
+                                }
+                                out.push(bits(&da));
+                                out.push(if fused { update_bits(&w1, &st) } else { [bits(&dw), bits(&db)].concat() });
+                            }
+                            out
+                        })
+                    };
+                    let want = run(1, false);
+                    for threads in [1, 2, 3] {
+                        let got = run(threads, true);
+                        let what = format!("{name} {path:?} {b}x{k}x{n} density {density}, {threads} threads");
+                        assert!(got[0] == want[0] && got[2] == want[2], "{what}: dA differs");
+                        assert!(got[1] == want[1], "{what}: dW or db differs");
+                        assert!(got[3] == want[3], "{what}: the update ({}) differs", opt.describe());
+                    }
+                }
             }
         }
     }

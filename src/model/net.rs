@@ -9,8 +9,8 @@ use super::shift::{self, Shift};
 use super::{Arch, Inputs, Params};
 use anyhow::{ensure, Result};
 use kiln_kernels::{
-    Activation, AlignedVec, Backend, Grads, InputLists, Layer1Path, Optimizer, Real, Rows, Schedule, Update, Weights,
-    XentStats, MAX_SLOTS,
+    Activation, AlignedVec, Backend, Grads, InputGrad, InputLists, Layer1Path, Optimizer, Real, Rows, Schedule, Update,
+    Weights, XentStats, MAX_SLOTS,
 };
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -598,17 +598,20 @@ impl<T: Real> Backward<'_, T> {
         let derivative = dropout::kernel_derivative(drops, act_below, a, h);
         let grads = split_pair(self.g, &s.kernel, &s.bias);
         let state = &mut *self.state;
-        plan.hidden(
-            (&ws.kernel_copy, self.w),
-            &s.kernel,
-            |kernel| {
-                be.hidden_backward_input(da, dz, kernel, derivative, path, s.dims);
-                if !drops.is_empty() {
-                    dropout::backward(drops, act_below, (h, keep), da);
-                }
-            },
-            |w| be.hidden_backward(grads, step.map(|st| fused(w, state, &s.kernel, st)), a, dz, path, s.dims),
-        );
+        match plan.kernel_copy(&ws.kernel_copy, &s.kernel) {
+            Some(copy) => {
+                let update = step.map(|st| fused(self.w, state, &s.kernel, st));
+                be.hidden_backward_both(InputGrad::new(da, dz, copy, derivative), grads, update, a, path, s.dims);
+            }
+            None => {
+                be.hidden_backward_input(da, dz, &self.w[s.kernel.clone()], derivative, path, s.dims);
+                let update = step.map(|st| fused(self.w, state, &s.kernel, st));
+                be.hidden_backward(grads, update, a, dz, path, s.dims);
+            }
+        }
+        if !drops.is_empty() {
+            dropout::backward(drops, act_below, (h, keep), da);
+        }
     }
 
     /// The input layer: `dW_0 = X^T dZ_0` (its input gradient is never

@@ -4,8 +4,10 @@
 //!
 //! On a pool of two threads, a network with hidden layers runs each hidden
 //! layer's input gradient on one thread beside its weight gradient and
-//! update on the other, each op alone on its core: split over both
-//! threads, every op listed its operand's non-zeros twice and waited for
+//! update on the other, each op alone on its core, and the thread that
+//! ends first takes over the rest of the input gradient
+//! ([`Backend::hidden_backward_both`]): split over both threads from the
+//! start, every op listed its operand's non-zeros twice and waited for
 //! the slower half. The input gradient then reads the layer's kernel from
 //! a copy made before the hidden layers, since the update changes the
 //! kernel meanwhile. Before them, the output layer and the copy run while
@@ -62,30 +64,15 @@ impl Plan {
         }
     }
 
-    /// Runs a hidden layer's input gradient (`input_grad`, given the
-    /// layer's kernel, at `kernel` in the arena `w`) and its weight
-    /// gradient (`weight_grad`, given the arena, which its update may
-    /// change): side by side, the input gradient reading the [`snapshot`],
-    /// when paired; else the input gradient first, so that it reads the
-    /// kernel before the update.
-    ///
-    /// [`snapshot`]: Plan::snapshot
-    pub(super) fn hidden<T: Real>(
-        &self,
-        (copy, w): (&[T], &mut [T]),
-        kernel: &Range<usize>,
-        input_grad: impl FnOnce(&[T]) + Send,
-        weight_grad: impl FnOnce(&mut [T]) + Send,
-    ) {
+    /// The copy of a hidden layer's kernel (at `kernel` in the arena) that
+    /// its input gradient reads while its update changes the kernel, when
+    /// paired: the two products then run at once
+    /// ([`Backend::hidden_backward_both`]). `None`: the input gradient
+    /// reads the kernel itself, before the update.
+    pub(super) fn kernel_copy<'c, T>(&self, copy: &'c [T], kernel: &Range<usize>) -> Option<&'c [T]> {
         match self {
-            Plan::Paired { kernels } => {
-                let copied = &copy[kernel.start - kernels.start..kernel.end - kernels.start];
-                kiln_kernels::side_by_side(|| input_grad(copied), || weight_grad(w));
-            }
-            Plan::Serial => {
-                input_grad(&w[kernel.clone()]);
-                weight_grad(w);
-            }
+            Plan::Paired { kernels } => Some(&copy[kernel.start - kernels.start..kernel.end - kernels.start]),
+            Plan::Serial => None,
         }
     }
 }
