@@ -397,7 +397,9 @@ pub trait Backend<T: Real>: Sync {
     /// `update`. On a pool of two ([`runs_side_by_side`]) each runs alone
     /// on its thread ([`side_by_side`]), and a backend may let the thread
     /// that ends first take over the rest of the input gradient; elsewhere
-    /// one after the other. The same bits either way.
+    /// one after the other. The same bits as the two calls in turn, each
+    /// on the threads it is given (one each when side by side; only BLAS's
+    /// products depend on that number).
     fn hidden_backward_both(
         &self,
         input: InputGrad<'_, T>,
