@@ -400,6 +400,17 @@ pub trait Backend<T: Real>: Sync {
     /// one after the other. The same bits as the two calls in turn, each
     /// on the threads it is given (one each when side by side; only BLAS's
     /// products depend on that number).
+    ///
+    /// ```
+    /// use kiln_kernels::{scalar::Scalar, Activation, Backend, Derivative, Dims, Grads, InputGrad, Layer1Path};
+    /// let d = Dims { k: 2, n: 1 }; // two inputs, one unit; a batch of one
+    /// let (a, dz, w) = ([1.0f32, 0.0], [0.5f32], [2.0f32, 3.0]);
+    /// let (mut da, mut dw, mut db) = ([0f32; 2], [0f32; 2], [0f32; 1]);
+    /// let input = InputGrad::new(&mut da, &dz, &w, Derivative::new(Activation::Relu, &a));
+    /// Scalar.hidden_backward_both(input, Grads::new(&mut dw, &mut db), None, &a, Layer1Path::Auto, d);
+    /// assert_eq!(da, [1.0, 0.0]); // dZ W^T = [1.0, 1.5], through ReLU' at A
+    /// assert_eq!((dw, db), ([0.5, 0.0], [0.5])); // A^T dZ, and dZ's sum
+    /// ```
     fn hidden_backward_both(
         &self,
         input: InputGrad<'_, T>,
