@@ -12,8 +12,14 @@
 //!   the input layer's pixels, `X[i, k] = x[rows[i], k] / 255` gathered
 //!   from the mapped u8 data while packing A, or a hidden layer's f32 input
 //!   `(m, K)`; `W (K, N)` already in the panel layout, so B is never
-//!   packed. The input gradient of a hidden layer, `dZ W^T`, runs here too,
-//!   with `dZ` as `X` and `W^T` copied into a panel layout.
+//!   packed.
+//! * `input_grad_panels`: a hidden layer's input gradient `dA (B, K) = dZ
+//!   W^T`, computed as `dA^T = W dZ^T` so that `W`'s own panel rows are the
+//!   A micro-panels (`MR` units, one panel of `NR` reduction steps at a
+//!   time) and `dZ^T` is packed (`pack_dzt`, as small as `dZ`) instead of
+//!   `W^T` (as large as `W`); each tile is written to `dA` transposed. The
+//!   sparse path, which runs the forward's sparse product with `dZ` as `X`,
+//!   still needs `W^T` in a panel layout (`pack_wt`).
 //! * `weight_grad_panels`: `dW (K, N) = X^T dZ`, `X` as above, packed
 //!   once per call as k-major `X^T` micro-panels (`pack_xt` from pixels,
 //!   `pack_at_kmajor` from f32 rows) shared by all tasks; `dW` is written
@@ -407,13 +413,46 @@ pub(crate) fn pack_at_kmajor<const MR: usize>(dst: &mut [f32], a: &[f32], batch:
     }
 }
 
+/// `dst[c * ldd + r] = src[r * lds + c]` for `r < rows`, `c < cols`: 8 x 8
+/// blocks transposed in registers (a last partial block placed to end at
+/// the edge, overlapping the one before it), the edges of a side shorter
+/// than 8 element by element.
+///
+/// # Safety
+/// The CPU runs `S`; `dst` is valid for writing every `c * ldd + r` above
+/// and nothing else touches those elements meanwhile.
+#[inline(always)]
+unsafe fn transpose<S: Simd>(src: &[f32], lds: usize, dst: *mut f32, ldd: usize, (rows, cols): (usize, usize)) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(cols <= lds && src.len() >= (rows - 1) * lds + cols);
+    if rows < 8 || cols < 8 {
+        for r in 0..rows {
+            for c in 0..cols {
+                // SAFETY: r < rows, c < cols (caller).
+                unsafe { *dst.add(c * ldd + r) = src[r * lds + c] };
+            }
+        }
+        return;
+    }
+    // Block origins covering 0..len with 8-wide blocks (len >= 8).
+    let starts = |len: usize| (0..len / 8).map(|t| t * 8).chain((!len.is_multiple_of(8)).then(|| len - 8));
+    for r0 in starts(rows) {
+        for c0 in starts(cols) {
+            // SAFETY: rows r0 .. + 8 <= rows and columns c0 .. + 8 <= cols
+            // of src (checked above) and the transposed block of dst
+            // (caller); the CPU runs S (caller).
+            unsafe { S::transpose8(src.as_ptr().add(r0 * lds + c0), lds, dst.add(c0 * ldd + r0), ldd) };
+        }
+    }
+}
+
 /// Packs the micro-panel of `A^T` that starts at column `i0` of a hidden
 /// layer's input `A (B, K)`, row-major, for the sparse weight gradient's
 /// column lists: element `(i, b)`, `A[b, i0 + i]`, at `dst[i * B + b]`;
 /// columns at or past `k` are zero.
-/// Copied as 8 x 8 block transposes where the block is at least 8 wide
-/// and tall: a last partial block is placed to end at the edge, overlapping
-/// the one before it (writing the same values twice).
+/// Copied as 8 x 8 block transposes ([`transpose`]).
 ///
 /// # Safety
 /// The CPU runs `S`; `dst` holds `MR * B` floats, `a` `B * k`; `i0 < k`.
@@ -421,26 +460,9 @@ pub(crate) fn pack_at_kmajor<const MR: usize>(dst: &mut [f32], a: &[f32], batch:
 pub(crate) unsafe fn pack_at<S: Simd, const MR: usize>(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {
     assert!(dst.len() == MR * batch && a.len() >= batch * k && i0 < k);
     let valid = MR.min(k - i0);
-    // Block origins covering 0..len with 8-wide blocks (none when len < 8).
-    let starts = |len: usize| (0..len / 8).map(|t| t * 8).chain((!len.is_multiple_of(8) && len >= 8).then(|| len - 8));
-    if valid >= 8 && batch >= 8 {
-        for b0 in starts(batch) {
-            for r0 in starts(valid) {
-                // SAFETY: rows b0 .. b0 + 8 <= batch of A at columns i0 + r0
-                // .. + 8 <= k, and rows r0 .. + 8 <= MR of dst at columns b0
-                // .. + 8 <= batch; the CPU runs S (caller).
-                unsafe {
-                    S::transpose8(a.as_ptr().add(b0 * k + i0 + r0), k, dst.as_mut_ptr().add(r0 * batch + b0), batch)
-                };
-            }
-        }
-    } else {
-        for (b, arow) in a.chunks_exact(k).enumerate().take(batch) {
-            for (r, &v) in arow[i0..i0 + valid].iter().enumerate() {
-                dst[r * batch + b] = v;
-            }
-        }
-    }
+    // SAFETY: dst[r * B + b] for r < valid <= MR, b < B is inside dst
+    // (checked above); the CPU runs S (caller).
+    unsafe { transpose::<S>(&a[i0..], k, dst.as_mut_ptr(), batch, (batch, valid)) };
     for r in valid..MR {
         dst[r * batch..(r + 1) * batch].fill(0.0);
     }
@@ -450,8 +472,9 @@ pub(crate) unsafe fn pack_at<S: Simd, const MR: usize>(dst: &mut [f32], a: &[f32
 /// own (`NR` columns a panel), for a hidden layer's input gradient `dZ W^T`.
 /// Block `p` of the result (its rows `p * NR ..`) is the transpose of the
 /// contiguous `NR x NR` block of `W`'s panel `p` at rows `q * NR ..`, so
-/// the copy is a sequence of in-cache block transposes, 8 x 8 at a time
-/// in registers; columns past `K` are zero.
+/// the copy is a sequence of in-cache block transposes ([`transpose`]);
+/// columns past `K` are zero. (The sparse path's: the dense one reads `W`
+/// as it is, [`input_grad_panels`].)
 ///
 /// # Safety
 /// The CPU runs `S`; `panel` holds `n * NR` floats and `w` `ceil(n / NR) *
@@ -471,22 +494,124 @@ pub(crate) unsafe fn pack_wt<S: Simd, const NV: usize>(panel: &mut [f32], q: usi
         // the same element of W^T.
         let src = &w[p * k * nr + q * nr * nr..][..rows * nr];
         let dst = &mut panel[p * nr * nr..][..cols * nr];
-        let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
-        for c0 in (0..r8).step_by(8) {
-            for j0 in (0..c8).step_by(8) {
-                // SAFETY: rows c0 .. c0 + 8 <= rows and columns j0 .. j0 + 8
-                // <= cols of src (row stride NR), and the transposed block
-                // of dst; the CPU runs S (caller).
-                unsafe { S::transpose8(src.as_ptr().add(c0 * nr + j0), nr, dst.as_mut_ptr().add(j0 * nr + c0), nr) };
-            }
+        // SAFETY: dst[j * NR + c] for j < cols, c < rows <= NR is inside
+        // dst (cols * NR floats); the CPU runs S (caller).
+        unsafe { transpose::<S>(src, nr, dst.as_mut_ptr(), nr, (rows, cols)) };
+    }
+}
+
+/// Packs `dZ^T` for [`input_grad_panels`]: `dZ (B, N)` row-major becomes
+/// `ceil(B / NR)` panels of `N x NR`, `dst[bp * N * NR + j * NR + c] =
+/// dZ[bp * NR + c, j]`, samples past `B` zero: the B micro-panels of a
+/// product whose columns are the batch's samples.
+///
+/// # Safety
+/// The CPU runs `S`.
+#[inline(always)]
+pub(crate) unsafe fn pack_dzt<S: Simd, const NV: usize>(dst: &mut [f32], dz: &[f32], batch: usize, n: usize) {
+    let nr = NV * S::LANES;
+    assert!(dst.len() == batch.div_ceil(nr) * n * nr && dz.len() >= batch * n);
+    for (bp, panel) in dst.chunks_exact_mut((n * nr).max(1)).enumerate() {
+        let rows = nr.min(batch - bp * nr);
+        if rows < nr {
+            panel.fill(0.0);
         }
-        // The edges the 8 x 8 blocks leave: rows r8.. and columns c8...
-        for c in 0..rows {
-            let from = if c < r8 { c8 } else { 0 };
-            for j in from..cols {
-                dst[j * nr + c] = src[c * nr + j];
-            }
+        // SAFETY: the panel holds N rows of NR floats, c * NR + r for c <
+        // N and r < rows <= NR inside it; the CPU runs S (caller).
+        unsafe { transpose::<S>(&dz[bp * nr * n..], n, panel.as_mut_ptr(), nr, (rows, n)) };
+    }
+}
+
+/// A hidden layer's input gradient `dA = dZ W^T + 0` (the zero "bias" as
+/// the forward product adds it) for its units `u0 .. u1` (columns of
+/// `dA (B, K)`), without transposing `W`: the product runs as `dA^T = W
+/// dZ^T`, whose A micro-panels are `W`'s own panel rows (`MR` units, row
+/// stride `NR`, one panel of `NR` reduction steps at a time) and whose B
+/// micro-panels are `dZ^T` ([`pack_dzt`]); each tile is copied into `dA`
+/// transposed. Each element is one FMA chain over `j = 0 .. N-1`
+/// from zero, as in [`forward_panels`] on `dZ` and `W^T` ([`pack_wt`]): the
+/// same bits, without the transposed copy of `W`.
+///
+/// # Safety
+/// The CPU runs `S`. `da` is valid for `B * K` floats and nothing else
+/// touches its columns `u0 .. u1` meanwhile; `w` is `(K, N)` in panels of
+/// `NR`, `dzt` as [`pack_dzt`] writes it (both checked).
+#[inline(always)]
+pub(crate) unsafe fn input_grad_panels<S: Simd, const MR: usize, const NV: usize>(
+    da: *mut f32,
+    (u0, u1): (usize, usize),
+    w: &[f32],
+    dzt: &[f32],
+    (batch, k, n): (usize, usize, usize),
+) {
+    let nr = NV * S::LANES;
+    let (bpanels, wpanels) = (batch.div_ceil(nr), n.div_ceil(nr));
+    assert!(u0 <= u1 && u1 <= k && w.len() >= wpanels * k * nr && dzt.len() >= bpanels * n * nr);
+    for i0 in (u0..u1).step_by(MR) {
+        let rows = MR.min(u1 - i0);
+        // A claim's last few units run on a 4-row tile rather than MR rows
+        // of which most would be dropped.
+        if rows <= 4 && MR > 4 {
+            // SAFETY: forwarded contract, for units i0 .. i0 + rows.
+            unsafe { input_grad_tiles::<S, 4, NV>(da, (i0, rows), w, dzt, (batch, k, n)) };
+        } else {
+            // SAFETY: as above.
+            unsafe { input_grad_tiles::<S, MR, NV>(da, (i0, rows), w, dzt, (batch, k, n)) };
         }
+    }
+}
+
+/// [`input_grad_panels`] for the units `i0 .. i0 + rows` (`rows <= MR`), every
+/// sample.
+///
+/// # Safety
+/// As [`input_grad_panels`]'s, for those units.
+#[inline(always)]
+unsafe fn input_grad_tiles<S: Simd, const MR: usize, const NV: usize>(
+    da: *mut f32,
+    (i0, rows): (usize, usize),
+    w: &[f32],
+    dzt: &[f32],
+    (batch, k, n): (usize, usize, usize),
+) {
+    let nr = NV * S::LANES;
+    let (bpanels, wpanels) = (batch.div_ceil(nr), n.div_ceil(nr));
+    let zero = [0f32; MAX_TILE];
+    // The A micro-panel of panel p is W's rows i0 .. i0 + MR at `at(p)`
+    // (row stride NR); the units past K of the last one come from a
+    // zero-padded copy (the rows past `rows` are computed and dropped).
+    let padded: Option<Vec<f32>> = (i0 + MR > k).then(|| {
+        let mut e = vec![0.0; wpanels * MR * nr];
+        for (p, ep) in e.chunks_exact_mut(MR * nr).enumerate() {
+            ep[..(k - i0) * nr].copy_from_slice(&w[p * k * nr + i0 * nr..(p + 1) * k * nr]);
+        }
+        e
+    });
+    let at = |p: usize| match &padded {
+        Some(e) => &e[p * MR * nr..],
+        None => &w[p * k * nr + i0 * nr..],
+    };
+    for bp in 0..bpanels {
+        // SAFETY: the CPU runs S (caller).
+        let mut acc = unsafe { [[S::zero(); NV]; MR] };
+        for p in 0..wpanels {
+            let kc = nr.min(n - p * nr);
+            let b = &dzt[bp * n * nr + p * nr * nr..][..kc * nr];
+            // SAFETY: the CPU runs S (caller); `at(p)` holds MR rows of
+            // stride NR (rows below K, or the padded copy), `b` kc x NR.
+            unsafe { microkernel::<S, MR, NV, false>(kc, nr, at(p), b, &mut acc) };
+        }
+        // The tile (units x samples) goes out transposed, while in L1;
+        // + 0 as the forward adds its bias (a -0 that flushing a
+        // negative subnormal to zero leaves becomes +0, as there).
+        let mut buf = [0f32; MAX_TILE];
+        let mut tile = Tile { c: buf.as_mut_ptr(), rsc: nr, rows: MR, cols: nr };
+        // SAFETY: the CPU runs S (caller); buf holds MR x NR <= MAX_TILE.
+        unsafe { store_tile::<S, MR, NV>(&mut tile, &mut acc, Some((&zero[..nr], false))) };
+        let samples = nr.min(batch - bp * nr);
+        // SAFETY: dA's rows bp * NR .. + samples < B at columns i0 .. +
+        // rows (caller); the CPU runs S.
+        unsafe { transpose::<S>(&buf, nr, da.add(bp * nr * k + i0), k, (rows, samples)) };
     }
 }
 

@@ -47,6 +47,14 @@ pub(crate) trait Isa: Simd {
         update: Option<Update<'_, f32>>,
     );
     unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize);
+    unsafe fn pack_dzt(dst: &mut [f32], dz: &[f32], batch: usize, n: usize);
+    unsafe fn input_grad_panels(
+        da: *mut f32,
+        units: (usize, usize),
+        w: &[f32],
+        dzt: &[f32],
+        bkn: (usize, usize, usize),
+    );
     unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
     unsafe fn pack_xt(dst: &mut [f32], x: &[u8], rows: &[u32], i0: usize, k: usize);
     fn pack_at_kmajor(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize);
@@ -167,6 +175,24 @@ macro_rules! isa_entry_points {
             unsafe fn pack_wt(panel: &mut [f32], q: usize, w: &[f32], k: usize, n: usize) {
                 // SAFETY: forwarded contract (trait docs).
                 unsafe { gemm::pack_wt::<Self, { $nv }>(panel, q, w, k, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn pack_dzt(dst: &mut [f32], dz: &[f32], batch: usize, n: usize) {
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::pack_dzt::<Self, { $nv }>(dst, dz, batch, n) }
+            }
+            #[target_feature(enable = $features)]
+            unsafe fn input_grad_panels(
+                da: *mut f32,
+                units: (usize, usize),
+                w: &[f32],
+                dzt: &[f32],
+                bkn: (usize, usize, usize),
+            ) {
+                // On whichever thread runs this task (see `denormals`).
+                let _flushed = Flushed::new();
+                // SAFETY: forwarded contract (trait docs).
+                unsafe { gemm::input_grad_panels::<Self, { $mr }, { $nv }>(da, units, w, dzt, bkn) }
             }
             #[target_feature(enable = $features)]
             unsafe fn pack_at(dst: &mut [f32], a: &[f32], batch: usize, i0: usize, k: usize) {

@@ -105,13 +105,15 @@ impl<I: Isa> SimdBackend<I> {
     }
 
     /// dA = dZ W^T for the panels of dA's columns this thread claims from
-    /// `share`, until none are left: W^T (N, K) is packed into the panel
-    /// layout of a (N, K) kernel, a claim's panels into this thread's own
-    /// buffer, so that the forward product runs it with dZ as its left
-    /// operand (skipping dZ's zeros, which a ReLU above leaves, when
-    /// sparse: dZ's non-zeros are listed once a thread, at its first
-    /// claim); then the activation's derivative on those columns. Which
-    /// thread computes a column changes none of its bits.
+    /// `share`, until none are left, then the activation's derivative on
+    /// those columns. Sparse (dZ's zeros, which a ReLU above leaves,
+    /// skipped): dZ's non-zeros are listed once a thread, at its first
+    /// claim, and a claim's panels of W^T (N, K) are packed into the panel
+    /// layout of a (N, K) kernel in this thread's own buffer, so that the
+    /// sparse forward product runs them with dZ as its left operand. Dense:
+    /// dZ^T is packed once a thread and the product runs as dA^T = W dZ^T,
+    /// reading W as it is (`gemm::input_grad_panels`). Which thread
+    /// computes a column changes none of its bits.
     ///
     /// # Safety
     /// `out` points at `dA (B, K)`, shapes were checked
@@ -135,15 +137,46 @@ impl<I: Isa> SimdBackend<I> {
         let Some(mut jp) = share.claim() else {
             return;
         };
-        with_buffer(&SHARED, |wt| {
-            let wt = crate::aligned::window(wt, wt_layout.len(), false);
-            with_nonzeros(|csr, _| {
-                // SAFETY: I was detected (a SimdBackend<I> exists).
-                let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
-                let sparse = Self::sparse(path, (batch, n), HIDDEN_FORWARD_MAX_DENSITY, || {
-                    csr.build_f32(dz, batch, n, row);
-                    csr.nonzeros()
+        // The activation's derivative on the claimed columns of dA.
+        let derivative = |jp: (usize, usize)| {
+            let cols = jp.0 * nr..(jp.1 * nr).min(k);
+            for (i, ar) in a.chunks_exact(k).enumerate() {
+                // SAFETY: row i, columns `cols` of dA are inside it and this
+                // thread's alone (claimed).
+                let g = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * k + cols.start), cols.len()) };
+                activation_backward(g, &ar[cols.clone()], act);
+            }
+        };
+        with_nonzeros(|csr, _| {
+            // SAFETY: I was detected (a SimdBackend<I> exists).
+            let row: sparse::CsrRowF32 = |src, idx, val| unsafe { I::csr_row_f32(src, idx, val) };
+            let sparse = Self::sparse(path, (batch, n), HIDDEN_FORWARD_MAX_DENSITY, || {
+                csr.build_f32(dz, batch, n, row);
+                csr.nonzeros()
+            });
+            if !sparse {
+                // Dense: dZ^T packed once a thread, W read as it is.
+                with_buffer(&SHARED, |dzt| {
+                    let dzt = crate::aligned::window(dzt, batch.div_ceil(nr) * n * nr, false);
+                    // SAFETY: I was detected; dzt holds ceil(B / NR) * N * NR
+                    // floats and dZ (B, N) was checked.
+                    unsafe { I::pack_dzt(dzt, dz, batch, n) };
+                    loop {
+                        let units = (jp.0 * nr, (jp.1 * nr).min(k));
+                        // SAFETY: I was detected; shapes checked (caller);
+                        // this thread claimed the columns `units` of dA.
+                        unsafe { I::input_grad_panels(out.get(), units, w, dzt, (batch, k, n)) };
+                        derivative(jp);
+                        match share.claim() {
+                            Some(next) => jp = next,
+                            None => break,
+                        }
+                    }
                 });
+                return;
+            }
+            with_buffer(&SHARED, |wt| {
+                let wt = crate::aligned::window(wt, wt_layout.len(), false);
                 loop {
                     for (q, panel) in wt.chunks_mut((n * nr).max(1)).enumerate().take(jp.1).skip(jp.0) {
                         // SAFETY: I was detected; each panel holds N * NR
@@ -152,36 +185,13 @@ impl<I: Isa> SimdBackend<I> {
                         unsafe { I::pack_wt(panel, q, w, k, n) };
                     }
                     let wt = &*wt;
-                    // The SAFETY of both products: I was detected; shapes
-                    // checked (caller); this thread claimed panels jp of dA
-                    // and packed those of wt, the only ones the product reads.
-                    if sparse {
-                        // SAFETY: as above.
-                        with_buffer(&TASK, |part| unsafe {
-                            I::forward_sparse(out.get(), jp, csr, wt, &zero, k, false, part)
-                        });
-                    } else {
-                        // SAFETY: as above.
-                        with_buffer(&TASK, |apack| unsafe {
-                            I::forward_panels(
-                                out.get(),
-                                jp,
-                                Lhs::Rows { a: dz, m: batch },
-                                wt,
-                                &zero,
-                                (n, k, false),
-                                apack,
-                            )
-                        });
-                    }
-                    let cols = jp.0 * nr..(jp.1 * nr).min(k);
-                    for (i, ar) in a.chunks_exact(k).enumerate() {
-                        // SAFETY: row i, columns `cols` of dA are inside it
-                        // and this thread's alone (claimed).
-                        let g =
-                            unsafe { std::slice::from_raw_parts_mut(out.get().add(i * k + cols.start), cols.len()) };
-                        activation_backward(g, &ar[cols.clone()], act);
-                    }
+                    // SAFETY: I was detected; shapes checked (caller); this
+                    // thread claimed panels jp of dA and packed those of wt,
+                    // the only ones the product reads.
+                    with_buffer(&TASK, |part| unsafe {
+                        I::forward_sparse(out.get(), jp, csr, wt, &zero, k, false, part)
+                    });
+                    derivative(jp);
                     match share.claim() {
                         Some(next) => jp = next,
                         None => break,
