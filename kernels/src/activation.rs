@@ -100,8 +100,8 @@ impl Activation {
                     z
                 }
             }
-            Activation::Sigmoid => T::one() / (T::one() + (-z).exp()),
-            Activation::Tanh => z.tanh(),
+            Activation::Sigmoid => z.sigmoid(),
+            Activation::Tanh => z.tanh_act(),
         }
     }
 

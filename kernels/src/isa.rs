@@ -12,7 +12,7 @@ use crate::denormals::Flushed;
 use crate::gemm::Lhs;
 use crate::simd::Simd;
 use crate::sparse::{self, Csc, Csr};
-use crate::{gemm, optim, peak, small, Update};
+use crate::{gemm, optim, peak, small, Activation, Update};
 
 /// Per-instruction-set entry points (see the module docs).
 ///
@@ -62,6 +62,8 @@ pub(crate) trait Isa: Simd {
     unsafe fn input_grad_rows(dh: &mut [f32], dz: &[f32], wt: &[f32], h: &[f32], knm: (usize, usize, bool));
     unsafe fn weight_grad_rows(dw: &mut [f32], k0: usize, h: &[f32], dz: &[f32], k: usize, n: usize);
     unsafe fn update(u: Update<'_, f32>, g: &[f32]);
+    /// `shared::activate_rest`, its loop compiled to this set's vectors.
+    unsafe fn activate(h: &mut [f32], act: Activation);
     unsafe fn fma_chains(iters: u64) -> f32;
     unsafe fn probe<const P: u8>(iters: u64) -> f32;
     /// The sparse forward of `G` panels from `jp` on (see
@@ -229,6 +231,10 @@ macro_rules! isa_entry_points {
                 unsafe { small::weight_grad_rows::<Self, { $gv }>(dw, k0, h, dz, k, n) }
             }
             #[target_feature(enable = $features)]
+            #[target_feature(enable = $features)]
+            unsafe fn activate(h: &mut [f32], act: Activation) {
+                crate::shared::activate_rest(h, act)
+            }
             unsafe fn update(u: Update<'_, f32>, g: &[f32]) {
                 // On whichever thread runs this task (see `denormals`).
                 let _flushed = Flushed::new();

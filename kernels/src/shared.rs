@@ -144,14 +144,20 @@ pub fn argmax<T: Real>(v: &[T]) -> usize {
 }
 
 /// `h := act(h)` elementwise for the activations no kernel epilogue applies
-/// (sigmoid, tanh: one libm call each, identical on every backend); a no-op
-/// for `Linear` and `Relu`, which the epilogues apply themselves.
+/// (sigmoid, tanh: [`Real::sigmoid`], [`Real::tanh_act`], identical on every
+/// backend); a no-op for `Linear` and `Relu`, which the epilogues apply
+/// themselves. Inlined into each instruction set's `Isa::activate`, where
+/// the loop compiles to that set's vectors.
+#[inline(always)]
 pub(crate) fn activate_rest<T: Real>(h: &mut [T], act: Activation) {
     // Also on rayon's worker threads (see `denormals`).
     let _flushed = crate::denormals::Flushed::new();
     if act.applied() == Applied::Elementwise {
-        for v in h.iter_mut() {
-            *v = act.apply(*v);
+        // One loop per activation, so that each is a loop without a branch.
+        match act {
+            Activation::Sigmoid => h.iter_mut().for_each(|v| *v = Activation::Sigmoid.apply(*v)),
+            Activation::Tanh => h.iter_mut().for_each(|v| *v = Activation::Tanh.apply(*v)),
+            _ => h.iter_mut().for_each(|v| *v = act.apply(*v)),
         }
     }
 }

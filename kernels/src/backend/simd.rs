@@ -13,8 +13,8 @@ use crate::isa::Isa;
 use crate::par;
 use crate::params::{HIDDEN_FORWARD_MAX_DENSITY, HIDDEN_GRAD_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
-    activate_rest, activation_backward, check_len, check_rows, column_sums, output_rows, softmax_rows,
-    softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK,
+    activation_backward, check_len, check_rows, column_sums, output_rows, softmax_rows, softmax_xent_row,
+    softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::simd::Lister;
 use crate::sparse::{self, Csc, Csr, PixelListing};
@@ -467,11 +467,13 @@ fn share(total: usize, unit: usize) -> usize {
     total.div_ceil(threads).div_ceil(unit).max(1) * unit
 }
 
-/// The activations the epilogues do not apply (see `shared::activate_rest`).
-fn finish_activation(h: &mut [f32], act: Activation) {
+/// The activations the epilogues do not apply (see `shared::activate_rest`),
+/// in `I`'s vectors.
+fn finish_activation<I: Isa>(h: &mut [f32], act: Activation) {
     assert!(act.applied() != Applied::WithLoss, "softmax is fused with the cross-entropy (output_softmax_xent)");
     if act.applied() == Applied::Elementwise {
-        par::run(h.chunks_mut(UPDATE_CHUNK).collect(), |c| activate_rest(c, act));
+        // SAFETY: I was detected (a SimdBackend<I> exists to call this).
+        par::run(h.chunks_mut(UPDATE_CHUNK).collect(), |c| unsafe { I::activate(c, act) });
     }
 }
 
@@ -675,7 +677,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
                 };
                 self.forward(h, Lhs::Pixels { x, rows }, w, b, d, relu, sparse);
             });
-            finish_activation(h, act);
+            finish_activation::<I>(h, act);
             return;
         }
         // Each task lists the non-zero pixels of the whole batch itself (the
@@ -697,7 +699,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
             })
         };
         self.forward(h, Lhs::Pixels { x, rows }, w, b, d, relu, sparse);
-        finish_activation(h, act);
+        finish_activation::<I>(h, act);
     }
 
     fn input_backward(
@@ -770,7 +772,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         check_len("A", a.len(), batch * k);
         let relu = act.applied() == Applied::ReluInKernel;
         self.forward(h, Lhs::Rows { a, m: batch }, w, b, d, relu, Self::sparse_rows(a, batch, k, w, n, relu, path));
-        finish_activation(h, act);
+        finish_activation::<I>(h, act);
     }
 
     fn hidden_backward(
