@@ -743,6 +743,16 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
         return;
     }
     let blocks: Vec<(usize, usize)> = k_blocks(batch).collect();
+    // The fused update's pointers, taken once (the tiles' are offsets).
+    let base = update.as_mut().map(|u| u.ptrs());
+    // A finished tile's gradient waits here (`pending`: its offset in the
+    // panels and its rows) while the next tile's products run: its update
+    // is applied a few vectors at a time between segments of them, so
+    // that the divider's square roots and divisions overlap the FMAs
+    // instead of stalling between tiles. Each element's update is the same
+    // either way, and no tile reads another's weights or state.
+    let mut pending_grad = [0f32; MAX_TILE];
+    let mut pending: Option<(usize, usize)> = None;
     // LOOP 4: k-blocks of the batch, in order.
     for (bi, &(pc, kc)) in blocks.iter().enumerate() {
         let (first, last) = (bi == 0, bi + 1 == blocks.len());
@@ -792,31 +802,54 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
                         if !first {
                             load_tile::<S, MR, NV>(&tile, &mut acc);
                         }
-                        microkernel::<S, MR, NV, true>(kc, batch, a, b, &mut acc);
-                        match (&mut update, coeffs) {
-                            (Some(u), Some(c)) if last => {
-                                // The fused update: the finished gradient
-                                // tile updates W and the state, never stored.
-                                // The tile goes through a buffer first: the
-                                // update loop is too long to unroll, and
-                                // indexing the accumulators from it made the
-                                // compiler store every one of them after each
-                                // of the microkernel's FMAs (AVX-512).
-                                let mut grad = [0f32; MAX_TILE];
-                                let mut gt = Tile { c: grad.as_mut_ptr(), rsc: nr, rows: MR, cols: nr };
-                                store_tile::<S, MR, NV>(&mut gt, &mut acc, None);
-                                let p = u.range(off..end).ptrs();
-                                for (r, row) in grad.chunks_exact(nr).enumerate().take(rows_here) {
-                                    for (j, g) in row.chunks_exact(S::LANES).enumerate() {
-                                        c.apply(p.at(r * nr + j * S::LANES), S::load(g.as_ptr()));
+                        match (base, coeffs) {
+                            (Some(base), Some(c)) if last => {
+                                // The products in SEGMENTS runs of k (each
+                                // element still one chain over k, in order),
+                                // the pending tile's update spread between
+                                // them.
+                                const SEGMENTS: usize = 4;
+                                let seg = kc.div_ceil(SEGMENTS).max(1);
+                                let vectors = pending.map_or(0, |(_, rows)| rows * NV);
+                                let per = vectors.div_ceil(kc.div_ceil(seg));
+                                let mut v = 0;
+                                for s0 in (0..kc).step_by(seg) {
+                                    let len = seg.min(kc - s0);
+                                    microkernel::<S, MR, NV, true>(len, batch, &a[s0 * MR..], &b[s0 * nr..], &mut acc);
+                                    if let Some((at, _)) = pending {
+                                        for u in v..(v + per).min(vectors) {
+                                            let e = u / NV * nr + u % NV * S::LANES;
+                                            c.apply(base.at(at + e), S::load(pending_grad.as_ptr().add(e)));
+                                        }
+                                        v = (v + per).min(vectors);
                                     }
                                 }
+                                // The tile goes through a buffer: the update
+                                // loop is too long to unroll, and indexing
+                                // the accumulators from it made the compiler
+                                // store every one of them after each of the
+                                // microkernel's FMAs (AVX-512).
+                                let mut gt = Tile { c: pending_grad.as_mut_ptr(), rsc: nr, rows: MR, cols: nr };
+                                store_tile::<S, MR, NV>(&mut gt, &mut acc, None);
+                                pending = Some((off, rows_here));
                             }
-                            _ => store_tile::<S, MR, NV>(&mut tile, &mut acc, None),
+                            _ => {
+                                microkernel::<S, MR, NV, true>(kc, batch, a, b, &mut acc);
+                                store_tile::<S, MR, NV>(&mut tile, &mut acc, None)
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+    // The last tile's update.
+    if let (Some((at, rows)), Some(base), Some(c)) = (pending, base, coeffs) {
+        for u in 0..rows * NV {
+            let e = u / NV * nr + u % NV * S::LANES;
+            // SAFETY: the CPU runs S (caller); `at + e` is a vector of the
+            // last tile's rows in W and the state (as above).
+            unsafe { c.apply(base.at(at + e), S::load(pending_grad.as_ptr().add(e))) };
         }
     }
 }
