@@ -231,10 +231,10 @@ macro_rules! isa_entry_points {
                 unsafe { small::weight_grad_rows::<Self, { $gv }>(dw, k0, h, dz, k, n) }
             }
             #[target_feature(enable = $features)]
-            #[target_feature(enable = $features)]
             unsafe fn activate(h: &mut [f32], act: Activation) {
                 crate::shared::activate_rest(h, act)
             }
+            #[target_feature(enable = $features)]
             unsafe fn update(u: Update<'_, f32>, g: &[f32]) {
                 // On whichever thread runs this task (see `denormals`).
                 let _flushed = Flushed::new();
