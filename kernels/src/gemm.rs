@@ -843,7 +843,9 @@ pub(crate) unsafe fn weight_grad_panels<S: Simd, const MR: usize, const NV: usiz
             }
         }
     }
-    // The last tile's update.
+    // The last tile's update. (The loop is written out here and above:
+    // shared as a closure, it made the compiler spill the accumulators
+    // around the segments, 1.17 ms a call instead of 0.29.)
     if let (Some((at, rows)), Some(base), Some(c)) = (pending, base, coeffs) {
         for u in 0..rows * NV {
             let e = u / NV * nr + u % NV * S::LANES;
