@@ -5,7 +5,7 @@ own Python package, `pip install ./python`), on the
 vendored MNIST, so their epoch times can be compared on one machine.
 
     python3 benches/peers.py [--epochs 5] [--threads 2] [--only keras,torch,jax,kiln-python]
-                             [--layers 512:relu,10:softmax] [--validate]
+                             [--layers 512:relu,10:softmax] [--validate] [--probe PATH | --no-probe]
 
 --layers is the stack of layers in kiln's syntax and Keras order, input 784
 implied, output layer included: comma-separated UNITS:ACTIVATION for a Dense
@@ -27,6 +27,15 @@ biases, batch 128, shuffled every epoch. Prints one JSON line per framework
 with the layer list, the mean epoch time (first epoch excluded, it includes
 compilation) and the test accuracy. Frameworks that are not installed are
 skipped; installing them is not part of kiln's tests.
+
+After every epoch (outside its time) it runs kiln's placement probe (`cargo
+build --release -p kiln-kernels --example placement`, or --probe PATH), which
+times a cache line's round trip between the two cores: the 2-vCPU VMs this
+project measures on move their vCPUs between the host's core complexes, and
+every framework's epoch is then 35-45% longer ("far", 350-500 ns) than on
+one complex ("near", 45-120 ns). Each line then also lists the epochs'
+round trips and names the placement of epochs 2..N ("near", "far",
+"mixed"); compare frameworks only on epochs of one placement.
 """
 
 import argparse
@@ -34,6 +43,7 @@ import gzip
 import json
 import os
 import pathlib
+import subprocess
 import time
 
 import numpy as np
@@ -124,11 +134,36 @@ def init_params(rng, layers):
     return params
 
 
+# kiln's placement probe (--probe), if built; None: not run.
+PROBE = [pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "examples" / "placement"]
+# The round trips and placements of the epochs timed so far, in order.
+PLACES = []
+
+
+def probe():
+    """Appends the current placement to PLACES: (round trip ns, "near" | "far"), or None."""
+    path = PROBE[0]
+    if path is None or not path.exists():
+        PLACES.append(None)
+        return
+    try:
+        out = subprocess.run([str(path)], capture_output=True, text=True, timeout=10).stdout.split()
+        PLACES.append((int(out[0]), out[1]) if len(out) == 2 else None)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        PLACES.append(None)
+
+
 def report(name, layers, epoch_times, acc, validate):
     steady = epoch_times[1:] or epoch_times
-    print(json.dumps({"framework": name, "layers": layers_str(layers), "validate": validate,
-                      "epoch_seconds": epoch_times, "mean_epoch_seconds_after_first": sum(steady) / len(steady),
-                      "test_acc": acc}), flush=True)
+    places = PLACES[-len(epoch_times):] if PLACES else []
+    kinds = {p[1] if p else "unknown" for p in places[1:] or places}
+    line = {"framework": name, "layers": layers_str(layers), "validate": validate,
+            "epoch_seconds": epoch_times, "mean_epoch_seconds_after_first": sum(steady) / len(steady),
+            "test_acc": acc}
+    if places:
+        line["round_trip_ns"] = [p[0] if p else None for p in places]
+        line["placement"] = kinds.pop() if len(kinds) == 1 else "mixed"
+    print(json.dumps(line), flush=True)
 
 
 def run_keras(data, layers, epochs, validate):
@@ -148,6 +183,7 @@ def run_keras(data, layers, epochs, validate):
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
+            probe()
 
     val = (xte, keras.utils.to_categorical(yte, 10)) if validate else None
     model.fit(xtr, keras.utils.to_categorical(ytr, 10), epochs=epochs, batch_size=128, verbose=0,
@@ -174,6 +210,7 @@ def run_kiln_python(data, layers, epochs, threads, validate):
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
+            probe()
 
     val = (xte, kiln.utils.to_categorical(yte, 10)) if validate else None
     model.fit(xtr, kiln.utils.to_categorical(ytr, 10), epochs=epochs, batch_size=128, verbose=0,
@@ -224,6 +261,7 @@ def run_torch(data, layers, epochs, threads, validate):
         if validate:
             test_acc()
         times.append(time.perf_counter() - t)
+        probe()
     report("torch", layers, times, test_acc(), validate)
 
 
@@ -275,6 +313,7 @@ def run_jax(data, layers, epochs, validate):
         if validate:
             float((predict(params, xte) == yte).mean())
         times.append(time.perf_counter() - t)
+        probe()
     acc = float((predict(params, xte) == yte).mean())
     report("jax", layers, times, acc, validate)
 
@@ -290,7 +329,11 @@ def main():
                          "softmax [default: 512:relu,10:softmax]")
     ap.add_argument("--validate", action="store_true",
                     help="evaluate the test set after every epoch, inside the epoch's time")
+    ap.add_argument("--probe", type=pathlib.Path, default=PROBE[0],
+                    help="kiln's placement probe, run after every epoch [default: target/release/examples/placement]")
+    ap.add_argument("--no-probe", action="store_true", help="do not run the placement probe")
     args = ap.parse_args()
+    PROBE[0] = None if args.no_probe else args.probe
     # Limit every framework to the same number of threads as kiln's run.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[var] = str(args.threads)

@@ -140,7 +140,7 @@ pub use optim::{
     update_serial, Adam, ArgError, KerasArgs, KerasArgsError, KerasValue, Optimizer, RmsProp, Schedule, Sgd, Step,
     Update, MAX_SLOTS,
 };
-pub use par::{runs_side_by_side, side_by_side};
+pub use par::{placement, round_trip, runs_side_by_side, side_by_side, with_placement, Placement, FAR_ROUND_TRIP};
 pub use prefetch::prefetch_rows;
 pub use real::Real;
 pub use select::{available_backends, select, simd_backends, SelectError, BACKEND_NAMES};

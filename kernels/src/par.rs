@@ -28,7 +28,7 @@
 //! both cores list it.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,188 @@ pub fn side_by_side<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOn
         })
     });
     (take(&results.0).expect("a ran"), take(&results.1).expect("b ran"))
+}
+
+/// How far apart the two cores of a pool of two are, as the cost of moving
+/// a cache line between them shows it ([`placement`]).
+///
+/// The 2-vCPU virtual machines this project runs on move their vCPUs
+/// between the host's cores from one minute to the next: a cache line goes
+/// from one to the other and back in 45-120 ns on some placements (one
+/// core complex, a shared L3) and in 350-500 ns on others (two complexes),
+/// and a training step then takes about 40% longer. Where a step has two
+/// schedules that differ in what crosses between the cores, it asks which
+/// placement it runs on. No result depends on the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A cache line goes there and back in under [`FAR_ROUND_TRIP`]; also
+    /// the answer on any pool other than two threads on two cores, and
+    /// before a measurement has succeeded.
+    Near,
+    /// A round trip takes [`FAR_ROUND_TRIP`] or longer: what one core wrote
+    /// is expensive for the other to read.
+    Far,
+}
+
+/// The round trip from which two cores count as [`Placement::Far`]:
+/// between the two clusters measured on AMD Zen 5 VMs (45-120 and 350-500
+/// ns; docs/performance-log.md).
+pub const FAR_ROUND_TRIP: Duration = Duration::from_nanos(250);
+
+/// How long a measurement stands: the host moves vCPUs over seconds to
+/// minutes, and a measurement costs about 32 round trips (15 us when far).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How soon to measure again after a try that the other thread did not
+/// join (it was busy).
+const PROBE_RETRY: Duration = Duration::from_millis(5);
+
+/// Round trips a measurement times.
+const PROBE_TRIPS: u32 = 32;
+
+/// When (nanoseconds since [`epoch`]) [`placement`] measures next, and
+/// whether the latest measurement found the cores far apart.
+static NEXT_PROBE: AtomicU64 = AtomicU64::new(0);
+static PROBED_FAR: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The placement [`with_placement`] imposes on this thread.
+    static FORCED: Cell<Option<Placement>> = const { Cell::new(None) };
+}
+
+/// The placement `KILN_PLACEMENT` (`near` or `far`) imposes on the
+/// process, read once; unset or `auto`: measured.
+fn placement_from_env() -> Option<Placement> {
+    static ENV: OnceLock<Option<Placement>> = OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("KILN_PLACEMENT").as_deref() {
+        Ok("near") => Some(Placement::Near),
+        Ok("far") => Some(Placement::Far),
+        Ok("auto") | Err(_) => None,
+        Ok(other) => {
+            eprintln!("warning: KILN_PLACEMENT={other:?} is not near, far or auto; measuring instead");
+            None
+        }
+    })
+}
+
+/// Where the current pool's two threads run ([`Placement`]), measured by
+/// timing cache-line round trips between them ([`round_trip`]) at most
+/// every half second, unless [`with_placement`] or `KILN_PLACEMENT` says.
+///
+/// ```
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+/// assert_eq!(pool.install(kiln_kernels::placement), kiln_kernels::Placement::Near);
+/// ```
+pub fn placement() -> Placement {
+    if let Some(p) = FORCED.get().or_else(placement_from_env) {
+        return p;
+    }
+    if !runs_side_by_side() {
+        return Placement::Near;
+    }
+    let now = now_ns();
+    if now >= NEXT_PROBE.load(Ordering::Relaxed) {
+        let trip = round_trip();
+        let wait = if trip.is_some() { PROBE_EVERY } else { PROBE_RETRY };
+        NEXT_PROBE.store(now + wait.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(trip) = trip {
+            PROBED_FAR.store(trip >= FAR_ROUND_TRIP, Ordering::Relaxed);
+        }
+    }
+    if PROBED_FAR.load(Ordering::Relaxed) {
+        Placement::Far
+    } else {
+        Placement::Near
+    }
+}
+
+/// Runs `f` with [`placement`] answering `p` on this thread (tests, and
+/// measurements of either schedule); the previous answer is restored after.
+///
+/// ```
+/// use kiln_kernels::{placement, with_placement, Placement};
+/// assert_eq!(with_placement(Placement::Far, placement), Placement::Far);
+/// ```
+pub fn with_placement<R>(p: Placement, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Placement>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.set(self.0);
+        }
+    }
+    let _restore = Restore(FORCED.replace(Some(p)));
+    f()
+}
+
+/// The median round trip of a cache line between this thread and the
+/// other thread of a pool of two ([`side_by_side`]), of 32 trips; `None` when
+/// the other thread did not join within 50 us (it was busy, or the pool is
+/// not two threads on two cores).
+///
+/// ```
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+/// assert_eq!(pool.install(kiln_kernels::round_trip), None);
+/// ```
+pub fn round_trip() -> Option<Duration> {
+    // 0: the other side is not in yet; 1: it is; then 2i + 2 is the i-th
+    // ping and 2i + 3 its answer; DONE: this side has finished.
+    const DONE: u32 = u32::MAX;
+    if !runs_side_by_side() {
+        return None;
+    }
+    let line = AtomicU32::new(0);
+    let give_up = Duration::from_micros(50);
+    // Spins until `line` holds `want` (true), or DONE, or `give_up` passes.
+    let wait = |want: u32| {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            match line.load(Ordering::Acquire) {
+                v if v == want => return true,
+                DONE => return false,
+                _ => {}
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && start.elapsed() > give_up {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    };
+    let (trip, ()) = side_by_side(
+        || {
+            let mut trips = Vec::with_capacity(PROBE_TRIPS as usize);
+            if wait(1) {
+                for i in 0..PROBE_TRIPS {
+                    let start = Instant::now();
+                    line.store(2 * i + 2, Ordering::Release);
+                    if !wait(2 * i + 3) {
+                        trips.clear();
+                        break;
+                    }
+                    trips.push(start.elapsed());
+                }
+            }
+            line.store(DONE, Ordering::Release);
+            // The median: an interrupt during one trip must not make a
+            // near placement look far.
+            trips.sort_unstable();
+            trips.get(trips.len() / 2).copied()
+        },
+        || {
+            // Only if the other side has not finished (side_by_side ran
+            // the two one after the other).
+            if line.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                for i in 0..PROBE_TRIPS {
+                    if !wait(2 * i + 2) {
+                        return;
+                    }
+                    line.store(2 * i + 3, Ordering::Release);
+                }
+            }
+        },
+    );
+    trip
 }
 
 fn epoch() -> Instant {
@@ -414,5 +596,75 @@ mod tests {
         });
         assert_eq!(k.started.load(Ordering::Relaxed), 0);
         assert_eq!(k.alive.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_placement_is_near_off_a_pool_of_two_and_forced_where_asked() {
+        for n in [1, 3] {
+            assert_eq!(pool(n).install(placement), Placement::Near, "{n} threads");
+            assert_eq!(pool(n).install(round_trip), None, "{n} threads");
+        }
+        let p = pool(2);
+        for forced in [Placement::Near, Placement::Far] {
+            assert_eq!(p.install(|| with_placement(forced, placement)), forced);
+            // Nested, and restored after.
+            let inner = with_placement(forced, || {
+                let other = if forced == Placement::Far { Placement::Near } else { Placement::Far };
+                (with_placement(other, placement), placement())
+            });
+            assert_eq!(inner.1, forced);
+            assert_ne!(inner.0, forced);
+        }
+        assert_eq!(FORCED.get(), None);
+    }
+
+    #[test]
+    fn a_round_trip_is_measured_when_the_other_thread_is_free() {
+        if cores() < 2 {
+            eprintln!("skipped: one core");
+            return;
+        }
+        let p = pool(2);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        // A fresh pool's other thread may take a while to start, and a busy
+        // host may hold it up: try until a measurement succeeds.
+        let trip = p.install(|| loop {
+            run((0..4).collect(), |_: i32| {});
+            match round_trip() {
+                Some(t) => break Some(t),
+                None if Instant::now() > give_up => break None,
+                None => {}
+            }
+        });
+        let trip = trip.expect("no round trip in 20 s");
+        assert!(trip > Duration::ZERO && trip < Duration::from_millis(1), "{trip:?}");
+    }
+
+    #[test]
+    fn no_round_trip_when_the_other_thread_is_busy() {
+        if cores() < 2 {
+            eprintln!("skipped: one core");
+            return;
+        }
+        let p = pool(2);
+        let release = AtomicBool::new(false);
+        let trip = p.install(|| {
+            rayon::scope(|s| {
+                // Holds the other thread (or this one, then the probe runs
+                // alone after it) until the probe has answered.
+                s.spawn(|_| {
+                    let give_up = Instant::now() + Duration::from_secs(20);
+                    while !release.load(Ordering::Acquire) && Instant::now() < give_up {
+                        std::hint::spin_loop();
+                    }
+                });
+                // Give the spawned job time to be taken by the other thread.
+                std::thread::sleep(Duration::from_millis(20));
+                let trip = round_trip();
+                release.store(true, Ordering::Release);
+                trip
+            })
+        });
+        assert_eq!(trip, None);
     }
 }

@@ -13,8 +13,8 @@
 mod common;
 use common::{optimizers, state_for, update_bits, update_of, Gen};
 use kiln_kernels::{
-    runs_side_by_side, scalar::Scalar, Activation, Applied, Backend, Derivative, Dims, Grads, InputGrad, Layer1Path,
-    PanelLayout, Rows, Weights,
+    runs_side_by_side, scalar::Scalar, with_placement, Activation, Applied, Backend, Derivative, Dims, Grads,
+    InputGrad, Layer1Path, PanelLayout, Placement, Rows, Weights,
 };
 
 const AUTO: Layer1Path = Layer1Path::Auto;
@@ -414,7 +414,8 @@ fn every_update_rule_is_bit_identical_to_scalar() {
 /// The input layer's weight gradient from lists made ahead
 /// (`overlap_input_lists`, while `work` runs parallel regions of its own)
 /// gives the bits of `input_backward`, with and without a fused update, at
-/// 1, 2 and 3 threads, on every path and density, and `work` runs once.
+/// 1, 2 and 3 threads, on every path and density, with the cores near or
+/// far apart ([`Placement`]), and `work` runs once.
 #[test]
 fn lists_made_ahead_give_the_same_weight_gradient() {
     let mut g = Gen(19);
@@ -486,12 +487,17 @@ fn lists_made_ahead_give_the_same_weight_gradient() {
                                 (bits(&dw), bits(&db), update_bits(&wu, &su), bits(&dw2), ran)
                             })
                         };
-                        let (want, got) = (run(false), run(true));
-                        assert_eq!(got.4, 2, "{name}: work ran {} times for two batches", got.4);
-                        assert!(
-                            want == got,
-                            "{name} {b}x{k}x{n} density {density}, {threads} threads, {path:?}: lists made ahead differ"
-                        );
+                        let want = run(false);
+                        // Listed ahead where the cores are near, by each
+                        // task where they are far: the same bits.
+                        for placement in [Placement::Near, Placement::Far] {
+                            let got = pool.install(|| with_placement(placement, || run(true)));
+                            assert_eq!(got.4, 2, "{name}: work ran {} times for two batches", got.4);
+                            assert!(
+                                want == got,
+                                "{name} {b}x{k}x{n} density {density}, {threads} threads, {path:?}, {placement:?}: lists made ahead differ"
+                            );
+                        }
                     }
                 }
             }

@@ -503,6 +503,35 @@ def test_the_peers_benchmark_knows_every_activation_kiln_has():
     assert set(peers.ACTIVATIONS) == set(_kiln.ACTIVATIONS)
 
 
+def test_the_peers_benchmark_names_the_placement_of_the_epochs_it_compares(capsys):
+    """benches/peers.py labels each run by the placement of its epochs 2..N
+    (the first is left out of the mean, so of the label too), and runs the
+    probe that gives them."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benches" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    layers = peers.parse_layers("512:relu")
+    for places, want in [([(50, "near"), (400, "far"), (420, "far")], "far"),
+                         ([(400, "far"), (60, "near"), (45, "near")], "near"),
+                         ([(50, "near"), (60, "near"), (445, "far")], "mixed"),
+                         ([(50, "near"), None, (45, "near")], "mixed")]:
+        peers.PLACES[:] = places
+        peers.report("x", layers, [1.0, 0.5, 0.5], 0.9, False)
+        line = json.loads(capsys.readouterr().out)
+        assert line["placement"] == want and line["round_trip_ns"] == [p[0] if p else None for p in places]
+    # The probe itself, where it is built (cargo build --release -p kiln-kernels --example placement).
+    peers.PLACES.clear()
+    peers.probe()
+    if peers.PROBE[0].exists():
+        ns, kind = peers.PLACES[0]
+        assert ns > 0 and kind in ("near", "far")
+    else:
+        assert peers.PLACES == [None]
+
+
 def test_a_model_file_naming_an_unknown_optimizer_is_an_error_not_rmsprop(tmp_path):
     (x, y), _ = tutorial_data(512)
     m = tutorial_model(loss="sparse_categorical_crossentropy")

@@ -723,10 +723,19 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     ) -> InputLists<'x> {
         // Below the shared lists' thread count every task of the input
         // backward would list the whole batch itself; here one other
-        // thread lists it once, while this one runs `work`.
+        // thread lists it once, while this one runs `work`. Not when the
+        // cores are far apart (`par::Placement`): reading the lists from
+        // the other core's cache then costs more than listing the batch
+        // again in each task (docs/performance-log.md, 2026-12-07: the
+        // tutorial's epoch 0.160 -> 0.150 s far, 5% slower near).
         let (x, rows) = (pixels.data, pixels.rows);
         let threads = par::threads();
-        if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads) || path == Layer1Path::Dense || rows.is_empty() || k == 0 {
+        if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads)
+            || path == Layer1Path::Dense
+            || rows.is_empty()
+            || k == 0
+            || par::placement() == par::Placement::Far
+        {
             work();
             return InputLists { x: pixels, k, csc: None };
         }
