@@ -1,4 +1,4 @@
-//! Prints how far apart this machine's two cores are: the mean round trip
+//! Prints how far apart this machine's two cores are: the median round trip
 //! of a cache line between two threads, in nanoseconds, and `near` or
 //! `far` (`kiln_kernels::placement`). `benches/peers.py` runs it after
 //! every epoch of every framework, so that epoch times measured on

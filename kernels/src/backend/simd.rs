@@ -727,7 +727,8 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         // cores are far apart (`par::Placement`): reading the lists from
         // the other core's cache then costs more than listing the batch
         // again in each task (docs/performance-log.md, 2026-12-07: the
-        // tutorial's epoch 0.160 -> 0.150 s far, 5% slower near).
+        // tutorial's epoch 0.160 -> 0.150 s far; near, listing in each
+        // task is the slower by 4%).
         let (x, rows) = (pixels.data, pixels.rows);
         let threads = par::threads();
         if !(2..SHARED_LISTS_MIN_THREADS).contains(&threads)
