@@ -32,7 +32,7 @@ After every epoch (outside its time) it runs kiln's placement probe (`cargo
 build --release -p kiln-kernels --example placement`, or --probe PATH), which
 times a cache line's round trip between the two cores: the 2-vCPU VMs this
 project measures on move their vCPUs between the host's core complexes, and
-every framework's epoch is then 35-45% longer ("far", 350-500 ns) than on
+kiln's 2-thread epoch is then about 40% longer ("far", 350-500 ns) than on
 one complex ("near", 45-120 ns). Each line then also lists the epochs'
 round trips and names the placement of epochs 2..N ("near", "far",
 "mixed"); compare frameworks only on epochs of one placement.
