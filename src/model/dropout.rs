@@ -111,20 +111,19 @@ pub(super) fn forward<T: Real>(
 ) {
     let b = rows.len();
     let n = h.len() / b.max(1);
-    a.copy_from_slice(h);
-    if a.is_empty() {
-        return; // an empty batch
-    }
-    let mut masks = keep.chunks_exact_mut(b * n);
-    for e in drops {
-        match e {
-            Elementwise::Dropout(at) => {
-                let keys: Vec<u32> = rows.iter().map(|&r| row_key(key, at.ordinal, r)).collect();
-                let mask = masks.next().expect("a mask per Dropout (mask_len)");
-                kiln_kernels::dropout_forward(a, mask, &keys, threshold(at.dropout.rate()), scale(at.dropout.rate()));
+    let masks: Vec<&mut [u8]> = keep.chunks_exact_mut((b * n).max(1)).take(drops.len()).collect();
+    in_halves((rows, h, a, masks), n, &|(rows, h, a, masks)| {
+        a.copy_from_slice(h);
+        for (e, mask) in drops.iter().zip(masks) {
+            match e {
+                Elementwise::Dropout(at) => {
+                    let keys: Vec<u32> = rows.iter().map(|&r| row_key(key, at.ordinal, r)).collect();
+                    let (threshold, scale) = (threshold(at.dropout.rate()), scale(at.dropout.rate()));
+                    kiln_kernels::dropout_forward(a, mask, &keys, threshold, scale);
+                }
             }
         }
-    }
+    });
 }
 
 /// Training backward of the Dropouts `drops` after a Dense layer with
@@ -132,21 +131,67 @@ pub(super) fn forward<T: Real>(
 /// respect to the Dropouts' output and becomes the gradient with respect to
 /// the Dense layer's pre-activation: through each mask, last first, `(g *
 /// keep) * scale`, then the activation's derivative at `h`.
-pub(super) fn backward<T: Real>(drops: &[Elementwise], act: Activation, (h, keep): (&[T], &[u8]), da: &mut [T]) {
+pub(super) fn backward<T: Real>(
+    drops: &[Elementwise],
+    act: Activation,
+    (h, keep): (&[T], &[u8]),
+    da: &mut [T],
+    n: usize,
+) {
     if h.is_empty() {
         return; // an empty batch
     }
-    let mut masks = keep.chunks_exact(h.len());
-    let (mut keeps, mut scales) = (Vec::new(), Vec::new());
-    for e in drops {
-        match e {
-            Elementwise::Dropout(at) => {
-                keeps.push(masks.next().expect("a mask per Dropout (mask_len)"));
-                scales.push(scale::<T>(at.dropout.rate()));
-            }
-        }
+    let scales: Vec<T> = drops
+        .iter()
+        .map(|e| match e {
+            Elementwise::Dropout(at) => scale::<T>(at.dropout.rate()),
+        })
+        .collect();
+    let rows: Vec<u32> = (0..(h.len() / n.max(1)) as u32).collect(); // only their count is used
+    let keeps: Vec<&[u8]> = keep.chunks_exact(h.len()).take(drops.len()).collect();
+    in_halves((&rows[..], h, da, keeps), n, &|(_, h, da, keeps)| {
+        kiln_kernels::dropout_backward(da, &keeps, &scales, act, h)
+    });
+}
+
+/// Runs `f` on the rows of `(rows, h, out, masks)` (`n` values a row; one
+/// mask per Dropout, each `(rows, n)`) in two halves side by side, on a pool
+/// of two or more threads (else once on all of them). Each row's values
+/// depend on that row alone, so the halves give the bits of one pass; one
+/// pass would leave a core idle (about 8 us forward and 4.5 us backward a
+/// Dropout of 128 x 512, AMD Zen 5).
+fn in_halves<'a, T: Real, M: Halves + Send>(
+    (rows, h, out, masks): (&'a [u32], &'a [T], &'a mut [T], Vec<M>),
+    n: usize,
+    f: &(impl Fn((&'a [u32], &'a [T], &'a mut [T], Vec<M>)) + Sync),
+) {
+    let b = rows.len();
+    if b < 2 || rayon::current_num_threads() < 2 {
+        return f((rows, h, out, masks));
     }
-    kiln_kernels::dropout_backward(da, &keeps, &scales, act, h);
+    let half = b / 2;
+    let (r0, r1) = rows.split_at(half);
+    let (h0, h1) = h.split_at(half * n);
+    let (o0, o1) = out.split_at_mut(half * n);
+    let (m0, m1): (Vec<M>, Vec<M>) = masks.into_iter().map(|m| m.split(half * n)).unzip();
+    rayon::join(|| f((r0, h0, o0, m0)), || f((r1, h1, o1, m1)));
+}
+
+/// A mask that splits in two at a row boundary.
+trait Halves: Sized {
+    fn split(self, at: usize) -> (Self, Self);
+}
+
+impl Halves for &mut [u8] {
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_mut(at)
+    }
+}
+
+impl Halves for &[u8] {
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at(at)
+    }
 }
 
 /// What the input-gradient kernel of the Dense layer above applies, and at
@@ -209,6 +254,36 @@ mod tests {
         }
     }
 
+    /// On two threads the rows run in halves: the bits of one pass, for
+    /// batches of every small size (odd ones split unevenly).
+    #[test]
+    fn halves_on_two_threads_give_the_bits_of_one_pass() {
+        let drops = [at(0, 0.3), at(1, 0.5)];
+        let key = StepKey { seed: 9, step: 5 };
+        let n = 7;
+        let run = |threads: usize, b: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let rows: Vec<u32> = (0..b as u32).map(|r| r * 3 + 1).collect();
+                let h: Vec<f32> = (0..b * n).map(|i| (i as f32 * 0.37).sin()).collect();
+                let (mut a, mut keep) = (vec![0.0; b * n], vec![0u8; 2 * b * n]);
+                forward(&drops, key, &rows, (&h, &mut a, &mut keep));
+                let mut g: Vec<f32> = (0..b * n).map(|i| (i as f32 * 0.11).cos()).collect();
+                backward(&drops, Activation::Relu, (&h, &keep), &mut g, n);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                (bits(&a), keep, bits(&g))
+            })
+        };
+        for b in 0..9 {
+            let one = run(1, b);
+            assert_eq!(run(2, b), one, "batch of {b}");
+            assert_eq!(run(3, b), one, "batch of {b}");
+            if b > 0 {
+                assert!(one.1.contains(&0), "some value dropped");
+            }
+        }
+    }
+
     #[test]
     fn the_threshold_follows_the_float32_grid_and_rate_0_keeps_everything() {
         assert_eq!(threshold(0.0), 0);
@@ -234,7 +309,7 @@ mod tests {
             assert_eq!(a[i], want, "value {i}");
         }
         let mut g = vec![1.0; 8];
-        backward(&drops, Activation::Tanh, (&h, &keep), &mut g);
+        backward(&drops, Activation::Tanh, (&h, &keep), &mut g, 4);
         for i in 0..8 {
             let want = f64::from(keep[i]) * f64::from(keep[8 + i]) * s1 * s0 * (1.0 - h[i] * h[i]);
             assert_eq!(g[i], want, "gradient {i}");

@@ -567,7 +567,7 @@ impl<T: Real> Backward<'_, T> {
         be.output_backward_input(da, dz, &self.w[s.kernel.clone()], derivative, s.dims);
         if !drops.is_empty() {
             let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
-            dropout::backward(drops, act, (h, keep), da);
+            dropout::backward(drops, act, (h, keep), da, s.dims.k);
         }
     }
 
@@ -610,7 +610,7 @@ impl<T: Real> Backward<'_, T> {
             }
         }
         if !drops.is_empty() {
-            dropout::backward(drops, act_below, (h, keep), da);
+            dropout::backward(drops, act_below, (h, keep), da, s.dims.k);
         }
     }
 

@@ -12,7 +12,8 @@
 //! a copy made before the hidden layers, since the update changes the
 //! kernel meanwhile. Before them, the output layer and the copy run while
 //! the backend may list the batch's pixels for the input layer on the
-//! other thread; the input layer's weight gradient comes last, on both.
+//! other thread, which then copies half of the kernels; the input layer's
+//! weight gradient comes last, on both.
 //! On any other pool each op runs over the whole pool in turn, and the
 //! hidden layers run while the pixels are listed.
 
@@ -60,7 +61,13 @@ impl Plan {
             if copy.len() != kernels.len() {
                 *copy = AlignedVec::zeroed(kernels.len());
             }
-            copy.copy_from_slice(&w[kernels.clone()]);
+            // In two halves: the other thread, once done listing the
+            // pixels (`listing_pixels`), takes the second.
+            let src = &w[kernels.clone()];
+            let half = src.len() / 2;
+            let (c0, c1) = copy.split_at_mut(half);
+            let (s0, s1) = src.split_at(half);
+            rayon::join(|| c0.copy_from_slice(s0), || c1.copy_from_slice(s1));
         }
     }
 
