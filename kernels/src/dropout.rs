@@ -145,23 +145,62 @@ pub fn dropout_backward<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act
         keeps.len() == scales.len() && keeps.iter().all(|k| k.len() == g.len()) && h.len() == g.len(),
         "dropout_backward: mismatched lengths"
     );
+    backward_slices(std::iter::once((g, 0)), keeps, scales, act, h, 0);
+}
+
+/// [`dropout_backward`] on each `(g, at)` of `slices`, `g` being elements
+/// `at .. at + g.len()` of the masks and of `out` (whose first element is
+/// element `out_at`), chosen and dispatched once for them all: an input
+/// gradient's claim applies it to each of its rows' columns.
+pub(crate) fn backward_slices<'g, T: Real>(
+    slices: impl Iterator<Item = (&'g mut [T], usize)>,
+    keeps: &[&[u8]],
+    scales: &[T],
+    act: Activation,
+    out: &[T],
+    out_at: usize,
+) {
+    assert!(keeps.len() == scales.len(), "dropout_backward: {} masks, {} scales", keeps.len(), scales.len());
+    let through = Through { keeps, scales, act, out, out_at };
     let _flushed = Flushed::new();
     match Build::best() {
         // SAFETY: the function's target features were detected on this CPU
         // (`Build::best`).
         #[cfg(target_arch = "x86_64")]
-        Build::Avx512 => unsafe { backward_rows_avx512(g, keeps, scales, act, h) },
+        Build::Avx512 => unsafe { backward_rows_avx512(slices, through) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Build::Avx2 => unsafe { backward_rows_avx2(g, keeps, scales, act, h) },
-        Build::Baseline => backward_rows(g, keeps, scales, act, h),
+        Build::Avx2 => unsafe { backward_rows_avx2(slices, through) },
+        Build::Baseline => backward_each(slices, through),
+    }
+}
+
+/// What [`backward_slices`] multiplies by: the masks and their scales, then
+/// the activation's derivative at `out` (whose first element is element
+/// `out_at`).
+#[derive(Clone, Copy)]
+struct Through<'a, T> {
+    keeps: &'a [&'a [u8]],
+    scales: &'a [T],
+    act: Activation,
+    out: &'a [T],
+    out_at: usize,
+}
+
+/// [`backward_rows`] on each slice (see [`backward_slices`]).
+#[inline(always)]
+fn backward_each<'g, T: Real>(slices: impl Iterator<Item = (&'g mut [T], usize)>, t: Through<'_, T>) {
+    for (g, at) in slices {
+        let h = &t.out[at - t.out_at..at - t.out_at + g.len()];
+        assert!(t.keeps.iter().all(|k| k.len() >= at + g.len()), "dropout_backward: a mask is too short");
+        backward_rows(g, (t.keeps, at), t.scales, t.act, h);
     }
 }
 
 #[inline(always)]
-fn backward_rows<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
+fn backward_rows<T: Real>(g: &mut [T], (keeps, at): (&[&[u8]], usize), scales: &[T], act: Activation, h: &[T]) {
     for (keep, &s) in keeps.iter().zip(scales).rev() {
-        for (v, &k) in g.iter_mut().zip(keep.iter()) {
+        for (v, &k) in g.iter_mut().zip(&keep[at..]) {
             let kept = if k != 0 { *v } else { *v * T::zero() };
             *v = kept * s;
         }
@@ -184,14 +223,14 @@ fn backward_rows<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activ
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn backward_rows_avx2<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
-    backward_rows(g, keeps, scales, act, h);
+unsafe fn backward_rows_avx2<'g, T: Real>(slices: impl Iterator<Item = (&'g mut [T], usize)>, t: Through<'_, T>) {
+    backward_each(slices, t);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn backward_rows_avx512<T: Real>(g: &mut [T], keeps: &[&[u8]], scales: &[T], act: Activation, h: &[T]) {
-    backward_rows(g, keeps, scales, act, h);
+unsafe fn backward_rows_avx512<'g, T: Real>(slices: impl Iterator<Item = (&'g mut [T], usize)>, t: Through<'_, T>) {
+    backward_each(slices, t);
 }
 
 #[cfg(test)]
@@ -217,7 +256,7 @@ mod tests {
             for act in Activation::ALL {
                 for (keeps, scales) in [(vec![&k1[..]], vec![1.25f32]), (vec![&k1[..], &k2[..]], vec![1.25, 2.0])] {
                     let mut want = g0.clone();
-                    backward_rows(&mut want, &keeps, &scales, act, &h);
+                    backward_rows(&mut want, (&keeps, 0), &scales, act, &h);
                     #[cfg(target_arch = "x86_64")]
                     for (name, ok) in [
                         ("avx2", is_x86_feature_detected!("avx2")),
@@ -227,12 +266,13 @@ mod tests {
                             continue;
                         }
                         let mut got = g0.clone();
+                        let through = Through { keeps: &keeps, scales: &scales, act, out: &h, out_at: 0 };
                         // SAFETY: the features were detected just above.
                         unsafe {
                             if name == "avx2" {
-                                backward_rows_avx2(&mut got, &keeps, &scales, act, &h);
+                                backward_rows_avx2(std::iter::once((&mut got[..], 0)), through);
                             } else {
-                                backward_rows_avx512(&mut got, &keeps, &scales, act, &h);
+                                backward_rows_avx512(std::iter::once((&mut got[..], 0)), through);
                             }
                         }
                         assert_eq!(bits(&got), bits(&want), "{name}, {act:?}, n = {n}");

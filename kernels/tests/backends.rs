@@ -858,6 +858,67 @@ fn both_hidden_backward_products_give_the_bits_of_each_alone() {
     }
 }
 
+/// Dropouts' masks folded into an input gradient (`Derivative::through_dropouts`)
+/// give the bits of the product with no derivative followed by
+/// `dropout_backward`, the separate pass they replace: for every backend
+/// (scalar too), activation, path and thread count, one and two masks, in
+/// the hidden layer's products alone and side by side and in the output
+/// layer's.
+#[test]
+fn dropouts_folded_into_the_input_gradient_give_the_bits_of_a_separate_pass() {
+    let mut g = Gen(47);
+    let mut all: Vec<(&str, &dyn Backend<f32>)> = vec![("scalar", &Scalar)];
+    all.extend(backends_under_test());
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (name, be) in all {
+        for &(b, k, n) in &[(1, 1, 1), (7, 17, 15), (13, 100, 33), (128, 512, 64)] {
+            let keep =
+                |g: &mut Gen, rate: u64| (0..b * k).map(|_| u8::from(g.next() % 10 >= rate)).collect::<Vec<u8>>();
+            let (k1, k2) = (keep(&mut g, 2), keep(&mut g, 5));
+            let h: Vec<f32> = (0..b * k).map(|i| if i % 3 == 0 { 0.0 } else { g.f32() }).collect();
+            let dz: Vec<f32> = (0..b * n).map(|i| if i % 2 == 0 { 0.0 } else { g.f32() }).collect();
+            let w = g.vec(k * n);
+            let layout = be.weight_layout(k, n);
+            let mut wp = vec![0f32; layout.len()];
+            layout.pack(&w, &mut wp);
+            let d = Dims { k, n };
+            let masks: [(Vec<&[u8]>, Vec<f32>); 2] = [(vec![&k1], vec![1.25]), (vec![&k1, &k2], vec![1.25, 2.0])];
+            for act in layer_activations() {
+                for (keeps, scales) in &masks {
+                    let folded = Derivative::new(act, &h).through_dropouts(keeps, scales);
+                    let linear = Derivative::new(Activation::Linear, &h);
+                    for path in [Layer1Path::Dense, Layer1Path::Sparse] {
+                        for threads in [1, 2, 3] {
+                            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                            let what =
+                                format!("{name} {act} {path:?} {b}x{k}x{n}, {} masks, {threads} threads", keeps.len());
+                            pool.install(|| {
+                                let mut want = vec![f32::NAN; b * k];
+                                be.hidden_backward_input(&mut want, &dz, &wp, linear, path, d);
+                                kiln_kernels::dropout_backward(&mut want, keeps, scales, act, &h);
+                                let mut got = vec![f32::NAN; b * k];
+                                be.hidden_backward_input(&mut got, &dz, &wp, folded, path, d);
+                                assert!(bits(&got) == bits(&want), "{what}: hidden dA differs");
+                                let (mut dw, mut db) = (vec![0f32; layout.len()], vec![0f32; n]);
+                                let mut got = vec![f32::NAN; b * k];
+                                let input = InputGrad::new(&mut got, &dz, &wp, folded);
+                                be.hidden_backward_both(input, Grads::new(&mut dw, &mut db), None, &h, path, d);
+                                assert!(bits(&got) == bits(&want), "{what}: dA side by side differs");
+                                let mut want = vec![f32::NAN; b * k];
+                                be.output_backward_input(&mut want, &dz, &w, linear, d);
+                                kiln_kernels::dropout_backward(&mut want, keeps, scales, act, &h);
+                                let mut got = vec![f32::NAN; b * k];
+                                be.output_backward_input(&mut got, &dz, &w, folded, d);
+                                assert!(bits(&got) == bits(&want), "{what}: output dA differs");
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every instruction-set backend measures its ceilings (finite, positive,
 /// its own tile) and the others report none. No speed is asserted: the
 /// numbers belong to `cargo bench`.

@@ -128,31 +128,19 @@ pub(super) fn forward<T: Real>(
     });
 }
 
-/// Training backward of the Dropouts `drops` after a Dense layer with
-/// activation `act` and output `h` (`(B, n)`): `da` holds the gradient with
-/// respect to the Dropouts' output and becomes the gradient with respect to
-/// the Dense layer's pre-activation: through each mask, last first, `(g *
-/// keep) * scale`, then the activation's derivative at `h`.
-pub(super) fn backward<T: Real>(
-    drops: &[Elementwise],
-    act: Activation,
-    (h, keep): (&[T], &[u8]),
-    da: &mut [T],
-    n: usize,
-) {
-    if h.is_empty() {
-        return; // an empty batch
-    }
-    let scales: Vec<T> = drops
+/// The masks and scales of the Dropouts `drops` after a Dense layer of
+/// `len` output values a batch (their masks laid out in `keep` one after
+/// the other, as [`forward`] recorded them), for the input gradient above
+/// them to apply ([`kernel_derivative`]).
+pub(super) fn masks<'a, T: Real>(drops: &[Elementwise], keep: &'a [u8], len: usize) -> (Vec<&'a [u8]>, Vec<T>) {
+    let keeps = keep.chunks_exact(len.max(1)).take(if len == 0 { 0 } else { drops.len() }).collect();
+    let scales = drops
         .iter()
         .map(|e| match e {
             Elementwise::Dropout(at) => scale::<T>(at.dropout.rate()),
         })
         .collect();
-    let keeps: Vec<&[u8]> = keep.chunks_exact(h.len()).take(drops.len()).collect();
-    in_halves((h.len() / n.max(1), n), (h, da, keeps), &|_, (h, da, keeps)| {
-        kiln_kernels::dropout_backward(da, &keeps, &scales, act, h)
-    });
+    (keeps, scales)
 }
 
 /// Runs `f` on the `b` rows of `(h, out, masks)` (`n` values a row; one
@@ -187,26 +175,21 @@ impl Halves for &mut [u8] {
     }
 }
 
-impl Halves for &[u8] {
-    fn split(self, at: usize) -> (Self, Self) {
-        self.split_at(at)
-    }
-}
-
-/// What the input-gradient kernel of the Dense layer above applies, and at
-/// which values: the activation at `a` when no Dropout (with a rate above
-/// 0) sits between, else nothing (`Linear`) and [`backward`] applies the
-/// masks and then the activation at the Dense layer's own output `h`.
-pub(super) fn kernel_derivative<'a, T>(
-    drops: &[Elementwise],
+/// What the input gradient of the Dense layer above multiplies by, inside
+/// its own pass: the activation at `a` when no Dropout (with a rate above
+/// 0) sits between, else each Dropout's mask and scale (`(g * keep) *
+/// scale`, the last Dropout first; [`masks`]) and then the activation at
+/// the Dense layer's own output `h`, as Keras's gradient runs them.
+pub(super) fn kernel_derivative<'a, T: Real>(
     act: Activation,
     a: &'a [T],
     h: &'a [T],
+    (keeps, scales): &'a (Vec<&'a [u8]>, Vec<T>),
 ) -> Derivative<'a, T> {
-    if drops.is_empty() {
+    if keeps.is_empty() {
         Derivative::new(act, a)
     } else {
-        Derivative::new(Activation::Linear, h)
+        Derivative::new(act, h).through_dropouts(keeps, scales)
     }
 }
 
@@ -253,10 +236,10 @@ mod tests {
         }
     }
 
-    /// On two threads the rows run in halves: the bits of one pass, for
-    /// batches of every small size (odd ones split unevenly).
+    /// On two threads the forward's rows run in halves: the bits of one
+    /// pass, for batches of every small size (odd ones split unevenly).
     #[test]
-    fn halves_on_two_threads_give_the_bits_of_one_pass() {
+    fn forward_halves_on_two_threads_give_the_bits_of_one_pass() {
         let drops = [at(0, 0.3), at(1, 0.5)];
         let key = StepKey { seed: 9, step: 5 };
         let n = 7;
@@ -267,10 +250,7 @@ mod tests {
                 let h: Vec<f32> = (0..b * n).map(|i| (i as f32 * 0.37).sin()).collect();
                 let (mut a, mut keep) = (vec![0.0; b * n], vec![0u8; 2 * b * n]);
                 forward(&drops, key, &rows, (&h, &mut a, &mut keep));
-                let mut g: Vec<f32> = (0..b * n).map(|i| (i as f32 * 0.11).cos()).collect();
-                backward(&drops, Activation::Relu, (&h, &keep), &mut g, n);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                (bits(&a), keep, bits(&g))
+                (a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), keep)
             })
         };
         for b in 0..9 {
@@ -307,8 +287,14 @@ mod tests {
             let want = h[i] * s0 * f64::from(keep[i]) * s1 * f64::from(keep[8 + i]);
             assert_eq!(a[i], want, "value {i}");
         }
+        // The backward: what the input gradient above applies.
+        let masks = masks::<f64>(&drops, &keep, 8);
+        assert_eq!((masks.0.len(), &masks.1[..]), (2, &[s0, s1][..]));
+        let d = kernel_derivative(Activation::Tanh, &a, &h, &masks);
+        assert!(d.act == Activation::Tanh && std::ptr::eq(d.out, &h[..]), "the derivative at h, before the masks");
+        assert!(std::ptr::eq(kernel_derivative(Activation::Tanh, &a, &h, &(vec![], vec![])).out, &a[..]));
         let mut g = vec![1.0; 8];
-        backward(&drops, Activation::Tanh, (&h, &keep), &mut g, 4);
+        kiln_kernels::dropout_backward(&mut g, &masks.0, &masks.1, Activation::Tanh, &h);
         for i in 0..8 {
             let want = f64::from(keep[i]) * f64::from(keep[8 + i]) * s1 * s0 * (1.0 - h[i] * h[i]);
             assert_eq!(g[i], want, "gradient {i}");

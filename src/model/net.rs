@@ -562,13 +562,10 @@ impl<T: Real> Backward<'_, T> {
         let (act, drops) = below(self.arch, last);
         let bk = b * s.dims.k;
         let h = &ws.pre[last - 1][..if drops.is_empty() { 0 } else { bk }];
-        let derivative = dropout::kernel_derivative(drops, act, &ws.acts[last - 1][..bk], h);
+        let masks = dropout::masks(drops, &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)], h.len());
+        let derivative = dropout::kernel_derivative(act, &ws.acts[last - 1][..bk], h, &masks);
         let da = &mut ws.grads[last - 1][..bk];
         be.output_backward_input(da, dz, &self.w[s.kernel.clone()], derivative, s.dims);
-        if !drops.is_empty() {
-            let keep = &ws.keep[last - 1][..dropout::mask_len(drops, b, s.dims.k)];
-            dropout::backward(drops, act, (h, keep), da, s.dims.k);
-        }
     }
 
     /// Laps the output layer's time, then runs the hidden layers top down.
@@ -594,8 +591,8 @@ impl<T: Real> Backward<'_, T> {
         let a = &ws.acts[l - 1][..b * s.dims.k];
         let da = &mut lower[l - 1][..b * s.dims.k];
         let h = &ws.pre[l - 1][..if drops.is_empty() { 0 } else { b * s.dims.k }];
-        let keep = &ws.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)];
-        let derivative = dropout::kernel_derivative(drops, act_below, a, h);
+        let masks = dropout::masks(drops, &ws.keep[l - 1][..dropout::mask_len(drops, b, s.dims.k)], h.len());
+        let derivative = dropout::kernel_derivative(act_below, a, h, &masks);
         let grads = split_pair(self.g, &s.kernel, &s.bias);
         let state = &mut *self.state;
         match plan.kernel_copy(&ws.kernel_copy, &s.kernel) {
@@ -608,9 +605,6 @@ impl<T: Real> Backward<'_, T> {
                 let update = step.map(|st| fused(self.w, state, &s.kernel, st));
                 be.hidden_backward(grads, update, a, dz, path, s.dims);
             }
-        }
-        if !drops.is_empty() {
-            dropout::backward(drops, act_below, (h, keep), da, s.dims.k);
         }
     }
 

@@ -12,9 +12,7 @@
 //! splits are its own), unlike kiln's own backends.
 
 use crate::denormals::Flushed;
-use crate::shared::{
-    activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
-};
+use crate::shared::{check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows};
 use crate::{
     scalar, Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, Rows, Update, Weights, XentStats,
 };
@@ -198,7 +196,8 @@ impl Blas {
     }
 
     /// `dA := (dZ W^T) * act'(A)`.
-    fn input_grad(&self, da: &mut [f32], dz: &[f32], w: &[f32], a: &[f32], d: Dims, act: Activation) {
+    fn input_grad(&self, da: &mut [f32], dz: &[f32], w: &[f32], below: Derivative<'_, f32>, d: Dims) {
+        let a = below.out;
         let Dims { k, n } = d;
         check_len("W", w.len(), k * n);
         check_len("dA", da.len(), a.len());
@@ -208,7 +207,7 @@ impl Blas {
         let batch = a.len() / k;
         check_len("dZ", dz.len(), batch * n);
         self.sgemm(false, true, batch, k, n, dz, w, 0.0, da);
-        activation_backward(da, a, act);
+        below.apply(da, 0);
     }
 }
 
@@ -287,7 +286,7 @@ impl Backend<f32> for Blas {
         d: Dims,
     ) {
         let _flushed = Flushed::new();
-        self.input_grad(da, dz, w, below.out, d, below.act);
+        self.input_grad(da, dz, w, below, d);
     }
 
     fn output_softmax_xent(
@@ -326,7 +325,7 @@ impl Backend<f32> for Blas {
 
     fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], below: Derivative<'_, f32>, d: Dims) {
         let _flushed = Flushed::new();
-        self.input_grad(dh, dz, w, below.out, d, below.act);
+        self.input_grad(dh, dz, w, below, d);
     }
 
     fn update(&self, u: Update<'_, f32>, g: &[f32]) {

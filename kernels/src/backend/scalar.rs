@@ -13,8 +13,7 @@ use crate::denormals::Flushed;
 use crate::optim::update_serial;
 use crate::par;
 use crate::shared::{
-    activation_backward, check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows,
-    UPDATE_CHUNK,
+    check_len, check_rows, column_sums, output_rows, pixel_table, softmax_rows, softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::{
     Activation, Applied, Backend, Derivative, Dims, Grads, Layer1Path, Real, Rows, Update, Weights, XentStats,
@@ -167,7 +166,7 @@ pub fn input_backward<T: Real>(g: Grads<'_, T>, x: Rows<'_, u8>, dz: &[T], d: Di
 
 /// `dA (B,K) := (dZ W^T) * act'(A)`; see the crate docs.
 pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], below: Derivative<'_, T>, d: Dims) {
-    let (Derivative { act, out: a }, Dims { k, n }) = (below, d);
+    let (a, Dims { k, n }) = (below.out, d);
     check_len("W", w.len(), k * n);
     check_len("dA", da.len(), a.len());
     if k == 0 {
@@ -180,7 +179,7 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], below: Derivativ
         da.fill(T::zero());
         return;
     }
-    par::run(da.chunks_mut(k).zip(a.chunks(k)).enumerate().collect(), |(i, (darow, arow))| {
+    par::run(da.chunks_mut(k).enumerate().collect(), |(i, darow)| {
         let _flushed = Flushed::new();
         let dzrow = &dz[i * n..(i + 1) * n];
         for (g, wrow) in darow.iter_mut().zip(w.chunks_exact(n.max(1))) {
@@ -190,7 +189,7 @@ pub fn backward_input<T: Real>(da: &mut [T], dz: &[T], w: &[T], below: Derivativ
             }
             *g = acc;
         }
-        activation_backward(darow, arow, act);
+        below.apply(darow, i * k);
     });
 }
 

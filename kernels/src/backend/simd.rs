@@ -13,8 +13,7 @@ use crate::isa::Isa;
 use crate::par;
 use crate::params::{HIDDEN_FORWARD_MAX_DENSITY, HIDDEN_GRAD_MAX_DENSITY, SPARSE_MAX_DENSITY};
 use crate::shared::{
-    activation_backward, check_len, check_rows, column_sums, output_rows, softmax_rows, softmax_xent_row,
-    softmax_xent_rows, UPDATE_CHUNK,
+    check_len, check_rows, column_sums, output_rows, softmax_rows, softmax_xent_row, softmax_xent_rows, UPDATE_CHUNK,
 };
 use crate::simd::Lister;
 use crate::sparse::{self, Csc, Csr, PixelListing};
@@ -125,7 +124,7 @@ impl<I: Isa> SimdBackend<I> {
         out: &SharedOut,
         dz: &[f32],
         w: &[f32],
-        Derivative { act, out: a }: Derivative<'_, f32>,
+        below: Derivative<'_, f32>,
         path: Layer1Path,
         (batch, Dims { k, n }): (usize, Dims),
         share: &InputShare,
@@ -137,15 +136,16 @@ impl<I: Isa> SimdBackend<I> {
         let Some(mut jp) = share.claim() else {
             return;
         };
-        // The activation's derivative on the claimed columns of dA.
+        // The derivative (the Dropouts' masks, then the activation's) on
+        // the claimed columns of dA.
         let derivative = |jp: (usize, usize)| {
             let cols = jp.0 * nr..(jp.1 * nr).min(k);
-            for (i, ar) in a.chunks_exact(k).enumerate() {
+            below.apply_slices((0..batch).map(|i| {
                 // SAFETY: row i, columns `cols` of dA are inside it and this
                 // thread's alone (claimed).
                 let g = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * k + cols.start), cols.len()) };
-                activation_backward(g, &ar[cols.clone()], act);
-            }
+                (g, i * k + cols.start)
+            }));
         };
         with_nonzeros(|csr, _| {
             // SAFETY: I was detected (a SimdBackend<I> exists).
@@ -975,7 +975,7 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
     }
 
     fn output_backward_input(&self, dh: &mut [f32], dz: &[f32], w: &[f32], below: Derivative<'_, f32>, d: Dims) {
-        let Derivative { act, out: h } = below;
+        let (act, h) = (below.act, below.out);
         let _flushed = Flushed::new();
         let Dims { k, n } = d;
         check_len("W", w.len(), k * n);
@@ -992,14 +992,16 @@ impl<I: Isa> Backend<f32> for SimdBackend<I> {
         }
         let wt = transpose(w, k, n);
         let chunk = share(batch, 1);
-        let mask = act.applied() == Applied::ReluInKernel;
+        // ReLU's derivative inside the product, unless Dropouts' masks come
+        // first (`Derivative::apply`).
+        let mask = act.applied() == Applied::ReluInKernel && !below.has_dropouts();
         par::run(dh.chunks_mut(chunk * k).zip(h.chunks(chunk * k)).enumerate().collect(), |(t, (dhc, hc))| {
             let rows = dhc.len() / k;
             let dzc = &dz[t * chunk * n..(t * chunk + rows) * n];
             // SAFETY: I was detected; shapes checked above.
             unsafe { I::input_grad_rows(dhc, dzc, &wt, hc, (k, n, mask)) };
             if !mask {
-                activation_backward(dhc, hc, act);
+                below.apply(dhc, t * chunk * k);
             }
         });
     }
