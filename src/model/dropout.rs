@@ -147,12 +147,12 @@ pub(super) fn masks<'a, T: Real>(drops: &[Elementwise], keep: &'a [u8], len: usi
 /// mask per Dropout, each `(b, n)`) in two halves side by side, each with
 /// its range of rows, on a pool of two or more threads (else once on all
 /// of them). Each row's values depend on that row alone, so the halves give
-/// the bits of one pass; one pass would leave a core idle (about 8 us
-/// forward and 4.5 us backward a Dropout of 128 x 512, AMD Zen 5).
-fn in_halves<'a, T: Real, M: Halves + Send>(
+/// the bits of one pass; one pass would leave a core idle (about 8 us a
+/// Dropout of 128 x 512, AMD Zen 5).
+fn in_halves<'a, T: Real>(
     (b, n): (usize, usize),
-    (h, out, masks): (&'a [T], &'a mut [T], Vec<M>),
-    f: &(impl Fn(Range<usize>, (&'a [T], &'a mut [T], Vec<M>)) + Sync),
+    (h, out, masks): (&'a [T], &'a mut [T], Vec<&'a mut [u8]>),
+    f: &(impl Fn(Range<usize>, (&'a [T], &'a mut [T], Vec<&'a mut [u8]>)) + Sync),
 ) {
     if b < 2 || rayon::current_num_threads() < 2 {
         return f(0..b, (h, out, masks));
@@ -160,19 +160,8 @@ fn in_halves<'a, T: Real, M: Halves + Send>(
     let half = b / 2;
     let (h0, h1) = h.split_at(half * n);
     let (o0, o1) = out.split_at_mut(half * n);
-    let (m0, m1): (Vec<M>, Vec<M>) = masks.into_iter().map(|m| m.split(half * n)).unzip();
+    let (m0, m1): (Vec<_>, Vec<_>) = masks.into_iter().map(|m| m.split_at_mut(half * n)).unzip();
     rayon::join(|| f(0..half, (h0, o0, m0)), || f(half..b, (h1, o1, m1)));
-}
-
-/// A mask that splits in two at a row boundary.
-trait Halves: Sized {
-    fn split(self, at: usize) -> (Self, Self);
-}
-
-impl Halves for &mut [u8] {
-    fn split(self, at: usize) -> (Self, Self) {
-        self.split_at_mut(at)
-    }
 }
 
 /// What the input gradient of the Dense layer above multiplies by, inside
